@@ -1,0 +1,294 @@
+//! The conformance suite every chain backend runs (feature `testkit`).
+//!
+//! Each case takes a fresh [`DevChain`] and checks real outcomes on it: balances, gas paid,
+//! authorization state, reverts. A backend runs all of them with
+//! `bursar_chain::conformance_tests!(async_constructor_expression);`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use bursar_protocol::exact_evm::{Authorization, sign_authorization, token_domain};
+use bursar_protocol::money::Amount;
+
+use crate::account::{Account, TxRequest};
+use crate::api::{CallOutcome, DevChain, EvmChain};
+use crate::token::Token;
+
+/// One ether in wei, for funding test accounts with gas money.
+pub const ONE_ETHER: u128 = 1_000_000_000_000_000_000;
+/// The token name the suite deploys; its EIP-712 version is always "2".
+pub const TOKEN_NAME: &str = "USD Coin";
+
+/// A deployed token with a funded owner, payer and gas-paying sender.
+pub struct Fixture {
+    pub chain: Arc<dyn DevChain>,
+    pub token: Token,
+    pub owner: Account,
+    pub payer: PrivateKeySigner,
+    pub sender: Account,
+}
+
+pub fn now_seconds() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Funds a fresh random key with one ether of gas money.
+pub async fn funded_account(chain: &Arc<dyn DevChain>) -> Account {
+    let signer = PrivateKeySigner::random();
+    chain.set_native_balance(signer.address(), U256::from(ONE_ETHER)).await.expect("fund account");
+    let evm: Arc<dyn EvmChain> = chain.clone();
+    Account::new(evm, signer)
+}
+
+/// Deploys the token and mints `payer_balance` atomic units to a fresh payer.
+pub async fn fixture(chain: Arc<dyn DevChain>, payer_balance: u64) -> Fixture {
+    let owner = funded_account(&chain).await;
+    let sender = funded_account(&chain).await;
+    let token = Token::deploy(&owner, TOKEN_NAME, "USDC", owner.address()).await.expect("deploy token");
+    let payer = PrivateKeySigner::random();
+    token.mint(&owner, payer.address(), U256::from(payer_balance)).await.expect("mint");
+    Fixture { chain, token, owner, payer, sender }
+}
+
+impl Fixture {
+    /// A signed authorization from the payer to `to`, valid around the chain's current time.
+    pub async fn authorization(&self, to: Address, value: u64) -> (Authorization, Vec<u8>) {
+        let now = self.chain.latest_block().await.expect("latest block").timestamp;
+        let authorization = Authorization {
+            from: self.payer.address(),
+            to,
+            value: Amount::from(value),
+            valid_after: U256::from(now.saturating_sub(600)),
+            valid_before: U256::from(now + 3600),
+            nonce: B256::from(rand::random::<[u8; 32]>()),
+        };
+        let signature = self.sign(&authorization);
+        (authorization, signature)
+    }
+
+    pub fn sign(&self, authorization: &Authorization) -> Vec<u8> {
+        let domain = token_domain(TOKEN_NAME, "2", self.chain.chain_id(), self.token.address());
+        sign_authorization(&self.payer, authorization, &domain).expect("sign").to_vec()
+    }
+}
+
+/// Deploying the token and minting credit exactly the minted amount.
+pub async fn deploy_and_mint(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(1_000_000u64));
+    assert_eq!(f.token.balance_of(f.sender.address()).await.unwrap(), U256::ZERO);
+    assert!(!chain.code(f.token.address()).await.unwrap().is_empty(), "token has code");
+}
+
+/// A transferWithAuthorization moves exactly `value`, the sender pays the gas, and the nonce is spent.
+pub async fn transfer_with_authorization_moves_exact_value(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let payee = Address::repeat_byte(0x42);
+    let (authorization, signature) = f.authorization(payee, 250_000).await;
+    let gas_before = chain.native_balance(f.sender.address()).await.unwrap();
+
+    let hash = f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await.unwrap();
+    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    assert!(receipt.success, "transfer must succeed: {receipt:?}");
+    assert_eq!(receipt.transaction_hash, hash);
+    assert!(receipt.gas_used > 21_000, "a token transfer costs more than a plain transfer");
+    assert!(!receipt.logs.is_empty(), "Transfer and AuthorizationUsed are logged");
+
+    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(750_000u64));
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(250_000u64));
+    assert!(f.token.authorization_state(f.payer.address(), authorization.nonce).await.unwrap());
+
+    let gas_after = chain.native_balance(f.sender.address()).await.unwrap();
+    let gas_cost = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
+    assert!(gas_cost > U256::ZERO, "gas is not free");
+    assert_eq!(gas_before - gas_after, gas_cost, "the sender paid exactly the gas");
+}
+
+/// The same authorization cannot be used twice; the replay moves nothing.
+pub async fn replayed_authorization_reverts(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let payee = Address::repeat_byte(0x43);
+    let (authorization, signature) = f.authorization(payee, 100).await;
+    let hash = f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await.unwrap();
+    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    assert!(receipt.success);
+
+    let simulated = f.token.simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature).await;
+    assert!(matches!(simulated, Ok(CallOutcome::Revert(_))), "replay simulation must revert: {simulated:?}");
+    // Forced on chain with an explicit gas limit, it is mined and reverts.
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, Some(200_000))
+        .await
+        .unwrap();
+    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    assert!(!receipt.success, "replay must revert on chain");
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(100u64));
+    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(999_900u64));
+}
+
+/// Expired, not-yet-valid and forged authorizations revert in simulation.
+pub async fn invalid_authorizations_revert(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let payee = Address::repeat_byte(0x44);
+    let now = chain.latest_block().await.unwrap().timestamp;
+
+    let (mut expired, _) = f.authorization(payee, 10).await;
+    expired.valid_before = U256::from(now.saturating_sub(1));
+    let signature = f.sign(&expired);
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &expired, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Revert(_)), "expired: {outcome:?}");
+
+    let (mut early, _) = f.authorization(payee, 10).await;
+    early.valid_after = U256::from(now + 3600);
+    early.valid_before = U256::from(now + 7200);
+    let signature = f.sign(&early);
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &early, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Revert(_)), "not yet valid: {outcome:?}");
+
+    let (mut forged, signature) = f.authorization(payee, 10).await;
+    forged.value = Amount::from(999_999u64);
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &forged, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Revert(_)), "forged: {outcome:?}");
+
+    let (too_much, signature) = f.authorization(payee, 2_000_000).await;
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &too_much, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Revert(_)), "insufficient balance: {outcome:?}");
+
+    let (valid, signature) = f.authorization(payee, 10).await;
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &valid, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Success(_)), "valid: {outcome:?}");
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::ZERO, "simulations move nothing");
+}
+
+/// Moving the clock forward is seen by the chain and by contracts.
+pub async fn time_travel_expires_authorizations(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let (authorization, signature) = f.authorization(Address::repeat_byte(0x45), 10).await;
+    let before = chain.latest_block().await.unwrap();
+    chain.increase_time(7200).await.unwrap();
+    let after = chain.latest_block().await.unwrap();
+    assert!(after.number > before.number, "a block was mined");
+    assert!(after.timestamp >= before.timestamp + 7200, "{after:?} vs {before:?}");
+    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature).await.unwrap();
+    assert!(matches!(outcome, CallOutcome::Revert(_)), "authorization must have expired: {outcome:?}");
+    chain.mine().await.unwrap();
+    assert!(chain.latest_block().await.unwrap().number > after.number);
+}
+
+/// Many concurrent sends from one account all land, each with its own nonce.
+pub async fn concurrent_sends_share_one_nonce_sequence(chain: Arc<dyn DevChain>) {
+    const SENDS: u64 = 20;
+    let f = Arc::new(fixture(chain.clone(), 1_000_000).await);
+    let start_nonce = chain.transaction_count(f.sender.address()).await.unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..SENDS {
+        let f = f.clone();
+        handles.push(tokio::spawn(async move {
+            let (authorization, signature) = f.authorization(Address::repeat_byte(0x46), 1).await;
+            f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await
+        }));
+    }
+    let mut hashes = Vec::new();
+    for handle in handles {
+        hashes.push(handle.await.unwrap().unwrap());
+    }
+    for hash in &hashes {
+        let receipt = crate::account::wait_for_receipt(chain.as_ref(), *hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+        assert!(receipt.success);
+    }
+    assert_eq!(chain.transaction_count(f.sender.address()).await.unwrap(), start_nonce + SENDS);
+    assert_eq!(f.token.balance_of(Address::repeat_byte(0x46)).await.unwrap(), U256::from(SENDS));
+}
+
+/// A transaction with a nonce that was already used is refused and nothing changes; the account
+/// recovers by resynchronizing.
+pub async fn stale_nonce_is_rejected_then_recovered(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let key = PrivateKeySigner::random();
+    chain.set_native_balance(key.address(), U256::from(ONE_ETHER)).await.unwrap();
+    let evm: Arc<dyn EvmChain> = chain.clone();
+    let first = Account::new(evm.clone(), key.clone());
+    let second = Account::new(evm, key);
+    let payee = Address::repeat_byte(0x47);
+    let send = |account: &Account, value: u64| {
+        let account_ref = account;
+        let f = &f;
+        async move {
+            let (authorization, signature) = f.authorization(payee, value).await;
+            f.token.submit_transfer_with_authorization(account_ref, &authorization, &signature, None).await
+        }
+    };
+    // Both accounts learn nonce N; the first uses it; the second must resync instead of failing.
+    let h1 = send(&first, 5).await.unwrap();
+    let h2 = send(&second, 7).await.unwrap();
+    for hash in [h1, h2] {
+        let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+        assert!(receipt.success);
+    }
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(12u64));
+}
+
+/// A plain value transfer with the wrong chain id is refused.
+pub async fn wrong_chain_id_is_rejected(chain: Arc<dyn DevChain>) {
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy_eips::eip2718::Encodable2718;
+    use alloy_network::TxSignerSync;
+    let account = funded_account(&chain).await;
+    let signer = PrivateKeySigner::random();
+    chain.set_native_balance(signer.address(), U256::from(ONE_ETHER)).await.unwrap();
+    let fees = chain.fees().await.unwrap();
+    let mut tx = TxEip1559 {
+        chain_id: chain.chain_id() + 1,
+        nonce: 0,
+        gas_limit: 21_000,
+        max_fee_per_gas: fees.max_fee_per_gas,
+        max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        to: alloy_primitives::TxKind::Call(account.address()),
+        value: U256::from(1u64),
+        access_list: Default::default(),
+        input: Default::default(),
+    };
+    let signature = signer.sign_transaction_sync(&mut tx).unwrap();
+    let raw = TxEnvelope::from(tx.into_signed(signature)).encoded_2718();
+    let result = chain.send_raw_transaction(raw.into()).await;
+    assert!(result.is_err(), "wrong chain id must be refused: {result:?}");
+    assert_eq!(chain.native_balance(account.address()).await.unwrap(), U256::from(ONE_ETHER));
+    // A correct plain transfer works.
+    let sender = Account::new(chain.clone(), signer);
+    let receipt = sender
+        .send_and_wait(TxRequest { to: Some(account.address()), value: U256::from(1u64), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(receipt.success);
+    assert_eq!(chain.native_balance(account.address()).await.unwrap(), U256::from(ONE_ETHER + 1));
+}
+
+/// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression that
+/// yields an `Arc<dyn DevChain>` (a fresh chain for each case).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@cases $make;
+            deploy_and_mint,
+            transfer_with_authorization_moves_exact_value,
+            replayed_authorization_reverts,
+            invalid_authorizations_revert,
+            time_travel_expires_authorizations,
+            concurrent_sends_share_one_nonce_sequence,
+            stale_nonce_is_rejected_then_recovered,
+            wrong_chain_id_is_rejected
+        );
+    };
+    (@cases $make:expr; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let chain: ::std::sync::Arc<dyn $crate::DevChain> = $make;
+                $crate::testkit::$case(chain).await;
+            }
+        )*
+    };
+}
