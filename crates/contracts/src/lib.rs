@@ -1,1 +1,38 @@
-//! placeholder
+//! # bursar-contracts
+//!
+//! BursarUSD, the token Bursar deploys on development and private chains, seen from Rust.
+//!
+//! BursarUSD (`contracts/src/BursarUSD.sol`) behaves like Circle's USDC where x402 cares: 6
+//! decimals, the EIP-712 domain `{name, version: "2", chainId, verifyingContract}` published
+//! through ERC-5267, and EIP-3009 `transferWithAuthorization` / `receiveWithAuthorization` /
+//! `cancelAuthorization` with the same type hashes, time window and one-time nonces. Its owner
+//! can `mint`, which makes dev faucets possible. Code that settles payments against BursarUSD
+//! therefore settles them against USDC too.
+//!
+//! This crate provides:
+//! - [`bindings`]: typed `sol!` bindings for the token's functions, events and errors, checked
+//!   against the compiled ABI by tests;
+//! - [`artifact()`] and [`token_creation_code`]: the committed compiler output
+//!   (`contracts/artifacts/BursarUSD.json`, produced by `contracts/compile.mjs`) and deployment
+//!   code with constructor arguments;
+//! - calldata builders and return-data decoders for the calls the chain and facilitator layers
+//!   make ([`transfer_with_authorization_call`], [`balance_of_call`], [`decode_revert`], ...).
+//!
+//! Nothing here performs I/O.
+
+pub mod artifact;
+pub mod bindings;
+mod calls;
+
+pub use artifact::{
+    ARTIFACT_JSON, Artifact, CompilerInfo, MAX_NAME_BYTES, artifact, token_creation_code,
+};
+pub use bindings::BursarUSD;
+pub use calls::{
+    DecodeError, TOKEN_DECIMALS, TOKEN_EIP712_VERSION, TokenDomain, TokenRevert,
+    authorization_state_call, balance_of_call, cancel_authorization_call,
+    cancel_authorization_signing_hash, decode_authorization_state, decode_balance_of,
+    decode_eip712_domain, decode_revert, describe_revert, ecrecover_compatible_signature,
+    eip712_domain_call, mint_call, receive_authorization_signing_hash,
+    receive_with_authorization_call, revert_reason, token_domain, transfer_with_authorization_call,
+};
