@@ -213,17 +213,13 @@ pub async fn stale_nonce_is_rejected_then_recovered(chain: Arc<dyn DevChain>) {
     let first = Account::new(evm.clone(), key.clone());
     let second = Account::new(evm, key);
     let payee = Address::repeat_byte(0x47);
-    let send = |account: &Account, value: u64| {
-        let account_ref = account;
-        let f = &f;
-        async move {
-            let (authorization, signature) = f.authorization(payee, value).await;
-            f.token.submit_transfer_with_authorization(account_ref, &authorization, &signature, None).await
-        }
-    };
+    async fn send(f: &Fixture, account: &Account, payee: Address, value: u64) -> Result<B256, crate::ChainError> {
+        let (authorization, signature) = f.authorization(payee, value).await;
+        f.token.submit_transfer_with_authorization(account, &authorization, &signature, None).await
+    }
     // Both accounts learn nonce N; the first uses it; the second must resync instead of failing.
-    let h1 = send(&first, 5).await.unwrap();
-    let h2 = send(&second, 7).await.unwrap();
+    let h1 = send(&f, &first, payee, 5).await.unwrap();
+    let h2 = send(&f, &second, payee, 7).await.unwrap();
     for hash in [h1, h2] {
         let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
         assert!(receipt.success);

@@ -95,7 +95,7 @@ impl Token {
         let receipt = minter
             .send_and_wait(TxRequest {
                 to: Some(self.address),
-                data: bursar_contracts::mint_call(to, amount),
+                data: bursar_contracts::mint_call(to, bursar_protocol::money::Amount::from_atomic(amount)),
                 ..Default::default()
             })
             .await?;
