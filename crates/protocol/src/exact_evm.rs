@@ -311,7 +311,9 @@ pub fn check_payment(
             .with_payer(payer));
         }
         Err(error) => {
-            return Err(Invalid::new(Reason::INVALID_SIGNATURE, error.to_string()).with_payer(payer));
+            return Err(
+                Invalid::new(Reason::INVALID_SIGNATURE, error.to_string()).with_payer(payer)
+            );
         }
     }
     if authorization.to != pay_to {

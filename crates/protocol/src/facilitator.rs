@@ -61,6 +61,18 @@ fn version_of(value: &Value) -> Result<X402Version, DecodeError> {
         .ok_or_else(|| DecodeError::Version(value.to_string()))
 }
 
+/// Sets the top-level `x402Version` of a request body. The body must be a JSON object: serde also
+/// reads structs from arrays, so an array can get this far, and indexing it by key would panic.
+fn with_version(mut value: Value, version: u8) -> Result<Value, DecodeError> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(DecodeError::Invalid(
+            "request body must be a JSON object".to_string(),
+        ));
+    };
+    object.insert("x402Version".to_string(), Value::from(version));
+    Ok(value)
+}
+
 impl FacilitatorRequest {
     /// Parses a request body of either version. The top-level `x402Version` may be absent, in which
     /// case the payload's version is used; when present the two must agree.
@@ -82,8 +94,7 @@ impl FacilitatorRequest {
         let json_error = |e: serde_json::Error| DecodeError::Json(e.to_string());
         match payload_version {
             X402Version::V1 => {
-                let mut value: Value = serde_json::from_slice(body).map_err(json_error)?;
-                value["x402Version"] = Value::from(1);
+                let value = with_version(serde_json::from_slice(body).map_err(json_error)?, 1)?;
                 let request: wire::RequestV1 = serde_json::from_value(value).map_err(json_error)?;
                 let (requirements, resource) = request.payment_requirements.to_model()?;
                 Ok(FacilitatorRequest {
@@ -94,8 +105,7 @@ impl FacilitatorRequest {
                 })
             }
             X402Version::V2 => {
-                let mut value: Value = serde_json::from_slice(body).map_err(json_error)?;
-                value["x402Version"] = Value::from(2);
+                let value = with_version(serde_json::from_slice(body).map_err(json_error)?, 2)?;
                 let request: wire::RequestV2 = serde_json::from_value(value).map_err(json_error)?;
                 Ok(FacilitatorRequest {
                     version: X402Version::V2,
@@ -110,7 +120,7 @@ impl FacilitatorRequest {
     /// The request body in this request's version.
     pub fn to_json_value(&self) -> Value {
         let payload = self.payload.to_json_value();
-        let value = match self.version {
+        match self.version {
             X402Version::V1 => serde_json::json!({
                 "x402Version": 1,
                 "paymentPayload": payload,
@@ -124,8 +134,7 @@ impl FacilitatorRequest {
                 "paymentPayload": payload,
                 "paymentRequirements": self.requirements,
             }),
-        };
-        value
+        }
     }
 
     /// The network name as this request's version writes it.
