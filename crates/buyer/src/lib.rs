@@ -204,6 +204,8 @@ pub struct PayingClient {
     allowed_networks: Vec<Network>,
     allowed_assets: Vec<(Network, Address)>,
     units: Vec<(Network, Address, AssetUnit)>,
+    /// Read only the v1 JSON body of a 402, ignoring a v2 `PAYMENT-REQUIRED` header.
+    v1_only: bool,
 }
 
 impl std::fmt::Debug for PayingClient {
@@ -241,6 +243,7 @@ impl PayingClient {
             allowed_networks: Vec::new(),
             allowed_assets: Vec::new(),
             units,
+            v1_only: false,
         }
     }
 
@@ -268,6 +271,13 @@ impl PayingClient {
         self
     }
 
+    /// Pays with x402 v1 even when the seller also offers v2 (for sellers or tests that need
+    /// the legacy form). By default the v2 header is preferred and the v1 body is the fallback.
+    pub fn v1_only(mut self, v1_only: bool) -> Self {
+        self.v1_only = v1_only;
+        self
+    }
+
     /// The paying address.
     pub fn payer(&self) -> Address {
         self.signer.address()
@@ -285,7 +295,7 @@ impl PayingClient {
             return finish(first, None).await;
         }
 
-        let required = read_payment_required(first).await?;
+        let required = read_payment_required(first, self.v1_only).await?;
         let requirement = self.choose(&required)?.clone();
         let (authorization, payload) = self.sign(&required, &requirement).await?;
         tracing::info!(
@@ -480,10 +490,14 @@ fn now() -> u64 {
 }
 
 /// The payment requirements of a 402: the v2 header if there is one, else the v1 JSON body.
-async fn read_payment_required(response: reqwest::Response) -> Result<PaymentRequired, BuyerError> {
+async fn read_payment_required(
+    response: reqwest::Response,
+    v1_only: bool,
+) -> Result<PaymentRequired, BuyerError> {
     let header = response
         .headers()
         .get(HEADER_PAYMENT_REQUIRED)
+        .filter(|_| !v1_only)
         .map(|value| value.to_str().map(str::to_string));
     let from_header = match header {
         None => None,
