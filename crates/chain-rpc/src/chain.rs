@@ -169,7 +169,7 @@ impl RpcChain {
             .provider
             .get_chain_id()
             .await
-            .map_err(|e| chain.transport_only(e))?;
+            .map_err(|e| chain.read_error("eth_chainId", e))?;
         if let Some(expected) = expected_chain_id
             && expected != actual
         {
@@ -201,16 +201,6 @@ impl RpcChain {
             message.replace(trimmed, &self.endpoint)
         } else {
             message
-        }
-    }
-
-    /// An error where any answer from the node, refusal included, means the node is unusable.
-    fn transport_only(&self, error: TransportError) -> ChainError {
-        match split(error) {
-            Ok(payload) => {
-                ChainError::Transport(format!("{}: the node refused: {payload}", self.endpoint))
-            }
-            Err(error) => self.at_endpoint(error),
         }
     }
 

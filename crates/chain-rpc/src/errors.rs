@@ -15,6 +15,9 @@ use serde_json::Value;
 
 /// JSON-RPC code for "execution reverted" (geth, reth, anvil).
 const CODE_EXECUTION_REVERTED: i64 = 3;
+/// Transport error messages are cut to this many characters (a proxy's HTML error page can be
+/// many kilobytes).
+const TRANSPORT_MESSAGE_CHARS_MAX: usize = 600;
 
 /// Message fragments (lower case) meaning the transaction's nonce is already taken.
 const NONCE_TOO_LOW_PHRASES: &[&str] = &[
@@ -81,6 +84,14 @@ pub(crate) fn describe(error: &dyn StdError) -> String {
     text
 }
 
+fn truncate(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(TRANSPORT_MESSAGE_CHARS_MAX) {
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
 /// A node's JSON-RPC error object, with its data parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Payload {
@@ -115,7 +126,7 @@ pub(crate) fn split(error: TransportError) -> Result<Payload, ChainError> {
             })
         }
         RpcError::NullResp => Err(ChainError::Transport("the node answered null".into())),
-        other => Err(ChainError::Transport(describe(&other))),
+        other => Err(ChainError::Transport(truncate(describe(&other)))),
     }
 }
 
@@ -242,6 +253,13 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    #[test]
+    fn long_transport_messages_are_cut() {
+        let cut = truncate("é".repeat(TRANSPORT_MESSAGE_CHARS_MAX * 2));
+        assert_eq!(cut.chars().count(), TRANSPORT_MESSAGE_CHARS_MAX + 3);
+        assert_eq!(truncate("short".into()), "short");
     }
 
     #[test]
