@@ -1,5 +1,6 @@
 //! [`EmbeddedChain`]: validation, execution, mining, and the [`EvmChain`]/[`DevChain`] impls.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,17 +15,29 @@ use bursar_chain::{
 };
 use revm::context::result::{EVMError, ExecutionResult, InvalidTransaction, ResultAndState};
 use revm::context::{BlockEnv, CfgEnv, Context, TxEnv};
+use revm::context::{Evm, LocalContext};
+use revm::context_interface::FrameStack;
 use revm::context_interface::block::BlobExcessGasAndPrice;
+use revm::handler::instructions::EthInstructions;
+use revm::handler::{EthFrame, EthPrecompiles};
+use revm::interpreter::interpreter::EthInterpreter;
 use revm::primitives::KECCAK_EMPTY;
 use revm::primitives::eip4844::BLOB_BASE_FEE_UPDATE_FRACTION_PRAGUE;
 use revm::primitives::eip7825::TX_GAS_LIMIT_CAP;
-use revm::{ExecuteEvm, MainBuilder, MainContext};
+use revm::{ExecuteEvm, MainContext};
 
 use crate::journal::{DirLock, Journal, Opened};
 use crate::state::{
     AccountChange, Change, Head, Ledger, View, World, block_hash, changes_from_evm,
 };
 use crate::{EmbeddedConfig, EmbeddedError, HARDFORK};
+
+type Scratch = (FrameStack<EthFrame<EthInterpreter>>, LocalContext);
+
+thread_local! {
+    /// Per-thread revm buffers, reused across executions.
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
 
 /// Poll interval reported to receipt waiters: receipts exist as soon as a send returns.
 const RECEIPT_POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -283,12 +296,29 @@ impl Inner {
             world,
             chain_id: self.chain_id,
         };
-        let mut evm = Context::mainnet()
+        // revm's call frames (each with a 32 KiB stack) and its memory buffer are reused from
+        // the previous execution on this thread instead of being allocated per call.
+        let (frame_stack, local) = SCRATCH
+            .with(|scratch| scratch.borrow_mut().take())
+            .unwrap_or_else(|| (FrameStack::new_prealloc(8), LocalContext::default()));
+        let ctx = Context::mainnet()
             .with_cfg(cfg)
             .with_block(block)
             .with_ref_db(view)
-            .build_mainnet();
-        evm.transact(tx)
+            .with_local(local);
+        let mut evm = Evm {
+            ctx,
+            inspector: (),
+            instruction: EthInstructions::new_mainnet_with_spec(HARDFORK),
+            precompiles: EthPrecompiles::new(HARDFORK),
+            frame_stack,
+        };
+        let result = evm.transact(tx);
+        let Evm {
+            ctx, frame_stack, ..
+        } = evm;
+        SCRATCH.with(|scratch| *scratch.borrow_mut() = Some((frame_stack, ctx.local)));
+        result
     }
 
     /// Executes a call against the latest state in the block that would be mined next, without
