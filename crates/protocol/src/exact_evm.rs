@@ -337,7 +337,8 @@ pub fn check_payment(
         )
         .with_payer(payer));
     }
-    if authorization.valid_after > U256::from(now_seconds) {
+    // Tokens require `block.timestamp > validAfter`, strictly.
+    if authorization.valid_after >= U256::from(now_seconds) {
         return Err(Invalid::new(
             Reason::VALID_AFTER,
             format!(

@@ -1,0 +1,310 @@
+//! `bursar dev` and `bursar facilitator`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alloy_primitives::{Address, U256};
+use alloy_signer_local::PrivateKeySigner;
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bursar_chain::{Account, EvmChain};
+use bursar_facilitator::{FacilitatorConfig, LocalFacilitator};
+use bursar_protocol::Amount;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::devnet::{self, DevInfo, DevNetwork};
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Where the chain and dev info live.
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port of the facilitator (and the dev faucet/balance API).
+    #[arg(long, default_value_t = 4020)]
+    pub facilitator_port: u16,
+    /// Port of the demo paid API.
+    #[arg(long, default_value_t = 4021)]
+    pub api_port: u16,
+}
+
+#[derive(clap::Args)]
+pub struct FacilitatorArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:4020")]
+    pub listen: SocketAddr,
+    /// A JSON-RPC node to settle on. Without it, the embedded dev chain in --data-dir is used.
+    #[arg(long, env = "BURSAR_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// The chain id the node must report.
+    #[arg(long)]
+    pub chain_id: Option<u64>,
+    /// Name of the environment variable holding the settlement account's private key (hex).
+    /// Required with --rpc-url; the embedded dev chain uses its dev facilitator key.
+    #[arg(long, default_value = "BURSAR_FACILITATOR_KEY")]
+    pub key_env: String,
+    /// Only settle these token addresses (repeatable). Default: any EIP-3009 token.
+    #[arg(long = "asset")]
+    pub assets: Vec<Address>,
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: PathBuf,
+}
+
+/// Serves a router until Ctrl-C or SIGTERM.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(())
+}
+
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+async fn bind(address: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await.with_context(|| {
+        format!("cannot listen on {address} for the {what}: is another bursar running? choose another port")
+    })
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    let network = Arc::new(DevNetwork::open(&args.data_dir).await?);
+    let evm: Arc<dyn EvmChain> = network.chain.clone();
+    let facilitator = LocalFacilitator::new(
+        evm,
+        Account::new(network.chain.clone(), network.keys.facilitator.clone()),
+        FacilitatorConfig {
+            assets: Some(vec![network.token.address()]),
+        },
+    );
+
+    let facilitator_listener = bind(
+        SocketAddr::new(args.host, args.facilitator_port),
+        "facilitator",
+    )
+    .await?;
+    let api_listener = bind(SocketAddr::new(args.host, args.api_port), "demo API").await?;
+    let facilitator_url = format!("http://{}", facilitator_listener.local_addr()?);
+    let api_url = format!("http://{}", api_listener.local_addr()?);
+
+    let info = DevInfo {
+        chain_id: network.chain.chain_id(),
+        network: format!("eip155:{}", network.chain.chain_id()),
+        token: network.token.address(),
+        token_name: devnet::TOKEN_NAME.into(),
+        token_version: devnet::TOKEN_VERSION.into(),
+        facilitator_url: facilitator_url.clone(),
+        api_url: api_url.clone(),
+        buyer: network.keys.buyer.address(),
+        buyer_private_key: alloy_primitives::hex::encode_prefixed(network.keys.buyer.to_bytes()),
+        seller: network.keys.seller.address(),
+        facilitator_signer: network.keys.facilitator.address(),
+    };
+    info.save(&args.data_dir)?;
+
+    let facilitator_app =
+        bursar_facilitator::router(facilitator).merge(dev_routes(network.clone()));
+    let api_app = crate::pay::demo_api(&info)?;
+    print_banner(&network, &info).await;
+
+    let facilitator_task = tokio::spawn(serve(facilitator_listener, facilitator_app));
+    let api_task = tokio::spawn(serve(api_listener, api_app));
+    let (facilitator_result, api_result) = tokio::join!(facilitator_task, api_task);
+    facilitator_result??;
+    api_result??;
+    eprintln!(
+        "bursar dev stopped; state kept in {}",
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+async fn print_banner(network: &DevNetwork, info: &DevInfo) {
+    let usdc = devnet::usdc();
+    let balance = network
+        .token
+        .balance_of(info.buyer)
+        .await
+        .map(Amount::from_atomic)
+        .unwrap_or_default();
+    println!("Bursar dev network is running (Ctrl-C to stop)\n");
+    println!(
+        "  chain        embedded EVM, {} (chain id {})",
+        info.network, info.chain_id
+    );
+    println!("  data dir     {}", network.data_dir.display());
+    println!(
+        "  token        {} ({} v{}, 6 decimals)",
+        info.token, info.token_name, info.token_version
+    );
+    println!(
+        "  facilitator  {}  (POST /verify, POST /settle, GET /supported)",
+        info.facilitator_url
+    );
+    println!("  demo API     {}", info.api_url);
+    for route in crate::pay::DEMO_ROUTES {
+        println!(
+            "                 GET {:<16} {}",
+            route.path,
+            usdc.format(Amount::from(route.price_atomic))
+        );
+    }
+    println!(
+        "  buyer        {}  balance {}",
+        info.buyer,
+        usdc.format(balance)
+    );
+    println!(
+        "               private key {} (dev chain only)",
+        info.buyer_private_key
+    );
+    println!("  seller       {}", info.seller);
+    println!("\nTry:");
+    println!("  bursar pay {}/weather --max 0.05", info.api_url);
+    println!("  bursar balance {}", info.seller);
+    println!("  bursar faucet 0x0000000000000000000000000000000000000001 5\n");
+}
+
+#[derive(Deserialize)]
+struct FaucetRequest {
+    address: String,
+    /// Atomic units, as a decimal string.
+    amount: String,
+}
+
+fn dev_routes(network: Arc<DevNetwork>) -> Router {
+    Router::new()
+        .route("/dev/faucet", post(faucet))
+        .route("/dev/balance/{address}", get(balance))
+        .with_state(network)
+}
+
+fn bad_request(message: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({"error": "bad_request", "message": message})),
+    )
+        .into_response()
+}
+
+async fn faucet(State(network): State<Arc<DevNetwork>>, body: axum::body::Bytes) -> Response {
+    let request: FaucetRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => return bad_request(format!("expected {{\"address\", \"amount\"}}: {error}")),
+    };
+    let Ok(address) = request.address.parse::<Address>() else {
+        return bad_request(format!("{:?} is not an address", request.address));
+    };
+    let amount = match Amount::parse_atomic(&request.amount) {
+        Ok(amount) => amount,
+        Err(error) => return bad_request(error.to_string()),
+    };
+    match network.faucet(address, amount.atomic()).await {
+        Ok(hash) => {
+            let balance = network
+                .token
+                .balance_of(address)
+                .await
+                .unwrap_or(U256::ZERO);
+            axum::Json(json!({"transaction": hash.to_string(), "address": address, "balance": balance.to_string()}))
+                .into_response()
+        }
+        Err(error) => bad_request(format!("{error:#}")),
+    }
+}
+
+async fn balance(
+    State(network): State<Arc<DevNetwork>>,
+    UrlPath(address): UrlPath<String>,
+) -> Response {
+    let Ok(address) = address.parse::<Address>() else {
+        return bad_request(format!("{address:?} is not an address"));
+    };
+    match tokio::join!(
+        network.token.balance_of(address),
+        network.chain.native_balance(address)
+    ) {
+        (Ok(balance), Ok(native)) => axum::Json(json!({
+            "address": address,
+            "token": network.token.address(),
+            "balance": balance.to_string(),
+            "nativeBalance": native.to_string(),
+        }))
+        .into_response(),
+        (Err(error), _) | (_, Err(error)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"error": "chain", "message": error.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
+    let assets = if args.assets.is_empty() {
+        None
+    } else {
+        Some(args.assets.clone())
+    };
+    let (chain, key): (Arc<dyn EvmChain>, PrivateKeySigner) = match &args.rpc_url {
+        Some(url) => {
+            let key = std::env::var(&args.key_env).with_context(|| {
+                format!(
+                    "set {} to the settlement account's private key (hex) to settle on {url}",
+                    args.key_env
+                )
+            })?;
+            let key: PrivateKeySigner = key.trim().parse().map_err(|_| {
+                anyhow::anyhow!("{} does not hold a valid private key", args.key_env)
+            })?;
+            let chain = bursar_chain_rpc::RpcChain::connect(url, args.chain_id)
+                .await
+                .with_context(|| format!("cannot use the node at {url}"))?;
+            (chain, key)
+        }
+        None => {
+            let network = DevNetwork::open(&args.data_dir).await?;
+            (network.chain.clone(), network.keys.facilitator.clone())
+        }
+    };
+    let address = key.address();
+    let facilitator = LocalFacilitator::new(
+        chain.clone(),
+        Account::new(chain.clone(), key),
+        FacilitatorConfig { assets },
+    );
+    let listener = bind(args.listen, "facilitator").await?;
+    println!(
+        "Bursar facilitator on http://{} for eip155:{} (settling from {address})",
+        listener.local_addr()?,
+        chain.chain_id()
+    );
+    serve(listener, bursar_facilitator::router(facilitator)).await
+}

@@ -1,0 +1,398 @@
+//! `bursar pay`, `bursar balance`, `bursar faucet`, and the demo paid API of `bursar dev`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use alloy_primitives::Address;
+use alloy_signer_local::PrivateKeySigner;
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::http::Method;
+use axum::routing::get;
+use bursar_buyer::{BuyerError, PayingClient, RequestSpec};
+use bursar_facilitator_client::{Facilitator, HttpFacilitator};
+use bursar_protocol::{Amount, AssetUnit, Network};
+use bursar_seller::{Asset, Offer, PaywallLayer, PricedRoute};
+use serde_json::json;
+
+use crate::devnet::{self, DevInfo};
+use crate::exit;
+
+/// A failure with a specific exit code.
+#[derive(Debug)]
+pub struct CommandFailure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for CommandFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CommandFailure {}
+
+fn failure(code: u8, message: String) -> anyhow::Error {
+    anyhow::Error::new(CommandFailure { code, message })
+}
+
+/// A priced route of the demo API.
+pub struct DemoRoute {
+    pub path: &'static str,
+    pub price_atomic: u64,
+    pub description: &'static str,
+    pub mime_type: &'static str,
+}
+
+/// The demo API's routes: prices in atomic USDC units (6 decimals).
+pub const DEMO_ROUTES: &[DemoRoute] = &[
+    DemoRoute {
+        path: "/weather",
+        price_atomic: 10_000,
+        description: "Current weather for a city",
+        mime_type: "application/json",
+    },
+    DemoRoute {
+        path: "/joke",
+        price_atomic: 1_000,
+        description: "A programming joke",
+        mime_type: "text/plain",
+    },
+    DemoRoute {
+        path: "/report",
+        price_atomic: 250_000,
+        description: "A premium market report",
+        mime_type: "application/json",
+    },
+];
+
+/// The demo paid API: three priced routes behind the paywall, verified and settled through the
+/// dev facilitator's HTTP API, plus a free index at `/`.
+pub fn demo_api(info: &DevInfo) -> Result<Router> {
+    let facilitator: Arc<dyn Facilitator> = Arc::new(HttpFacilitator::new(&info.facilitator_url)?);
+    let asset = Asset::new(
+        info.token.to_checksum(None),
+        info.token_name.clone(),
+        info.token_version.clone(),
+        AssetUnit::usdc(),
+    );
+    let network = Network::Eip155(info.chain_id);
+    let mut paywall = PaywallLayer::builder(facilitator).public_base_url(info.api_url.clone());
+    for route in DEMO_ROUTES {
+        paywall = paywall.route(
+            PricedRoute::new(Method::GET, route.path)
+                .description(route.description)
+                .mime_type(route.mime_type)
+                .offer(Offer::exact(
+                    network.clone(),
+                    asset.clone(),
+                    Amount::from(route.price_atomic),
+                    info.seller.to_checksum(None),
+                )),
+        );
+    }
+    let paywall = paywall.build()?;
+    let index = DEMO_ROUTES
+        .iter()
+        .map(|r| {
+            json!({"path": r.path, "price": AssetUnit::usdc().format(Amount::from(r.price_atomic)),
+                   "description": r.description})
+        })
+        .collect::<Vec<_>>();
+    Ok(Router::new()
+        .route(
+            "/weather",
+            get(|| async {
+                axum::Json(json!({"city": "Lisbon", "temperatureC": 21, "conditions": "sunny", "windKph": 12}))
+            }),
+        )
+        .route("/joke", get(|| async { "There are 10 kinds of people: those who read binary and those who don't.\n" }))
+        .route(
+            "/report",
+            get(|| async {
+                axum::Json(json!({"title": "Stablecoin payments, weekly", "summary": "Volume up; fees flat.",
+                                  "sections": ["volume", "fees", "outlook"]}))
+            }),
+        )
+        .layer(paywall)
+        .route("/", get(move || async move { axum::Json(json!({"routes": index})) })))
+}
+
+#[derive(clap::Args)]
+pub struct PayArgs {
+    /// The URL to pay for.
+    pub url: String,
+    /// The most to pay for this request, e.g. 0.05 or "0.05 USDC".
+    #[arg(long, default_value = "0.10")]
+    pub max: String,
+    /// HTTP method.
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// Request body (sent as is).
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// Extra request headers, "Name: value" (repeatable).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// Name of the environment variable holding the payer's private key (hex). Without it, the
+    /// demo buyer of `bursar dev` (from --data-dir) pays.
+    #[arg(long, default_value = "BURSAR_PRIVATE_KEY")]
+    pub key_env: String,
+    /// Pay with x402 v1 even when the seller offers v2.
+    #[arg(long)]
+    pub v1: bool,
+    /// Print the result as JSON (body as text, receipt fields).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: PathBuf,
+}
+
+fn payer_key(key_env: &str, data_dir: &std::path::Path) -> Result<PrivateKeySigner> {
+    if let Ok(key) = std::env::var(key_env) {
+        return key
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key_env} does not hold a valid private key"));
+    }
+    let info = DevInfo::load(data_dir).with_context(|| {
+        format!("no payer key: set {key_env}, or run `bursar dev` to use its demo buyer")
+    })?;
+    info.buyer_private_key
+        .parse()
+        .map_err(|_| anyhow::anyhow!("the dev info file holds an invalid buyer key"))
+}
+
+pub async fn pay(args: PayArgs) -> Result<()> {
+    let usdc = AssetUnit::usdc();
+    let max = usdc
+        .parse(&args.max)
+        .map_err(|e| failure(2, format!("--max {:?}: {e}", args.max)))?;
+    let signer = payer_key(&args.key_env, &args.data_dir)?;
+    let payer = signer.address();
+    let mut client = PayingClient::new(reqwest::Client::new(), Arc::new(signer))
+        .max_amount(max)
+        .v1_only(args.v1);
+    if let Ok(info) = DevInfo::load(&args.data_dir) {
+        client = client.asset_unit(Network::Eip155(info.chain_id), info.token, usdc.clone());
+    }
+    let method: Method = args
+        .method
+        .parse()
+        .map_err(|_| failure(2, format!("{:?} is not an HTTP method", args.method)))?;
+    let mut request = RequestSpec::new(method, &args.url)
+        .map_err(|e| failure(2, format!("{}: {e}", args.url)))?;
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| failure(2, format!("header {header:?} must be \"Name: value\"")))?;
+        request = request
+            .header(name.trim(), value.trim())
+            .map_err(|e| failure(2, format!("header {header:?}: {e}")))?;
+    }
+    if let Some(data) = &args.data {
+        request = request.body(data.clone());
+    }
+    let response = match client.send(request).await {
+        Ok(response) => response,
+        Err(error @ BuyerError::NoPayableRequirement { .. }) => {
+            return Err(failure(exit::NOT_PAYABLE, format!("not paid: {error}")));
+        }
+        Err(error @ BuyerError::PaymentRejected { .. }) => {
+            return Err(failure(
+                exit::PAYMENT_REJECTED,
+                format!("payment rejected: {error}"),
+            ));
+        }
+        Err(error) => {
+            return Err(
+                anyhow::Error::new(error).context(format!("request to {} failed", args.url))
+            );
+        }
+    };
+    let body = String::from_utf8_lossy(&response.body).to_string();
+    let receipt = response.payment.as_ref().map(|payment| {
+        let settlement = payment.settlement.as_ref();
+        json!({
+            "paid": usdc.format(payment.authorization.value),
+            "amount": payment.authorization.value,
+            "payer": payer,
+            "payee": payment.authorization.to.to_checksum(None),
+            "asset": payment.requirement.asset,
+            "network": payment.requirement.network.caip2(),
+            "x402Version": payment.version.number(),
+            "transaction": settlement.map(|s| s.transaction.clone()),
+            "settled": settlement.map(|s| s.success),
+        })
+    });
+    if args.json {
+        let document =
+            json!({"status": response.status.as_u16(), "body": body, "receipt": receipt});
+        println!("{}", serde_json::to_string_pretty(&document)?);
+    } else {
+        print!("{body}");
+        if !body.ends_with('\n') {
+            println!();
+        }
+        match &receipt {
+            Some(receipt) => {
+                eprintln!("--- receipt (x402 v{}) ---", receipt["x402Version"]);
+                eprintln!(
+                    "paid         {}",
+                    receipt["paid"].as_str().unwrap_or_default()
+                );
+                eprintln!("payer        {payer}");
+                eprintln!(
+                    "payee        {}",
+                    receipt["payee"].as_str().unwrap_or_default()
+                );
+                eprintln!(
+                    "network      {}",
+                    receipt["network"].as_str().unwrap_or_default()
+                );
+                eprintln!(
+                    "transaction  {}",
+                    receipt["transaction"]
+                        .as_str()
+                        .unwrap_or("(no settlement header)")
+                );
+            }
+            None => eprintln!(
+                "--- not paid: the server did not ask for payment (HTTP {}) ---",
+                response.status
+            ),
+        }
+    }
+    if !response.status.is_success() {
+        return Err(failure(
+            exit::FAILURE,
+            format!("the server answered HTTP {}", response.status),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BalanceArgs {
+    /// The address to look up.
+    pub address: Address,
+    /// A JSON-RPC node to read from. Without it, the running `bursar dev` is asked.
+    #[arg(long, env = "BURSAR_RPC_URL")]
+    pub rpc_url: Option<String>,
+    /// The token to read (required with --rpc-url).
+    #[arg(long)]
+    pub token: Option<Address>,
+    /// Token decimals for display with --rpc-url.
+    #[arg(long, default_value_t = 6)]
+    pub decimals: u8,
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: PathBuf,
+}
+
+async fn dev_get(info: &DevInfo, path: &str) -> Result<serde_json::Value> {
+    let url = format!("{}{path}", info.facilitator_url);
+    let response = reqwest::get(&url).await.with_context(|| {
+        format!(
+            "bursar dev is not reachable at {}: is it running?",
+            info.facilitator_url
+        )
+    })?;
+    let status = response.status();
+    let document: serde_json::Value = response
+        .json()
+        .await
+        .context("bursar dev answered something unreadable")?;
+    anyhow::ensure!(
+        status.is_success(),
+        "bursar dev refused: {}",
+        document["message"]
+    );
+    Ok(document)
+}
+
+pub async fn balance(args: BalanceArgs) -> Result<()> {
+    if let Some(url) = &args.rpc_url {
+        let token = args
+            .token
+            .ok_or_else(|| failure(2, "--token is required with --rpc-url".into()))?;
+        let chain = bursar_chain_rpc::RpcChain::connect(url, None)
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        let balance = bursar_chain::Token::new(chain, token)
+            .balance_of(args.address)
+            .await?;
+        let unit = AssetUnit {
+            symbol: "tokens".into(),
+            decimals: args.decimals,
+        };
+        println!(
+            "{}  {}  ({} atomic)",
+            args.address,
+            unit.format(Amount::from_atomic(balance)),
+            balance
+        );
+        return Ok(());
+    }
+    let info = DevInfo::load(&args.data_dir)?;
+    let document = dev_get(&info, &format!("/dev/balance/{}", args.address)).await?;
+    let atomic = Amount::parse_atomic(document["balance"].as_str().unwrap_or_default())
+        .context("bursar dev returned a malformed balance")?;
+    println!(
+        "{}  {}  ({} atomic)",
+        args.address,
+        devnet::usdc().format(atomic),
+        atomic
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct FaucetArgs {
+    /// Who receives the dev USDC.
+    pub address: Address,
+    /// How much, e.g. 25 or "0.5 USDC".
+    pub amount: String,
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: PathBuf,
+}
+
+pub async fn faucet(args: FaucetArgs) -> Result<()> {
+    let usdc = devnet::usdc();
+    let amount = usdc
+        .parse(&args.amount)
+        .map_err(|e| failure(2, format!("amount {:?}: {e}", args.amount)))?;
+    let info = DevInfo::load(&args.data_dir)?;
+    let url = format!("{}/dev/faucet", info.facilitator_url);
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&json!({"address": args.address, "amount": amount}))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "bursar dev is not reachable at {}: is it running?",
+                info.facilitator_url
+            )
+        })?;
+    let status = response.status();
+    let document: serde_json::Value = response
+        .json()
+        .await
+        .context("bursar dev answered something unreadable")?;
+    anyhow::ensure!(
+        status.is_success(),
+        "faucet refused: {}",
+        document["message"]
+    );
+    let balance =
+        Amount::parse_atomic(document["balance"].as_str().unwrap_or_default()).unwrap_or_default();
+    println!(
+        "sent {} to {} (transaction {})",
+        usdc.format(amount),
+        args.address,
+        document["transaction"].as_str().unwrap_or_default()
+    );
+    println!("balance now {}", usdc.format(balance));
+    Ok(())
+}
