@@ -168,6 +168,10 @@ pub(crate) fn changes_from_evm(
         };
         let removed = account.is_selfdestructed()
             || (info.balance.is_zero() && info.nonce == 0 && code_hash == KECCAK_EMPTY);
+        if removed && !world.accounts.contains_key(&address) {
+            // Touched but never existed (e.g. a coinbase that earned no tip): nothing to record.
+            continue;
+        }
         if !removed
             && code_hash != KECCAK_EMPTY
             && !world.code.contains_key(&code_hash)
