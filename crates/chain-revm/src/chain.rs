@@ -215,7 +215,7 @@ impl EmbeddedChain {
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T, ChainError> + Send + 'static,
     {
-        if self.inner.data_dir.is_none() {
+        if self.inner.data_dir.is_none() || tokio::runtime::Handle::try_current().is_err() {
             return f(&self.inner);
         }
         let inner = self.inner.clone();

@@ -59,14 +59,15 @@
 //!
 //! By default each record is followed by `fdatasync` ([`EmbeddedConfig::sync_writes`]), so a
 //! transaction whose hash was returned survives power loss. The cost is one disk flush per block:
-//! well under a millisecond on NVMe, several milliseconds on SATA SSDs or network disks, which
-//! bounds throughput of sends (not of reads). Turning it off keeps crash safety against process
-//! death (the OS still has the data) but not against power loss.
+//! about 0.15 ms on the development machine's disk (a plain transfer took 46 µs in memory and
+//! 204 µs with the flush), several milliseconds on SATA SSDs or network disks. It bounds the rate
+//! of sends, not of reads, which never wait for the disk. Turning it off keeps crash safety
+//! against process death (the OS still has the data) but not against power loss.
 //!
-//! There is no snapshot or compaction: the journal grows by a few hundred bytes per
-//! transaction (about 0.5 KB for a `transferWithAuthorization`) and opening time grows with it
-//! (replay is roughly a few hundred thousand records per second). A data dir records its chain id
-//! in the journal header; opening it with another chain id fails with
+//! There is no snapshot or compaction: the journal grows with every change (about 310 bytes for
+//! a plain transfer, under 1 KB for a `transferWithAuthorization`) and opening replays all of it
+//! (about 500,000 records per second, so 20,000 transfers reopen in 40 ms). A data dir records its
+//! chain id in the journal header; opening it with another chain id fails with
 //! [`EmbeddedError::ChainIdMismatch`]. `chain.lock` in the data dir is held with an exclusive
 //! advisory lock for the chain's lifetime, so a second process (or a second `open` in the same
 //! process) gets [`EmbeddedError::Locked`] naming the lock file.
