@@ -29,16 +29,10 @@ sol! {
 }
 
 /// What the facilitator serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FacilitatorConfig {
     /// Tokens it settles; `None` accepts any EIP-3009 token on its chain.
     pub assets: Option<Vec<Address>>,
-}
-
-impl Default for FacilitatorConfig {
-    fn default() -> Self {
-        FacilitatorConfig { assets: None }
-    }
 }
 
 /// One authorization, as the token identifies it.
