@@ -36,7 +36,9 @@ pub struct Account {
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the key.
-        f.debug_struct("Account").field("address", &self.signer.address()).finish()
+        f.debug_struct("Account")
+            .field("address", &self.signer.address())
+            .finish()
     }
 }
 
@@ -52,7 +54,11 @@ pub struct TxRequest {
 
 impl Account {
     pub fn new(chain: Arc<dyn EvmChain>, signer: PrivateKeySigner) -> Self {
-        Account { chain, signer, next_nonce: Mutex::new(None) }
+        Account {
+            chain,
+            signer,
+            next_nonce: Mutex::new(None),
+        }
     }
 
     pub fn address(&self) -> Address {
@@ -133,25 +139,40 @@ impl Account {
 
     /// Deploys a contract and returns its address.
     pub async fn deploy(&self, creation_code: Bytes) -> Result<Address, ChainError> {
-        let receipt = self.send_and_wait(TxRequest { to: None, data: creation_code, ..Default::default() }).await?;
+        let receipt = self
+            .send_and_wait(TxRequest {
+                to: None,
+                data: creation_code,
+                ..Default::default()
+            })
+            .await?;
         if !receipt.success {
-            return Err(ChainError::Reverted(format!("deployment {} reverted", receipt.transaction_hash)));
+            return Err(ChainError::Reverted(format!(
+                "deployment {} reverted",
+                receipt.transaction_hash
+            )));
         }
-        receipt
-            .contract_address
-            .ok_or_else(|| ChainError::Transport("deployment receipt has no contract address".into()))
+        receipt.contract_address.ok_or_else(|| {
+            ChainError::Transport("deployment receipt has no contract address".into())
+        })
     }
 }
 
 /// Polls for a receipt at the chain's poll interval until `timeout`.
-pub async fn wait_for_receipt(chain: &dyn EvmChain, hash: B256, timeout: Duration) -> Result<Receipt, ChainError> {
+pub async fn wait_for_receipt(
+    chain: &dyn EvmChain,
+    hash: B256,
+    timeout: Duration,
+) -> Result<Receipt, ChainError> {
     let started = Instant::now();
     loop {
         if let Some(receipt) = chain.receipt(hash).await? {
             return Ok(receipt);
         }
         if started.elapsed() >= timeout {
-            return Err(ChainError::Timeout(format!("no receipt for {hash} after {timeout:?}")));
+            return Err(ChainError::Timeout(format!(
+                "no receipt for {hash} after {timeout:?}"
+            )));
         }
         tokio::time::sleep(chain.receipt_poll_interval()).await;
     }

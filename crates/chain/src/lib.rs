@@ -17,5 +17,7 @@ pub mod testkit;
 pub use account::{
     Account, GAS_MARGIN_PERCENT, NONCE_RETRIES_MAX, RECEIPT_TIMEOUT, TxRequest, wait_for_receipt,
 };
-pub use api::{BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, Receipt};
+pub use api::{
+    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, Receipt,
+};
 pub use token::Token;

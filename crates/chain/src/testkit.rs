@@ -31,13 +31,19 @@ pub struct Fixture {
 }
 
 pub fn now_seconds() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Funds a fresh random key with one ether of gas money.
 pub async fn funded_account(chain: &Arc<dyn DevChain>) -> Account {
     let signer = PrivateKeySigner::random();
-    chain.set_native_balance(signer.address(), U256::from(ONE_ETHER)).await.expect("fund account");
+    chain
+        .set_native_balance(signer.address(), U256::from(ONE_ETHER))
+        .await
+        .expect("fund account");
     let evm: Arc<dyn EvmChain> = chain.clone();
     Account::new(evm, signer)
 }
@@ -46,16 +52,32 @@ pub async fn funded_account(chain: &Arc<dyn DevChain>) -> Account {
 pub async fn fixture(chain: Arc<dyn DevChain>, payer_balance: u64) -> Fixture {
     let owner = funded_account(&chain).await;
     let sender = funded_account(&chain).await;
-    let token = Token::deploy(&owner, TOKEN_NAME, "USDC", owner.address()).await.expect("deploy token");
+    let token = Token::deploy(&owner, TOKEN_NAME, "USDC", owner.address())
+        .await
+        .expect("deploy token");
     let payer = PrivateKeySigner::random();
-    token.mint(&owner, payer.address(), U256::from(payer_balance)).await.expect("mint");
-    Fixture { chain, token, owner, payer, sender }
+    token
+        .mint(&owner, payer.address(), U256::from(payer_balance))
+        .await
+        .expect("mint");
+    Fixture {
+        chain,
+        token,
+        owner,
+        payer,
+        sender,
+    }
 }
 
 impl Fixture {
     /// A signed authorization from the payer to `to`, valid around the chain's current time.
     pub async fn authorization(&self, to: Address, value: u64) -> (Authorization, Vec<u8>) {
-        let now = self.chain.latest_block().await.expect("latest block").timestamp;
+        let now = self
+            .chain
+            .latest_block()
+            .await
+            .expect("latest block")
+            .timestamp;
         let authorization = Authorization {
             from: self.payer.address(),
             to,
@@ -70,16 +92,27 @@ impl Fixture {
 
     pub fn sign(&self, authorization: &Authorization) -> Vec<u8> {
         let domain = token_domain(TOKEN_NAME, "2", self.chain.chain_id(), self.token.address());
-        sign_authorization(&self.payer, authorization, &domain).expect("sign").to_vec()
+        sign_authorization(&self.payer, authorization, &domain)
+            .expect("sign")
+            .to_vec()
     }
 }
 
 /// Deploying the token and minting credit exactly the minted amount.
 pub async fn deploy_and_mint(chain: Arc<dyn DevChain>) {
     let f = fixture(chain.clone(), 1_000_000).await;
-    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(1_000_000u64));
-    assert_eq!(f.token.balance_of(f.sender.address()).await.unwrap(), U256::ZERO);
-    assert!(!chain.code(f.token.address()).await.unwrap().is_empty(), "token has code");
+    assert_eq!(
+        f.token.balance_of(f.payer.address()).await.unwrap(),
+        U256::from(1_000_000u64)
+    );
+    assert_eq!(
+        f.token.balance_of(f.sender.address()).await.unwrap(),
+        U256::ZERO
+    );
+    assert!(
+        !chain.code(f.token.address()).await.unwrap().is_empty(),
+        "token has code"
+    );
 }
 
 /// A transferWithAuthorization moves exactly `value`, the sender pays the gas, and the nonce is spent.
@@ -89,21 +122,49 @@ pub async fn transfer_with_authorization_moves_exact_value(chain: Arc<dyn DevCha
     let (authorization, signature) = f.authorization(payee, 250_000).await;
     let gas_before = chain.native_balance(f.sender.address()).await.unwrap();
 
-    let hash = f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await.unwrap();
-    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+        .await
+        .unwrap();
+    let receipt =
+        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
+            .await
+            .unwrap();
     assert!(receipt.success, "transfer must succeed: {receipt:?}");
     assert_eq!(receipt.transaction_hash, hash);
-    assert!(receipt.gas_used > 21_000, "a token transfer costs more than a plain transfer");
-    assert!(!receipt.logs.is_empty(), "Transfer and AuthorizationUsed are logged");
+    assert!(
+        receipt.gas_used > 21_000,
+        "a token transfer costs more than a plain transfer"
+    );
+    assert!(
+        !receipt.logs.is_empty(),
+        "Transfer and AuthorizationUsed are logged"
+    );
 
-    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(750_000u64));
-    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(250_000u64));
-    assert!(f.token.authorization_state(f.payer.address(), authorization.nonce).await.unwrap());
+    assert_eq!(
+        f.token.balance_of(f.payer.address()).await.unwrap(),
+        U256::from(750_000u64)
+    );
+    assert_eq!(
+        f.token.balance_of(payee).await.unwrap(),
+        U256::from(250_000u64)
+    );
+    assert!(
+        f.token
+            .authorization_state(f.payer.address(), authorization.nonce)
+            .await
+            .unwrap()
+    );
 
     let gas_after = chain.native_balance(f.sender.address()).await.unwrap();
     let gas_cost = U256::from(receipt.gas_used) * U256::from(receipt.effective_gas_price);
     assert!(gas_cost > U256::ZERO, "gas is not free");
-    assert_eq!(gas_before - gas_after, gas_cost, "the sender paid exactly the gas");
+    assert_eq!(
+        gas_before - gas_after,
+        gas_cost,
+        "the sender paid exactly the gas"
+    );
 }
 
 /// The same authorization cannot be used twice; the replay moves nothing.
@@ -111,22 +172,41 @@ pub async fn replayed_authorization_reverts(chain: Arc<dyn DevChain>) {
     let f = fixture(chain.clone(), 1_000_000).await;
     let payee = Address::repeat_byte(0x43);
     let (authorization, signature) = f.authorization(payee, 100).await;
-    let hash = f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await.unwrap();
-    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+        .await
+        .unwrap();
+    let receipt =
+        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
+            .await
+            .unwrap();
     assert!(receipt.success);
 
-    let simulated = f.token.simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature).await;
-    assert!(matches!(simulated, Ok(CallOutcome::Revert(_))), "replay simulation must revert: {simulated:?}");
+    let simulated = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature)
+        .await;
+    assert!(
+        matches!(simulated, Ok(CallOutcome::Revert(_))),
+        "replay simulation must revert: {simulated:?}"
+    );
     // Forced on chain with an explicit gas limit, it is mined and reverts.
     let hash = f
         .token
         .submit_transfer_with_authorization(&f.sender, &authorization, &signature, Some(200_000))
         .await
         .unwrap();
-    let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    let receipt =
+        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
+            .await
+            .unwrap();
     assert!(!receipt.success, "replay must revert on chain");
     assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(100u64));
-    assert_eq!(f.token.balance_of(f.payer.address()).await.unwrap(), U256::from(999_900u64));
+    assert_eq!(
+        f.token.balance_of(f.payer.address()).await.unwrap(),
+        U256::from(999_900u64)
+    );
 }
 
 /// Expired, not-yet-valid and forged authorizations revert in simulation.
@@ -138,29 +218,68 @@ pub async fn invalid_authorizations_revert(chain: Arc<dyn DevChain>) {
     let (mut expired, _) = f.authorization(payee, 10).await;
     expired.valid_before = U256::from(now.saturating_sub(1));
     let signature = f.sign(&expired);
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &expired, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Revert(_)), "expired: {outcome:?}");
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &expired, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "expired: {outcome:?}"
+    );
 
     let (mut early, _) = f.authorization(payee, 10).await;
     early.valid_after = U256::from(now + 3600);
     early.valid_before = U256::from(now + 7200);
     let signature = f.sign(&early);
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &early, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Revert(_)), "not yet valid: {outcome:?}");
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &early, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "not yet valid: {outcome:?}"
+    );
 
     let (mut forged, signature) = f.authorization(payee, 10).await;
     forged.value = Amount::from(999_999u64);
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &forged, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Revert(_)), "forged: {outcome:?}");
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &forged, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "forged: {outcome:?}"
+    );
 
     let (too_much, signature) = f.authorization(payee, 2_000_000).await;
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &too_much, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Revert(_)), "insufficient balance: {outcome:?}");
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &too_much, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "insufficient balance: {outcome:?}"
+    );
 
     let (valid, signature) = f.authorization(payee, 10).await;
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &valid, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Success(_)), "valid: {outcome:?}");
-    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::ZERO, "simulations move nothing");
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &valid, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Success(_)),
+        "valid: {outcome:?}"
+    );
+    assert_eq!(
+        f.token.balance_of(payee).await.unwrap(),
+        U256::ZERO,
+        "simulations move nothing"
+    );
 }
 
 /// Moving the clock forward is seen by the chain and by contracts.
@@ -171,9 +290,19 @@ pub async fn time_travel_expires_authorizations(chain: Arc<dyn DevChain>) {
     chain.increase_time(7200).await.unwrap();
     let after = chain.latest_block().await.unwrap();
     assert!(after.number > before.number, "a block was mined");
-    assert!(after.timestamp >= before.timestamp + 7200, "{after:?} vs {before:?}");
-    let outcome = f.token.simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature).await.unwrap();
-    assert!(matches!(outcome, CallOutcome::Revert(_)), "authorization must have expired: {outcome:?}");
+    assert!(
+        after.timestamp >= before.timestamp + 7200,
+        "{after:?} vs {before:?}"
+    );
+    let outcome = f
+        .token
+        .simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "authorization must have expired: {outcome:?}"
+    );
     chain.mine().await.unwrap();
     assert!(chain.latest_block().await.unwrap().number > after.number);
 }
@@ -188,7 +317,9 @@ pub async fn concurrent_sends_share_one_nonce_sequence(chain: Arc<dyn DevChain>)
         let f = f.clone();
         handles.push(tokio::spawn(async move {
             let (authorization, signature) = f.authorization(Address::repeat_byte(0x46), 1).await;
-            f.token.submit_transfer_with_authorization(&f.sender, &authorization, &signature, None).await
+            f.token
+                .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+                .await
         }));
     }
     let mut hashes = Vec::new();
@@ -196,11 +327,26 @@ pub async fn concurrent_sends_share_one_nonce_sequence(chain: Arc<dyn DevChain>)
         hashes.push(handle.await.unwrap().unwrap());
     }
     for hash in &hashes {
-        let receipt = crate::account::wait_for_receipt(chain.as_ref(), *hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+        let receipt = crate::account::wait_for_receipt(
+            chain.as_ref(),
+            *hash,
+            crate::account::RECEIPT_TIMEOUT,
+        )
+        .await
+        .unwrap();
         assert!(receipt.success);
     }
-    assert_eq!(chain.transaction_count(f.sender.address()).await.unwrap(), start_nonce + SENDS);
-    assert_eq!(f.token.balance_of(Address::repeat_byte(0x46)).await.unwrap(), U256::from(SENDS));
+    assert_eq!(
+        chain.transaction_count(f.sender.address()).await.unwrap(),
+        start_nonce + SENDS
+    );
+    assert_eq!(
+        f.token
+            .balance_of(Address::repeat_byte(0x46))
+            .await
+            .unwrap(),
+        U256::from(SENDS)
+    );
 }
 
 /// A transaction with a nonce that was already used is refused and nothing changes; the account
@@ -208,22 +354,42 @@ pub async fn concurrent_sends_share_one_nonce_sequence(chain: Arc<dyn DevChain>)
 pub async fn stale_nonce_is_rejected_then_recovered(chain: Arc<dyn DevChain>) {
     let f = fixture(chain.clone(), 1_000_000).await;
     let key = PrivateKeySigner::random();
-    chain.set_native_balance(key.address(), U256::from(ONE_ETHER)).await.unwrap();
+    chain
+        .set_native_balance(key.address(), U256::from(ONE_ETHER))
+        .await
+        .unwrap();
     let evm: Arc<dyn EvmChain> = chain.clone();
     let first = Account::new(evm.clone(), key.clone());
     let second = Account::new(evm, key);
     let payee = Address::repeat_byte(0x47);
-    async fn send(f: &Fixture, account: &Account, payee: Address, value: u64) -> Result<B256, crate::ChainError> {
+    async fn send(
+        f: &Fixture,
+        account: &Account,
+        payee: Address,
+        value: u64,
+    ) -> Result<B256, crate::ChainError> {
         let (authorization, signature) = f.authorization(payee, value).await;
-        f.token.submit_transfer_with_authorization(account, &authorization, &signature, None).await
+        f.token
+            .submit_transfer_with_authorization(account, &authorization, &signature, None)
+            .await
     }
-    // Both accounts learn nonce N; the first uses it; the second must resync instead of failing.
-    let h1 = send(&f, &first, payee, 5).await.unwrap();
-    let h2 = send(&f, &second, payee, 7).await.unwrap();
-    for hash in [h1, h2] {
-        let receipt = crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT).await.unwrap();
+    // The second account caches nonce N+1 after its first send; the first account then uses N+1
+    // behind its back, so the second's next send is stale and must resynchronize, not fail.
+    let start = chain.transaction_count(second.address()).await.unwrap();
+    let h1 = send(&f, &second, payee, 2).await.unwrap();
+    let h2 = send(&f, &first, payee, 3).await.unwrap();
+    let h3 = send(&f, &second, payee, 7).await.unwrap();
+    for hash in [h1, h2, h3] {
+        let receipt =
+            crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
+                .await
+                .unwrap();
         assert!(receipt.success);
     }
+    assert_eq!(
+        chain.transaction_count(second.address()).await.unwrap(),
+        start + 3
+    );
     assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(12u64));
 }
 
@@ -234,7 +400,10 @@ pub async fn wrong_chain_id_is_rejected(chain: Arc<dyn DevChain>) {
     use alloy_network::TxSignerSync;
     let account = funded_account(&chain).await;
     let signer = PrivateKeySigner::random();
-    chain.set_native_balance(signer.address(), U256::from(ONE_ETHER)).await.unwrap();
+    chain
+        .set_native_balance(signer.address(), U256::from(ONE_ETHER))
+        .await
+        .unwrap();
     let fees = chain.fees().await.unwrap();
     let mut tx = TxEip1559 {
         chain_id: chain.chain_id() + 1,
@@ -250,16 +419,29 @@ pub async fn wrong_chain_id_is_rejected(chain: Arc<dyn DevChain>) {
     let signature = signer.sign_transaction_sync(&mut tx).unwrap();
     let raw = TxEnvelope::from(tx.into_signed(signature)).encoded_2718();
     let result = chain.send_raw_transaction(raw.into()).await;
-    assert!(result.is_err(), "wrong chain id must be refused: {result:?}");
-    assert_eq!(chain.native_balance(account.address()).await.unwrap(), U256::from(ONE_ETHER));
+    assert!(
+        result.is_err(),
+        "wrong chain id must be refused: {result:?}"
+    );
+    assert_eq!(
+        chain.native_balance(account.address()).await.unwrap(),
+        U256::from(ONE_ETHER)
+    );
     // A correct plain transfer works.
     let sender = Account::new(chain.clone(), signer);
     let receipt = sender
-        .send_and_wait(TxRequest { to: Some(account.address()), value: U256::from(1u64), ..Default::default() })
+        .send_and_wait(TxRequest {
+            to: Some(account.address()),
+            value: U256::from(1u64),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(receipt.success);
-    assert_eq!(chain.native_balance(account.address()).await.unwrap(), U256::from(ONE_ETHER + 1));
+    assert_eq!(
+        chain.native_balance(account.address()).await.unwrap(),
+        U256::from(ONE_ETHER + 1)
+    );
 }
 
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression that

@@ -18,7 +18,9 @@ pub struct Token {
 
 impl std::fmt::Debug for Token {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Token").field("address", &self.address).finish()
+        f.debug_struct("Token")
+            .field("address", &self.address)
+            .finish()
     }
 }
 
@@ -32,27 +34,54 @@ impl Token {
     }
 
     /// Deploys Bursar's token with `owner` as its minter.
-    pub async fn deploy(deployer: &Account, name: &str, symbol: &str, owner: Address) -> Result<Token, ChainError> {
-        let address = deployer.deploy(bursar_contracts::token_creation_code(name, symbol, owner)).await?;
+    pub async fn deploy(
+        deployer: &Account,
+        name: &str,
+        symbol: &str,
+        owner: Address,
+    ) -> Result<Token, ChainError> {
+        let address = deployer
+            .deploy(bursar_contracts::token_creation_code(name, symbol, owner))
+            .await?;
         Ok(Token::new(deployer.chain().clone(), address))
     }
 
     async fn view(&self, data: Bytes) -> Result<Bytes, ChainError> {
-        match self.chain.call(CallRequest { to: Some(self.address), data, ..Default::default() }).await? {
+        match self
+            .chain
+            .call(CallRequest {
+                to: Some(self.address),
+                data,
+                ..Default::default()
+            })
+            .await?
+        {
             CallOutcome::Success(output) => Ok(output),
-            CallOutcome::Revert(data) => Err(ChainError::Reverted(format!("view call reverted: {data}"))),
+            CallOutcome::Revert(data) => {
+                Err(ChainError::Reverted(format!("view call reverted: {data}")))
+            }
         }
     }
 
     pub async fn balance_of(&self, owner: Address) -> Result<U256, ChainError> {
         let output = self.view(bursar_contracts::balance_of_call(owner)).await?;
-        U256::abi_decode(&output).map_err(|e| ChainError::Transport(format!("balanceOf returned garbage: {e}")))
+        U256::abi_decode(&output)
+            .map_err(|e| ChainError::Transport(format!("balanceOf returned garbage: {e}")))
     }
 
     /// Whether an authorization nonce is used (or cancelled).
-    pub async fn authorization_state(&self, authorizer: Address, nonce: B256) -> Result<bool, ChainError> {
-        let output = self.view(bursar_contracts::authorization_state_call(authorizer, nonce)).await?;
-        bool::abi_decode(&output).map_err(|e| ChainError::Transport(format!("authorizationState returned garbage: {e}")))
+    pub async fn authorization_state(
+        &self,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool, ChainError> {
+        let output = self
+            .view(bursar_contracts::authorization_state_call(
+                authorizer, nonce,
+            ))
+            .await?;
+        bool::abi_decode(&output)
+            .map_err(|e| ChainError::Transport(format!("authorizationState returned garbage: {e}")))
     }
 
     /// Simulates `transferWithAuthorization` as `sender` would send it.
@@ -91,16 +120,27 @@ impl Token {
     }
 
     /// Mints `amount` to `to`; `minter` must be the token's owner.
-    pub async fn mint(&self, minter: &Account, to: Address, amount: U256) -> Result<Receipt, ChainError> {
+    pub async fn mint(
+        &self,
+        minter: &Account,
+        to: Address,
+        amount: U256,
+    ) -> Result<Receipt, ChainError> {
         let receipt = minter
             .send_and_wait(TxRequest {
                 to: Some(self.address),
-                data: bursar_contracts::mint_call(to, bursar_protocol::money::Amount::from_atomic(amount)),
+                data: bursar_contracts::mint_call(
+                    to,
+                    bursar_protocol::money::Amount::from_atomic(amount),
+                ),
                 ..Default::default()
             })
             .await?;
         if !receipt.success {
-            return Err(ChainError::Reverted(format!("mint {} reverted", receipt.transaction_hash)));
+            return Err(ChainError::Reverted(format!(
+                "mint {} reverted",
+                receipt.transaction_hash
+            )));
         }
         Ok(receipt)
     }

@@ -443,7 +443,9 @@ pub async fn malformed_requests_get_400(chain: Arc<dyn DevChain>) {
             assert!(document["error"].is_string(), "{document}");
         }
     }
-    let huge = vec![b' '; 2 * 1024 * 1024];
+    // Just over the limit: small enough to fit in socket buffers, so the early 413 cannot race
+    // the upload.
+    let huge = vec![b' '; bursar_protocol::types::BODY_BYTES_MAX + 1024];
     let response = h
         .http
         .post(format!("{}/verify", h.url))
