@@ -90,6 +90,14 @@ impl Fixture {
         (authorization, signature)
     }
 
+    /// Simulates `transferWithAuthorization` from the fixture's sender.
+    pub async fn simulate(&self, authorization: &Authorization, signature: &[u8]) -> CallOutcome {
+        self.token
+            .simulate_transfer_with_authorization(self.sender.address(), authorization, signature)
+            .await
+            .expect("simulation reaches the chain")
+    }
+
     pub fn sign(&self, authorization: &Authorization) -> Vec<u8> {
         let domain = token_domain(TOKEN_NAME, "2", self.chain.chain_id(), self.token.address());
         sign_authorization(&self.payer, authorization, &domain)
@@ -218,11 +226,7 @@ pub async fn invalid_authorizations_revert(chain: Arc<dyn DevChain>) {
     let (mut expired, _) = f.authorization(payee, 10).await;
     expired.valid_before = U256::from(now.saturating_sub(1));
     let signature = f.sign(&expired);
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &expired, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&expired, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Revert(_)),
         "expired: {outcome:?}"
@@ -232,11 +236,7 @@ pub async fn invalid_authorizations_revert(chain: Arc<dyn DevChain>) {
     early.valid_after = U256::from(now + 3600);
     early.valid_before = U256::from(now + 7200);
     let signature = f.sign(&early);
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &early, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&early, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Revert(_)),
         "not yet valid: {outcome:?}"
@@ -244,33 +244,21 @@ pub async fn invalid_authorizations_revert(chain: Arc<dyn DevChain>) {
 
     let (mut forged, signature) = f.authorization(payee, 10).await;
     forged.value = Amount::from(999_999u64);
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &forged, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&forged, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Revert(_)),
         "forged: {outcome:?}"
     );
 
     let (too_much, signature) = f.authorization(payee, 2_000_000).await;
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &too_much, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&too_much, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Revert(_)),
         "insufficient balance: {outcome:?}"
     );
 
     let (valid, signature) = f.authorization(payee, 10).await;
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &valid, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&valid, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Success(_)),
         "valid: {outcome:?}"
@@ -294,11 +282,7 @@ pub async fn time_travel_expires_authorizations(chain: Arc<dyn DevChain>) {
         after.timestamp >= before.timestamp + 7200,
         "{after:?} vs {before:?}"
     );
-    let outcome = f
-        .token
-        .simulate_transfer_with_authorization(f.sender.address(), &authorization, &signature)
-        .await
-        .unwrap();
+    let outcome = f.simulate(&authorization, &signature).await;
     assert!(
         matches!(outcome, CallOutcome::Revert(_)),
         "authorization must have expired: {outcome:?}"

@@ -422,6 +422,13 @@ impl LocalFacilitator {
         let authorization = &checked.payload.authorization;
         let signature = &checked.payload.signature;
         let token = Token::new(self.chain.clone(), checked.token);
+        // Refused before anything was broadcast: not remembered, so the payer may try again.
+        let refused = |reason: Reason, message: String| {
+            (
+                SettleResponse::failed(reason, message, Some(payer.clone()), network.clone()),
+                false,
+            )
+        };
 
         // Simulate first: a transaction that would revert costs gas and settles nothing.
         match token
@@ -430,27 +437,12 @@ impl LocalFacilitator {
         {
             Ok(CallOutcome::Success(_)) => {}
             Ok(CallOutcome::Revert(data)) => {
-                return (
-                    SettleResponse::failed(
-                        Reason::SIMULATION_FAILED,
-                        format!("transferWithAuthorization would revert ({data})"),
-                        Some(payer),
-                        network,
-                    ),
-                    false,
+                return refused(
+                    Reason::SIMULATION_FAILED,
+                    format!("transferWithAuthorization would revert ({data})"),
                 );
             }
-            Err(error) => {
-                return (
-                    SettleResponse::failed(
-                        Reason::UNEXPECTED_SETTLE_ERROR,
-                        error.to_string(),
-                        Some(payer),
-                        network,
-                    ),
-                    false,
-                );
-            }
+            Err(error) => return refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string()),
         }
         let hash = match token
             .submit_transfer_with_authorization(
@@ -464,15 +456,7 @@ impl LocalFacilitator {
             Ok(hash) => hash,
             Err(error) => {
                 tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
-                return (
-                    SettleResponse::failed(
-                        Reason::UNEXPECTED_SETTLE_ERROR,
-                        error.to_string(),
-                        Some(payer),
-                        network,
-                    ),
-                    false,
-                );
+                return refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string());
             }
         };
         match wait_for_receipt(self.chain.as_ref(), hash, SETTLE_RECEIPT_TIMEOUT).await {
