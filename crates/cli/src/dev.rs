@@ -132,7 +132,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
 
     let facilitator_app =
         bursar_facilitator::router(facilitator).merge(dev_routes(network.clone()));
-    let api_app = crate::pay::demo_api(&info)?;
+    let api_app = crate::pay::demo_api(&crate::pay::DemoApiConfig::from_dev_info(&info))?;
     print_banner(&network, &info).await;
 
     let facilitator_task = tokio::spawn(serve(facilitator_listener, facilitator_app));

@@ -5,6 +5,7 @@
 //! - `bursar pay <url>` pays for a resource and prints the content and the receipt.
 //! - `bursar balance` / `bursar faucet` read and fund dev-chain accounts.
 //! - `bursar facilitator` serves the facilitator alone, on the embedded chain or a JSON-RPC node.
+//! - `bursar demo-api` serves the demo paid API alone, against any facilitator, chain and token.
 //! - `bursar bench` measures signature verification and the facilitator's `/verify`.
 
 mod bench;
@@ -49,6 +50,8 @@ enum Command {
     Faucet(pay::FaucetArgs),
     /// Serve the facilitator alone.
     Facilitator(dev::FacilitatorArgs),
+    /// Serve the demo paid API alone, priced in any token and settled by any facilitator.
+    DemoApi(pay::DemoApiArgs),
     /// Measure signature verification and facilitator /verify throughput.
     Bench(bench::BenchArgs),
 }
@@ -76,7 +79,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(
         cli.command,
-        Command::Dev(_) | Command::Facilitator(_)
+        Command::Dev(_) | Command::Facilitator(_) | Command::DemoApi(_)
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Balance(args) => pay::balance(args).await,
             Command::Faucet(args) => pay::faucet(args).await,
             Command::Facilitator(args) => dev::facilitator(args).await,
+            Command::DemoApi(args) => pay::serve_demo_api(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

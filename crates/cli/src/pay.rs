@@ -67,18 +67,48 @@ pub const DEMO_ROUTES: &[DemoRoute] = &[
     },
 ];
 
+/// What the demo paid API needs: where its facilitator is, which token it charges in, who is paid.
+#[derive(Debug, Clone)]
+pub struct DemoApiConfig {
+    pub facilitator_url: String,
+    /// The API's own public base URL (the `resource` of its offers).
+    pub api_url: String,
+    pub chain_id: u64,
+    pub token: Address,
+    /// The token's EIP-712 domain name and version (sent in `extra`).
+    pub token_name: String,
+    pub token_version: String,
+    pub pay_to: Address,
+}
+
+impl DemoApiConfig {
+    /// The demo API of `bursar dev`.
+    pub fn from_dev_info(info: &DevInfo) -> DemoApiConfig {
+        DemoApiConfig {
+            facilitator_url: info.facilitator_url.clone(),
+            api_url: info.api_url.clone(),
+            chain_id: info.chain_id,
+            token: info.token,
+            token_name: info.token_name.clone(),
+            token_version: info.token_version.clone(),
+            pay_to: info.seller,
+        }
+    }
+}
+
 /// The demo paid API: three priced routes behind the paywall, verified and settled through the
-/// dev facilitator's HTTP API, plus a free index at `/`.
-pub fn demo_api(info: &DevInfo) -> Result<Router> {
-    let facilitator: Arc<dyn Facilitator> = Arc::new(HttpFacilitator::new(&info.facilitator_url)?);
+/// facilitator's HTTP API, plus a free index at `/`.
+pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
+    let facilitator: Arc<dyn Facilitator> =
+        Arc::new(HttpFacilitator::new(&config.facilitator_url)?);
     let asset = Asset::new(
-        info.token.to_checksum(None),
-        info.token_name.clone(),
-        info.token_version.clone(),
+        config.token.to_checksum(None),
+        config.token_name.clone(),
+        config.token_version.clone(),
         AssetUnit::usdc(),
     );
-    let network = Network::Eip155(info.chain_id);
-    let mut paywall = PaywallLayer::builder(facilitator).public_base_url(info.api_url.clone());
+    let network = Network::Eip155(config.chain_id);
+    let mut paywall = PaywallLayer::builder(facilitator).public_base_url(config.api_url.clone());
     for route in DEMO_ROUTES {
         paywall = paywall.route(
             PricedRoute::new(Method::GET, route.path)
@@ -88,7 +118,7 @@ pub fn demo_api(info: &DevInfo) -> Result<Router> {
                     network.clone(),
                     asset.clone(),
                     Amount::from(route.price_atomic),
-                    info.seller.to_checksum(None),
+                    config.pay_to.to_checksum(None),
                 )),
         );
     }
@@ -117,6 +147,60 @@ pub fn demo_api(info: &DevInfo) -> Result<Router> {
         )
         .layer(paywall)
         .route("/", get(move || async move { axum::Json(json!({"routes": index})) })))
+}
+
+#[derive(clap::Args)]
+pub struct DemoApiArgs {
+    /// Address and port to listen on.
+    #[arg(long, default_value = "127.0.0.1:4021")]
+    pub listen: std::net::SocketAddr,
+    /// The facilitator that verifies and settles the payments (its base URL).
+    #[arg(long)]
+    pub facilitator_url: String,
+    /// The EVM chain id the offers name (network `eip155:<id>`).
+    #[arg(long)]
+    pub chain_id: u64,
+    /// The EIP-3009 token to charge in (6 decimals).
+    #[arg(long)]
+    pub token: Address,
+    /// The token's EIP-712 domain name, e.g. "USD Coin".
+    #[arg(long)]
+    pub token_name: String,
+    /// The token's EIP-712 domain version.
+    #[arg(long, default_value = "2")]
+    pub token_version: String,
+    /// Who is paid.
+    #[arg(long)]
+    pub pay_to: Address,
+    /// The API's public base URL, if not http://<listen address>.
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+/// `bursar demo-api`: the demo paid API alone, against any facilitator, chain and token.
+pub async fn serve_demo_api(args: DemoApiArgs) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the demo API", args.listen))?;
+    let api_url = match args.public_url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    let config = DemoApiConfig {
+        facilitator_url: args.facilitator_url,
+        api_url: api_url.clone(),
+        chain_id: args.chain_id,
+        token: args.token,
+        token_name: args.token_name,
+        token_version: args.token_version,
+        pay_to: args.pay_to,
+    };
+    let app = demo_api(&config)?;
+    println!(
+        "Bursar demo API on {api_url} for eip155:{} (token {}, paying {}, facilitator {})",
+        config.chain_id, config.token, config.pay_to, config.facilitator_url
+    );
+    crate::dev::serve(listener, app).await
 }
 
 #[derive(clap::Args)]

@@ -380,3 +380,53 @@ fn garbage_payment_headers_get_402_json_and_nothing_moves() {
 fn base64_of(text: &str) -> String {
     bursar_protocol::codec::encode_header(&serde_json::from_str::<Value>(text).unwrap())
 }
+
+/// `bursar demo-api` serves the demo routes priced in the given token, settled by the given
+/// facilitator, paying the given address.
+#[test]
+fn demo_api_command_charges_through_the_given_facilitator_and_pays_the_given_address() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let pay_to = PrivateKeySigner::random().address().to_checksum(None);
+    let chain_id = dev.info["chainId"].to_string();
+    let mut api = Command::new(BURSAR)
+        .args(["demo-api", "--listen", "127.0.0.1:0", "--facilitator-url"])
+        .arg(dev.info["facilitatorUrl"].as_str().unwrap())
+        .args(["--chain-id", &chain_id, "--token"])
+        .arg(dev.info["token"].as_str().unwrap())
+        .args(["--token-name", dev.info["tokenName"].as_str().unwrap()])
+        .args(["--pay-to", &pay_to])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn bursar demo-api");
+    let mut line = String::new();
+    BufReader::new(api.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+
+    let buyer_start = dev.balance(&dev.buyer());
+    let output = dev.bursar(&["pay", &format!("{url}/joke"), "--json", "--max", "0.01"]);
+    let _ = api.kill();
+    let _ = api.wait();
+    assert!(
+        output.status.success(),
+        "bursar pay failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["receipt"]["settled"], true, "{result}");
+    assert_eq!(
+        dev.balance(&pay_to),
+        1_000,
+        "the given address got the price"
+    );
+    assert_eq!(dev.balance(&dev.buyer()), buyer_start - 1_000);
+}
