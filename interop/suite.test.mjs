@@ -1,0 +1,310 @@
+// Bursar against the official x402 SDKs: every case is a real payment on a fresh local anvil.
+// Run through ./run (it installs the pinned packages and builds bursar first).
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { join } from "node:path";
+
+import { wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
+import { x402Client } from "@x402/core/client";
+import { HTTPFacilitatorClient } from "@x402/core/server";
+import { ExactEvmScheme } from "@x402/evm/exact/client";
+import { wrapFetchWithPayment as wrapFetchWithPaymentV1, decodeXPaymentResponse } from "x402-fetch";
+import { createWalletClient, publicActions } from "viem";
+
+import {
+  CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
+  BURSAR_BIN, balances, run, startBursarFacilitator, startBursarPaywall, startChain, startNodeServer,
+  stopAll,
+} from "./lib/harness.mjs";
+
+const CASE_TIMEOUT_MS = 90_000;
+let net;
+let bursarFacilitatorUrl;
+let bursarPaywallUrl; // Bursar paywall settled by Bursar's facilitator
+let paywallOnOfficialFacilitatorUrl; // Bursar paywall settled by the official facilitator
+let expressUrl; // official @x402/express settled by Bursar's facilitator
+let expressV1Url; // legacy x402-express 1.x settled by Bursar's facilitator
+
+/// Asserts the payer lost and the seller gained exactly `price` between two balance snapshots.
+function assertMoved(beforeBalances, afterBalances, price) {
+  assert.equal(beforeBalances.payer - afterBalances.payer, price, "payer balance change");
+  assert.equal(afterBalances.seller - beforeBalances.seller, price, "seller balance change");
+}
+
+function assertNothingMoved(beforeBalances, afterBalances) {
+  assert.deepEqual(afterBalances, beforeBalances, "no money moved");
+}
+
+function assertSettled(receipt) {
+  assert.equal(receipt.success, true, `settlement succeeded: ${JSON.stringify(receipt)}`);
+  assert.match(receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/, "transaction hash");
+}
+
+/// The official v2 TS client for the payer; spend controls allow the local token (not one of
+/// the SDK's default assets).
+function officialClient({ network = "eip155:*", spendControls = { allowedAssets: true } } = {}) {
+  const signer = createWalletClient({
+    account: net.keys.payer.account,
+    chain: net.chain,
+    transport: net.transport,
+  }).extend(publicActions);
+  const client = new x402Client().register(network, new ExactEvmScheme({ ...signer, address: signer.account.address }));
+  if (spendControls !== undefined) client.setSpendControls(spendControls);
+  return client;
+}
+
+/// fetch that records the payment headers it sends (for the replay case).
+function recordingFetch(sent) {
+  return (input, init) => {
+    const headers = new Headers(input instanceof Request ? input.headers : undefined);
+    new Headers(init?.headers).forEach((value, name) => headers.set(name, value));
+    const payment = headers.get("payment-signature") ?? headers.get("x-payment");
+    if (payment) sent.push({ name: headers.has("payment-signature") ? "PAYMENT-SIGNATURE" : "X-PAYMENT", value: payment });
+    return fetch(input, init);
+  };
+}
+
+async function bursarPay(url, extra = []) {
+  return run(BURSAR_BIN, ["pay", url, "--max", "0.05", "--json", ...extra], {
+    env: {
+      BURSAR_PRIVATE_KEY: net.keys.payer.key,
+      BURSAR_DATA_DIR: join(WORK_DIR, "no-dev-network"),
+      BURSAR_LOG: "warn",
+    },
+    timeoutMs: 60_000,
+  });
+}
+
+before(async () => {
+  net = await startChain();
+  bursarFacilitatorUrl = await startBursarFacilitator(net);
+  bursarPaywallUrl = await startBursarPaywall(net, "bursar-paywall", bursarFacilitatorUrl);
+  const officialFacilitatorUrl = await startNodeServer("official-facilitator", "facilitator.mjs", {
+    RPC_URL: net.rpcUrl,
+    CHAIN_ID: String(CHAIN_ID),
+    FACILITATOR_KEY: net.keys.officialFacilitator.key,
+  });
+  paywallOnOfficialFacilitatorUrl = await startBursarPaywall(
+    net, "bursar-paywall-official-facilitator", officialFacilitatorUrl,
+  );
+  expressUrl = await startNodeServer("official-express", "express.mjs", {
+    FACILITATOR_URL: bursarFacilitatorUrl,
+    NETWORK,
+    TOKEN: net.token,
+    TOKEN_NAME,
+    TOKEN_VERSION,
+    PAY_TO: net.keys.seller.address,
+    PRICE: String(PRICE.weather),
+  });
+  expressV1Url = await startNodeServer("legacy-express-v1", "express-v1.mjs", {
+    FACILITATOR_URL: bursarFacilitatorUrl,
+    V1_NETWORK,
+    TOKEN: net.token,
+    TOKEN_NAME,
+    TOKEN_VERSION,
+    PAY_TO: net.keys.seller.address,
+    PRICE: String(PRICE.weather),
+  });
+}, { timeout: 120_000 });
+
+after(async () => {
+  await stopAll();
+});
+
+describe("interop with the official x402 SDKs", { concurrency: false }, () => {
+  let replayable; // a PAYMENT-SIGNATURE the official client already paid with
+
+  test("1. @x402/fetch + @x402/evm exact client -> Bursar paywall -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const sent = [];
+    const pay = wrapFetchWithPayment(recordingFetch(sent), officialClient());
+    const start = await balances(net);
+    const response = await pay(`${bursarPaywallUrl}/weather`);
+    assert.equal(response.status, 200, await response.clone().text());
+    const body = await response.json();
+    assert.equal(body.city, "Lisbon");
+    const header = response.headers.get("PAYMENT-RESPONSE");
+    assert.ok(header, "PAYMENT-RESPONSE header");
+    const receipt = decodePaymentResponseHeader(header);
+    assertSettled(receipt);
+    assert.equal(receipt.network, NETWORK);
+    assertMoved(start, await balances(net), PRICE.weather);
+    assert.equal(sent.length, 1);
+    assert.equal(sent[0].name, "PAYMENT-SIGNATURE", "the official v2 client pays with the v2 header");
+    replayable = sent[0];
+  });
+
+  test("1b. replaying the official client's payment header against Bursar is rejected; no money moves", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    assert.ok(replayable, "case 1 recorded a payment header");
+    const start = await balances(net);
+    const response = await fetch(`${bursarPaywallUrl}/weather`, { headers: { [replayable.name]: replayable.value } });
+    assert.equal(response.status, 402);
+    const text = await response.text();
+    assert.ok(!text.includes("Lisbon"), "no content for a replayed payment");
+    const required = response.headers.get("PAYMENT-REQUIRED");
+    const reason = required ? JSON.parse(Buffer.from(required, "base64").toString("utf8")).error : text;
+    t.diagnostic(`rejected: ${reason}`);
+    assertNothingMoved(start, await balances(net));
+  });
+
+  test("1c. official client offered a price above its spend cap fails cleanly without paying", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const client = officialClient({
+      spendControls: { allowedAssets: [{ network: NETWORK, asset: net.token, maxAmountPerPayment: String(PRICE.weather - 1n) }] },
+    });
+    const sent = [];
+    const pay = wrapFetchWithPayment(recordingFetch(sent), client);
+    const start = await balances(net);
+    const error = await pay(`${bursarPaywallUrl}/weather`).then(() => null, (e) => e);
+    assert.ok(error instanceof Error, "the client refuses to pay");
+    t.diagnostic(`refused: ${error.message}`);
+    assert.equal(sent.length, 0, "no payment header was sent");
+    assertNothingMoved(start, await balances(net));
+  });
+
+  test("1d. official client registered only for another network fails cleanly without paying", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const sent = [];
+    const pay = wrapFetchWithPayment(recordingFetch(sent), officialClient({ network: "eip155:8453" }));
+    const start = await balances(net);
+    const error = await pay(`${bursarPaywallUrl}/joke`).then(() => null, (e) => e);
+    assert.ok(error instanceof Error, "the client refuses to pay");
+    t.diagnostic(`refused: ${error.message}`);
+    assert.equal(sent.length, 0, "no payment header was sent");
+    assertNothingMoved(start, await balances(net));
+  });
+
+  test("2. x402-fetch 1.x (legacy v1) -> Bursar paywall -> Bursar facilitator (v1)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const wallet = createWalletClient({ account: net.keys.payer.account, chain: net.chain, transport: net.transport })
+      .extend(publicActions);
+    const sent = [];
+    const pay = wrapFetchWithPaymentV1(recordingFetch(sent), wallet, 50_000n);
+    const start = await balances(net);
+    const response = await pay(`${bursarPaywallUrl}/joke`);
+    assert.equal(response.status, 200, await response.clone().text());
+    assert.match(await response.text(), /binary/);
+    const header = response.headers.get("X-PAYMENT-RESPONSE");
+    assert.ok(header, "X-PAYMENT-RESPONSE header");
+    const receipt = decodeXPaymentResponse(header);
+    assertSettled(receipt);
+    assert.equal(receipt.network, V1_NETWORK);
+    assertMoved(start, await balances(net), PRICE.joke);
+    assert.equal(sent[0]?.name, "X-PAYMENT", "the legacy client pays with the v1 header");
+  });
+
+  test("2b. x402-fetch 1.x refuses a price above its maxValue without paying", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const wallet = createWalletClient({ account: net.keys.payer.account, chain: net.chain, transport: net.transport })
+      .extend(publicActions);
+    const sent = [];
+    const pay = wrapFetchWithPaymentV1(recordingFetch(sent), wallet, PRICE.weather - 1n);
+    const start = await balances(net);
+    const error = await pay(`${bursarPaywallUrl}/weather`).then(() => null, (e) => e);
+    assert.ok(error instanceof Error, "the client refuses to pay");
+    t.diagnostic(`refused: ${error.message}`);
+    assert.equal(sent.length, 0, "no payment header was sent");
+    assertNothingMoved(start, await balances(net));
+  });
+
+  test("3. x402 (Python, httpx) -> Bursar paywall -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await run(PYTHON_BIN, [join(INTEROP_DIR, "python/pay.py"), `${bursarPaywallUrl}/weather`], {
+      env: { X402_PAYER_KEY: net.keys.payer.key },
+      timeoutMs: 60_000,
+    });
+    assert.equal(result.code, 0, `python client: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
+    assert.equal(outcome.status, 200, outcome.body);
+    assert.equal(JSON.parse(outcome.body).city, "Lisbon");
+    assert.ok(outcome.paymentResponse, "PAYMENT-RESPONSE header");
+    const receipt = decodePaymentResponseHeader(outcome.paymentResponse);
+    assertSettled(receipt);
+    assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await bursarPay(`${expressUrl}/weather`);
+    assert.equal(result.code, 0, `bursar pay: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout);
+    assert.equal(outcome.status, 200);
+    assert.equal(JSON.parse(outcome.body).city, "Porto");
+    assert.equal(outcome.receipt.settled, true);
+    assert.match(outcome.receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/);
+    assert.equal(outcome.receipt.x402Version, 2);
+    assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("4b. bursar pay --v1 -> legacy x402-express 1.x -> Bursar facilitator (v1)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await bursarPay(`${expressV1Url}/weather`, ["--v1"]);
+    assert.equal(result.code, 0, `bursar pay: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout);
+    assert.equal(outcome.status, 200);
+    assert.equal(JSON.parse(outcome.body).city, "Faro");
+    assert.equal(outcome.receipt.settled, true);
+    assert.match(outcome.receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/);
+    assert.equal(outcome.receipt.x402Version, 1);
+    assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("5. bursar pay -> Bursar paywall -> official @x402/core + @x402/evm facilitator (v2 and v1)", { timeout: CASE_TIMEOUT_MS }, async () => {
+    for (const [extra, version] of [[[], 2], [["--v1"], 1]]) {
+      const start = await balances(net);
+      const result = await bursarPay(`${paywallOnOfficialFacilitatorUrl}/weather`, extra);
+      assert.equal(result.code, 0, `bursar pay ${extra.join(" ")}: ${result.stdout}\n${result.stderr}`);
+      const outcome = JSON.parse(result.stdout);
+      assert.equal(outcome.status, 200);
+      assert.equal(JSON.parse(outcome.body).city, "Lisbon");
+      assert.equal(outcome.receipt.settled, true);
+      assert.match(outcome.receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/);
+      assert.equal(outcome.receipt.x402Version, version);
+      assertMoved(start, await balances(net), PRICE.weather);
+    }
+  });
+
+  test("6. official HTTPFacilitatorClient -> Bursar facilitator: /supported, /verify, /settle", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const facilitator = new HTTPFacilitatorClient({ url: bursarFacilitatorUrl });
+    const supported = await facilitator.getSupported();
+    const kinds = supported.kinds.map((k) => `${k.x402Version}/${k.scheme}/${k.network}`);
+    assert.ok(kinds.includes(`2/exact/${NETWORK}`), `v2 kind in ${kinds}`);
+    assert.ok(kinds.includes(`1/exact/${V1_NETWORK}`), `v1 kind in ${kinds}`);
+
+    const requirements = {
+      scheme: "exact",
+      network: NETWORK,
+      amount: String(PRICE.joke),
+      asset: net.token,
+      payTo: net.keys.seller.address,
+      maxTimeoutSeconds: 60,
+      extra: { name: TOKEN_NAME, version: TOKEN_VERSION },
+    };
+    const paymentRequired = {
+      x402Version: 2,
+      resource: { url: "http://127.0.0.1/direct", description: "direct facilitator call", mimeType: "text/plain" },
+      accepts: [requirements],
+    };
+    const payload = await officialClient().createPaymentPayload(paymentRequired);
+
+    const start = await balances(net);
+    const verified = await facilitator.verify(payload, requirements);
+    assert.equal(verified.isValid, true, JSON.stringify(verified));
+    assert.equal(verified.payer?.toLowerCase(), net.keys.payer.address.toLowerCase());
+    assertNothingMoved(start, await balances(net));
+
+    const settled = await facilitator.settle(payload, requirements);
+    assertSettled(settled);
+    assert.equal(settled.network, NETWORK);
+    assertMoved(start, await balances(net), PRICE.joke);
+
+    // The same authorization again: refused by verify and by settle, and nothing moves.
+    const afterFirst = await balances(net);
+    const again = await facilitator.verify(payload, requirements).catch((error) => error);
+    assert.notEqual(again.isValid, true, "a used authorization does not verify again");
+    t.diagnostic(`verify again: ${again.invalidReason ?? again.message}`);
+    const settledAgain = await facilitator.settle(payload, requirements).catch((error) => error);
+    t.diagnostic(`settle again: ${settledAgain.success === true ? `same transaction ${settledAgain.transaction}` : (settledAgain.errorReason ?? settledAgain.message)}`);
+    if (settledAgain.success === true) {
+      // An idempotent answer is fine: the same settlement, not a second one.
+      assert.equal(settledAgain.transaction, settled.transaction, "a duplicate settle names the first transaction");
+    }
+    assertNothingMoved(afterFirst, await balances(net));
+  });
+});
