@@ -1,0 +1,276 @@
+//! # bursar-store
+//!
+//! The facilitator's settlement ledger: one row per EIP-3009 authorization it has taken on, so
+//! that a duplicate `/settle` gets the original outcome even after a restart, a settlement that
+//! was broadcast when the process died can be finished later, and several facilitator processes
+//! sharing one database never settle one authorization twice.
+//!
+//! - [`SettlementLedger`] is the seam; [`SqliteLedger`] and [`PostgresLedger`] implement it, and
+//!   [`open`] picks one from a URL (`sqlite://path?mode=rwc`, `sqlite::memory:`,
+//!   `postgres://...`).
+//! - A row is keyed by [`LedgerKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
+//!   on that key is the arbiter of [`SettlementLedger::claim`]: `INSERT ... ON CONFLICT DO
+//!   NOTHING`, then read. Whoever inserted the row owns the settlement.
+//! - States move one way: `received` → `submitted` → `confirmed` | `failed`; a `received` row
+//!   refused before anything was broadcast is deleted ([`SettlementLedger::release`]) so the payer
+//!   may try again.
+//! - Migrations are embedded per backend (`migrations/sqlite`, `migrations/postgres`) and run by
+//!   [`open`]. Committed migrations are never edited; changes are new files.
+//!
+//! ## Features
+//! - `testkit`: [`testkit`] helpers for tests: a temporary SQLite file and a fresh PostgreSQL
+//!   database per test.
+
+mod sql;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bursar_protocol::SettleResponse;
+
+pub use sql::{PostgresLedger, SqliteLedger};
+
+/// Connections in a SQLite file ledger's pool (SQLite serializes writers anyway).
+pub const SQLITE_POOL_CONNECTIONS_MAX: u32 = 4;
+/// Connections in a PostgreSQL ledger's pool.
+pub const POSTGRES_POOL_CONNECTIONS_MAX: u32 = 8;
+/// How long a SQLite writer waits for the database lock before failing.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a caller waits for a pooled connection.
+pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many times [`SettlementLedger::claim`] retries when the row it collided with is released
+/// before it could be read.
+pub const CLAIM_ATTEMPTS_MAX: usize = 16;
+
+/// One EIP-3009 authorization, as the ledger identifies it.
+///
+/// Built with [`LedgerKey::new`], which lowercases every part, so one authorization has one key
+/// however its addresses were spelled.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LedgerKey {
+    network: String,
+    asset: String,
+    payer: String,
+    nonce: String,
+}
+
+impl LedgerKey {
+    /// `network` in CAIP-2 form (`eip155:8453`); `asset`, `payer` and `nonce` as 0x hex.
+    pub fn new(network: &str, asset: &str, payer: &str, nonce: &str) -> Self {
+        LedgerKey {
+            network: network.to_ascii_lowercase(),
+            asset: asset.to_ascii_lowercase(),
+            payer: payer.to_ascii_lowercase(),
+            nonce: nonce.to_ascii_lowercase(),
+        }
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    pub fn asset(&self) -> &str {
+        &self.asset
+    }
+
+    pub fn payer(&self) -> &str {
+        &self.payer
+    }
+
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+}
+
+impl std::fmt::Display for LedgerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}/{}",
+            self.network, self.asset, self.payer, self.nonce
+        )
+    }
+}
+
+/// Where a settlement stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SettlementState {
+    /// Claimed by a facilitator; nothing broadcast yet (or the process died before recording it).
+    Received,
+    /// A transaction was broadcast; its hash is recorded, its receipt not yet seen.
+    Submitted,
+    /// Mined and successful. Final.
+    Confirmed,
+    /// Mined and reverted, or given up on. Final.
+    Failed,
+}
+
+impl SettlementState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SettlementState::Received => "received",
+            SettlementState::Submitted => "submitted",
+            SettlementState::Confirmed => "confirmed",
+            SettlementState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SettlementState> {
+        match text {
+            "received" => Some(SettlementState::Received),
+            "submitted" => Some(SettlementState::Submitted),
+            "confirmed" => Some(SettlementState::Confirmed),
+            "failed" => Some(SettlementState::Failed),
+            _ => None,
+        }
+    }
+
+    /// Confirmed or failed: nothing will change it any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, SettlementState::Confirmed | SettlementState::Failed)
+    }
+}
+
+impl std::fmt::Display for SettlementState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome of [`SettlementLedger::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller inserted the row (as `received`) and owns the settlement.
+    Claimed,
+    /// Someone already holds this authorization.
+    Existing {
+        state: SettlementState,
+        /// The fingerprint of the payment that holds it; a different one is another payment
+        /// reusing the nonce.
+        fingerprint: String,
+        /// The transaction, once `submitted`.
+        tx_hash: Option<String>,
+        /// The recorded response: final once `confirmed`/`failed`; while `submitted`, the
+        /// response the settlement will give if its transaction succeeds.
+        response: Option<SettleResponse>,
+    },
+}
+
+/// What [`SettlementLedger::mark_submitted`] records about a broadcast transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The transaction hash, 0x hex.
+    pub tx_hash: String,
+    /// The authorization's `validBefore` (unix seconds): after it, an unmined transaction can
+    /// never succeed. Used by recovery.
+    pub valid_before_s: u64,
+    /// The response to give if the transaction is mined successfully.
+    pub pending_response: SettleResponse,
+}
+
+/// One row of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettlementRecord {
+    pub key: LedgerKey,
+    pub fingerprint: String,
+    pub state: SettlementState,
+    pub tx_hash: Option<String>,
+    pub valid_before_s: Option<u64>,
+    /// See [`Claim::Existing::response`].
+    pub response: Option<SettleResponse>,
+    pub error_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// Ledger failures. Operating errors, to be reported, never asserted away.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "unsupported ledger url {url:?}: expected sqlite://path, sqlite::memory: or postgres://"
+    )]
+    UnsupportedUrl { url: String },
+    #[error("settlement {key} cannot move to {to}: {reason}")]
+    Transition {
+        key: LedgerKey,
+        to: SettlementState,
+        reason: String,
+    },
+    #[error("settlement {key} was claimed and released {attempts} times while claiming it")]
+    ClaimContended { key: LedgerKey, attempts: usize },
+    #[error("corrupt ledger row {key}: {message}")]
+    Corrupt { key: LedgerKey, message: String },
+}
+
+/// The settlement ledger. Implementations must make [`claim`](Self::claim) atomic across
+/// processes sharing the database.
+#[async_trait::async_trait]
+pub trait SettlementLedger: Send + Sync + 'static {
+    /// Takes the authorization `key` for the payment `fingerprint`: [`Claim::Claimed`] if no row
+    /// existed (one is inserted as `received`), else what the existing row says.
+    async fn claim(&self, key: &LedgerKey, fingerprint: &str) -> Result<Claim, LedgerError>;
+
+    /// `received` → `submitted`, recording the broadcast transaction. Must be called before
+    /// waiting for the receipt, so a crash after broadcast is recoverable.
+    async fn mark_submitted(
+        &self,
+        key: &LedgerKey,
+        submission: &Submission,
+    ) -> Result<(), LedgerError>;
+
+    /// `received`/`submitted` → `confirmed`/`failed`, recording the response given to callers.
+    async fn finish(
+        &self,
+        key: &LedgerKey,
+        response: &SettleResponse,
+        state: SettlementState,
+    ) -> Result<(), LedgerError>;
+
+    /// Deletes a `received` row refused before anything was broadcast, so the payer may retry.
+    /// Returns whether a row was deleted; rows in any other state are left alone.
+    async fn release(&self, key: &LedgerKey) -> Result<bool, LedgerError>;
+
+    /// Every `submitted` row, oldest first: what crash recovery must look at.
+    async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
+
+    /// The row for `key`, if any.
+    async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError>;
+}
+
+/// Opens (creating if needed, for `sqlite://...?mode=rwc`) and migrates the ledger at `url`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn SettlementLedger>, LedgerError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresLedger::open(url).await?))
+    } else {
+        Err(LedgerError::UnsupportedUrl { url: redact(url) })
+    }
+}
+
+/// The URL of a SQLite ledger file, created on first use.
+pub fn sqlite_file_url(path: &std::path::Path) -> String {
+    format!("sqlite://{}?mode=rwc", path.display())
+}
+
+/// A URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

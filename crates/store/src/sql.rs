@@ -1,0 +1,375 @@
+//! The SQLite and PostgreSQL ledgers. Both run the same statements (`$n` placeholders work on
+//! both), so one macro writes both implementations; only opening and migrations differ.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use bursar_protocol::SettleResponse;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
+use tokio::sync::OnceCell;
+
+use crate::{
+    CLAIM_ATTEMPTS_MAX, Claim, LedgerError, LedgerKey, POOL_ACQUIRE_TIMEOUT,
+    POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX,
+    SettlementLedger, SettlementRecord, SettlementState, Submission, now_ms,
+};
+
+/// The embedded migrations of one backend, in order. Never edit a committed one: add a file.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "settlements",
+    include_str!("../migrations/sqlite/0001_settlements.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "settlements",
+    include_str!("../migrations/postgres/0001_settlements.sql"),
+)];
+
+fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    AssertSqlSafe(*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+const COLUMNS: &str = "network, asset, payer, nonce, fingerprint, state, tx_hash, valid_before_s, \
+                       response, error_reason, created_at_ms, updated_at_ms";
+
+const INSERT_RECEIVED: &str = "INSERT INTO settlements \
+     (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms) \
+     VALUES ($1, $2, $3, $4, $5, 'received', $6, $6) \
+     ON CONFLICT (network, asset, payer, nonce) DO NOTHING";
+
+const MARK_SUBMITTED: &str = "UPDATE settlements \
+     SET state = 'submitted', tx_hash = $5, valid_before_s = $6, response = $7, updated_at_ms = $8 \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received'";
+
+const FINISH: &str = "UPDATE settlements \
+     SET state = $5, response = $6, error_reason = $7, updated_at_ms = $8 \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
+     AND state IN ('received', 'submitted')";
+
+const RELEASE: &str = "DELETE FROM settlements \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received'";
+
+fn select_one() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM settlements \
+         WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4"
+    )
+}
+
+fn select_submitted() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM settlements WHERE state = 'submitted' \
+         ORDER BY created_at_ms, id"
+    )
+}
+
+fn record_from_row<R>(row: &R) -> Result<SettlementRecord, LedgerError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let key = LedgerKey {
+        network: row.try_get("network")?,
+        asset: row.try_get("asset")?,
+        payer: row.try_get("payer")?,
+        nonce: row.try_get("nonce")?,
+    };
+    let corrupt = |message: String| LedgerError::Corrupt {
+        key: key.clone(),
+        message,
+    };
+    let state: String = row.try_get("state")?;
+    let state = SettlementState::parse(&state)
+        .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?;
+    let response: Option<String> = row.try_get("response")?;
+    let response = response
+        .map(|json| serde_json::from_str::<SettleResponse>(&json))
+        .transpose()
+        .map_err(|error| corrupt(format!("unreadable response: {error}")))?;
+    let valid_before_s: Option<i64> = row.try_get("valid_before_s")?;
+    let valid_before_s = valid_before_s
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| corrupt("negative valid_before_s".into()))?;
+    Ok(SettlementRecord {
+        fingerprint: row.try_get("fingerprint")?,
+        state,
+        tx_hash: row.try_get("tx_hash")?,
+        valid_before_s,
+        response,
+        error_reason: row.try_get("error_reason")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        key,
+    })
+}
+
+fn response_json(response: &SettleResponse) -> String {
+    serde_json::to_string(response).expect("a SettleResponse always serializes")
+}
+
+/// Writes one ledger implementation over a sqlx pool type.
+macro_rules! ledger_impl {
+    ($ledger:ident, $pool:ty, $migrations:expr) => {
+        impl $ledger {
+            /// Runs the embedded migrations once per handle.
+            async fn ready(&self) -> Result<&$pool, LedgerError> {
+                self.migrated
+                    .get_or_try_init(|| async {
+                        migrator($migrations).run(&self.pool).await?;
+                        Ok::<(), LedgerError>(())
+                    })
+                    .await?;
+                Ok(&self.pool)
+            }
+
+            /// Closes the pool; later calls fail.
+            pub async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl SettlementLedger for $ledger {
+            async fn claim(
+                &self,
+                key: &LedgerKey,
+                fingerprint: &str,
+            ) -> Result<Claim, LedgerError> {
+                let pool = self.ready().await?;
+                for _ in 0..CLAIM_ATTEMPTS_MAX {
+                    let inserted = sqlx::query(INSERT_RECEIVED)
+                        .bind(&key.network)
+                        .bind(&key.asset)
+                        .bind(&key.payer)
+                        .bind(&key.nonce)
+                        .bind(fingerprint)
+                        .bind(now_ms())
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                    if inserted == 1 {
+                        return Ok(Claim::Claimed);
+                    }
+                    // The row exists; unless it was released since, report it.
+                    if let Some(record) = self.get(key).await? {
+                        return Ok(Claim::Existing {
+                            state: record.state,
+                            fingerprint: record.fingerprint,
+                            tx_hash: record.tx_hash,
+                            response: record.response,
+                        });
+                    }
+                }
+                Err(LedgerError::ClaimContended {
+                    key: key.clone(),
+                    attempts: CLAIM_ATTEMPTS_MAX,
+                })
+            }
+
+            async fn mark_submitted(
+                &self,
+                key: &LedgerKey,
+                submission: &Submission,
+            ) -> Result<(), LedgerError> {
+                let pool = self.ready().await?;
+                let valid_before_s = i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX);
+                let updated = sqlx::query(MARK_SUBMITTED)
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .bind(&submission.tx_hash)
+                    .bind(valid_before_s)
+                    .bind(response_json(&submission.pending_response))
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                self.check_transition(key, updated, SettlementState::Submitted)
+                    .await
+            }
+
+            async fn finish(
+                &self,
+                key: &LedgerKey,
+                response: &SettleResponse,
+                state: SettlementState,
+            ) -> Result<(), LedgerError> {
+                if !state.is_final() {
+                    return Err(LedgerError::Transition {
+                        key: key.clone(),
+                        to: state,
+                        reason: "finish takes confirmed or failed".into(),
+                    });
+                }
+                let pool = self.ready().await?;
+                let error_reason = response
+                    .error_reason
+                    .as_ref()
+                    .map(|reason| reason.as_str().to_string());
+                let updated = sqlx::query(FINISH)
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .bind(state.as_str())
+                    .bind(response_json(response))
+                    .bind(error_reason)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                self.check_transition(key, updated, state).await
+            }
+
+            async fn release(&self, key: &LedgerKey) -> Result<bool, LedgerError> {
+                let pool = self.ready().await?;
+                let deleted = sqlx::query(RELEASE)
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                Ok(deleted == 1)
+            }
+
+            async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError> {
+                let pool = self.ready().await?;
+                let rows = sqlx::query(AssertSqlSafe(select_submitted()))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(record_from_row).collect()
+            }
+
+            async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(AssertSqlSafe(select_one()))
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(record_from_row).transpose()
+            }
+        }
+
+        impl $ledger {
+            /// Turns "no row updated" into an error naming what the row holds instead.
+            async fn check_transition(
+                &self,
+                key: &LedgerKey,
+                updated: u64,
+                to: SettlementState,
+            ) -> Result<(), LedgerError> {
+                if updated == 1 {
+                    return Ok(());
+                }
+                let reason = match self.get(key).await? {
+                    Some(record) => format!("it is {}", record.state),
+                    None => "there is no such settlement".to_string(),
+                };
+                Err(LedgerError::Transition {
+                    key: key.clone(),
+                    to,
+                    reason,
+                })
+            }
+        }
+    };
+}
+
+/// A ledger in a SQLite file (WAL, busy timeout) or in memory.
+#[derive(Debug, Clone)]
+pub struct SqliteLedger {
+    pool: SqlitePool,
+    migrated: std::sync::Arc<OnceCell<()>>,
+}
+
+impl SqliteLedger {
+    /// Opens and migrates `sqlite://path?mode=rwc` or `sqlite::memory:`.
+    pub async fn open(url: &str) -> Result<SqliteLedger, LedgerError> {
+        let ledger = SqliteLedger::lazy(url)?;
+        ledger.ready().await?;
+        Ok(ledger)
+    }
+
+    /// A fresh, private in-memory ledger, usable without an async context: connections are made
+    /// and migrations run on first use. Its contents end with the process.
+    pub fn memory() -> SqliteLedger {
+        SqliteLedger::lazy("sqlite::memory:").expect("the in-memory url is valid")
+    }
+
+    fn lazy(url: &str) -> Result<SqliteLedger, LedgerError> {
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut options = SqliteConnectOptions::from_str(url)?.busy_timeout(SQLITE_BUSY_TIMEOUT);
+        // An in-memory database lives as long as its one connection: never close it, never open
+        // a second (shared-cache writers would fail with SQLITE_LOCKED instead of waiting).
+        let pool_options = if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+            SqlitePoolOptions::new().max_connections(SQLITE_POOL_CONNECTIONS_MAX)
+        };
+        let pool = pool_options
+            .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(SqliteLedger {
+            pool,
+            migrated: Default::default(),
+        })
+    }
+}
+
+ledger_impl!(SqliteLedger, SqlitePool, SQLITE_MIGRATIONS);
+
+/// A ledger in a PostgreSQL database; several facilitator processes may share one.
+#[derive(Debug, Clone)]
+pub struct PostgresLedger {
+    pool: PgPool,
+    migrated: std::sync::Arc<OnceCell<()>>,
+}
+
+impl PostgresLedger {
+    /// Connects to `postgres://...` and migrates.
+    pub async fn open(url: &str) -> Result<PostgresLedger, LedgerError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_CONNECTIONS_MAX)
+            .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
+        let ledger = PostgresLedger {
+            pool,
+            migrated: Default::default(),
+        };
+        ledger.ready().await?;
+        Ok(ledger)
+    }
+}
+
+ledger_impl!(PostgresLedger, PgPool, POSTGRES_MIGRATIONS);
