@@ -10,12 +10,46 @@
 //!   is used, and the payer's balance.
 //! - Settlement re-verifies, simulates, submits `transferWithAuthorization` and waits for the
 //!   receipt. Identical concurrent or repeated settles share one outcome and one transaction.
+//!
+//! ## The settlement ledger
+//!
+//! Every settlement goes through a [`bursar_store::SettlementLedger`] (SQLite or PostgreSQL;
+//! [`LocalFacilitator::new`] uses a private in-memory one, [`LocalFacilitator::with_ledger`] takes
+//! any). Identical concurrent calls inside one process still share one in-memory settlement; the
+//! ledger adds durability and exactly-once across processes:
+//!
+//! 1. Before anything else, the authorization (network, token, payer, nonce) is claimed. The
+//!    database's UNIQUE constraint decides who owns it, so two facilitators sharing one database
+//!    never both settle it.
+//! 2. A claim already held for the same payment returns the recorded response, or, while the
+//!    holder is still at work, waits (polling the ledger and the transaction's receipt, at most
+//!    [`SETTLED_ELSEWHERE_WAIT_TIMEOUT`]). Held for a different payment: refused with the reason
+//!    verification gives (typically the nonce is used) or `settlement_in_progress`.
+//! 3. A refusal before broadcast deletes the claim, so the payer may fix the problem and retry.
+//! 4. The transaction hash is recorded (`submitted`) before waiting for the receipt; then the
+//!    outcome (`confirmed` / `failed`) with the response every later duplicate receives, also
+//!    after a restart.
+//!
+//! ## Crash recovery
+//!
+//! [`LocalFacilitator::recover`] (the `bursar` command runs it at startup) looks at every
+//! `submitted` settlement on this facilitator's chain. It never broadcasts anything:
+//!
+//! - the transaction is mined → recorded as confirmed (or failed, if it reverted) with the same
+//!   response a live settle would have given;
+//! - not mined, and the token reports the authorization used → failed: it was spent by another
+//!   transaction (`invalid_exact_evm_nonce_already_used`);
+//! - not mined, unused, and `validBefore` has passed on the chain → failed: it can never settle
+//!   and nothing moved (`invalid_exact_evm_payload_authorization_valid_before`);
+//! - not mined, unused and still valid (the transaction may still be in a mempool) → left
+//!   `submitted` and logged; duplicates keep waiting on it and a later recovery looks again.
 
 mod server;
 mod service;
 
 pub use server::router;
 pub use service::{
-    FacilitatorConfig, LocalFacilitator, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT,
-    SETTLED_REMEMBERED_MAX,
+    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, Recovered, RecoveryOutcome,
+    SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
+    SETTLED_REMEMBERED_MAX, payment_fingerprint,
 };

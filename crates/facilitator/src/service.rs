@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256, keccak256};
 use alloy_sol_types::{SolCall, sol};
@@ -15,14 +15,23 @@ use bursar_protocol::{
     FacilitatorRequest, Network, Reason, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse,
 };
+use bursar_store::{
+    Claim, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
+    SqliteLedger, Submission,
+};
 use tokio::sync::watch;
 
 /// Gas limit for one `transferWithAuthorization`; an EOA-signed one uses about 60-90k.
 pub const SETTLE_GAS_LIMIT: u64 = 200_000;
 /// How long settle waits for the transaction to be mined.
 pub const SETTLE_RECEIPT_TIMEOUT: Duration = Duration::from_secs(60);
-/// How many finished settlements are remembered, so duplicates get the original outcome.
+/// How many finished settlements are remembered in memory (the ledger remembers all of them).
 pub const SETTLED_REMEMBERED_MAX: usize = 100_000;
+/// How long a settle waits for a settlement of the same payment that another facilitator process
+/// (or an earlier life of this one) holds in the ledger, before answering `settlement_in_progress`.
+pub const SETTLED_ELSEWHERE_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often that wait re-reads the ledger and the chain.
+pub const LEDGER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 sol! {
     function DOMAIN_SEPARATOR() external view returns (bytes32);
@@ -75,6 +84,8 @@ pub struct Inner {
     sender: Arc<Account>,
     config: FacilitatorConfig,
     settlements: Mutex<Settlements>,
+    /// Durable record of every authorization taken on; the arbiter across processes.
+    ledger: Arc<dyn SettlementLedger>,
     /// Each token's on-chain EIP-712 domain separator, read once.
     domain_separators: RwLock<HashMap<Address, Option<B256>>>,
 }
@@ -103,16 +114,33 @@ impl std::ops::Deref for LocalFacilitator {
 }
 
 impl LocalFacilitator {
+    /// A facilitator with a private in-memory ledger: exactly-once within this process only, and
+    /// forgotten on exit. Servers use [`LocalFacilitator::with_ledger`].
     pub fn new(chain: Arc<dyn EvmChain>, sender: Account, config: FacilitatorConfig) -> Self {
+        Self::with_ledger(chain, sender, config, Arc::new(SqliteLedger::memory()))
+    }
+
+    /// A facilitator that records settlements in `ledger` (see [`bursar_store::open`]).
+    pub fn with_ledger(
+        chain: Arc<dyn EvmChain>,
+        sender: Account,
+        config: FacilitatorConfig,
+        ledger: Arc<dyn SettlementLedger>,
+    ) -> Self {
         LocalFacilitator {
             inner: Arc::new(Inner {
                 chain,
                 sender: Arc::new(sender),
                 config,
                 settlements: Mutex::new(Settlements::default()),
+                ledger,
                 domain_separators: RwLock::new(HashMap::new()),
             }),
         }
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn SettlementLedger> {
+        &self.ledger
     }
 
     pub fn chain(&self) -> &Arc<dyn EvmChain> {
@@ -297,7 +325,7 @@ impl LocalFacilitator {
             payer: exact.authorization.from,
             nonce: exact.authorization.nonce,
         };
-        let fingerprint = fingerprint(request);
+        let fingerprint = payment_fingerprint(request);
 
         enum Action {
             Return(SettleResponse),
@@ -346,7 +374,7 @@ impl LocalFacilitator {
         let publisher = match action {
             Action::Return(outcome) => return outcome,
             Action::Join(mut outcome) => return wait_for_outcome(&mut outcome, network).await,
-            Action::VerifyAlone => return self.settle_once(request, network).await.0,
+            Action::VerifyAlone => return self.refuse_reused_nonce(request, network).await,
             Action::Lead(publisher) => publisher,
         };
         // Settle in a task of its own so a caller that hangs up cannot abandon a settlement that
@@ -354,7 +382,9 @@ impl LocalFacilitator {
         let this = self.clone();
         let request = request.clone();
         let task = tokio::spawn(async move {
-            let (outcome, remember) = this.settle_once(&request, request.network_name()).await;
+            let (outcome, remember) = this
+                .settle_durably(&request, key, fingerprint, request.network_name())
+                .await;
             this.finish(key, fingerprint, &outcome, remember);
             let _ = publisher.send(Some(outcome.clone()));
             outcome
@@ -402,32 +432,214 @@ impl LocalFacilitator {
         }
     }
 
-    /// Verifies, simulates, submits and waits. Returns the outcome and whether it reached the chain.
-    async fn settle_once(
+    /// The ledger's name for an authorization on this facilitator's chain.
+    fn ledger_key(&self, key: AuthorizationKey) -> LedgerKey {
+        LedgerKey::new(
+            &self.network().caip2(),
+            &key.token.to_string(),
+            &key.payer.to_string(),
+            &key.nonce.to_string(),
+        )
+    }
+
+    /// Settles through the ledger: claim the authorization, or follow whoever holds it.
+    /// Returns the outcome and whether it is final (to be remembered in memory).
+    async fn settle_durably(
+        &self,
+        request: &FacilitatorRequest,
+        key: AuthorizationKey,
+        fingerprint: B256,
+        network: String,
+    ) -> (SettleResponse, bool) {
+        let ledger_key = self.ledger_key(key);
+        let fingerprint = fingerprint.to_string();
+        let payer = Some(key.payer.to_checksum(None));
+        let deadline = Instant::now() + SETTLED_ELSEWHERE_WAIT_TIMEOUT;
+        loop {
+            let claim = match self.ledger.claim(&ledger_key, &fingerprint).await {
+                Ok(claim) => claim,
+                Err(error) => return (ledger_failure(error, payer, network), false),
+            };
+            match claim {
+                Claim::Claimed => return self.settle_claimed(request, &ledger_key, network).await,
+                Claim::Existing {
+                    state,
+                    fingerprint: held,
+                    ..
+                } if held != fingerprint => {
+                    let outcome = if state.is_final() {
+                        self.refuse_reused_nonce(request, network).await
+                    } else {
+                        in_progress(payer, network)
+                    };
+                    return (outcome, false);
+                }
+                Claim::Existing { .. } => {
+                    match self.follow(&ledger_key, deadline).await {
+                        Ok(Followed::Finished(outcome)) => return (outcome, true),
+                        // Released by its holder before broadcast: claim it again.
+                        Ok(Followed::Released) => continue,
+                        Ok(Followed::StillRunning) => return (in_progress(payer, network), false),
+                        Err(error) => return (ledger_failure(error, payer, network), false),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a settlement of this same payment held elsewhere (another process, or this one
+    /// before a restart) to finish, finishing it itself once its transaction is mined.
+    async fn follow(&self, key: &LedgerKey, deadline: Instant) -> Result<Followed, LedgerError> {
+        loop {
+            let Some(record) = self.ledger.get(key).await? else {
+                return Ok(Followed::Released);
+            };
+            if record.state.is_final() {
+                return Ok(Followed::Finished(record.response.unwrap_or_else(|| {
+                    SettleResponse::failed(
+                        Reason::UNEXPECTED_SETTLE_ERROR,
+                        format!("the ledger holds no response for settlement {key}"),
+                        None,
+                        self.network().caip2(),
+                    )
+                })));
+            }
+            if record.state == SettlementState::Submitted
+                && let Some((hash, pending)) = submitted_transaction(&record)
+                && let Ok(Some(receipt)) = self.chain.receipt(hash).await
+            {
+                let (outcome, state) = mined_outcome(&pending, hash, receipt.success);
+                self.record_finish(key, &outcome, state).await;
+                return Ok(Followed::Finished(outcome));
+            }
+            if Instant::now() >= deadline {
+                return Ok(Followed::StillRunning);
+            }
+            tokio::time::sleep(LEDGER_POLL_INTERVAL).await;
+        }
+    }
+
+    /// A payment presenting an authorization the ledger holds for a different payment: verified
+    /// on its own for the precise reason, and never broadcast.
+    async fn refuse_reused_nonce(
         &self,
         request: &FacilitatorRequest,
         network: String,
+    ) -> SettleResponse {
+        match self.check(request).await {
+            Err(invalid) => {
+                let payer = invalid.payer.map(|p| p.to_checksum(None));
+                SettleResponse::failed(invalid.reason, invalid.message, payer, network)
+            }
+            Ok(checked) => SettleResponse::failed(
+                Reason::NONCE_ALREADY_USED,
+                format!(
+                    "authorization nonce {} was already presented with a different payment",
+                    checked.payload.authorization.nonce
+                ),
+                Some(checked.payer.to_checksum(None)),
+                network,
+            ),
+        }
+    }
+
+    /// Verifies, simulates, submits, records the submission, waits, records the outcome.
+    /// The caller owns `key` in the ledger. Returns the outcome and whether it is final.
+    async fn settle_claimed(
+        &self,
+        request: &FacilitatorRequest,
+        key: &LedgerKey,
+        network: String,
     ) -> (SettleResponse, bool) {
+        let (checked, submitted) = match self.submit(request, network.clone()).await {
+            Ok(submitted) => submitted,
+            Err(refusal) => {
+                // Nothing was broadcast: free the authorization so the payer may try again.
+                if let Err(error) = self.ledger.release(key).await {
+                    tracing::error!(%error, %key, "could not release a refused settlement");
+                }
+                return (refusal, false);
+            }
+        };
+        let hash = submitted;
+        let payer = checked.payer.to_checksum(None);
+        let authorization = &checked.payload.authorization;
+        let pending = SettleResponse {
+            success: true,
+            error_reason: None,
+            error_message: None,
+            payer: Some(payer.clone()),
+            transaction: hash.to_string(),
+            network: network.clone(),
+        };
+        let submission = Submission {
+            tx_hash: hash.to_string(),
+            valid_before_s: u64::try_from(authorization.valid_before).unwrap_or(u64::MAX),
+            pending_response: pending.clone(),
+        };
+        if let Err(error) = self.ledger.mark_submitted(key, &submission).await {
+            tracing::error!(%error, %key, tx = %hash, "could not record a broadcast settlement");
+        }
+        match wait_for_receipt(self.chain.as_ref(), hash, SETTLE_RECEIPT_TIMEOUT).await {
+            Ok(receipt) => {
+                let (outcome, state) = mined_outcome(&pending, hash, receipt.success);
+                if receipt.success {
+                    tracing::info!(tx = %hash, payer = %payer, value = %authorization.value, "settled");
+                }
+                self.record_finish(key, &outcome, state).await;
+                (outcome, true)
+            }
+            // Broadcast but not seen mined: the ledger keeps it `submitted`, so a retry waits on
+            // the chain rather than sending again, and recovery finishes it after a restart.
+            Err(error) => (
+                SettleResponse::failed(
+                    Reason::UNEXPECTED_SETTLE_ERROR,
+                    format!("transaction {hash} was sent but not confirmed: {error}"),
+                    Some(payer),
+                    network,
+                ),
+                false,
+            ),
+        }
+    }
+
+    async fn record_finish(
+        &self,
+        key: &LedgerKey,
+        outcome: &SettleResponse,
+        state: SettlementState,
+    ) {
+        if let Err(error) = self.ledger.finish(key, outcome, state).await {
+            // Another process finishing the same mined transaction first is expected; the outcome
+            // is the same, derived from the same receipt.
+            tracing::debug!(%error, %key, "settlement already finished");
+        }
+    }
+
+    /// Verifies, simulates and submits. `Err` is a refusal before anything was broadcast.
+    async fn submit(
+        &self,
+        request: &FacilitatorRequest,
+        network: String,
+    ) -> Result<(CheckedPayment, B256), SettleResponse> {
         let checked = match self.check(request).await {
             Ok(checked) => checked,
             Err(invalid) => {
                 let payer = invalid.payer.map(|p| p.to_checksum(None));
-                return (
-                    SettleResponse::failed(invalid.reason, invalid.message, payer, network),
-                    false,
-                );
+                return Err(SettleResponse::failed(
+                    invalid.reason,
+                    invalid.message,
+                    payer,
+                    network,
+                ));
             }
         };
         let payer = checked.payer.to_checksum(None);
         let authorization = &checked.payload.authorization;
         let signature = &checked.payload.signature;
         let token = Token::new(self.chain.clone(), checked.token);
-        // Refused before anything was broadcast: not remembered, so the payer may try again.
         let refused = |reason: Reason, message: String| {
-            (
-                SettleResponse::failed(reason, message, Some(payer.clone()), network.clone()),
-                false,
-            )
+            SettleResponse::failed(reason, message, Some(payer.clone()), network.clone())
         };
 
         // Simulate first: a transaction that would revert costs gas and settles nothing.
@@ -437,14 +649,14 @@ impl LocalFacilitator {
         {
             Ok(CallOutcome::Success(_)) => {}
             Ok(CallOutcome::Revert(data)) => {
-                return refused(
+                return Err(refused(
                     Reason::SIMULATION_FAILED,
                     format!("transferWithAuthorization would revert ({data})"),
-                );
+                ));
             }
-            Err(error) => return refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string()),
+            Err(error) => return Err(refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string())),
         }
-        let hash = match token
+        match token
             .submit_transfer_with_authorization(
                 &self.sender,
                 authorization,
@@ -453,47 +665,190 @@ impl LocalFacilitator {
             )
             .await
         {
-            Ok(hash) => hash,
+            Ok(hash) => Ok((checked, hash)),
             Err(error) => {
                 tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
-                return refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string());
+                Err(refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string()))
             }
-        };
-        match wait_for_receipt(self.chain.as_ref(), hash, SETTLE_RECEIPT_TIMEOUT).await {
-            Ok(receipt) if receipt.success => {
-                tracing::info!(tx = %hash, payer = %payer, value = %authorization.value, "settled");
-                let response = SettleResponse {
-                    success: true,
-                    error_reason: None,
-                    error_message: None,
-                    payer: Some(payer),
-                    transaction: hash.to_string(),
-                    network,
-                };
-                (response, true)
-            }
-            Ok(_) => (
-                SettleResponse::failed(
-                    Reason::TRANSACTION_FAILED,
-                    format!("transaction {hash} reverted"),
-                    Some(payer),
-                    network,
-                ),
-                true,
-            ),
-            // Broadcast but not seen mined: remember it, so a retry waits on the chain rather than
-            // sending again; the token's nonce makes a second transfer impossible anyway.
-            Err(error) => (
-                SettleResponse::failed(
-                    Reason::UNEXPECTED_SETTLE_ERROR,
-                    format!("transaction {hash} was sent but not confirmed: {error}"),
-                    Some(payer),
-                    network,
-                ),
-                true,
-            ),
         }
     }
+
+    /// Finishes the settlements a previous life of this facilitator (or another process sharing
+    /// its ledger) broadcast but did not see mined. Call it at startup; see the crate docs for
+    /// the rules. Never broadcasts anything.
+    pub async fn recover(&self) -> Result<Vec<Recovered>, LedgerError> {
+        let network = self.network().caip2();
+        let mut recovered = Vec::new();
+        for record in self.ledger.unfinished().await? {
+            if record.key.network() != network {
+                continue;
+            }
+            let outcome = self.recover_one(&record).await;
+            match &outcome {
+                RecoveryOutcome::Pending { why } => {
+                    tracing::warn!(key = %record.key, why = %why, "settlement left unfinished")
+                }
+                finished => tracing::info!(key = %record.key, outcome = ?finished, "recovered"),
+            }
+            recovered.push(Recovered {
+                tx_hash: record.tx_hash.clone().unwrap_or_default(),
+                key: record.key,
+                outcome,
+            });
+        }
+        Ok(recovered)
+    }
+
+    async fn recover_one(&self, record: &SettlementRecord) -> RecoveryOutcome {
+        let pending = |why: String| RecoveryOutcome::Pending { why };
+        let Some((hash, pending_response)) = submitted_transaction(record) else {
+            return pending("the row has no readable transaction hash or response".into());
+        };
+        let (Ok(token), Ok(payer), Ok(nonce)) = (
+            record.key.asset().parse::<Address>(),
+            record.key.payer().parse::<Address>(),
+            record.key.nonce().parse::<B256>(),
+        ) else {
+            return pending("the row's key is not an EVM authorization".into());
+        };
+        let receipt = match self.chain.receipt(hash).await {
+            Ok(receipt) => receipt,
+            Err(error) => return pending(format!("cannot read the receipt of {hash}: {error}")),
+        };
+        let (outcome, state) = match receipt {
+            Some(receipt) => mined_outcome(&pending_response, hash, receipt.success),
+            None => {
+                let token = Token::new(self.chain.clone(), token);
+                let used = match token.authorization_state(payer, nonce).await {
+                    Ok(used) => used,
+                    Err(error) => {
+                        return pending(format!("cannot read the authorization state: {error}"));
+                    }
+                };
+                let chain_now = match self.chain.latest_block().await {
+                    Ok(block) => block.timestamp,
+                    Err(_) => now_seconds(),
+                };
+                let valid_before = record.valid_before_s.unwrap_or(u64::MAX);
+                let failed = |reason: Reason, message: String| {
+                    SettleResponse::failed(
+                        reason,
+                        message,
+                        pending_response.payer.clone(),
+                        pending_response.network.clone(),
+                    )
+                };
+                if used {
+                    let message = format!(
+                        "transaction {hash} was never mined; the authorization was used by another transaction"
+                    );
+                    (
+                        failed(Reason::NONCE_ALREADY_USED, message),
+                        SettlementState::Failed,
+                    )
+                } else if chain_now >= valid_before {
+                    let message = format!(
+                        "transaction {hash} was never mined and the authorization expired at {valid_before}; nothing was transferred"
+                    );
+                    (
+                        failed(Reason::VALID_BEFORE, message),
+                        SettlementState::Failed,
+                    )
+                } else {
+                    return pending(format!(
+                        "transaction {hash} is not mined and the authorization is unused and valid until {valid_before}; not re-broadcast"
+                    ));
+                }
+            }
+        };
+        if let Err(error) = self.ledger.finish(&record.key, &outcome, state).await {
+            return pending(format!("cannot record the outcome: {error}"));
+        }
+        match state {
+            SettlementState::Confirmed => RecoveryOutcome::Confirmed,
+            _ => RecoveryOutcome::Failed {
+                reason: outcome
+                    .error_reason
+                    .clone()
+                    .unwrap_or(Reason::UNEXPECTED_SETTLE_ERROR),
+                message: outcome.error_message.clone().unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// Where a settlement held elsewhere stands after following it.
+enum Followed {
+    /// Final: the recorded (or just derived) outcome.
+    Finished(SettleResponse),
+    /// Its row was released before broadcast: the authorization is free to claim.
+    Released,
+    /// Still `received` or unmined when the wait ran out.
+    StillRunning,
+}
+
+/// What [`LocalFacilitator::recover`] did with one `submitted` settlement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    pub key: LedgerKey,
+    pub tx_hash: String,
+    pub outcome: RecoveryOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecoveryOutcome {
+    /// Mined and successful: recorded as confirmed with the response a live settle gives.
+    Confirmed,
+    /// Mined and reverted, superseded, or expired unmined: recorded as failed.
+    Failed { reason: Reason, message: String },
+    /// Left `submitted` (still valid and unmined, or the chain could not be read).
+    Pending { why: String },
+}
+
+/// The transaction and the response it will give, of a `submitted` row.
+fn submitted_transaction(record: &SettlementRecord) -> Option<(B256, SettleResponse)> {
+    let hash = record.tx_hash.as_deref()?.parse::<B256>().ok()?;
+    Some((hash, record.response.clone()?))
+}
+
+/// The outcome of a mined settlement transaction: the pending response, or a revert.
+fn mined_outcome(
+    pending: &SettleResponse,
+    hash: B256,
+    success: bool,
+) -> (SettleResponse, SettlementState) {
+    if success {
+        (pending.clone(), SettlementState::Confirmed)
+    } else {
+        (
+            SettleResponse::failed(
+                Reason::TRANSACTION_FAILED,
+                format!("transaction {hash} reverted"),
+                pending.payer.clone(),
+                pending.network.clone(),
+            ),
+            SettlementState::Failed,
+        )
+    }
+}
+
+fn in_progress(payer: Option<String>, network: String) -> SettleResponse {
+    SettleResponse::failed(
+        Reason::SETTLEMENT_IN_PROGRESS,
+        "another payment with this authorization nonce is being settled",
+        payer,
+        network,
+    )
+}
+
+fn ledger_failure(error: LedgerError, payer: Option<String>, network: String) -> SettleResponse {
+    tracing::error!(%error, "settlement ledger unavailable");
+    SettleResponse::failed(
+        Reason::UNEXPECTED_SETTLE_ERROR,
+        "the settlement ledger is unavailable",
+        payer,
+        network,
+    )
 }
 
 async fn wait_for_outcome(
@@ -512,7 +867,8 @@ async fn wait_for_outcome(
 }
 
 /// Identifies one exact payment: the signed authorization plus what it was checked against.
-fn fingerprint(request: &FacilitatorRequest) -> B256 {
+/// The ledger records it (as 0x hex) to tell a duplicate from another payment reusing a nonce.
+pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
     let requirements = &request.requirements;
     let material = serde_json::json!([
         request.payload.payload,
