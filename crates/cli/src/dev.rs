@@ -1,7 +1,7 @@
 //! `bursar dev` and `bursar facilitator`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use alloy_primitives::{Address, U256};
@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bursar_chain::{Account, EvmChain};
-use bursar_facilitator::{FacilitatorConfig, LocalFacilitator};
+use bursar_facilitator::{FacilitatorConfig, LocalFacilitator, RecoveryOutcome};
 use bursar_protocol::Amount;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,6 +34,10 @@ pub struct DevArgs {
     /// Port of the demo paid API.
     #[arg(long, default_value_t = 4021)]
     pub api_port: u16,
+    /// The facilitator's settlement ledger, such as postgres://user@host/db.
+    /// Default: a SQLite file, <data-dir>/facilitator.sqlite.
+    #[arg(long, env = "BURSAR_LEDGER_URL")]
+    pub ledger_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -56,6 +60,53 @@ pub struct FacilitatorArgs {
     pub assets: Vec<Address>,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: PathBuf,
+    /// The settlement ledger, such as postgres://user@host/db (several facilitators may share
+    /// one). Default: a SQLite file, <data-dir>/facilitator.sqlite.
+    #[arg(long, env = "BURSAR_LEDGER_URL")]
+    pub ledger_url: Option<String>,
+}
+
+/// The settlement ledger's file name in the data dir.
+pub const LEDGER_FILE_NAME: &str = "facilitator.sqlite";
+
+/// Opens the ledger at `url`, or the SQLite file in `data_dir`.
+async fn open_ledger(
+    url: Option<&str>,
+    data_dir: &Path,
+) -> Result<Arc<dyn bursar_store::SettlementLedger>> {
+    let url = match url {
+        Some(url) => url.to_string(),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            bursar_store::sqlite_file_url(&data_dir.join(LEDGER_FILE_NAME))
+        }
+    };
+    bursar_store::open(&url)
+        .await
+        .context("cannot open the settlement ledger")
+}
+
+/// Finishes settlements left broadcast but unconfirmed by an earlier run, and says what it did.
+async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
+    let recovered = facilitator
+        .recover()
+        .await
+        .context("cannot read the settlement ledger for recovery")?;
+    for settlement in recovered {
+        let outcome = match &settlement.outcome {
+            RecoveryOutcome::Confirmed => "confirmed".to_string(),
+            RecoveryOutcome::Failed { reason, message } => format!("failed: {reason} ({message})"),
+            RecoveryOutcome::Pending { why } => format!("left pending: {why}"),
+        };
+        println!(
+            "recovered settlement of payer {} nonce {} (tx {}): {outcome}",
+            settlement.key.payer(),
+            settlement.key.nonce(),
+            settlement.tx_hash
+        );
+    }
+    Ok(())
 }
 
 /// Serves a router until Ctrl-C or SIGTERM.
@@ -98,13 +149,16 @@ async fn bind(address: SocketAddr, what: &str) -> Result<tokio::net::TcpListener
 pub async fn run(args: DevArgs) -> Result<()> {
     let network = Arc::new(DevNetwork::open(&args.data_dir).await?);
     let evm: Arc<dyn EvmChain> = network.chain.clone();
-    let facilitator = LocalFacilitator::new(
+    let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
+    let facilitator = LocalFacilitator::with_ledger(
         evm,
         Account::new(network.chain.clone(), network.keys.facilitator.clone()),
         FacilitatorConfig {
             assets: Some(vec![network.token.address()]),
         },
+        ledger,
     );
+    recover(&facilitator).await?;
 
     let facilitator_listener = bind(
         SocketAddr::new(args.host, args.facilitator_port),
@@ -133,7 +187,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let facilitator_app =
         bursar_facilitator::router(facilitator).merge(dev_routes(network.clone()));
     let api_app = crate::pay::demo_api(&crate::pay::DemoApiConfig::from_dev_info(&info))?;
-    print_banner(&network, &info).await;
+    let ledger_description = match &args.ledger_url {
+        Some(_) => "--ledger-url (BURSAR_LEDGER_URL)".to_string(),
+        None => args.data_dir.join(LEDGER_FILE_NAME).display().to_string(),
+    };
+    print_banner(&network, &info, &ledger_description).await;
 
     let facilitator_task = tokio::spawn(serve(facilitator_listener, facilitator_app));
     let api_task = tokio::spawn(serve(api_listener, api_app));
@@ -147,7 +205,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
     Ok(())
 }
 
-async fn print_banner(network: &DevNetwork, info: &DevInfo) {
+async fn print_banner(network: &DevNetwork, info: &DevInfo, ledger: &str) {
     let usdc = devnet::usdc();
     let balance = network
         .token
@@ -161,6 +219,7 @@ async fn print_banner(network: &DevNetwork, info: &DevInfo) {
         info.network, info.chain_id
     );
     println!("  data dir     {}", network.data_dir.display());
+    println!("  ledger       {ledger}");
     println!(
         "  token        {} ({} v{}, 6 decimals)",
         info.token, info.token_name, info.token_version
@@ -295,11 +354,14 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         }
     };
     let address = key.address();
-    let facilitator = LocalFacilitator::new(
+    let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
+    let facilitator = LocalFacilitator::with_ledger(
         chain.clone(),
         Account::new(chain.clone(), key),
         FacilitatorConfig { assets },
+        ledger,
     );
+    recover(&facilitator).await?;
     let listener = bind(args.listen, "facilitator").await?;
     println!(
         "Bursar facilitator on http://{} for eip155:{} (settling from {address})",
