@@ -98,6 +98,7 @@ async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
             RecoveryOutcome::Confirmed => "confirmed".to_string(),
             RecoveryOutcome::Failed { reason, message } => format!("failed: {reason} ({message})"),
             RecoveryOutcome::Pending { why } => format!("left pending: {why}"),
+            RecoveryOutcome::Released => "released (never broadcast; the payer may retry)".into(),
         };
         println!(
             "recovered settlement of payer {} nonce {} (tx {}): {outcome}",

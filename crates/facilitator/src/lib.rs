@@ -43,13 +43,18 @@
 //!   and nothing moved (`invalid_exact_evm_payload_authorization_valid_before`);
 //! - not mined, unused and still valid (the transaction may still be in a mempool) → left
 //!   `submitted` and logged; duplicates keep waiting on it and a later recovery looks again.
+//!
+//! A `received` claim older than [`RECEIVED_ABANDONED_AFTER`] belonged to a facilitator that
+//! stopped between claiming and recording a broadcast. If the token reports the authorization
+//! used, it is recorded as failed (the transaction's hash is unknown); if unused, the claim is
+//! released so the payer may retry; the token's nonce still allows one transfer at most.
 
 mod server;
 mod service;
 
 pub use server::router;
 pub use service::{
-    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, Recovered, RecoveryOutcome,
-    SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
+    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, RECEIVED_ABANDONED_AFTER, Recovered,
+    RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
     SETTLED_REMEMBERED_MAX, payment_fingerprint,
 };

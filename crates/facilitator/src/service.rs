@@ -32,6 +32,9 @@ pub const SETTLED_REMEMBERED_MAX: usize = 100_000;
 pub const SETTLED_ELSEWHERE_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often that wait re-reads the ledger and the chain.
 pub const LEDGER_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How old a `received` claim must be for recovery to treat its holder as dead. Far longer than
+/// verifying, simulating and broadcasting take.
+pub const RECEIVED_ABANDONED_AFTER: Duration = Duration::from_secs(300);
 
 sol! {
     function DOMAIN_SEPARATOR() external view returns (bytes32);
@@ -97,6 +100,13 @@ impl std::fmt::Debug for LocalFacilitator {
             .field("sender", &self.sender.address())
             .finish()
     }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn now_seconds() -> u64 {
@@ -677,8 +687,33 @@ impl LocalFacilitator {
     /// its ledger) broadcast but did not see mined. Call it at startup; see the crate docs for
     /// the rules. Never broadcasts anything.
     pub async fn recover(&self) -> Result<Vec<Recovered>, LedgerError> {
+        self.recover_with(RECEIVED_ABANDONED_AFTER).await
+    }
+
+    /// [`LocalFacilitator::recover`], treating `received` claims older than
+    /// `received_abandoned_after` as abandoned by a facilitator that stopped before recording a
+    /// broadcast: used authorization → failed (the hash is unknown); unused → released, so the
+    /// payer may retry (the token's nonce still allows one transfer at most).
+    pub async fn recover_with(
+        &self,
+        received_abandoned_after: Duration,
+    ) -> Result<Vec<Recovered>, LedgerError> {
         let network = self.network().caip2();
         let mut recovered = Vec::new();
+        let age_ms = i64::try_from(received_abandoned_after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff_ms = now_ms().saturating_sub(age_ms);
+        for record in self.ledger.received_before(cutoff_ms).await? {
+            if record.key.network() != network {
+                continue;
+            }
+            let outcome = self.recover_abandoned(&record).await;
+            tracing::warn!(key = %record.key, outcome = ?outcome, "abandoned settlement claim");
+            recovered.push(Recovered {
+                tx_hash: String::new(),
+                key: record.key,
+                outcome,
+            });
+        }
         for record in self.ledger.unfinished().await? {
             if record.key.network() != network {
                 continue;
@@ -697,6 +732,45 @@ impl LocalFacilitator {
             });
         }
         Ok(recovered)
+    }
+
+    async fn recover_abandoned(&self, record: &SettlementRecord) -> RecoveryOutcome {
+        let pending = |why: String| RecoveryOutcome::Pending { why };
+        let (Ok(token), Ok(payer), Ok(nonce)) = (
+            record.key.asset().parse::<Address>(),
+            record.key.payer().parse::<Address>(),
+            record.key.nonce().parse::<B256>(),
+        ) else {
+            return pending("the row's key is not an EVM authorization".into());
+        };
+        let token = Token::new(self.chain.clone(), token);
+        match token.authorization_state(payer, nonce).await {
+            Err(error) => pending(format!("cannot read the authorization state: {error}")),
+            Ok(true) => {
+                let outcome = SettleResponse::failed(
+                    Reason::UNEXPECTED_SETTLE_ERROR,
+                    "the authorization was used, but the facilitator stopped before recording the \
+                     transaction that used it",
+                    Some(payer.to_checksum(None)),
+                    record.key.network().to_string(),
+                );
+                match self
+                    .ledger
+                    .finish(&record.key, &outcome, SettlementState::Failed)
+                    .await
+                {
+                    Ok(()) => RecoveryOutcome::Failed {
+                        reason: Reason::UNEXPECTED_SETTLE_ERROR,
+                        message: outcome.error_message.unwrap_or_default(),
+                    },
+                    Err(error) => pending(format!("cannot record the outcome: {error}")),
+                }
+            }
+            Ok(false) => match self.ledger.release(&record.key).await {
+                Ok(_) => RecoveryOutcome::Released,
+                Err(error) => pending(format!("cannot release the claim: {error}")),
+            },
+        }
     }
 
     async fn recover_one(&self, record: &SettlementRecord) -> RecoveryOutcome {
@@ -801,8 +875,10 @@ pub enum RecoveryOutcome {
     Confirmed,
     /// Mined and reverted, superseded, or expired unmined: recorded as failed.
     Failed { reason: Reason, message: String },
-    /// Left `submitted` (still valid and unmined, or the chain could not be read).
+    /// Left as it was (still valid and unmined, or the chain could not be read).
     Pending { why: String },
+    /// An abandoned `received` claim whose authorization is unused: deleted, so it may be retried.
+    Released,
 }
 
 /// The transaction and the response it will give, of a `submitted` row.

@@ -292,6 +292,22 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     )
     .await;
 
+    // Claimed, then the facilitator died before recording a broadcast: one whose authorization
+    // got used (settled elsewhere), one that never reached the chain.
+    let abandoned_used_request = signed_request(&h).await;
+    assert!(other.settle(&abandoned_used_request).await.success);
+    let abandoned_used = ledger_key(&h, &abandoned_used_request);
+    ledger.claim(&abandoned_used, "0x04").await.unwrap();
+    let abandoned_unused_request = signed_request(&h).await;
+    let abandoned_unused = ledger_key(&h, &abandoned_unused_request);
+    ledger
+        .claim(
+            &abandoned_unused,
+            &payment_fingerprint(&abandoned_unused_request).to_string(),
+        )
+        .await
+        .unwrap();
+
     let restarted = facilitator(&chain, &key, ledger.clone());
     let sent_before = chain.transaction_count(key.address()).await.unwrap();
     let recovered = restarted.recover().await.unwrap();
@@ -332,6 +348,10 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     );
     assert_eq!(ledger.unfinished().await.unwrap().len(), 1);
 
+    // Young `received` claims are someone's work in progress: left alone by `recover`.
+    assert!(ledger.get(&abandoned_used).await.unwrap().is_some());
+    assert!(ledger.get(&abandoned_unused).await.unwrap().is_some());
+
     // The recovered settlement answers duplicates with its transaction; nothing was re-sent.
     let again = restarted.settle(&request).await;
     assert_eq!(again, pending);
@@ -339,7 +359,43 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         chain.transaction_count(key.address()).await.unwrap(),
         sent_before
     );
-    assert_eq!(h.balance(h.pay_to).await, U256::from(2 * PRICE));
+    assert_eq!(h.balance(h.pay_to).await, U256::from(3 * PRICE));
+
+    // Old ones are abandoned: used → failed, unused → released and the payer's retry settles.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let recovered = restarted
+        .recover_with(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let outcome = |k: &LedgerKey| {
+        recovered
+            .iter()
+            .find(|r| &r.key == k)
+            .map(|r| r.outcome.clone())
+            .unwrap()
+    };
+    assert_eq!(recovered.len(), 3, "{recovered:?}");
+    assert!(matches!(
+        outcome(&abandoned_used),
+        RecoveryOutcome::Failed { .. }
+    ));
+    assert_eq!(outcome(&abandoned_unused), RecoveryOutcome::Released);
+    assert!(matches!(
+        outcome(&unused_valid),
+        RecoveryOutcome::Pending { .. }
+    ));
+    assert_eq!(
+        ledger.get(&abandoned_used).await.unwrap().unwrap().state,
+        SettlementState::Failed
+    );
+    assert_eq!(
+        chain.transaction_count(key.address()).await.unwrap(),
+        sent_before,
+        "recovery sends nothing"
+    );
+    let retried = restarted.settle(&abandoned_unused_request).await;
+    assert!(retried.success, "{retried:?}");
+    assert_eq!(h.balance(h.pay_to).await, U256::from(4 * PRICE));
 }
 
 async fn record_submitted(

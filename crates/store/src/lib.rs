@@ -238,6 +238,13 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// Every `submitted` row, oldest first: what crash recovery must look at.
     async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
 
+    /// `received` rows created before `created_before_ms` (unix ms), oldest first: claims whose
+    /// holder most likely died before recording a broadcast.
+    async fn received_before(
+        &self,
+        created_before_ms: i64,
+    ) -> Result<Vec<SettlementRecord>, LedgerError>;
+
     /// The row for `key`, if any.
     async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError>;
 }

@@ -73,6 +73,13 @@ fn select_one() -> String {
     )
 }
 
+fn select_received_before() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM settlements WHERE state = 'received' AND created_at_ms < $1 \
+         ORDER BY created_at_ms, id"
+    )
+}
+
 fn select_submitted() -> String {
     format!(
         "SELECT {COLUMNS} FROM settlements WHERE state = 'submitted' \
@@ -258,6 +265,18 @@ macro_rules! ledger_impl {
             async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError> {
                 let pool = self.ready().await?;
                 let rows = sqlx::query(AssertSqlSafe(select_submitted()))
+                    .fetch_all(pool)
+                    .await?;
+                rows.iter().map(record_from_row).collect()
+            }
+
+            async fn received_before(
+                &self,
+                created_before_ms: i64,
+            ) -> Result<Vec<SettlementRecord>, LedgerError> {
+                let pool = self.ready().await?;
+                let rows = sqlx::query(AssertSqlSafe(select_received_before()))
+                    .bind(created_before_ms)
                     .fetch_all(pool)
                     .await?;
                 rows.iter().map(record_from_row).collect()

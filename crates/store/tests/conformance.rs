@@ -266,6 +266,29 @@ pub async fn unfinished_lists_submitted_rows(url: &str) {
     }
 }
 
+/// `received_before` lists old `received` rows only, oldest first.
+pub async fn received_before_lists_old_claims(url: &str) {
+    let ledger = ledger(url).await;
+    ledger.claim(&key(30), &fingerprint(30)).await.unwrap();
+    ledger.claim(&key(31), &fingerprint(31)).await.unwrap();
+    ledger.claim(&key(32), &fingerprint(32)).await.unwrap();
+    ledger
+        .mark_submitted(&key(31), &submission(&tx(31)))
+        .await
+        .unwrap();
+    let created = ledger.get(&key(30)).await.unwrap().unwrap().created_at_ms;
+    assert!(ledger.received_before(created).await.unwrap().is_empty());
+    let cutoff = ledger.get(&key(32)).await.unwrap().unwrap().created_at_ms + 1;
+    let old: Vec<_> = ledger
+        .received_before(cutoff)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.key)
+        .collect();
+    assert_eq!(old, vec![key(30), key(32)]);
+}
+
 /// Rows outlive the handle: reopening (which migrates again) finds them.
 pub async fn rows_survive_reopening(url: &str) {
     {
@@ -290,6 +313,7 @@ macro_rules! conformance {
                 fingerprint_mismatch_is_reported,
                 states_move_one_way,
                 unfinished_lists_submitted_rows,
+                received_before_lists_old_claims,
                 rows_survive_reopening
             );
         }
