@@ -424,3 +424,66 @@ async fn record_submitted(
         .await
         .unwrap();
 }
+
+/// A duplicate arriving while another facilitator's settlement is `submitted` follows it: it
+/// waits for that transaction's receipt, answers with its hash and records the outcome, sending
+/// nothing itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_follows_a_settlement_submitted_elsewhere() {
+    let chain = chain().await;
+    let h = scenarios::harness(chain.clone()).await;
+    let database = TempSqlite::new();
+    let ledger = open(&database.url()).await;
+    let evm: Arc<dyn EvmChain> = chain.clone();
+    let elsewhere = Account::new(evm.clone(), funded_key(&chain).await);
+    let request = signed_request(&h).await;
+    let exact =
+        bursar_protocol::exact_evm::ExactEvmPayload::from_value(&request.payload.payload).unwrap();
+    let key = ledger_key(&h, &request);
+    // The other facilitator claimed, broadcast and recorded; its receipt wait is still running.
+    ledger
+        .claim(&key, &payment_fingerprint(&request).to_string())
+        .await
+        .unwrap();
+    let hash = h
+        .fixture
+        .token
+        .submit_transfer_with_authorization(
+            &elsewhere,
+            &exact.authorization,
+            &exact.signature,
+            Some(bursar_facilitator::SETTLE_GAS_LIMIT),
+        )
+        .await
+        .unwrap();
+    let pending = SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(h.fixture.payer.address().to_checksum(None)),
+        transaction: hash.to_string(),
+        network: format!("eip155:{}", h.chain_id()),
+    };
+    ledger
+        .mark_submitted(
+            &key,
+            &Submission {
+                tx_hash: hash.to_string(),
+                valid_before_s: u64::try_from(exact.authorization.valid_before).unwrap(),
+                pending_response: pending.clone(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let settler = funded_key(&chain).await;
+    let follower = facilitator(&chain, &settler, ledger.clone());
+    let settled = follower.settle(&request).await;
+    assert_eq!(settled, pending, "the other facilitator's transaction");
+    assert_eq!(chain.transaction_count(settler.address()).await.unwrap(), 0);
+    assert_eq!(
+        ledger.get(&key).await.unwrap().unwrap().state,
+        SettlementState::Confirmed
+    );
+    assert_paid_once(&h).await;
+}
