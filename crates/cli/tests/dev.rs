@@ -341,7 +341,6 @@ fn garbage_payment_headers_get_402_json_and_nothing_moves() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path());
     let buyer_start = dev.balance(&dev.buyer());
-    let http = reqwest::blocking::Client::new();
     let huge_number = format!(
         "{{\"x402Version\":2,\"accepted\":{{\"scheme\":\"exact\",\"network\":\"eip155:31337\",\"amount\":\"{}\",\"asset\":\"0x0\",\"payTo\":\"0x0\",\"maxTimeoutSeconds\":1}},\"payload\":{{}}}}",
         "9".repeat(200)
@@ -356,7 +355,8 @@ fn garbage_payment_headers_get_402_json_and_nothing_moves() {
     ];
     for value in &garbage {
         for header in ["PAYMENT-SIGNATURE", "X-PAYMENT"] {
-            let response = http
+            // A client per request: a refused oversized header may close its connection.
+            let response = reqwest::blocking::Client::new()
                 .get(dev.api("/weather"))
                 .header(header, value)
                 .send()

@@ -641,16 +641,26 @@ async fn settle_before_handler_mode() {
 
 #[tokio::test]
 async fn declared_oversized_bodies_are_refused_before_payment() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let seller = start(Options::default()).await;
     let payment = pay(&offer(PRICE).requirement(), X402Version::V2);
-    let response = reqwest::Client::new()
-        .post(format!("{}/echo", seller.base))
-        .header("PAYMENT-SIGNATURE", payment.to_header())
-        .body(vec![0u8; bursar_seller::REQUEST_BODY_BYTES_MAX + 1])
-        .send()
+    // Only the head is sent: the refusal must come from the declared length alone, before any
+    // body is read (and without racing an upload the server has stopped reading).
+    let address = seller.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nhost: {address}\r\nPAYMENT-SIGNATURE: {}\r\ncontent-length: {}\r\n\r\n",
+        payment.to_header(),
+        bursar_seller::REQUEST_BODY_BYTES_MAX + 1
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
         .await
+        .expect("the refusal comes without waiting for the body")
         .unwrap();
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let status_line = String::from_utf8_lossy(&answer[..read]).to_string();
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
     assert_eq!(seller.facilitator.verify_count(), 0);
 }
 

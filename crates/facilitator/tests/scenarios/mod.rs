@@ -446,9 +446,11 @@ pub async fn malformed_requests_get_400(chain: Arc<dyn DevChain>) {
     // Just over the limit: small enough to fit in socket buffers, so the early 413 cannot race
     // the upload.
     let huge = vec![b' '; bursar_protocol::types::BODY_BYTES_MAX + 1024];
-    let response = h
-        .http
+    // A client of its own: the server closes a connection whose body it refused, and that
+    // connection must not be reused for the requests below.
+    let response = reqwest::Client::new()
         .post(format!("{}/verify", h.url))
+        .header("connection", "close")
         .body(huge)
         .send()
         .await
