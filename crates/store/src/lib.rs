@@ -14,6 +14,9 @@
 //! - States move one way: `received` → `submitted` → `confirmed` | `failed`; a `received` row
 //!   refused before anything was broadcast is deleted ([`SettlementLedger::release`]) so the payer
 //!   may try again.
+//! - [`KeyStore`] (same implementations, same database, [`open_key_store`]) holds the
+//!   facilitator's API keys: per seller, stored only as SHA-256 digests, revocable, each with a
+//!   rate limit and an optional daily settlement quota.
 //! - Migrations are embedded per backend (`migrations/sqlite`, `migrations/postgres`) and run by
 //!   [`open`]. Committed migrations are never edited; changes are new files.
 //!
@@ -21,6 +24,7 @@
 //! - `testkit`: [`testkit`] helpers for tests: a temporary SQLite file and a fresh PostgreSQL
 //!   database per test.
 
+mod keys;
 mod sql;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -29,6 +33,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bursar_protocol::SettleResponse;
 
+pub use keys::{
+    API_KEY_PREFIX, API_KEY_SECRET_BYTES, ApiKeyRecord, KeyDigest, KeyError, KeyLimits, KeyStore,
+    NewApiKey, SELLER_NAME_BYTES_MAX, open_key_store,
+};
 pub use sql::{PostgresLedger, SqliteLedger};
 
 /// Connections in a SQLite file ledger's pool (SQLite serializes writers anyway).
@@ -266,7 +274,7 @@ pub fn sqlite_file_url(path: &std::path::Path) -> String {
 }
 
 /// A URL without its password, for messages.
-fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             format!("{}://***{}", &url[..scheme_end], &url[at..])

@@ -18,16 +18,30 @@ use crate::{
 };
 
 /// The embedded migrations of one backend, in order. Never edit a committed one: add a file.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "settlements",
-    include_str!("../migrations/sqlite/0001_settlements.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "settlements",
-    include_str!("../migrations/postgres/0001_settlements.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "settlements",
+        include_str!("../migrations/sqlite/0001_settlements.sql"),
+    ),
+    (
+        2,
+        "api keys",
+        include_str!("../migrations/sqlite/0002_api_keys.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "settlements",
+        include_str!("../migrations/postgres/0001_settlements.sql"),
+    ),
+    (
+        2,
+        "api keys",
+        include_str!("../migrations/postgres/0002_api_keys.sql"),
+    ),
+];
 
 fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator::with_migrations(
@@ -139,7 +153,7 @@ macro_rules! ledger_impl {
     ($ledger:ident, $pool:ty, $migrations:expr) => {
         impl $ledger {
             /// Runs the embedded migrations once per handle.
-            async fn ready(&self) -> Result<&$pool, LedgerError> {
+            pub(crate) async fn ready(&self) -> Result<&$pool, LedgerError> {
                 self.migrated
                     .get_or_try_init(|| async {
                         migrator($migrations).run(&self.pool).await?;
