@@ -11,6 +11,15 @@
 //! - Settlement re-verifies, simulates, submits `transferWithAuthorization` and waits for the
 //!   receipt. Identical concurrent or repeated settles share one outcome and one transaction.
 //!
+//! ## Access control and hooks
+//!
+//! [`protected_router`] puts the [`access`] layer in front of `/verify` and `/settle`: seller API
+//! keys from [`bursar_store::KeyStore`], token-bucket rate limits per key (or per IP for
+//! anonymous callers when [`AccessPolicy`] opens an endpoint) in memory ([`MemoryLimiter`]) or
+//! Redis ([`RedisLimiter`]), daily settlement quotas; a limiter outage refuses `/settle` (503).
+//! [`FacilitatorHooks`] ([`LocalFacilitator::with_hooks`]) run before and after each verify and
+//! settle; a before-hook may refuse with a reason.
+//!
 //! ## The settlement ledger
 //!
 //! Every settlement goes through a [`bursar_store::SettlementLedger`] (SQLite or PostgreSQL;
@@ -49,10 +58,16 @@
 //! used, it is recorded as failed (the transaction's hash is unknown); if unused, the claim is
 //! released so the payer may retry; the token's nonce still allows one transfer at most.
 
+pub mod access;
+mod hooks;
+pub mod limit;
 mod server;
 mod service;
 
-pub use server::router;
+pub use access::{Access, AccessPolicy};
+pub use hooks::{FacilitatorHooks, NoHooks, Refusal, payer_of};
+pub use limit::{Admission, BucketRule, MemoryLimiter, RateLimiter, RedisLimiter};
+pub use server::{protected_router, router};
 pub use service::{
     FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, RECEIVED_ABANDONED_AFTER, Recovered,
     RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,

@@ -1,7 +1,7 @@
 //! The facilitator's HTTP API: `POST /verify`, `POST /settle`, `GET /supported`, `GET /health`.
 //!
 //! Layers, outermost first: panic catcher (a bug answers 500 JSON, never a dropped connection),
-//! request body limit, then the routes. Malformed bodies get 400 with a JSON body in the shape of
+//! request body limit, the access layer (with [`protected_router`]), then the routes. Malformed bodies get 400 with a JSON body in the shape of
 //! the endpoint's answer (`isValid: false` / `success: false`) plus an `error` field, so both
 //! x402 clients and people can read it.
 
@@ -17,10 +17,25 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
+use crate::access::{Access, guard};
 use crate::service::LocalFacilitator;
 
-/// The facilitator's routes, ready to serve or to call in tests without a socket.
+/// The facilitator's routes without access control (anyone may verify and settle): for
+/// in-process use and trusted networks. Servers use [`protected_router`].
 pub fn router(facilitator: LocalFacilitator) -> Router {
+    with_outer_layers(routes(facilitator))
+}
+
+/// The routes behind the access layer ([`crate::access`]): API keys, rate limits, quotas.
+/// Serve with `into_make_service_with_connect_info::<SocketAddr>()` so anonymous callers are
+/// limited per IP.
+pub fn protected_router(facilitator: LocalFacilitator, access: Access) -> Router {
+    with_outer_layers(
+        routes(facilitator).layer(axum::middleware::from_fn_with_state(access, guard)),
+    )
+}
+
+fn routes(facilitator: LocalFacilitator) -> Router {
     Router::new()
         .route("/verify", post(verify))
         .route("/settle", post(settle))
@@ -28,6 +43,10 @@ pub fn router(facilitator: LocalFacilitator) -> Router {
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(facilitator)
+}
+
+fn with_outer_layers(routes: Router) -> Router {
+    routes
         .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(CatchPanicLayer::custom(|_| {
             error_response(

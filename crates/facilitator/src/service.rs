@@ -21,6 +21,8 @@ use bursar_store::{
 };
 use tokio::sync::watch;
 
+use crate::hooks::{FacilitatorHooks, NoHooks, payer_of};
+
 /// Gas limit for one `transferWithAuthorization`; an EOA-signed one uses about 60-90k.
 pub const SETTLE_GAS_LIMIT: u64 = 200_000;
 /// How long settle waits for the transaction to be mined.
@@ -89,6 +91,8 @@ pub struct Inner {
     settlements: Mutex<Settlements>,
     /// Durable record of every authorization taken on; the arbiter across processes.
     ledger: Arc<dyn SettlementLedger>,
+    /// Policy and observers around verify and settle.
+    hooks: RwLock<Arc<dyn FacilitatorHooks>>,
     /// Each token's on-chain EIP-712 domain separator, read once.
     domain_separators: RwLock<HashMap<Address, Option<B256>>>,
 }
@@ -144,9 +148,20 @@ impl LocalFacilitator {
                 config,
                 settlements: Mutex::new(Settlements::default()),
                 ledger,
+                hooks: RwLock::new(Arc::new(NoHooks)),
                 domain_separators: RwLock::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Installs `hooks` (replacing any installed before) for this facilitator and its clones.
+    pub fn with_hooks(self, hooks: Arc<dyn FacilitatorHooks>) -> Self {
+        *self.hooks.write().expect("lock") = hooks;
+        self
+    }
+
+    fn hooks(&self) -> Arc<dyn FacilitatorHooks> {
+        self.hooks.read().expect("lock").clone()
     }
 
     pub fn ledger(&self) -> &Arc<dyn SettlementLedger> {
@@ -189,8 +204,23 @@ impl LocalFacilitator {
         response
     }
 
-    /// Verifies a payment: every stateless check, then the token's domain, the nonce and the balance.
+    /// Verifies a payment: the hooks' `before_verify`, every stateless check, then the token's
+    /// domain, the nonce and the balance; `after_verify` sees the answer.
     pub async fn verify(&self, request: &FacilitatorRequest) -> VerifyResponse {
+        let hooks = self.hooks();
+        let response = match hooks.before_verify(request).await {
+            Ok(()) => self.verify_unhooked(request).await,
+            Err(refusal) => VerifyResponse::invalid(
+                refusal.reason,
+                refusal.message,
+                payer_of(request).map(|payer| payer.to_checksum(None)),
+            ),
+        };
+        hooks.after_verify(request, &response).await;
+        response
+    }
+
+    async fn verify_unhooked(&self, request: &FacilitatorRequest) -> VerifyResponse {
         match self.check(request).await {
             Ok(checked) => VerifyResponse::valid(checked.payer.to_checksum(None)),
             Err(invalid) => invalid_response(invalid),
@@ -311,7 +341,25 @@ impl LocalFacilitator {
     /// Concurrent or later calls with the identical payment get the first call's outcome (same
     /// transaction hash) and never cause a second transaction. A different payment that reuses an
     /// authorization nonce is verified on its own and refused.
+    ///
+    /// The hooks' `before_settle` runs first (a refusal moves nothing); `after_settle` sees the
+    /// answer.
     pub async fn settle(&self, request: &FacilitatorRequest) -> SettleResponse {
+        let hooks = self.hooks();
+        let response = match hooks.before_settle(request).await {
+            Ok(()) => self.settle_unhooked(request).await,
+            Err(refusal) => SettleResponse::failed(
+                refusal.reason,
+                refusal.message,
+                payer_of(request).map(|payer| payer.to_checksum(None)),
+                request.network_name(),
+            ),
+        };
+        hooks.after_settle(request, &response).await;
+        response
+    }
+
+    async fn settle_unhooked(&self, request: &FacilitatorRequest) -> SettleResponse {
         let network = request.network_name();
         let exact = match ExactEvmPayload::from_value(&request.payload.payload) {
             Ok(exact) => exact,
