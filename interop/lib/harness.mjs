@@ -192,7 +192,7 @@ export async function startBursarFacilitator(net) {
   const { match } = await start(
     "bursar-facilitator",
     BURSAR_BIN,
-    ["facilitator", "--listen", "127.0.0.1:0", "--rpc-url", net.rpcUrl, "--chain-id", String(CHAIN_ID),
+    ["facilitator", "--listen", "127.0.0.1:0", "--open-verify", "--open-settle", "--rpc-url", net.rpcUrl, "--chain-id", String(CHAIN_ID),
      "--asset", net.token],
     { env: { BURSAR_FACILITATOR_KEY: net.keys.bursarFacilitator.key, BURSAR_LOG: "warn,bursar=info" },
       ready: /Bursar facilitator on (http:\/\/\S+)/ },

@@ -64,24 +64,45 @@ pub struct FacilitatorArgs {
     /// one). Default: a SQLite file, <data-dir>/facilitator.sqlite.
     #[arg(long, env = "BURSAR_LEDGER_URL")]
     pub ledger_url: Option<String>,
+    /// Let callers without an API key use /verify (limited per client IP).
+    #[arg(long)]
+    pub open_verify: bool,
+    /// Let callers without an API key use /settle (limited per client IP); it spends this
+    /// facilitator's gas.
+    #[arg(long)]
+    pub open_settle: bool,
+    /// Share rate limits with other facilitators through Redis, such as redis://127.0.0.1:6379.
+    /// Default: limits in this process's memory. When Redis fails, /settle is refused (503).
+    #[arg(long, env = "BURSAR_REDIS_URL")]
+    pub redis_url: Option<String>,
 }
+
+/// The prefix of the facilitator's rate-limit keys in Redis.
+pub const REDIS_KEY_PREFIX: &str = "bursar:ratelimit:";
 
 /// The settlement ledger's file name in the data dir.
 pub const LEDGER_FILE_NAME: &str = "facilitator.sqlite";
+
+/// The ledger's URL: `url`, or the SQLite file in `data_dir` (created).
+pub fn ledger_url(url: Option<&str>, data_dir: &Path) -> Result<String> {
+    match url {
+        Some(url) => Ok(url.to_string()),
+        None => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            Ok(bursar_store::sqlite_file_url(
+                &data_dir.join(LEDGER_FILE_NAME),
+            ))
+        }
+    }
+}
 
 /// Opens the ledger at `url`, or the SQLite file in `data_dir`.
 async fn open_ledger(
     url: Option<&str>,
     data_dir: &Path,
 ) -> Result<Arc<dyn bursar_store::SettlementLedger>> {
-    let url = match url {
-        Some(url) => url.to_string(),
-        None => {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create {}", data_dir.display()))?;
-            bursar_store::sqlite_file_url(&data_dir.join(LEDGER_FILE_NAME))
-        }
-    };
+    let url = ledger_url(url, data_dir)?;
     bursar_store::open(&url)
         .await
         .context("cannot open the settlement ledger")
@@ -229,6 +250,10 @@ async fn print_banner(network: &DevNetwork, info: &DevInfo, ledger: &str) {
         "  facilitator  {}  (POST /verify, POST /settle, GET /supported)",
         info.facilitator_url
     );
+    println!(
+        "               open to callers without an API key (a local dev network); \
+         `bursar facilitator` requires keys (`bursar keys create`)"
+    );
     println!("  demo API     {}", info.api_url);
     for route in crate::pay::DEMO_ROUTES {
         println!(
@@ -356,6 +381,27 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
     };
     let address = key.address();
     let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
+    let keys =
+        bursar_store::open_key_store(&ledger_url(args.ledger_url.as_deref(), &args.data_dir)?)
+            .await
+            .context("cannot open the api key store")?;
+    let limiter: Arc<dyn bursar_facilitator::RateLimiter> = match &args.redis_url {
+        Some(url) => Arc::new(
+            bursar_facilitator::RedisLimiter::connect(url, REDIS_KEY_PREFIX)
+                .await
+                .context("cannot reach Redis for rate limits (--redis-url)")?,
+        ),
+        None => Arc::new(bursar_facilitator::MemoryLimiter::new()),
+    };
+    let access = bursar_facilitator::Access {
+        policy: bursar_facilitator::AccessPolicy {
+            open_verify: args.open_verify,
+            open_settle: args.open_settle,
+            ..Default::default()
+        },
+        keys,
+        limiter,
+    };
     let facilitator = LocalFacilitator::with_ledger(
         chain.clone(),
         Account::new(chain.clone(), key),
@@ -369,5 +415,23 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         listener.local_addr()?,
         chain.chain_id()
     );
-    serve(listener, bursar_facilitator::router(facilitator)).await
+    let open = |on: bool| if on { "open" } else { "api key" };
+    println!(
+        "access: /verify {}, /settle {}; rate limits in {}",
+        open(args.open_verify),
+        open(args.open_settle),
+        if args.redis_url.is_some() {
+            "redis"
+        } else {
+            "memory"
+        }
+    );
+    let app = bursar_facilitator::protected_router(facilitator, access);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    Ok(())
 }

@@ -5,12 +5,14 @@
 //! - `bursar pay <url>` pays for a resource and prints the content and the receipt.
 //! - `bursar balance` / `bursar faucet` read and fund dev-chain accounts.
 //! - `bursar facilitator` serves the facilitator alone, on the embedded chain or a JSON-RPC node.
+//! - `bursar keys` creates, lists and revokes the facilitator's API keys.
 //! - `bursar demo-api` serves the demo paid API alone, against any facilitator, chain and token.
 //! - `bursar bench` measures signature verification and the facilitator's `/verify`.
 
 mod bench;
 mod dev;
 mod devnet;
+mod keys;
 mod pay;
 
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ enum Command {
     Faucet(pay::FaucetArgs),
     /// Serve the facilitator alone.
     Facilitator(dev::FacilitatorArgs),
+    /// Manage the facilitator's API keys: create, list, revoke.
+    Keys(keys::KeysArgs),
     /// Serve the demo paid API alone, priced in any token and settled by any facilitator.
     DemoApi(pay::DemoApiArgs),
     /// Measure signature verification and facilitator /verify throughput.
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             Command::Faucet(args) => pay::faucet(args).await,
             Command::Facilitator(args) => dev::facilitator(args).await,
             Command::DemoApi(args) => pay::serve_demo_api(args).await,
+            Command::Keys(args) => keys::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });

@@ -71,6 +71,8 @@ pub const DEMO_ROUTES: &[DemoRoute] = &[
 #[derive(Debug, Clone)]
 pub struct DemoApiConfig {
     pub facilitator_url: String,
+    /// Sent as `Authorization: Bearer <key>` to the facilitator, when it requires keys.
+    pub facilitator_api_key: Option<String>,
     /// The API's own public base URL (the `resource` of its offers).
     pub api_url: String,
     pub chain_id: u64,
@@ -86,6 +88,7 @@ impl DemoApiConfig {
     pub fn from_dev_info(info: &DevInfo) -> DemoApiConfig {
         DemoApiConfig {
             facilitator_url: info.facilitator_url.clone(),
+            facilitator_api_key: None,
             api_url: info.api_url.clone(),
             chain_id: info.chain_id,
             token: info.token,
@@ -99,8 +102,11 @@ impl DemoApiConfig {
 /// The demo paid API: three priced routes behind the paywall, verified and settled through the
 /// facilitator's HTTP API, plus a free index at `/`.
 pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
-    let facilitator: Arc<dyn Facilitator> =
-        Arc::new(HttpFacilitator::new(&config.facilitator_url)?);
+    let mut client = HttpFacilitator::new(&config.facilitator_url)?;
+    if let Some(key) = &config.facilitator_api_key {
+        client = client.with_api_key(key.clone());
+    }
+    let facilitator: Arc<dyn Facilitator> = Arc::new(client);
     let asset = Asset::new(
         config.token.to_checksum(None),
         config.token_name.clone(),
@@ -157,6 +163,9 @@ pub struct DemoApiArgs {
     /// The facilitator that verifies and settles the payments (its base URL).
     #[arg(long)]
     pub facilitator_url: String,
+    /// The facilitator API key (from `bursar keys create`), when the facilitator requires one.
+    #[arg(long, env = "BURSAR_FACILITATOR_API_KEY", hide_env_values = true)]
+    pub facilitator_api_key: Option<String>,
     /// The EVM chain id the offers name (network `eip155:<id>`).
     #[arg(long)]
     pub chain_id: u64,
@@ -188,6 +197,7 @@ pub async fn serve_demo_api(args: DemoApiArgs) -> Result<()> {
     };
     let config = DemoApiConfig {
         facilitator_url: args.facilitator_url,
+        facilitator_api_key: args.facilitator_api_key,
         api_url: api_url.clone(),
         chain_id: args.chain_id,
         token: args.token,
