@@ -37,6 +37,13 @@ pub fn now_seconds() -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits for a transaction's receipt, failing the test if it never comes.
+pub async fn mined(chain: &dyn EvmChain, hash: B256) -> crate::api::Receipt {
+    crate::account::wait_for_receipt(chain, hash, crate::account::RECEIPT_TIMEOUT)
+        .await
+        .expect("transaction mined")
+}
+
 /// Funds a fresh random key with one ether of gas money.
 pub async fn funded_account(chain: &Arc<dyn DevChain>) -> Account {
     let signer = PrivateKeySigner::random();
@@ -135,10 +142,7 @@ pub async fn transfer_with_authorization_moves_exact_value(chain: Arc<dyn DevCha
         .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
         .await
         .unwrap();
-    let receipt =
-        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
-            .await
-            .unwrap();
+    let receipt = mined(chain.as_ref(), hash).await;
     assert!(receipt.success, "transfer must succeed: {receipt:?}");
     assert_eq!(receipt.transaction_hash, hash);
     assert!(
@@ -185,10 +189,7 @@ pub async fn replayed_authorization_reverts(chain: Arc<dyn DevChain>) {
         .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
         .await
         .unwrap();
-    let receipt =
-        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
-            .await
-            .unwrap();
+    let receipt = mined(chain.as_ref(), hash).await;
     assert!(receipt.success);
 
     let simulated = f
@@ -205,10 +206,7 @@ pub async fn replayed_authorization_reverts(chain: Arc<dyn DevChain>) {
         .submit_transfer_with_authorization(&f.sender, &authorization, &signature, Some(200_000))
         .await
         .unwrap();
-    let receipt =
-        crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
-            .await
-            .unwrap();
+    let receipt = mined(chain.as_ref(), hash).await;
     assert!(!receipt.success, "replay must revert on chain");
     assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(100u64));
     assert_eq!(
@@ -311,13 +309,7 @@ pub async fn concurrent_sends_share_one_nonce_sequence(chain: Arc<dyn DevChain>)
         hashes.push(handle.await.unwrap().unwrap());
     }
     for hash in &hashes {
-        let receipt = crate::account::wait_for_receipt(
-            chain.as_ref(),
-            *hash,
-            crate::account::RECEIPT_TIMEOUT,
-        )
-        .await
-        .unwrap();
+        let receipt = mined(chain.as_ref(), *hash).await;
         assert!(receipt.success);
     }
     assert_eq!(
@@ -364,10 +356,7 @@ pub async fn stale_nonce_is_rejected_then_recovered(chain: Arc<dyn DevChain>) {
     let h2 = send(&f, &first, payee, 3).await.unwrap();
     let h3 = send(&f, &second, payee, 7).await.unwrap();
     for hash in [h1, h2, h3] {
-        let receipt =
-            crate::account::wait_for_receipt(chain.as_ref(), hash, crate::account::RECEIPT_TIMEOUT)
-                .await
-                .unwrap();
+        let receipt = mined(chain.as_ref(), hash).await;
         assert!(receipt.success);
     }
     assert_eq!(

@@ -384,9 +384,14 @@ pub struct BalanceArgs {
     pub data_dir: PathBuf,
 }
 
-async fn dev_get(info: &DevInfo, path: &str) -> Result<serde_json::Value> {
-    let url = format!("{}{path}", info.facilitator_url);
-    let response = reqwest::get(&url).await.with_context(|| {
+/// Sends a request to the running `bursar dev` and returns its JSON answer; `refused` names the
+/// refusal in the error when the status is not a success.
+async fn dev_call(
+    info: &DevInfo,
+    request: reqwest::RequestBuilder,
+    refused: &str,
+) -> Result<serde_json::Value> {
+    let response = request.send().await.with_context(|| {
         format!(
             "bursar dev is not reachable at {}: is it running?",
             info.facilitator_url
@@ -397,11 +402,7 @@ async fn dev_get(info: &DevInfo, path: &str) -> Result<serde_json::Value> {
         .json()
         .await
         .context("bursar dev answered something unreadable")?;
-    anyhow::ensure!(
-        status.is_success(),
-        "bursar dev refused: {}",
-        document["message"]
-    );
+    anyhow::ensure!(status.is_success(), "{refused}: {}", document["message"]);
     Ok(document)
 }
 
@@ -429,7 +430,8 @@ pub async fn balance(args: BalanceArgs) -> Result<()> {
         return Ok(());
     }
     let info = DevInfo::load(&args.data_dir)?;
-    let document = dev_get(&info, &format!("/dev/balance/{}", args.address)).await?;
+    let url = format!("{}/dev/balance/{}", info.facilitator_url, args.address);
+    let document = dev_call(&info, reqwest::Client::new().get(url), "bursar dev refused").await?;
     let atomic = Amount::parse_atomic(document["balance"].as_str().unwrap_or_default())
         .context("bursar dev returned a malformed balance")?;
     println!(
@@ -458,27 +460,10 @@ pub async fn faucet(args: FaucetArgs) -> Result<()> {
         .map_err(|e| failure(2, format!("amount {:?}: {e}", args.amount)))?;
     let info = DevInfo::load(&args.data_dir)?;
     let url = format!("{}/dev/faucet", info.facilitator_url);
-    let response = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(&url)
-        .json(&json!({"address": args.address, "amount": amount}))
-        .send()
-        .await
-        .with_context(|| {
-            format!(
-                "bursar dev is not reachable at {}: is it running?",
-                info.facilitator_url
-            )
-        })?;
-    let status = response.status();
-    let document: serde_json::Value = response
-        .json()
-        .await
-        .context("bursar dev answered something unreadable")?;
-    anyhow::ensure!(
-        status.is_success(),
-        "faucet refused: {}",
-        document["message"]
-    );
+        .json(&json!({"address": args.address, "amount": amount}));
+    let document = dev_call(&info, request, "faucet refused").await?;
     let balance =
         Amount::parse_atomic(document["balance"].as_str().unwrap_or_default()).unwrap_or_default();
     println!(
