@@ -29,6 +29,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "api keys",
         include_str!("../migrations/sqlite/0002_api_keys.sql"),
     ),
+    (
+        3,
+        "payment identifier",
+        include_str!("../migrations/sqlite/0003_payment_identifier.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -40,6 +45,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "api keys",
         include_str!("../migrations/postgres/0002_api_keys.sql"),
+    ),
+    (
+        3,
+        "payment identifier",
+        include_str!("../migrations/postgres/0003_payment_identifier.sql"),
     ),
 ];
 
