@@ -17,7 +17,10 @@ const NODE_MODULES = join(ROOT, "node_modules");
 const ARTIFACTS = join(ROOT, "artifacts");
 
 /** The contracts to compile and publish: source path (relative to ROOT) and contract name. */
-const CONTRACTS = [{ source: "src/BursarUSD.sol", name: "BursarUSD" }];
+const CONTRACTS = [
+  { source: "src/BursarUSD.sol", name: "BursarUSD" },
+  { source: "src/BursarBatchSettler.sol", name: "BursarBatchSettler" },
+];
 
 /** Compiler settings. Also recorded in every artifact. */
 const SETTINGS = {

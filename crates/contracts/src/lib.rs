@@ -18,14 +18,23 @@
 //! - calldata builders and return-data decoders for the calls the chain and facilitator layers
 //!   make ([`transfer_with_authorization_call`], [`balance_of_call`], [`decode_revert`], ...).
 //!
+//! - [`batch`]: BursarBatchSettler, which settles many authorizations in one transaction with
+//!   per-item failure isolation: bindings, calldata, deployment code and receipt decoding.
+//!
 //! Nothing here performs I/O.
 
 pub mod artifact;
+pub mod batch;
 pub mod bindings;
 mod calls;
 
 pub use artifact::{
     ARTIFACT_JSON, Artifact, CompilerInfo, MAX_NAME_BYTES, artifact, token_creation_code,
+};
+pub use batch::{
+    BATCH_ITEM_GAS_MAX, BATCH_ITEMS_MAX, BATCH_SETTLER_ARTIFACT_JSON, BatchItem,
+    BursarBatchSettler, ItemOutcome, LogRef, batch_outcomes, batch_settle_call,
+    batch_settler_artifact, batch_settler_creation_code,
 };
 pub use bindings::BursarUSD;
 pub use calls::{
