@@ -67,6 +67,9 @@ pub enum BuyerError {
     },
     #[error("signing the payment failed: {0}")]
     Signer(String),
+    /// The client's [`PaymentApproval`] refused the payment; nothing was signed.
+    #[error("payment refused ({code}): {message}")]
+    Refused { code: String, message: String },
     /// The seller answered 402 to the paid request. The client did not pay again.
     #[error("payment rejected by the seller: {reason}")]
     PaymentRejected {
@@ -103,6 +106,44 @@ impl PaymentSigner for PrivateKeySigner {
     ) -> Result<Bytes, BuyerError> {
         exact_evm::sign_authorization(self, authorization, domain)
             .map_err(|e| BuyerError::Signer(e.to_string()))
+    }
+}
+
+/// Asked before every signature: the place for budgets and policy. Refusing stops the payment
+/// with nothing signed ([`BuyerError::Refused`]).
+///
+/// When it approves, the authorization is signed and sent; from then on the caller must assume
+/// it may be settled, whatever `send` returns.
+#[async_trait::async_trait]
+pub trait PaymentApproval: Send + Sync {
+    async fn approve(&self, proposal: &PaymentProposal<'_>) -> Result<(), Refusal>;
+}
+
+/// What is about to be signed, and for which request.
+#[derive(Debug)]
+pub struct PaymentProposal<'a> {
+    pub request: &'a RequestSpec,
+    /// The seller's whole 402 answer.
+    pub required: &'a PaymentRequired,
+    /// The offer chosen.
+    pub requirement: &'a PaymentRequirements,
+    /// The authorization to sign (payer, payee, value, validity window, nonce).
+    pub authorization: &'a Authorization,
+}
+
+/// Why a [`PaymentApproval`] refused: a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -206,6 +247,7 @@ pub struct PayingClient {
     units: Vec<(Network, Address, AssetUnit)>,
     /// Read only the v1 JSON body of a 402, ignoring a v2 `PAYMENT-REQUIRED` header.
     v1_only: bool,
+    approval: Option<Arc<dyn PaymentApproval>>,
 }
 
 impl std::fmt::Debug for PayingClient {
@@ -244,7 +286,14 @@ impl PayingClient {
             allowed_assets: Vec::new(),
             units,
             v1_only: false,
+            approval: None,
         }
+    }
+
+    /// Asks `approval` before signing each payment (budgets, policy).
+    pub fn approval(mut self, approval: Arc<dyn PaymentApproval>) -> Self {
+        self.approval = Some(approval);
+        self
     }
 
     /// The most the client pays for one request, in atomic units of the offer's asset. Required.
@@ -297,7 +346,25 @@ impl PayingClient {
 
         let required = read_payment_required(first, self.v1_only).await?;
         let requirement = self.choose(&required)?.clone();
-        let (authorization, payload) = self.sign(&required, &requirement).await?;
+        let authorization =
+            exact_evm::authorization_for(&requirement, self.signer.address(), now())
+                .map_err(BuyerError::InvalidPaymentRequired)?;
+        if let Some(approval) = &self.approval {
+            let proposal = PaymentProposal {
+                request: &request,
+                required: &required,
+                requirement: &requirement,
+                authorization: &authorization,
+            };
+            approval
+                .approve(&proposal)
+                .await
+                .map_err(|refusal| BuyerError::Refused {
+                    code: refusal.code,
+                    message: refusal.message,
+                })?;
+        }
+        let payload = self.sign(&required, &requirement, &authorization).await?;
         tracing::info!(
             url = %request.url,
             amount = %self.describe(&requirement, requirement.amount),
@@ -422,7 +489,8 @@ impl PayingClient {
         &self,
         required: &PaymentRequired,
         requirement: &PaymentRequirements,
-    ) -> Result<(Authorization, PaymentPayload), BuyerError> {
+        authorization: &Authorization,
+    ) -> Result<PaymentPayload, BuyerError> {
         // `choose` checked all of these; failing here is still an error, never a panic.
         let invalid = |what: &str| BuyerError::InvalidPaymentRequired(what.to_string());
         let chain_id = requirement
@@ -436,12 +504,10 @@ impl PayingClient {
             .asset
             .parse()
             .map_err(|_| invalid("asset is not an address"))?;
-        let authorization = exact_evm::authorization_for(requirement, self.signer.address(), now())
-            .map_err(BuyerError::InvalidPaymentRequired)?;
         let domain = exact_evm::token_domain(name, version, chain_id, asset);
         let signature = self
             .signer
-            .sign_authorization(&authorization, &domain)
+            .sign_authorization(authorization, &domain)
             .await?;
         let scheme_payload = ExactEvmPayload {
             signature,
@@ -460,7 +526,7 @@ impl PayingClient {
                 scheme_payload,
             ),
         };
-        Ok((authorization, payload))
+        Ok(payload)
     }
 
     async fn execute(

@@ -33,7 +33,7 @@ impl KeyDigest {
         hex_lower(&self.0)
     }
 
-    fn from_hex(text: &str) -> Option<KeyDigest> {
+    pub(crate) fn from_hex(text: &str) -> Option<KeyDigest> {
         if text.len() != 64 {
             return None;
         }

@@ -25,6 +25,7 @@
 //!   database per test.
 
 mod keys;
+pub mod runtime;
 mod sql;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -37,6 +38,7 @@ pub use keys::{
     API_KEY_PREFIX, API_KEY_SECRET_BYTES, ApiKeyRecord, KeyDigest, KeyError, KeyLimits, KeyStore,
     NewApiKey, SELLER_NAME_BYTES_MAX, open_key_store,
 };
+pub use runtime::{RuntimeStore, StoreError, open_runtime_store};
 pub use sql::{PostgresLedger, SqliteLedger};
 
 /// Connections in a SQLite file ledger's pool (SQLite serializes writers anyway).
@@ -163,6 +165,12 @@ pub enum Claim {
         /// response the settlement will give if its transaction succeeds.
         response: Option<SettleResponse>,
     },
+    /// The x402 `payment-identifier` is already taken by another authorization or another
+    /// payload: a conflict (HTTP 409 in the extension). Nothing was inserted.
+    PaymentIdConflict {
+        /// The authorization that holds the id.
+        held_by: LedgerKey,
+    },
 }
 
 /// What [`SettlementLedger::mark_submitted`] records about a broadcast transaction.
@@ -190,6 +198,20 @@ pub struct SettlementRecord {
     pub error_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The x402 `payment-identifier` the client sent, if any.
+    pub payment_id: Option<String>,
+}
+
+/// The shortest and longest x402 `payment-identifier` accepted, in characters.
+pub const PAYMENT_ID_CHARS_MIN: usize = 16;
+pub const PAYMENT_ID_CHARS_MAX: usize = 128;
+
+/// Whether `id` is an acceptable `payment-identifier`: 16 to 128 characters from `A-Z a-z 0-9 _ -`.
+pub fn valid_payment_id(id: &str) -> bool {
+    (PAYMENT_ID_CHARS_MIN..=PAYMENT_ID_CHARS_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Ledger failures. Operating errors, to be reported, never asserted away.
@@ -223,6 +245,49 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// existed (one is inserted as `received`), else what the existing row says.
     async fn claim(&self, key: &LedgerKey, fingerprint: &str) -> Result<Claim, LedgerError>;
 
+    /// [`claim`](Self::claim), also recording the client's `payment-identifier` (already
+    /// validated with [`valid_payment_id`]). The id names one payment forever: if a row holds it
+    /// for another authorization or another fingerprint the answer is
+    /// [`Claim::PaymentIdConflict`] and nothing is inserted; if a row holds it for this same
+    /// payment, the answer is that row ([`Claim::Existing`]).
+    async fn claim_identified(
+        &self,
+        key: &LedgerKey,
+        fingerprint: &str,
+        payment_id: &str,
+    ) -> Result<Claim, LedgerError>;
+
+    /// The row holding `payment_id`, if any.
+    async fn get_by_payment_id(
+        &self,
+        payment_id: &str,
+    ) -> Result<Option<SettlementRecord>, LedgerError>;
+
+    /// `received` → `submitted` for every item of one batch transaction, atomically (all rows
+    /// or none). A row already `submitted` takes the new hash: the batch was signed again after
+    /// the node refused the earlier transaction's nonce, so the earlier one can never be mined.
+    /// Called before the transaction is broadcast.
+    async fn mark_batch_submitted(
+        &self,
+        items: &[(LedgerKey, Submission)],
+    ) -> Result<(), LedgerError>;
+
+    /// Finishes many settlements in one database transaction. Rows already final are left as
+    /// they are (another process finished them from the same receipt); returns how many changed.
+    async fn finish_many(
+        &self,
+        items: &[(LedgerKey, SettleResponse, SettlementState)],
+    ) -> Result<u64, LedgerError>;
+
+    /// Deletes `submitted` rows recorded with `tx_hash` when the node definitively refused that
+    /// transaction (it was never broadcast), so the payers may retry. Returns how many were
+    /// deleted.
+    async fn release_unsent(
+        &self,
+        keys: &[LedgerKey],
+        tx_hash: &str,
+    ) -> Result<u64, LedgerError>;
+
     /// `received` → `submitted`, recording the broadcast transaction. Must be called before
     /// waiting for the receipt, so a crash after broadcast is recoverable.
     async fn mark_submitted(
@@ -255,6 +320,15 @@ pub trait SettlementLedger: Send + Sync + 'static {
 
     /// The row for `key`, if any.
     async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError>;
+
+    /// How many rows are `received` or `submitted` (every network, every process sharing the
+    /// database): settlements not finished yet. The SQL ledgers count in the database; this
+    /// default reads the rows.
+    async fn count_unfinished(&self) -> Result<u64, LedgerError> {
+        let submitted = self.unfinished().await?.len();
+        let received = self.received_before(i64::MAX).await?.len();
+        Ok(u64::try_from(submitted + received).unwrap_or(u64::MAX))
+    }
 }
 
 /// Opens (creating if needed, for `sqlite://...?mode=rwc`) and migrates the ledger at `url`.

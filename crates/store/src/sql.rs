@@ -34,6 +34,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "payment identifier",
         include_str!("../migrations/sqlite/0003_payment_identifier.sql"),
     ),
+    (
+        4,
+        "agent runtime",
+        include_str!("../migrations/sqlite/0004_agent_runtime.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -50,6 +55,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "payment identifier",
         include_str!("../migrations/postgres/0003_payment_identifier.sql"),
+    ),
+    (
+        4,
+        "agent runtime",
+        include_str!("../migrations/postgres/0004_agent_runtime.sql"),
     ),
 ];
 
@@ -71,7 +81,21 @@ fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrato
 }
 
 const COLUMNS: &str = "network, asset, payer, nonce, fingerprint, state, tx_hash, valid_before_s, \
-                       response, error_reason, created_at_ms, updated_at_ms";
+                       response, error_reason, created_at_ms, updated_at_ms, payment_id";
+
+const INSERT_RECEIVED_IDENTIFIED: &str = "INSERT INTO settlements \
+     (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms, payment_id) \
+     VALUES ($1, $2, $3, $4, $5, 'received', $6, $6, $7) \
+     ON CONFLICT DO NOTHING";
+
+const MARK_BATCH_SUBMITTED: &str = "UPDATE settlements \
+     SET state = 'submitted', tx_hash = $5, valid_before_s = $6, response = $7, updated_at_ms = $8 \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
+     AND state IN ('received', 'submitted')";
+
+const RELEASE_UNSENT: &str = "DELETE FROM settlements \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
+     AND state = 'submitted' AND tx_hash = $5";
 
 const INSERT_RECEIVED: &str = "INSERT INTO settlements \
      (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms) \
@@ -97,6 +121,10 @@ fn select_one() -> String {
     )
 }
 
+fn select_by_payment_id() -> String {
+    format!("SELECT {COLUMNS} FROM settlements WHERE payment_id = $1")
+}
+
 fn select_received_before() -> String {
     format!(
         "SELECT {COLUMNS} FROM settlements WHERE state = 'received' AND created_at_ms < $1 \
@@ -110,6 +138,9 @@ fn select_submitted() -> String {
          ORDER BY created_at_ms, id"
     )
 }
+
+const COUNT_UNFINISHED: &str =
+    "SELECT COUNT(*) FROM settlements WHERE state IN ('received', 'submitted')";
 
 fn record_from_row<R>(row: &R) -> Result<SettlementRecord, LedgerError>
 where
@@ -150,6 +181,7 @@ where
         error_reason: row.try_get("error_reason")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+        payment_id: row.try_get("payment_id")?,
         key,
     })
 }
@@ -215,6 +247,169 @@ macro_rules! ledger_impl {
                     key: key.clone(),
                     attempts: CLAIM_ATTEMPTS_MAX,
                 })
+            }
+
+            async fn claim_identified(
+                &self,
+                key: &LedgerKey,
+                fingerprint: &str,
+                payment_id: &str,
+            ) -> Result<Claim, LedgerError> {
+                let pool = self.ready().await?;
+                for _ in 0..CLAIM_ATTEMPTS_MAX {
+                    if let Some(holder) = self.get_by_payment_id(payment_id).await? {
+                        if holder.key != *key || holder.fingerprint != fingerprint {
+                            return Ok(Claim::PaymentIdConflict { held_by: holder.key });
+                        }
+                        return Ok(Claim::Existing {
+                            state: holder.state,
+                            fingerprint: holder.fingerprint,
+                            tx_hash: holder.tx_hash,
+                            response: holder.response,
+                        });
+                    }
+                    // Either unique constraint (the authorization, the payment id) stops it.
+                    let inserted = sqlx::query(INSERT_RECEIVED_IDENTIFIED)
+                        .bind(&key.network)
+                        .bind(&key.asset)
+                        .bind(&key.payer)
+                        .bind(&key.nonce)
+                        .bind(fingerprint)
+                        .bind(now_ms())
+                        .bind(payment_id)
+                        .execute(pool)
+                        .await?
+                        .rows_affected();
+                    if inserted == 1 {
+                        return Ok(Claim::Claimed);
+                    }
+                    if self.get_by_payment_id(payment_id).await?.is_some() {
+                        continue; // report who holds the id
+                    }
+                    if let Some(record) = self.get(key).await? {
+                        return Ok(Claim::Existing {
+                            state: record.state,
+                            fingerprint: record.fingerprint,
+                            tx_hash: record.tx_hash,
+                            response: record.response,
+                        });
+                    }
+                }
+                Err(LedgerError::ClaimContended {
+                    key: key.clone(),
+                    attempts: CLAIM_ATTEMPTS_MAX,
+                })
+            }
+
+            async fn get_by_payment_id(
+                &self,
+                payment_id: &str,
+            ) -> Result<Option<SettlementRecord>, LedgerError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(AssertSqlSafe(select_by_payment_id()))
+                    .bind(payment_id)
+                    .fetch_optional(pool)
+                    .await?;
+                row.as_ref().map(record_from_row).transpose()
+            }
+
+            async fn mark_batch_submitted(
+                &self,
+                items: &[(LedgerKey, Submission)],
+            ) -> Result<(), LedgerError> {
+                let pool = self.ready().await?;
+                let mut transaction = pool.begin().await?;
+                let now = now_ms();
+                for (key, submission) in items {
+                    let valid_before_s =
+                        i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX);
+                    let updated = sqlx::query(MARK_BATCH_SUBMITTED)
+                        .bind(&key.network)
+                        .bind(&key.asset)
+                        .bind(&key.payer)
+                        .bind(&key.nonce)
+                        .bind(&submission.tx_hash)
+                        .bind(valid_before_s)
+                        .bind(response_json(&submission.pending_response))
+                        .bind(now)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected();
+                    if updated != 1 {
+                        transaction.rollback().await?;
+                        let reason = match self.get(key).await? {
+                            Some(record) => format!("it is {}", record.state),
+                            None => "there is no such settlement".to_string(),
+                        };
+                        return Err(LedgerError::Transition {
+                            key: key.clone(),
+                            to: SettlementState::Submitted,
+                            reason,
+                        });
+                    }
+                }
+                transaction.commit().await?;
+                Ok(())
+            }
+
+            async fn finish_many(
+                &self,
+                items: &[(LedgerKey, SettleResponse, SettlementState)],
+            ) -> Result<u64, LedgerError> {
+                if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final()) {
+                    return Err(LedgerError::Transition {
+                        key: key.clone(),
+                        to: *state,
+                        reason: "finish takes confirmed or failed".into(),
+                    });
+                }
+                let pool = self.ready().await?;
+                let mut transaction = pool.begin().await?;
+                let now = now_ms();
+                let mut changed = 0;
+                for (key, response, state) in items {
+                    let error_reason = response
+                        .error_reason
+                        .as_ref()
+                        .map(|reason| reason.as_str().to_string());
+                    changed += sqlx::query(FINISH)
+                        .bind(&key.network)
+                        .bind(&key.asset)
+                        .bind(&key.payer)
+                        .bind(&key.nonce)
+                        .bind(state.as_str())
+                        .bind(response_json(response))
+                        .bind(error_reason)
+                        .bind(now)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected();
+                }
+                transaction.commit().await?;
+                Ok(changed)
+            }
+
+            async fn release_unsent(
+                &self,
+                keys: &[LedgerKey],
+                tx_hash: &str,
+            ) -> Result<u64, LedgerError> {
+                let pool = self.ready().await?;
+                let mut transaction = pool.begin().await?;
+                let mut deleted = 0;
+                for key in keys {
+                    deleted += sqlx::query(RELEASE_UNSENT)
+                        .bind(&key.network)
+                        .bind(&key.asset)
+                        .bind(&key.payer)
+                        .bind(&key.nonce)
+                        .bind(tx_hash)
+                        .execute(&mut *transaction)
+                        .await?
+                        .rows_affected();
+                }
+                transaction.commit().await?;
+                Ok(deleted)
             }
 
             async fn mark_submitted(
@@ -316,6 +511,12 @@ macro_rules! ledger_impl {
                     .fetch_optional(pool)
                     .await?;
                 row.as_ref().map(record_from_row).transpose()
+            }
+
+            async fn count_unfinished(&self) -> Result<u64, LedgerError> {
+                let pool = self.ready().await?;
+                let count: i64 = sqlx::query_scalar(COUNT_UNFINISHED).fetch_one(pool).await?;
+                Ok(u64::try_from(count).unwrap_or(0))
             }
         }
 

@@ -1,0 +1,38 @@
+//! # bursar-runtime
+//!
+//! The agent payments runtime: an operator runs it as a service, agents call it, and money moves
+//! only within what a person authorized.
+//!
+//! - **Wallets**: signing keys held by Bursar, encrypted at rest as keystore v3 documents
+//!   ([`bursar_wallet`]) under the runtime's passphrase. Nothing returns a key; exports are the
+//!   encrypted document.
+//! - **Grants**: the wallet owner's time-bound authorization for a named agent (default
+//!   60 minutes); revoke one, or all (the kill switch). No live grant, no payment.
+//! - **Sessions**: one agent run under a grant, with a budget (`maxSpendAmount` in the runtime's
+//!   currency) and an expiry; the same client token returns the same session. The session token
+//!   (`bst_...`) is the agent's only credential ([`tokens`]).
+//! - **Paying** ([`Runtime::fetch`]): the runtime makes the agent's request; on 402 the paying
+//!   client ([`bursar_buyer`]) picks an offer and, before signing, the runtime reserves the price
+//!   against the session in one database transaction ([`bursar_store::RuntimeStore::reserve`]).
+//!   A refusal (budget, expiry, revoked grant, other currency) means nothing is signed.
+//! - **Two-phase accounting**: a reservation stays pending until the chain decides: posted when
+//!   the token shows the authorization used (with the transaction when a receipt proves it),
+//!   voided when it is proven unusable (never signed, or unused after `validBefore` on chain).
+//!   Once a signed authorization has left, its amount stays reserved until then — a seller may
+//!   settle it late. [`Runtime::spawn_resolver`] keeps looking; [`reconcile`] checks the whole
+//!   ledger against the chain.
+//! - **API** ([`api::router`]): JSON over HTTP, operator keys for admin endpoints, session tokens
+//!   for agents, idempotency keys on creates, `/openapi.json`.
+
+pub mod api;
+mod error;
+pub mod reconcile;
+mod service;
+pub mod tokens;
+
+pub use error::RuntimeError;
+pub use service::{
+    Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession, PaymentSummary,
+    RESOLVE_BATCH_MAX, Resolution, Runtime, RuntimeConfig, SessionRequest, UPSTREAM_TIMEOUT,
+    WalletInfo,
+};

@@ -1,0 +1,211 @@
+//! `ledger reconcile`: the ledger checked against itself and against the chain.
+//!
+//! For every transfer: its ledger entries (one `reserve`, then exactly one `post` or `void`
+//! matching its state, with the same amount), and the chain (a posted transfer's authorization is
+//! used on chain, and its recorded transaction shows it; a voided one is unused; a pending one is
+//! neither used nor expired). For every session: `posted` and `reserved` equal the sums of its
+//! posted and pending transfers, and never exceed `max_spend` together.
+
+use std::collections::HashMap;
+
+use bursar_protocol::Amount;
+use bursar_store::runtime::{EntryKind, LIST_ROWS_MAX, TransferState};
+
+use crate::error::RuntimeError;
+use crate::service::{ChainEvidence, Runtime};
+
+/// One disagreement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// The transfer or session concerned.
+    pub subject: String,
+    pub problem: String,
+}
+
+/// What reconciliation looked at and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub entries_checked: usize,
+    pub transfers_checked: usize,
+    pub sessions_checked: usize,
+    /// Sum of posted transfers (atomic units of the runtime's currency).
+    pub posted_total: Amount,
+    pub pending_total: Amount,
+    pub voided_total: Amount,
+    pub differences: Vec<Difference>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.differences.is_empty()
+    }
+}
+
+/// Reconciles the whole ledger. Read-only: it never posts or voids.
+pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
+    let store = runtime.store();
+    let mut report = Report::default();
+    let differ = |subject: &str, problem: String| {
+        report_difference(subject, &problem);
+        Difference {
+            subject: subject.to_string(),
+            problem,
+        }
+    };
+
+    // Ledger entries per transfer: kind -> amount.
+    let mut entries: HashMap<String, Vec<(EntryKind, Option<Amount>)>> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = store.entries(after, LIST_ROWS_MAX).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        report.entries_checked += page.len();
+        for entry in page {
+            if let Some(transfer) = entry.transfer_id {
+                entries
+                    .entry(transfer)
+                    .or_default()
+                    .push((entry.kind, entry.amount));
+            }
+        }
+    }
+
+    let transfers = store.transfers(None).await?;
+    report.transfers_checked = transfers.len();
+    let mut differences = Vec::new();
+    let mut session_sums: HashMap<String, (Amount, Amount)> = HashMap::new();
+    for transfer in &transfers {
+        let recorded = entries.remove(&transfer.id).unwrap_or_default();
+        let count = |kind: EntryKind| recorded.iter().filter(|(k, _)| *k == kind).count();
+        let (reserve, post, void) = (
+            count(EntryKind::Reserve),
+            count(EntryKind::Post),
+            count(EntryKind::Void),
+        );
+        let expected = match transfer.state {
+            TransferState::Pending => (1, 0, 0),
+            TransferState::Posted => (1, 1, 0),
+            TransferState::Voided => (1, 0, 1),
+        };
+        if (reserve, post, void) != expected {
+            differences.push(differ(
+                &transfer.id,
+                format!(
+                    "is {} but the ledger has {reserve} reserve, {post} post and {void} void entries",
+                    transfer.state
+                ),
+            ));
+        }
+        if recorded
+            .iter()
+            .any(|(_, amount)| *amount != Some(transfer.amount))
+        {
+            differences.push(differ(
+                &transfer.id,
+                format!(
+                    "ledger entries disagree with the transfer's amount {}",
+                    transfer.amount
+                ),
+            ));
+        }
+
+        let evidence = runtime.chain_evidence(transfer).await?;
+        let sums = session_sums
+            .entry(transfer.session_id.clone())
+            .or_insert((Amount::ZERO, Amount::ZERO));
+        match transfer.state {
+            TransferState::Posted => {
+                report.posted_total = add(report.posted_total, transfer.amount)?;
+                sums.0 = add(sums.0, transfer.amount)?;
+                match &evidence {
+                    ChainEvidence::Used { tx_hash } => {
+                        if transfer.tx_hash.is_some() && tx_hash.is_none() {
+                            differences.push(differ(
+                                &transfer.id,
+                                format!(
+                                    "recorded transaction {} does not show this authorization used",
+                                    transfer.tx_hash.as_deref().unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
+                    _ => differences.push(differ(
+                        &transfer.id,
+                        "is posted but the authorization is unused on chain".into(),
+                    )),
+                }
+            }
+            TransferState::Voided => {
+                report.voided_total = add(report.voided_total, transfer.amount)?;
+                if matches!(evidence, ChainEvidence::Used { .. }) {
+                    differences.push(differ(
+                        &transfer.id,
+                        "is voided but the authorization was used on chain: money moved".into(),
+                    ));
+                }
+            }
+            TransferState::Pending => {
+                report.pending_total = add(report.pending_total, transfer.amount)?;
+                sums.1 = add(sums.1, transfer.amount)?;
+                match evidence {
+                    ChainEvidence::Used { .. } => differences.push(differ(
+                        &transfer.id,
+                        "is pending but settled on chain (the resolver has not posted it yet)"
+                            .into(),
+                    )),
+                    ChainEvidence::Expired => differences.push(differ(
+                        &transfer.id,
+                        "is pending but expired unused on chain (the resolver has not voided it yet)"
+                            .into(),
+                    )),
+                    ChainEvidence::Unused => {}
+                }
+            }
+        }
+    }
+    for (transfer, recorded) in entries {
+        differences.push(differ(
+            &transfer,
+            format!("{} ledger entries name a transfer that does not exist", recorded.len()),
+        ));
+    }
+
+    let sessions = store.sessions(None).await?;
+    report.sessions_checked = sessions.len();
+    for session in &sessions {
+        let (posted, reserved) = session_sums
+            .remove(&session.id)
+            .unwrap_or((Amount::ZERO, Amount::ZERO));
+        if session.posted != posted || session.reserved != reserved {
+            differences.push(differ(
+                &session.id,
+                format!(
+                    "records posted {} and reserved {}, its transfers add up to {posted} and {reserved}",
+                    session.posted, session.reserved
+                ),
+            ));
+        }
+        if add(session.posted, session.reserved)? > session.max_spend {
+            differences.push(differ(
+                &session.id,
+                format!(
+                    "posted {} + reserved {} exceed the budget {}",
+                    session.posted, session.reserved, session.max_spend
+                ),
+            ));
+        }
+    }
+    report.sessions_checked = sessions.len();
+    report.differences = differences;
+    Ok(report)
+}
+
+fn add(a: Amount, b: Amount) -> Result<Amount, RuntimeError> {
+    a.checked_add(b)
+        .ok_or_else(|| RuntimeError::Internal("ledger totals overflow".into()))
+}
+
+fn report_difference(subject: &str, problem: &str) {
+    tracing::warn!(%subject, %problem, "reconciliation difference");
+}

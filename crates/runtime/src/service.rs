@@ -1,0 +1,933 @@
+//! The runtime service: wallets, grants, sessions and paying, on a store and a chain.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::SolEvent;
+use bursar_buyer::{
+    BuyerError, PayingClient, PaymentApproval, PaymentProposal, RequestSpec, Refusal,
+};
+use bursar_chain::{EvmChain, Token};
+use bursar_contracts::BursarUSD;
+use bursar_protocol::{Amount, AssetUnit, Network};
+use bursar_store::runtime::{
+    Created, Denial, GrantRecord, NewGrant, NewSession, NewTransfer, NewWallet, Reservation,
+    SessionRecord, TransferRecord, TransferState, WalletRecord,
+};
+use bursar_store::{RuntimeStore, StoreError};
+use bursar_wallet::{Kdf, Keystore, Passphrase};
+
+use crate::error::RuntimeError;
+use crate::tokens::TokenKey;
+
+/// How long a grant lasts unless the owner says otherwise.
+pub const GRANT_DURATION_DEFAULT: Duration = Duration::from_secs(60 * 60);
+/// The longest grant.
+pub const GRANT_DURATION_MAX: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Timeout of one upstream request made for an agent.
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pending transfers looked at per resolver pass.
+pub const RESOLVE_BATCH_MAX: usize = 500;
+
+/// The currency sessions are budgeted in: one token on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Currency {
+    /// The name agents and owners use, e.g. `USDC`.
+    pub name: String,
+    pub network: Network,
+    pub asset: Address,
+    pub unit: AssetUnit,
+}
+
+/// How the runtime runs.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub currency: Currency,
+    /// The key derivation for wallets Bursar encrypts (standard scrypt by default).
+    pub kdf: Kdf,
+    pub upstream_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    pub fn new(currency: Currency) -> Self {
+        RuntimeConfig {
+            currency,
+            kdf: Kdf::standard(),
+            upstream_timeout: UPSTREAM_TIMEOUT,
+        }
+    }
+}
+
+/// A wallet as the API shows it: never the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletInfo {
+    pub id: String,
+    pub name: String,
+    pub address: Address,
+    pub created_at_ms: i64,
+}
+
+impl WalletInfo {
+    fn of(record: &WalletRecord) -> Result<WalletInfo, RuntimeError> {
+        Ok(WalletInfo {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            address: record.address.parse().map_err(|_| {
+                RuntimeError::Internal(format!("wallet {} has an unreadable address", record.id))
+            })?,
+            created_at_ms: record.created_at_ms,
+        })
+    }
+}
+
+/// What the caller asks for a session.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    pub grant_id: String,
+    pub max_spend: Amount,
+    /// Defaults to the rest of the grant's life.
+    pub expires_in: Option<Duration>,
+    pub client_token: Option<String>,
+}
+
+/// A session and its bearer token (the only credential the agent holds).
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    pub session: SessionRecord,
+    pub token: String,
+    pub created: bool,
+}
+
+/// The payment made for a fetched request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentSummary {
+    pub transfer_id: String,
+    pub state: TransferState,
+    pub amount: Amount,
+    pub network: String,
+    pub asset: String,
+    pub pay_to: String,
+    /// The settlement transaction: verified on chain once `state` is posted; as reported by the
+    /// seller while pending.
+    pub tx_hash: Option<String>,
+}
+
+/// A response fetched for an agent.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+    pub payment: Option<PaymentSummary>,
+}
+
+/// What happened to one pending transfer when the chain was consulted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Posted { tx_hash: Option<String> },
+    Voided { reason: String },
+    StillPending,
+    /// Another process resolved it first.
+    AlreadyResolved,
+}
+
+/// The payments runtime. A cheap handle: clones share everything.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn RuntimeStore>,
+    chain: Arc<dyn EvmChain>,
+    config: RuntimeConfig,
+    passphrase: Arc<Passphrase>,
+    token_key: TokenKey,
+    /// Decrypted signers by wallet id, so scrypt runs once per wallet per process.
+    signers: RwLock<HashMap<String, Arc<PrivateKeySigner>>>,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("currency", &self.inner.config.currency)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Runtime {
+    /// Opens the runtime: reads (or, on a new database, creates) the session-token key, which is
+    /// stored encrypted under `passphrase` so every process sharing the database uses the same.
+    pub async fn open(
+        store: Arc<dyn RuntimeStore>,
+        chain: Arc<dyn EvmChain>,
+        passphrase: Passphrase,
+        config: RuntimeConfig,
+    ) -> Result<Runtime, RuntimeError> {
+        let passphrase = Arc::new(passphrase);
+        let token_key = TokenKey::load_or_create(store.as_ref(), &passphrase, config.kdf).await?;
+        let http = reqwest::Client::builder()
+            .timeout(config.upstream_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| RuntimeError::Internal(format!("http client: {e}")))?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                store,
+                chain,
+                config,
+                passphrase,
+                token_key,
+                signers: RwLock::default(),
+                http,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn RuntimeStore> {
+        &self.inner.store
+    }
+
+    pub fn chain(&self) -> &Arc<dyn EvmChain> {
+        &self.inner.chain
+    }
+
+    pub fn currency(&self) -> &Currency {
+        &self.inner.config.currency
+    }
+
+    // ----- wallets -----
+
+    /// Creates a wallet with a new random key, encrypted under the runtime's passphrase.
+    pub async fn create_wallet(
+        &self,
+        name: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Created<WalletInfo>, RuntimeError> {
+        let passphrase = self.inner.passphrase.clone();
+        let kdf = self.inner.config.kdf;
+        let (keystore, address) =
+            tokio::task::spawn_blocking(move || bursar_wallet::generate(kdf, &passphrase))
+                .await
+                .map_err(|e| RuntimeError::Internal(format!("key generation: {e}")))??;
+        self.insert_wallet(name, address, &keystore, idempotency_key)
+            .await
+    }
+
+    /// Imports a keystore v3 document (geth, foundry, ...) encrypted with `keystore_passphrase`;
+    /// Bursar stores it re-encrypted under its own passphrase.
+    pub async fn import_wallet(
+        &self,
+        name: &str,
+        keystore_json: &str,
+        keystore_passphrase: Passphrase,
+        idempotency_key: Option<String>,
+    ) -> Result<Created<WalletInfo>, RuntimeError> {
+        let imported = Keystore::from_json(keystore_json)?;
+        let theirs = keystore_passphrase;
+        let ours = self.inner.passphrase.clone();
+        let kdf = self.inner.config.kdf;
+        let (keystore, address) = tokio::task::spawn_blocking(move || {
+            let signer = imported.decrypt(&theirs)?;
+            let keystore = Keystore::encrypt(&signer, &ours, kdf)?;
+            Ok::<_, bursar_wallet::WalletError>((keystore, signer.address()))
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("key import: {e}")))??;
+        self.insert_wallet(name, address, &keystore, idempotency_key)
+            .await
+    }
+
+    async fn insert_wallet(
+        &self,
+        name: &str,
+        address: Address,
+        keystore: &Keystore,
+        idempotency_key: Option<String>,
+    ) -> Result<Created<WalletInfo>, RuntimeError> {
+        let created = self
+            .inner
+            .store
+            .create_wallet(NewWallet {
+                name: name.to_string(),
+                address: address.to_string(),
+                keystore: keystore.to_json(),
+                idempotency_key,
+            })
+            .await?;
+        Ok(match created {
+            Created::New(record) => Created::New(WalletInfo::of(&record)?),
+            Created::Existing(record) => Created::Existing(WalletInfo::of(&record)?),
+        })
+    }
+
+    /// A wallet by id, name or address.
+    pub async fn wallet(&self, id_name_or_address: &str) -> Result<WalletInfo, RuntimeError> {
+        let record = self.wallet_record(id_name_or_address).await?;
+        WalletInfo::of(&record)
+    }
+
+    async fn wallet_record(&self, id_name_or_address: &str) -> Result<WalletRecord, RuntimeError> {
+        self.inner
+            .store
+            .wallet(id_name_or_address)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(format!("wallet {id_name_or_address:?}")))
+    }
+
+    pub async fn wallets(&self) -> Result<Vec<WalletInfo>, RuntimeError> {
+        self.inner
+            .store
+            .wallets()
+            .await?
+            .iter()
+            .map(WalletInfo::of)
+            .collect()
+    }
+
+    /// The wallet's keystore document (encrypted under the runtime's passphrase), for backup or
+    /// use in other tools.
+    pub async fn export_wallet(&self, id_name_or_address: &str) -> Result<String, RuntimeError> {
+        let record = self.wallet_record(id_name_or_address).await?;
+        Ok(Keystore::from_json(&record.keystore)?.to_json_pretty())
+    }
+
+    /// The wallet's balance in the runtime's currency, read from the chain.
+    pub async fn wallet_balance(&self, id_name_or_address: &str) -> Result<Amount, RuntimeError> {
+        let wallet = self.wallet(id_name_or_address).await?;
+        let token = Token::new(self.inner.chain.clone(), self.currency().asset);
+        let balance = token.balance_of(wallet.address).await?;
+        Ok(Amount::from_atomic(balance))
+    }
+
+    async fn signer(&self, wallet_id: &str) -> Result<Arc<PrivateKeySigner>, RuntimeError> {
+        if let Some(signer) = self
+            .inner
+            .signers
+            .read()
+            .expect("signer cache lock")
+            .get(wallet_id)
+        {
+            return Ok(signer.clone());
+        }
+        let record = self.wallet_record(wallet_id).await?;
+        let keystore = Keystore::from_json(&record.keystore)?;
+        let passphrase = self.inner.passphrase.clone();
+        let signer = tokio::task::spawn_blocking(move || keystore.decrypt(&passphrase))
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("key decryption: {e}")))??;
+        let expected: Address = record
+            .address
+            .parse()
+            .map_err(|_| RuntimeError::Internal(format!("wallet {wallet_id}: bad address")))?;
+        if signer.address() != expected {
+            return Err(RuntimeError::Internal(format!(
+                "wallet {wallet_id}: the keystore holds another key than its recorded address"
+            )));
+        }
+        let signer = Arc::new(signer);
+        self.inner
+            .signers
+            .write()
+            .expect("signer cache lock")
+            .insert(wallet_id.to_string(), signer.clone());
+        Ok(signer)
+    }
+
+    // ----- grants -----
+
+    /// The wallet owner's authorization for `agent` to spend from `wallet`, for `duration`
+    /// (default [`GRANT_DURATION_DEFAULT`]).
+    pub async fn create_grant(
+        &self,
+        wallet: &str,
+        agent: &str,
+        duration: Option<Duration>,
+        idempotency_key: Option<String>,
+    ) -> Result<Created<GrantRecord>, RuntimeError> {
+        let duration = duration.unwrap_or(GRANT_DURATION_DEFAULT);
+        if duration.is_zero() || duration > GRANT_DURATION_MAX {
+            return Err(RuntimeError::Invalid(format!(
+                "a grant lasts from 1 second to {} days",
+                GRANT_DURATION_MAX.as_secs() / 86_400
+            )));
+        }
+        let wallet = self.wallet_record(wallet).await?;
+        Ok(self
+            .inner
+            .store
+            .create_grant(NewGrant {
+                wallet_id: wallet.id,
+                agent: agent.to_string(),
+                expires_at_ms: now_ms().saturating_add(duration_ms(duration)),
+                request: format!("{}s", duration.as_secs()),
+                idempotency_key,
+            })
+            .await?)
+    }
+
+    pub async fn revoke_grant(&self, id: &str, reason: &str) -> Result<bool, RuntimeError> {
+        if self.inner.store.grant(id).await?.is_none() {
+            return Err(RuntimeError::NotFound(format!("grant {id}")));
+        }
+        Ok(self.inner.store.revoke_grant(id, reason).await?)
+    }
+
+    /// The kill switch: revokes every live grant (of one wallet, or of all).
+    pub async fn revoke_all_grants(
+        &self,
+        wallet: Option<&str>,
+        reason: &str,
+    ) -> Result<u64, RuntimeError> {
+        let wallet_id = match wallet {
+            Some(wallet) => Some(self.wallet_record(wallet).await?.id),
+            None => None,
+        };
+        Ok(self
+            .inner
+            .store
+            .revoke_all_grants(wallet_id.as_deref(), reason)
+            .await?)
+    }
+
+    // ----- sessions -----
+
+    /// Creates a payment session under a live grant; the same client token returns the same
+    /// session (and the same bearer token).
+    pub async fn create_session(
+        &self,
+        request: SessionRequest,
+    ) -> Result<IssuedSession, RuntimeError> {
+        if request.max_spend.is_zero() {
+            return Err(RuntimeError::Invalid(
+                "maxSpendAmount must be greater than zero".into(),
+            ));
+        }
+        let grant = self
+            .inner
+            .store
+            .grant(&request.grant_id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(format!("grant {}", request.grant_id)))?;
+        let expires_at_ms = match request.expires_in {
+            Some(duration) if duration.is_zero() => {
+                return Err(RuntimeError::Invalid(
+                    "a session must last at least one second".into(),
+                ));
+            }
+            Some(duration) => now_ms().saturating_add(duration_ms(duration)),
+            None => grant.expires_at_ms,
+        };
+        let currency = self.currency();
+        let created = self
+            .inner
+            .store
+            .create_session(NewSession {
+                grant_id: grant.id.clone(),
+                network: currency.network.caip2(),
+                asset: currency.asset.to_string(),
+                currency: currency.name.clone(),
+                max_spend: request.max_spend,
+                expires_at_ms,
+                client_token: request.client_token.clone(),
+                request: request
+                    .expires_in
+                    .map(|d| format!("{}s", d.as_secs()))
+                    .unwrap_or_else(|| "grant".into()),
+            })
+            .await
+            .map_err(|error| match error {
+                StoreError::Invalid(message) => RuntimeError::Denied {
+                    code: if message.contains("revoked") {
+                        "grant_revoked".into()
+                    } else if message.contains("expired") {
+                        "grant_expired".into()
+                    } else {
+                        "invalid".into()
+                    },
+                    message,
+                },
+                other => other.into(),
+            })?;
+        let is_new = created.is_new();
+        let session = created.into_inner();
+        Ok(IssuedSession {
+            token: self.inner.token_key.token_for(&session.id),
+            session,
+            created: is_new,
+        })
+    }
+
+    /// The session a bearer token belongs to. Unknown or forged tokens are
+    /// [`RuntimeError::Unauthorized`].
+    pub async fn authenticate(&self, token: &str) -> Result<SessionRecord, RuntimeError> {
+        let session_id = self
+            .inner
+            .token_key
+            .session_of(token)
+            .ok_or(RuntimeError::Unauthorized)?;
+        self.inner
+            .store
+            .session(&session_id)
+            .await?
+            .ok_or(RuntimeError::Unauthorized)
+    }
+
+    pub async fn session(&self, id: &str) -> Result<SessionRecord, RuntimeError> {
+        self.inner
+            .store
+            .session(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(format!("session {id}")))
+    }
+
+    // ----- paying -----
+
+    /// Why the session cannot pay at all right now, if it cannot.
+    async fn session_refusal(
+        &self,
+        session: &SessionRecord,
+    ) -> Result<Option<(String, String)>, RuntimeError> {
+        let now = now_ms();
+        if session.closed_at_ms.is_some() {
+            return Ok(Some((
+                "session_closed".into(),
+                format!("session {} is closed", session.id),
+            )));
+        }
+        if now >= session.expires_at_ms {
+            return Ok(Some((
+                "session_expired".into(),
+                format!("session {} has expired", session.id),
+            )));
+        }
+        let grant = self
+            .inner
+            .store
+            .grant(&session.grant_id)
+            .await?
+            .ok_or_else(|| RuntimeError::Internal(format!("grant {} vanished", session.grant_id)))?;
+        if grant.revoked_at_ms.is_some() {
+            return Ok(Some((
+                "grant_revoked".into(),
+                format!("grant {} was revoked", grant.id),
+            )));
+        }
+        if now >= grant.expires_at_ms {
+            return Ok(Some((
+                "grant_expired".into(),
+                format!("grant {} has expired", grant.id),
+            )));
+        }
+        Ok(None)
+    }
+
+    /// Sends `request` for the agent of `session`; on 402 reserves the price against the
+    /// session (refusing, with nothing signed, when the session cannot pay), signs with the
+    /// session's wallet, retries once with the payment, and returns the response and receipt.
+    pub async fn fetch(
+        &self,
+        session: &SessionRecord,
+        request: RequestSpec,
+    ) -> Result<Fetched, RuntimeError> {
+        let resource = request.url.to_string();
+        if let Some((code, message)) = self.session_refusal(session).await? {
+            self.inner
+                .store
+                .deny(Denial {
+                    session_id: Some(session.id.clone()),
+                    resource: Some(resource),
+                    reason: code.clone(),
+                    message: message.clone(),
+                    ..Denial::default()
+                })
+                .await?;
+            return Err(RuntimeError::Denied { code, message });
+        }
+        let signer = self.signer(&session.wallet_id).await?;
+        let currency = self.currency();
+        let reserve = Arc::new(Reserve {
+            store: self.inner.store.clone(),
+            session_id: session.id.clone(),
+            reserved: Mutex::new(None),
+        });
+        let client = PayingClient::new(self.inner.http.clone(), signer)
+            .max_amount(session.max_spend)
+            .allow_network(currency.network.clone())
+            .allow_asset(currency.network.clone(), currency.asset)
+            .asset_unit(
+                currency.network.clone(),
+                currency.asset,
+                currency.unit.clone(),
+            )
+            .approval(reserve.clone());
+        let outcome = client.send(request).await;
+        let reserved = reserve.reserved.lock().expect("reservation slot").take();
+        match outcome {
+            Ok(response) => {
+                let payment = match (&response.payment, reserved) {
+                    (Some(receipt), Some(transfer)) => {
+                        let reported = receipt
+                            .settlement
+                            .as_ref()
+                            .filter(|settlement| settlement.success)
+                            .map(|settlement| settlement.transaction.clone())
+                            .filter(|hash| !hash.is_empty());
+                        Some(self.after_payment(transfer, reported).await?)
+                    }
+                    (None, Some(transfer)) => {
+                        // Approved but the client returned without a receipt: cannot happen
+                        // with the paying client; keep the reservation for the resolver.
+                        tracing::error!(transfer = %transfer.id, "reserved payment without a receipt");
+                        None
+                    }
+                    _ => None,
+                };
+                Ok(Fetched {
+                    status: response.status.as_u16(),
+                    headers: response
+                        .headers
+                        .iter()
+                        .filter_map(|(name, value)| {
+                            Some((name.to_string(), value.to_str().ok()?.to_string()))
+                        })
+                        .collect(),
+                    body: response.body,
+                    payment,
+                })
+            }
+            Err(BuyerError::Refused { code, message }) => {
+                Err(RuntimeError::Denied { code, message })
+            }
+            Err(BuyerError::NoPayableRequirement { offered, reasons }) => {
+                let offer = offered.first();
+                self.inner
+                    .store
+                    .deny(Denial {
+                        session_id: Some(session.id.clone()),
+                        amount: offer.map(|offer| offer.amount),
+                        payee: offer.map(|offer| offer.pay_to.to_ascii_lowercase()),
+                        resource: Some(resource),
+                        reason: "no_payable_offer".into(),
+                        message: reasons.join("; "),
+                    })
+                    .await?;
+                Err(RuntimeError::NotPayable { reasons })
+            }
+            Err(BuyerError::Signer(message)) => {
+                if let Some(transfer) = reserved {
+                    // The signature was never made: nothing can be settled.
+                    self.inner.store.void(&transfer.id, "not_signed").await?;
+                }
+                Err(RuntimeError::Internal(format!("signing failed: {message}")))
+            }
+            Err(BuyerError::PaymentRejected { reason, settlement }) => {
+                // The authorization left Bursar: it stays reserved until the chain shows it
+                // settled or unusable.
+                let transfer_id = reserved.as_ref().map(|t| t.id.clone());
+                if let (Some(transfer), Some(settlement)) = (&reserved, &settlement)
+                    && !settlement.transaction.is_empty()
+                {
+                    self.inner
+                        .store
+                        .note_tx_hash(&transfer.id, &settlement.transaction)
+                        .await?;
+                }
+                Err(RuntimeError::PaymentRejected {
+                    reason,
+                    transfer_id,
+                })
+            }
+            Err(other) => {
+                if let Some(transfer) = reserved {
+                    tracing::warn!(
+                        transfer = %transfer.id,
+                        error = %other,
+                        "request failed after the payment was signed; the amount stays reserved until the chain settles or expires it"
+                    );
+                    return Err(RuntimeError::Upstream {
+                        message: other.to_string(),
+                        transfer_id: Some(transfer.id),
+                    });
+                }
+                Err(match other {
+                    BuyerError::InvalidRequest(_) | BuyerError::RequestTooLarge(_) => {
+                        RuntimeError::Invalid(other.to_string())
+                    }
+                    other => RuntimeError::Upstream {
+                        message: other.to_string(),
+                        transfer_id: None,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Records what the seller reported and tries to post at once.
+    async fn after_payment(
+        &self,
+        transfer: TransferRecord,
+        reported_tx: Option<String>,
+    ) -> Result<PaymentSummary, RuntimeError> {
+        let mut transfer = transfer;
+        if let Some(hash) = &reported_tx {
+            self.inner.store.note_tx_hash(&transfer.id, hash).await?;
+            transfer.tx_hash = Some(hash.to_ascii_lowercase());
+        }
+        let resolution = match self.resolve_transfer(&transfer).await {
+            Ok(resolution) => resolution,
+            Err(error) => {
+                tracing::warn!(transfer = %transfer.id, %error, "could not check the settlement yet; the resolver will");
+                Resolution::StillPending
+            }
+        };
+        let (state, tx_hash) = match resolution {
+            Resolution::Posted { tx_hash } => (TransferState::Posted, tx_hash),
+            Resolution::Voided { .. } => (TransferState::Voided, None),
+            Resolution::StillPending | Resolution::AlreadyResolved => {
+                let current = self.inner.store.transfer(&transfer.id).await?;
+                match current {
+                    Some(current) => (current.state, current.tx_hash),
+                    None => (TransferState::Pending, reported_tx),
+                }
+            }
+        };
+        Ok(PaymentSummary {
+            transfer_id: transfer.id,
+            state,
+            amount: transfer.amount,
+            network: transfer.network,
+            asset: transfer.asset,
+            pay_to: transfer.payee,
+            tx_hash,
+        })
+    }
+
+    // ----- accounting -----
+
+    /// Consults the chain about one pending transfer and posts or voids it when the chain
+    /// decides: posted when the token shows the authorization used (with the transaction, when
+    /// a receipt proves it), voided when it is unused and `validBefore` has passed on chain.
+    pub async fn resolve_transfer(
+        &self,
+        transfer: &TransferRecord,
+    ) -> Result<Resolution, RuntimeError> {
+        if transfer.state != TransferState::Pending {
+            return Ok(Resolution::AlreadyResolved);
+        }
+        let evidence = self.chain_evidence(transfer).await?;
+        let resolution = match evidence {
+            ChainEvidence::Used { tx_hash } => {
+                if self
+                    .inner
+                    .store
+                    .post(&transfer.id, tx_hash.as_deref())
+                    .await?
+                {
+                    tracing::info!(transfer = %transfer.id, amount = %transfer.amount, tx = ?tx_hash, "payment posted");
+                    Resolution::Posted { tx_hash }
+                } else {
+                    Resolution::AlreadyResolved
+                }
+            }
+            ChainEvidence::Expired => {
+                let reason = "expired_unused";
+                if self.inner.store.void(&transfer.id, reason).await? {
+                    tracing::info!(transfer = %transfer.id, amount = %transfer.amount, "reservation voided: authorization expired unused");
+                    Resolution::Voided {
+                        reason: reason.into(),
+                    }
+                } else {
+                    Resolution::AlreadyResolved
+                }
+            }
+            ChainEvidence::Unused => Resolution::StillPending,
+        };
+        Ok(resolution)
+    }
+
+    /// What the chain says about a transfer's authorization.
+    pub(crate) async fn chain_evidence(
+        &self,
+        transfer: &TransferRecord,
+    ) -> Result<ChainEvidence, RuntimeError> {
+        let (payer, asset, nonce) = authorization_key(transfer)?;
+        if transfer.network != self.currency().network.caip2() {
+            return Err(RuntimeError::Internal(format!(
+                "transfer {} is on {}, this runtime watches {}",
+                transfer.id,
+                transfer.network,
+                self.currency().network
+            )));
+        }
+        let verified_tx = match &transfer.tx_hash {
+            Some(hash) => self.receipt_proves(hash, asset, payer, nonce).await?,
+            None => None,
+        };
+        if verified_tx.is_some() {
+            return Ok(ChainEvidence::Used {
+                tx_hash: verified_tx,
+            });
+        }
+        let token = Token::new(self.inner.chain.clone(), asset);
+        if token.authorization_state(payer, nonce).await? {
+            return Ok(ChainEvidence::Used { tx_hash: None });
+        }
+        let head = self.inner.chain.latest_block().await?;
+        if head.timestamp >= transfer.valid_before_s {
+            // Every later block is later still: the authorization can never be used.
+            // Read the state once more, in case it was used in the block we just saw.
+            if token.authorization_state(payer, nonce).await? {
+                return Ok(ChainEvidence::Used { tx_hash: None });
+            }
+            return Ok(ChainEvidence::Expired);
+        }
+        Ok(ChainEvidence::Unused)
+    }
+
+    /// The transaction hash if its receipt shows the token marking this authorization used.
+    async fn receipt_proves(
+        &self,
+        hash: &str,
+        asset: Address,
+        payer: Address,
+        nonce: B256,
+    ) -> Result<Option<String>, RuntimeError> {
+        let Ok(parsed) = hash.parse::<B256>() else {
+            return Ok(None);
+        };
+        let Some(receipt) = self.inner.chain.receipt(parsed).await? else {
+            return Ok(None);
+        };
+        let used = receipt.success
+            && receipt.logs.iter().any(|log| {
+                log.address == asset
+                    && log.topics.len() == 3
+                    && log.topics[0] == BursarUSD::AuthorizationUsed::SIGNATURE_HASH
+                    && log.topics[1] == payer.into_word()
+                    && log.topics[2] == nonce
+            });
+        Ok(used.then(|| format!("{parsed:#x}")))
+    }
+
+    /// One pass over pending transfers (oldest first). Returns how many were posted and voided.
+    pub async fn resolve_pending(&self) -> Result<(usize, usize), RuntimeError> {
+        let pending = self
+            .inner
+            .store
+            .pending_transfers(RESOLVE_BATCH_MAX)
+            .await?;
+        let mut posted = 0;
+        let mut voided = 0;
+        for transfer in pending {
+            match self.resolve_transfer(&transfer).await {
+                Ok(Resolution::Posted { .. }) => posted += 1,
+                Ok(Resolution::Voided { .. }) => voided += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(transfer = %transfer.id, %error, "could not resolve transfer")
+                }
+            }
+        }
+        Ok((posted, voided))
+    }
+
+    /// Runs [`Runtime::resolve_pending`] every `interval` until the task is aborted.
+    pub fn spawn_resolver(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if let Err(error) = runtime.resolve_pending().await {
+                    tracing::warn!(%error, "resolver pass failed");
+                }
+            }
+        })
+    }
+}
+
+/// What the chain says about one authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ChainEvidence {
+    /// Used on chain; the transaction when a receipt proves it.
+    Used { tx_hash: Option<String> },
+    /// Unused and can never be used any more.
+    Expired,
+    /// Unused and still valid.
+    Unused,
+}
+
+pub(crate) fn authorization_key(
+    transfer: &TransferRecord,
+) -> Result<(Address, Address, B256), RuntimeError> {
+    let corrupt = |what: &str| {
+        RuntimeError::Internal(format!("transfer {} has an unreadable {what}", transfer.id))
+    };
+    Ok((
+        transfer.payer.parse().map_err(|_| corrupt("payer"))?,
+        transfer.asset.parse().map_err(|_| corrupt("asset"))?,
+        transfer.nonce.parse().map_err(|_| corrupt("nonce"))?,
+    ))
+}
+
+/// Reserves the price against the session before the paying client signs.
+struct Reserve {
+    store: Arc<dyn RuntimeStore>,
+    session_id: String,
+    reserved: Mutex<Option<TransferRecord>>,
+}
+
+#[async_trait::async_trait]
+impl PaymentApproval for Reserve {
+    async fn approve(&self, proposal: &PaymentProposal<'_>) -> Result<(), Refusal> {
+        let authorization = proposal.authorization;
+        let valid_before_s = u64::try_from(authorization.valid_before).map_err(|_| {
+            Refusal::new(
+                "invalid_offer",
+                "the offer's validity window is out of range",
+            )
+        })?;
+        let transfer = NewTransfer {
+            session_id: self.session_id.clone(),
+            network: proposal.requirement.network.caip2(),
+            asset: proposal.requirement.asset.to_ascii_lowercase(),
+            payer: authorization.from.to_string(),
+            payee: authorization.to.to_string(),
+            amount: authorization.value,
+            nonce: format!("{:#x}", authorization.nonce),
+            valid_before_s,
+            resource: proposal.request.url.to_string(),
+        };
+        match self.store.reserve(transfer).await {
+            Ok(Reservation::Reserved(record)) => {
+                *self.reserved.lock().expect("reservation slot") = Some(record);
+                Ok(())
+            }
+            Ok(Reservation::Denied { reason, message }) => Err(Refusal::new(reason.code(), message)),
+            Err(error) => {
+                tracing::error!(%error, "reservation failed; refusing to pay");
+                Err(Refusal::new(
+                    "ledger_unavailable",
+                    format!("the budget could not be checked, so nothing was paid: {error}"),
+                ))
+            }
+        }
+    }
+}

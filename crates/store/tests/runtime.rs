@@ -1,0 +1,414 @@
+//! The runtime store conformance suite (wallets, grants, sessions, two-phase transfers, the
+//! ledger), run against SQLite (a temporary file) and PostgreSQL (a fresh database per case).
+
+use std::sync::Arc;
+
+use bursar_protocol::Amount;
+use bursar_store::runtime::{
+    Created, DenyReason, EntryKind, NewGrant, NewSession, NewTransfer, NewWallet, Reservation,
+    TransferState,
+};
+use bursar_store::{KeyDigest, RuntimeStore, StoreError, open_runtime_store};
+
+const NETWORK: &str = "eip155:31337";
+const ASSET: &str = "0x5fbdb2315678afecb367f032d93f642f64180aa3";
+const PAYER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+const PAYEE: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
+
+async fn store(url: &str) -> Arc<dyn RuntimeStore> {
+    open_runtime_store(url)
+        .await
+        .unwrap_or_else(|error| panic!("open {url}: {error}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// A wallet, a grant for `agent` and a session with `max` atomic units.
+async fn session_with(store: &dyn RuntimeStore, max: u64) -> (String, String, String) {
+    let wallet = store
+        .create_wallet(NewWallet {
+            name: format!("w-{}", rand_suffix()),
+            address: format!("0x{:040x}", rand::random::<u64>()),
+            keystore: "{}".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = store
+        .create_grant(NewGrant {
+            wallet_id: wallet.id.clone(),
+            agent: "agent-1".into(),
+            expires_at_ms: now_ms() + 3_600_000,
+            request: "60m".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session = store
+        .create_session(new_session(&grant.id, max, None))
+        .await
+        .unwrap()
+        .into_inner();
+    (wallet.id, grant.id, session.id)
+}
+
+fn new_session(grant_id: &str, max: u64, client_token: Option<&str>) -> NewSession {
+    NewSession {
+        grant_id: grant_id.into(),
+        network: NETWORK.into(),
+        asset: ASSET.into(),
+        currency: "USDC".into(),
+        max_spend: Amount::from(max),
+        expires_at_ms: now_ms() + 600_000,
+        client_token: client_token.map(str::to_string),
+        request: "10m".into(),
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn transfer(session_id: &str, amount: u64) -> NewTransfer {
+    NewTransfer {
+        session_id: session_id.into(),
+        network: NETWORK.into(),
+        asset: ASSET.into(),
+        payer: PAYER.into(),
+        payee: PAYEE.into(),
+        amount: Amount::from(amount),
+        nonce: format!("0x{:064x}", rand::random::<u128>()),
+        valid_before_s: 4_000_000_000,
+        resource: "http://127.0.0.1/paid".into(),
+    }
+}
+
+async fn reserved(store: &dyn RuntimeStore, transfer: NewTransfer) -> String {
+    match store.reserve(transfer).await.unwrap() {
+        Reservation::Reserved(record) => record.id,
+        Reservation::Denied { reason, message } => panic!("denied {reason:?}: {message}"),
+    }
+}
+
+/// Creating with the same idempotency key and content returns the first row; other content is a
+/// conflict; names and addresses are unique.
+pub async fn creates_are_idempotent(url: &str) {
+    let store = store(url).await;
+    let wallet = NewWallet {
+        name: "ops".into(),
+        address: "0xAbC0000000000000000000000000000000000001".into(),
+        keystore: "{\"version\":3}".into(),
+        idempotency_key: Some("create-ops".into()),
+    };
+    let first = store.create_wallet(wallet.clone()).await.unwrap();
+    assert!(first.is_new());
+    let first = first.into_inner();
+    assert_eq!(first.address, "0xabc0000000000000000000000000000000000001");
+    let again = store.create_wallet(wallet.clone()).await.unwrap();
+    assert_eq!(again, Created::Existing(first.clone()));
+    let mut other = wallet.clone();
+    other.name = "ops-2".into();
+    assert!(matches!(
+        store.create_wallet(other).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut same_name = wallet.clone();
+    same_name.idempotency_key = None;
+    assert!(matches!(
+        store.create_wallet(same_name).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.wallet("ops").await.unwrap().unwrap(), first);
+    assert_eq!(
+        store
+            .wallet("0xABC0000000000000000000000000000000000001")
+            .await
+            .unwrap()
+            .unwrap(),
+        first
+    );
+
+    let grant = |key: &str, request: &str| NewGrant {
+        wallet_id: first.id.clone(),
+        agent: "researcher".into(),
+        expires_at_ms: now_ms() + 60_000,
+        request: request.into(),
+        idempotency_key: Some(key.into()),
+    };
+    let made = store.create_grant(grant("g1", "60m")).await.unwrap();
+    assert!(made.is_new());
+    let made = made.into_inner();
+    assert_eq!(
+        store.create_grant(grant("g1", "60m")).await.unwrap(),
+        Created::Existing(made.clone())
+    );
+    assert!(matches!(
+        store.create_grant(grant("g1", "30m")).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    let session = store
+        .create_session(new_session(&made.id, 100, Some("run-7")))
+        .await
+        .unwrap();
+    assert!(session.is_new());
+    let session = session.into_inner();
+    let again = store
+        .create_session(new_session(&made.id, 100, Some("run-7")))
+        .await
+        .unwrap();
+    assert_eq!(again, Created::Existing(session.clone()));
+    assert!(matches!(
+        store
+            .create_session(new_session(&made.id, 101, Some("run-7")))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(session.expires_at_ms <= made.expires_at_ms);
+}
+
+/// Concurrent reservations never overspend: with a budget for 20, 50 racing requests reserve
+/// exactly 20 and 30 are denied for the budget, each with a deny entry.
+pub async fn reservations_are_atomic(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 20 * 7).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        let transfer = transfer(&session_id, 7);
+        tasks.push(tokio::spawn(async move { store.reserve(transfer).await }));
+    }
+    let mut reserved = 0;
+    let mut denied = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Reservation::Reserved(_) => reserved += 1,
+            Reservation::Denied { reason, .. } => {
+                assert_eq!(reason, DenyReason::BudgetExhausted);
+                denied += 1;
+            }
+        }
+    }
+    assert_eq!((reserved, denied), (20, 30));
+    let session = store.session(&session_id).await.unwrap().unwrap();
+    assert_eq!(session.reserved, Amount::from(140u64));
+    assert_eq!(session.posted, Amount::ZERO);
+    assert_eq!(session.remaining(), Amount::ZERO);
+    let entries = store.entries(0, 1000).await.unwrap();
+    let count = |kind| entries.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(EntryKind::Reserve), 20);
+    assert_eq!(count(EntryKind::Deny), 30);
+    assert!(entries.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+}
+
+/// Post and void resolve a pending transfer once; totals move with them.
+pub async fn transfers_resolve_exactly_once(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 100).await;
+    let first = reserved(store.as_ref(), transfer(&session_id, 30)).await;
+    let second = reserved(store.as_ref(), transfer(&session_id, 50)).await;
+    let tx = "0xAA00000000000000000000000000000000000000000000000000000000000001";
+    store.note_tx_hash(&first, tx).await.unwrap();
+
+    let (a, b) = tokio::join!(store.post(&first, None), store.post(&first, None));
+    assert_eq!(
+        [a.unwrap(), b.unwrap()].iter().filter(|won| **won).count(),
+        1
+    );
+    assert!(!store.void(&first, "late").await.unwrap());
+    assert!(store.void(&second, "expired unused").await.unwrap());
+    assert!(!store.post(&second, None).await.unwrap());
+
+    let session = store.session(&session_id).await.unwrap().unwrap();
+    assert_eq!(session.posted, Amount::from(30u64));
+    assert_eq!(session.reserved, Amount::ZERO);
+    assert_eq!(session.remaining(), Amount::from(70u64));
+    let posted = store.transfer(&first).await.unwrap().unwrap();
+    assert_eq!(posted.state, TransferState::Posted);
+    assert_eq!(posted.tx_hash.as_deref(), Some(&*tx.to_ascii_lowercase()));
+    let voided = store.transfer(&second).await.unwrap().unwrap();
+    assert_eq!(voided.state, TransferState::Voided);
+    assert_eq!(voided.void_reason.as_deref(), Some("expired unused"));
+    assert!(store.pending_transfers(10).await.unwrap().is_empty());
+
+    let entries = store.entries(0, 100).await.unwrap();
+    let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EntryKind::Reserve,
+            EntryKind::Reserve,
+            EntryKind::Post,
+            EntryKind::Void
+        ]
+    );
+    assert_eq!(entries[2].tx_hash.as_deref(), Some(&*tx.to_ascii_lowercase()));
+    assert_eq!(entries[2].amount, Some(Amount::from(30u64)));
+    assert_eq!(entries[3].reason.as_deref(), Some("expired unused"));
+}
+
+/// Closed sessions, revoked grants (one or all) and other currencies are denied with their code.
+pub async fn refusals_have_reasons(url: &str) {
+    let store = store(url).await;
+    let (wallet_id, grant_id, session_id) = session_with(store.as_ref(), 100).await;
+    let mut other_asset = transfer(&session_id, 1);
+    other_asset.asset = PAYEE.into();
+    let denied = |reservation: Reservation| match reservation {
+        Reservation::Denied { reason, .. } => reason,
+        Reservation::Reserved(record) => panic!("reserved {record:?}"),
+    };
+    assert_eq!(
+        denied(store.reserve(other_asset).await.unwrap()),
+        DenyReason::CurrencyMismatch
+    );
+    assert!(store.revoke_grant(&grant_id, "owner said stop").await.unwrap());
+    assert!(!store.revoke_grant(&grant_id, "again").await.unwrap());
+    assert_eq!(
+        denied(store.reserve(transfer(&session_id, 1)).await.unwrap()),
+        DenyReason::GrantRevoked
+    );
+    assert!(matches!(
+        store.create_session(new_session(&grant_id, 5, None)).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // The kill switch revokes every live grant of the wallet.
+    let more = store
+        .create_grant(NewGrant {
+            wallet_id: wallet_id.clone(),
+            agent: "agent-2".into(),
+            expires_at_ms: now_ms() + 60_000,
+            request: "1m".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session = store
+        .create_session(new_session(&more.id, 5, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        store
+            .revoke_all_grants(Some(&wallet_id), "kill switch")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        denied(store.reserve(transfer(&session.id, 1)).await.unwrap()),
+        DenyReason::GrantRevoked
+    );
+
+    let (_, _, closed) = session_with(store.as_ref(), 100).await;
+    assert!(store.close_session(&closed).await.unwrap());
+    assert_eq!(
+        denied(store.reserve(transfer(&closed, 1)).await.unwrap()),
+        DenyReason::SessionClosed
+    );
+    assert!(matches!(
+        store.reserve(transfer("ses_missing", 1)).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let entries = store.entries(0, 100).await.unwrap();
+    assert!(entries.iter().all(|e| e.kind == EntryKind::Deny));
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.reason.as_deref().unwrap().starts_with("grant_revoked"))
+    );
+}
+
+/// The ledger refuses edits and deletions; operator keys are stored as digests only.
+pub async fn ledger_is_append_only(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 100).await;
+    reserved(store.as_ref(), transfer(&session_id, 1)).await;
+    let pool_url = url.to_string();
+    let tamper = async {
+        use sqlx::Connection;
+        if pool_url.starts_with("sqlite") {
+            let mut connection = sqlx::SqliteConnection::connect(&pool_url).await.unwrap();
+            let update = sqlx::query("UPDATE ledger_entries SET amount = '0'")
+                .execute(&mut connection)
+                .await;
+            let delete = sqlx::query("DELETE FROM ledger_entries")
+                .execute(&mut connection)
+                .await;
+            (update.is_err(), delete.is_err())
+        } else {
+            let mut connection = sqlx::PgConnection::connect(&pool_url).await.unwrap();
+            let update = sqlx::query("UPDATE ledger_entries SET amount = '0'")
+                .execute(&mut connection)
+                .await;
+            let delete = sqlx::query("DELETE FROM ledger_entries")
+                .execute(&mut connection)
+                .await;
+            (update.is_err(), delete.is_err())
+        }
+    };
+    assert_eq!(tamper.await, (true, true));
+    let entries = store.entries(0, 10).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].amount, Some(Amount::from(1u64)));
+
+    let key = store.create_operator_key("ops team").await.unwrap();
+    assert!(key.key.starts_with("bok_"));
+    assert!(!format!("{key:?}").contains(&key.key));
+    let found = store.operator_key(&KeyDigest::of(&key.key)).await.unwrap();
+    assert_eq!(found.as_ref(), Some(&key.record));
+    assert!(store.revoke_operator_key(&key.record.id).await.unwrap());
+    assert!(
+        store
+            .operator_key(&KeyDigest::of(&key.key))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.put_meta_if_absent("k", "first").await.unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store.put_meta_if_absent("k", "second").await.unwrap(),
+        "first"
+    );
+}
+
+macro_rules! conformance {
+    ($backend:ident, $database:expr, $url:ident) => {
+        mod $backend {
+            conformance!(@cases $database, $url;
+                creates_are_idempotent,
+                reservations_are_atomic,
+                transfers_resolve_exactly_once,
+                refusals_have_reasons,
+                ledger_is_append_only
+            );
+        }
+    };
+    (@cases $database:expr, $url:ident; $($case:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let database = $database;
+                super::$case(&database.$url()).await;
+            }
+        )*
+    };
+}
+
+conformance!(sqlite, bursar_store::testkit::TempSqlite::new(), url);
+conformance!(
+    postgres,
+    bursar_store::testkit::TempPostgres::create().await,
+    url
+);
