@@ -567,7 +567,9 @@ impl Runtime {
             reserved: Mutex::new(None),
         });
         let client = PayingClient::new(self.inner.http.clone(), signer)
-            .max_amount(session.max_spend)
+            // The budget is enforced by the reservation, atomically; the client's own
+            // per-payment maximum is not what decides.
+            .max_amount(Amount::from_atomic(alloy_primitives::U256::MAX))
             .allow_network(currency.network.clone())
             .allow_asset(currency.network.clone(), currency.asset)
             .asset_unit(

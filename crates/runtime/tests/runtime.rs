@@ -1,0 +1,396 @@
+//! The agent runtime end to end over its HTTP API, on SQLite and on PostgreSQL: wallets, grants,
+//! sessions, paying a real paywall on the embedded chain, budgets under concurrency, refusals,
+//! authorization, two-phase accounting and reconciliation. Every case checks the chain and the
+//! ledger, not only the HTTP answers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use bursar_protocol::Amount;
+use bursar_runtime::reconcile::reconcile;
+use bursar_store::runtime::{EntryKind, TransferState};
+use common::{PRICE, network, runtime};
+use http::Method;
+use serde_json::json;
+
+/// One paid request: the content comes back with a receipt; exactly the price moves on chain;
+/// the transfer is posted with the settlement transaction; the ledger has reserve + post.
+pub async fn pays_and_posts(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, address) = rt.funded_wallet(&network, "main", 1_000_000).await;
+    let grant = rt.grant(&wallet, "researcher", None).await;
+    let (session, token) = rt.session(&grant, "1.00", None).await;
+
+    let (status, free) = rt.fetch(&session, &token, &format!("{}/free", network.seller_url)).await;
+    assert_eq!(status, 200, "{free}");
+    assert_eq!(free["body"], "free");
+    assert!(free["payment"].is_null());
+
+    let (status, paid) = rt.fetch(&session, &token, &format!("{}/paid", network.seller_url)).await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], 200);
+    let body: serde_json::Value = serde_json::from_str(paid["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["content"], "paid");
+    let payment = &paid["payment"];
+    assert_eq!(payment["state"], "posted", "{paid}");
+    assert_eq!(payment["amountAtomic"], PRICE.to_string());
+    assert_eq!(payment["amount"], "0.01");
+    let tx_hash = payment["txHash"].as_str().expect("tx hash").to_string();
+
+    assert_eq!(network.balance(address).await, U256::from(1_000_000 - PRICE));
+    assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
+
+    let (status, shown) = rt.call(Method::GET, &format!("/v1/sessions/{session}"), Some(&token), None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["postedAtomic"], PRICE.to_string());
+    assert_eq!(shown["reservedAtomic"], "0");
+    assert_eq!(shown["remainingAtomic"], (1_000_000 - PRICE).to_string());
+
+    let entries = rt.runtime.store().entries(0, 100).await.unwrap();
+    let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EntryKind::Reserve, EntryKind::Post]);
+    assert_eq!(entries[1].tx_hash.as_deref(), Some(tx_hash.as_str()));
+    assert_eq!(entries[1].amount, Some(Amount::from(PRICE)));
+    assert_eq!(entries[1].agent.as_deref(), Some("researcher"));
+    assert!(entries[1].resource.as_deref().unwrap().ends_with("/paid"));
+
+    let report = reconcile(&rt.runtime).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.differences);
+    assert_eq!(report.posted_total, Amount::from(PRICE));
+}
+
+/// 500 concurrent paid requests over 50 sessions on one wallet: each session pays exactly as
+/// many times as its budget allows, never one atomic unit more, and the chain agrees with the
+/// ledger to the unit.
+pub async fn concurrent_sessions_never_overspend(store_url: &str) {
+    const SESSIONS: usize = 50;
+    const REQUESTS_PER_SESSION: usize = 10;
+    const PAYABLE_PER_SESSION: u64 = 7;
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let start_balance = 100_000_000u64;
+    let (wallet, address) = rt.funded_wallet(&network, "shared", start_balance).await;
+    let grant = rt.grant(&wallet, "swarm", None).await;
+    let budget = Amount::from(PRICE * PAYABLE_PER_SESSION).to_human(6);
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(rt.session(&grant, &budget, None).await);
+    }
+    let rt = std::sync::Arc::new(rt);
+    let url = format!("{}/paid", network.seller_url);
+    let mut tasks = Vec::new();
+    for (session, token) in &sessions {
+        for _ in 0..REQUESTS_PER_SESSION {
+            let (rt, session, token, url) = (rt.clone(), session.clone(), token.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let (status, body) = rt.fetch(&session, &token, &url).await;
+                (session, status, body)
+            }));
+        }
+    }
+    let mut paid: HashMap<String, u64> = HashMap::new();
+    let mut denied = 0;
+    for task in tasks {
+        let (session, status, body) = task.await.unwrap();
+        match status {
+            200 => {
+                assert_eq!(body["payment"]["state"], "posted", "{body}");
+                *paid.entry(session).or_default() += 1;
+            }
+            403 => {
+                assert_eq!(body["error"]["code"], "budget_exhausted", "{body}");
+                denied += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let runtime = &rt.runtime;
+    runtime.resolve_pending().await.unwrap();
+    let mut posted_total = Amount::ZERO;
+    for (session, _) in &sessions {
+        let record = runtime.session(session).await.unwrap();
+        assert!(
+            record.posted.checked_add(record.reserved).unwrap() <= record.max_spend,
+            "session {session} overspent: {record:?}"
+        );
+        assert_eq!(record.posted, Amount::from(PRICE * PAYABLE_PER_SESSION));
+        assert_eq!(record.reserved, Amount::ZERO);
+        assert_eq!(paid.get(session).copied(), Some(PAYABLE_PER_SESSION));
+        posted_total = posted_total.checked_add(record.posted).unwrap();
+    }
+    assert_eq!(denied, SESSIONS * REQUESTS_PER_SESSION - SESSIONS * PAYABLE_PER_SESSION as usize);
+    let spent_on_chain = U256::from(start_balance) - network.balance(address).await;
+    assert_eq!(Amount::from_atomic(spent_on_chain), posted_total);
+    assert_eq!(Amount::from_atomic(network.balance(network.payee).await), posted_total);
+
+    let transfers = runtime.store().transfers(None).await.unwrap();
+    assert_eq!(transfers.len(), SESSIONS * PAYABLE_PER_SESSION as usize);
+    assert!(transfers.iter().all(|t| t.state == TransferState::Posted && t.tx_hash.is_some()));
+    let report = reconcile(runtime).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.differences);
+    assert_eq!(report.posted_total, posted_total);
+    let entries = runtime.store().entries(0, 10_000).await.unwrap();
+    let count = |kind| entries.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count(EntryKind::Reserve), 350);
+    assert_eq!(count(EntryKind::Post), 350);
+    assert_eq!(count(EntryKind::Deny), 150);
+}
+
+/// Expired session, expired grant, revoked grant and the kill switch: denied with their code,
+/// and no signature ever reaches the seller; nothing moves.
+pub async fn refusals_sign_nothing(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, address) = rt.funded_wallet(&network, "w", 1_000_000).await;
+    let url = format!("{}/paid", network.seller_url);
+
+    let short_grant = rt.grant(&wallet, "a1", Some(1)).await;
+    let (grant_session, grant_token) = rt.session(&short_grant, "1", None).await;
+    let grant = rt.grant(&wallet, "a2", None).await;
+    let (short_session, short_token) = rt.session(&grant, "1", Some(1)).await;
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let (status, body) = rt.fetch(&short_session, &short_token, &url).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("session_expired")), "{body}");
+    let (status, body) = rt.fetch(&grant_session, &grant_token, &url).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        matches!(body["error"]["code"].as_str(), Some("grant_expired" | "session_expired")),
+        "{body}"
+    );
+
+    let (session, token) = rt.session(&grant, "1", None).await;
+    let (status, _) = rt
+        .operator(Method::POST, &format!("/v1/grants/{grant}/revoke"), Some(json!({"reason": "owner"})))
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = rt.fetch(&session, &token, &url).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("grant_revoked")), "{body}");
+    // No new session under a revoked grant either.
+    let (status, body) = rt
+        .operator(Method::POST, "/v1/sessions", Some(json!({"grantId": grant, "maxSpendAmount": "1", "currency": "USDC"})))
+        .await;
+    assert_eq!(status, 403, "{body}");
+
+    let live = rt.grant(&wallet, "a3", None).await;
+    let (session, token) = rt.session(&live, "1", None).await;
+    let (status, body) = rt.operator(Method::POST, "/v1/grants/revoke-all", Some(json!({}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["revoked"].as_u64().unwrap() >= 1);
+    let (status, body) = rt.fetch(&session, &token, &url).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("grant_revoked")), "{body}");
+
+    // A price above the whole budget: denied by the budget, nothing signed.
+    let grant = rt.grant(&wallet, "a4", None).await;
+    let (session, token) = rt.session(&grant, "0.005", None).await;
+    let (status, body) = rt.fetch(&session, &token, &url).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exhausted", "{body}");
+
+    assert_eq!(network.payments_seen(), 0, "a payment header reached the seller");
+    assert_eq!(network.balance(address).await, U256::from(1_000_000u64));
+    assert!(rt.runtime.store().transfers(None).await.unwrap().is_empty());
+    let entries = rt.runtime.store().entries(0, 100).await.unwrap();
+    assert_eq!(entries.len(), 5);
+    assert!(entries.iter().all(|e| e.kind == EntryKind::Deny));
+}
+
+/// Wrong tokens get 401; another agent's token and agent tokens on admin endpoints get 403;
+/// nothing is paid for them.
+pub async fn credentials_are_enforced(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, _) = rt.funded_wallet(&network, "w", 1_000_000).await;
+    let grant = rt.grant(&wallet, "alice", None).await;
+    let (alice, alice_token) = rt.session(&grant, "1", None).await;
+    let other_grant = rt.grant(&wallet, "bob", None).await;
+    let (bob, bob_token) = rt.session(&other_grant, "1", None).await;
+    let url = format!("{}/paid", network.seller_url);
+    let fetch_body = Some(json!({"url": url}));
+
+    for credential in [None, Some("nonsense"), Some("bst_ses_0123_abcd"), Some("bok_0000")] {
+        let (status, body) = rt
+            .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), credential, fetch_body.clone())
+            .await;
+        assert_eq!(status, 401, "{credential:?}: {body}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+    }
+    // A forged token for alice's session (right shape, wrong MAC).
+    let forged = format!("{}0", &alice_token[..alice_token.len() - 1]);
+    let forged = if forged == alice_token { format!("{}1", &alice_token[..alice_token.len() - 1]) } else { forged };
+    let (status, _) = rt
+        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&forged), fetch_body.clone())
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, body) = rt
+        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&bob_token), fetch_body.clone())
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = rt.call(Method::GET, &format!("/v1/sessions/{alice}"), Some(&bob_token), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = rt.call(Method::GET, &format!("/v1/sessions/{bob}/transfers"), Some(&alice_token), None).await;
+    assert_eq!(status, 403);
+    for (method, path, body) in [
+        (Method::GET, "/v1/wallets".to_string(), None),
+        (Method::POST, "/v1/wallets".to_string(), Some(json!({"name": "mine"}))),
+        (Method::POST, "/v1/grants".to_string(), Some(json!({"walletId": wallet, "agent": "alice"}))),
+        (Method::POST, "/v1/sessions".to_string(), Some(json!({"grantId": grant, "maxSpendAmount": "100", "currency": "USDC"}))),
+        (Method::POST, format!("/v1/grants/{other_grant}/revoke"), None),
+        (Method::POST, format!("/v1/sessions/{bob}/close"), None),
+        (Method::GET, "/v1/ledger".to_string(), None),
+    ] {
+        let (status, answer) = rt.call(method, &path, Some(&alice_token), body).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden");
+    }
+    // The operator manages but cannot spend.
+    let key = rt.operator_key.clone();
+    let (status, _) = rt
+        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&key), fetch_body.clone())
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(network.payments_seen(), 0);
+    assert_eq!(rt.runtime.store().grants(None).await.unwrap().len(), 2);
+    assert_eq!(rt.runtime.store().sessions(None).await.unwrap().len(), 2);
+    let (status, own) = rt.call(Method::GET, &format!("/v1/sessions/{alice}"), Some(&alice_token), None).await;
+    assert_eq!(status, 200, "{own}");
+}
+
+/// Creates are idempotent: the same client token returns the same session and token; other
+/// content under the same key is a 409. Bad input is a 400 with a JSON body.
+pub async fn creates_are_idempotent(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, _) = rt.funded_wallet(&network, "w", 0).await;
+    let grant = rt.grant(&wallet, "alice", None).await;
+    let body = json!({"grantId": grant, "maxSpendAmount": "2.50", "currency": "USDC", "clientToken": "run-42"});
+    let (first_status, first) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
+    let (again_status, again) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
+    assert_eq!((first_status, again_status), (201, 200));
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(first["token"], again["token"]);
+    assert_eq!(first["maxSpendAtomic"], "2500000");
+    let mut other = body.clone();
+    other["maxSpendAmount"] = json!("3");
+    let (status, conflict) = rt.operator(Method::POST, "/v1/sessions", Some(other)).await;
+    assert_eq!(status, 409, "{conflict}");
+    assert_eq!(conflict["error"]["code"], "conflict");
+
+    let request = |key: &str| {
+        rt.http
+            .post(format!("{}/v1/grants", rt.url))
+            .bearer_auth(&rt.operator_key)
+            .header("Idempotency-Key", key)
+            .json(&json!({"walletId": wallet, "agent": "bob", "expiresInSeconds": 600}))
+    };
+    let one: serde_json::Value = request("g-1").send().await.unwrap().json().await.unwrap();
+    let two: serde_json::Value = request("g-1").send().await.unwrap().json().await.unwrap();
+    assert_eq!(one["id"], two["id"]);
+    assert_eq!(rt.runtime.store().grants(None).await.unwrap().len(), 2);
+
+    for (body, code) in [
+        (json!({"grantId": grant, "maxSpendAmount": "1.0000001", "currency": "USDC"}), 400),
+        (json!({"grantId": grant, "maxSpendAmount": "-1", "currency": "USDC"}), 400),
+        (json!({"grantId": grant, "maxSpendAmount": "1", "currency": "EUR"}), 400),
+        (json!({"grantId": grant, "maxSpendAmount": "0", "currency": "USDC"}), 400),
+        (json!({"grantId": "grt_missing", "maxSpendAmount": "1", "currency": "USDC"}), 404),
+        (json!({"grantId": grant, "maxSpendAmount": 1.5, "currency": "USDC"}), 400),
+        (json!([1, 2]), 400),
+    ] {
+        let (status, answer) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
+        assert_eq!(status, code, "{body} -> {answer}");
+        assert!(answer["error"]["message"].is_string());
+    }
+    let (status, _) = rt.operator(Method::POST, "/v1/wallets", Some(json!({"name": "w"}))).await;
+    assert_eq!(status, 409, "duplicate wallet name");
+}
+
+/// A seller that answers 402 again after receiving the signed payment is not paid twice; the
+/// amount stays reserved while the authorization could still be settled, and is voided once the
+/// chain passes validBefore with the authorization unused.
+pub async fn unsettled_payments_are_voided_after_expiry(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, address) = rt.funded_wallet(&network, "w", 1_000_000).await;
+    let grant = rt.grant(&wallet, "a", None).await;
+    let (session, token) = rt.session(&grant, "1", None).await;
+    let (status, body) = rt.fetch(&session, &token, &format!("{}/rejects", network.seller_url)).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "payment_rejected");
+    let transfer_id = body["error"]["transferId"].as_str().unwrap().to_string();
+    assert_eq!(network.payments_seen(), 1, "paid once, never twice");
+
+    let runtime = &rt.runtime;
+    assert_eq!(runtime.resolve_pending().await.unwrap(), (0, 0));
+    let record = runtime.session(&session).await.unwrap();
+    assert_eq!(record.reserved, Amount::from(PRICE));
+    let report = reconcile(runtime).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.differences);
+
+    network.chain.increase_time(120).await.unwrap();
+    assert_eq!(runtime.resolve_pending().await.unwrap(), (0, 1));
+    let transfer = runtime.store().transfer(&transfer_id).await.unwrap().unwrap();
+    assert_eq!(transfer.state, TransferState::Voided);
+    assert_eq!(transfer.void_reason.as_deref(), Some("expired_unused"));
+    let record = runtime.session(&session).await.unwrap();
+    assert_eq!(record.reserved, Amount::ZERO);
+    assert_eq!(record.posted, Amount::ZERO);
+    assert_eq!(network.balance(address).await, U256::from(1_000_000u64));
+    let report = reconcile(runtime).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.differences);
+    assert_eq!(report.voided_total, Amount::from(PRICE));
+}
+
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempSqlite::new();
+                    super::$case(&database.url()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempPostgres::create().await;
+                    super::$case(database.url()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    pays_and_posts,
+    concurrent_sessions_never_overspend,
+    refusals_sign_nothing,
+    credentials_are_enforced,
+    creates_are_idempotent,
+    unsettled_payments_are_voided_after_expiry,
+);
+
+#[tokio::test]
+async fn openapi_names_every_route() {
+    let document: serde_json::Value =
+        serde_json::from_str(bursar_runtime::api::OPENAPI).expect("openapi.json is JSON");
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    let source = include_str!("../src/api.rs");
+    let mut routes = 0;
+    for line in source.lines() {
+        if let Some(rest) = line.trim().strip_prefix(".route(\"") {
+            let path = rest.split('"').next().unwrap();
+            assert!(paths.contains_key(path), "{path} is missing from openapi.json");
+            routes += 1;
+        }
+    }
+    assert_eq!(routes, paths.len(), "openapi.json documents routes the API does not serve");
+}
