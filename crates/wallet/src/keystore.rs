@@ -72,6 +72,8 @@ impl Keystore {
                 problem: "is larger than 64 KiB",
             });
         }
+        // Some Windows editors prefix a byte order mark.
+        let json = json.strip_prefix('\u{feff}').unwrap_or(json);
         let value: Value = serde_json::from_str(json).map_err(|e| {
             use serde_json::error::Category;
             WalletError::Json {

@@ -5,6 +5,7 @@
 use std::{
     path::Path,
     process::Command,
+    sync::LazyLock,
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
@@ -97,10 +98,20 @@ fn light_keystore() -> (Keystore, PrivateKeySigner) {
     (keystore, signer)
 }
 
-/// A light keystore's JSON as a mutable value.
+/// One light keystore (passphrase "light passphrase") shared by the tests that only
+/// edit or parse its JSON, so that they do not each pay for a key derivation.
+static LIGHT_JSON: LazyLock<String> = LazyLock::new(|| light_keystore().0.to_json());
+
+/// The shared light keystore's JSON as a mutable value.
 fn light_value() -> Value {
-    serde_json::from_str(&light_keystore().0.to_json()).unwrap()
+    serde_json::from_str(&LIGHT_JSON).unwrap()
 }
+
+/// The test vector's key under light scrypt parameters, for tests that decrypt repeatedly.
+static LIGHT_VECTOR: LazyLock<Keystore> = LazyLock::new(|| {
+    let signer = PrivateKeySigner::from_slice(&hex::decode(VECTOR_KEY).unwrap()).unwrap();
+    Keystore::encrypt(&signer, &pass(VECTOR_PASSWORD), Kdf::light()).unwrap()
+});
 
 fn parse_value(value: &Value) -> Result<Keystore, WalletError> {
     Keystore::from_json(&value.to_string())
@@ -412,7 +423,7 @@ fn tampered_mac_iv_or_salt_is_refused() {
 
 #[test]
 fn address_must_match_the_key() {
-    let mut value: Value = serde_json::from_str(GETH_STYLE_VECTOR).unwrap();
+    let mut value: Value = serde_json::from_str(&LIGHT_VECTOR.to_json()).unwrap();
     value["address"] = json!("0x000000000000000000000000000000000000dead");
     let err = parse_value(&value)
         .unwrap()
@@ -459,7 +470,7 @@ fn garbage_and_truncated_json_are_clear_errors() {
             "{text:?}: {err:?}"
         );
     }
-    let full = light_keystore().0.to_json();
+    let full = LIGHT_JSON.clone();
     for cut in [1, 10, full.len() / 2, full.len() - 1] {
         let err = Keystore::from_json(&full[..cut]).unwrap_err();
         assert!(matches!(err, WalletError::Json { .. }), "{cut}: {err:?}");
@@ -467,6 +478,8 @@ fn garbage_and_truncated_json_are_clear_errors() {
     }
     let err = Keystore::from_json(&full[..full.len() - 1]).unwrap_err();
     assert!(err.to_string().contains("truncated input"), "{err}");
+    // A byte order mark in front is tolerated.
+    assert!(Keystore::from_json(&format!("\u{feff}{full}")).is_ok());
 }
 
 #[test]
@@ -688,7 +701,7 @@ fn oversized_documents_are_refused() {
 fn passphrase_from_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pw");
-    let keystore = Keystore::from_json(PBKDF2_VECTOR).unwrap();
+    let keystore = &*LIGHT_VECTOR;
 
     for content in ["testpassword\n", "testpassword", "testpassword\r\n"] {
         std::fs::write(&path, content).unwrap();
@@ -810,7 +823,7 @@ fn env_child() {
         println!("env child saw an empty variable");
         return;
     }
-    let keystore = Keystore::from_json(PBKDF2_VECTOR).unwrap();
+    let keystore = &*LIGHT_VECTOR;
     let p = Passphrase::from_env(CHILD_VAR).unwrap();
     assert_eq!(key_hex(&keystore.decrypt(&p).unwrap()), VECTOR_KEY);
 
