@@ -677,7 +677,11 @@ fn malformed_fields_name_the_field() {
         .to_uppercase();
     value["crypto"]["ciphertext"] = json!(format!("0x{ct}"));
     value["address"] = Value::Null;
+    // Extra fields (ethers writes `x-ethers`, some wallets `meta`) are ignored.
+    value["x-ethers"] = json!({"client": "ethers.js", "version": "0.1"});
+    value["crypto"]["meta"] = json!("anything");
     let keystore = parse_value(&value).unwrap();
+    assert!(!keystore.to_json().contains("x-ethers"));
     assert_eq!(keystore.address(), None);
     keystore.decrypt(&pass("light passphrase")).unwrap();
 }
