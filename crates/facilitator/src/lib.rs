@@ -57,17 +57,45 @@
 //! stopped between claiming and recording a broadcast. If the token reports the authorization
 //! used, it is recorded as failed (the transaction's hash is unknown); if unused, the claim is
 //! released so the payer may retry; the token's nonce still allows one transfer at most.
+//!
+//! ## Observability
+//!
+//! Every [`LocalFacilitator`] keeps Prometheus metrics ([`FacilitatorMetrics`],
+//! [`LocalFacilitator::metrics`]), served as OpenMetrics text by `GET /metrics` on [`router`] and
+//! [`protected_router`]. `/metrics` needs no API key; [`RouterOptions`] leaves it out and
+//! [`metrics_router`] serves it on a listener of its own. The metrics, all prefixed
+//! `bursar_facilitator_` (details in [`metrics`]):
+//!
+//! - `verify_total{outcome="valid|invalid",reason}` and
+//!   `settle_total{outcome="success|failure",reason}`: answers and rejections by x402 reason (`reason` is empty on success; unknown, malformed or
+//!   too many distinct reasons count as `other`, so callers cannot grow the label set);
+//! - `verify_duration_seconds{outcome}` and `settle_duration_seconds{outcome}`: latency
+//!   histograms, 100 µs to 30 s;
+//! - `http_requests_total{route,status}`: every HTTP answer (`route` is a known route or `other`);
+//! - `batches_total` and `batch_items`: batched settlement transactions and their sizes;
+//! - `pending_settlements`: settlements `received` or `submitted` in the ledger, read at scrape
+//!   time;
+//! - `gas_used_total` and `gas_spent_wei_total`: gas of mined settlement transactions.
+//!
+//! `verify` and `settle` run in `tracing` spans (`facilitator.verify`, `facilitator.settle`, with
+//! the network, the outcome and the reason). The `bursar` command exports them as OpenTelemetry
+//! traces over OTLP/HTTP (protobuf) when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and not at all
+//! otherwise.
 
 pub mod access;
 mod hooks;
 pub mod limit;
+pub mod metrics;
 mod server;
 mod service;
 
 pub use access::{Access, AccessPolicy};
 pub use hooks::{FacilitatorHooks, NoHooks, Refusal, payer_of};
 pub use limit::{Admission, BucketRule, MemoryLimiter, RateLimiter, RedisLimiter};
-pub use server::{protected_router, router};
+pub use metrics::FacilitatorMetrics;
+pub use server::{
+    RouterOptions, metrics_router, protected_router, protected_router_with, router, router_with,
+};
 pub use service::{
     FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, RECEIVED_ABANDONED_AFTER, Recovered,
     RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,

@@ -1,14 +1,20 @@
-//! The facilitator's HTTP API: `POST /verify`, `POST /settle`, `GET /supported`, `GET /health`.
+//! The facilitator's HTTP API: `POST /verify`, `POST /settle`, `GET /supported`, `GET /health`,
+//! and `GET /metrics` (Prometheus, see [`crate::metrics`]).
 //!
-//! Layers, outermost first: panic catcher (a bug answers 500 JSON, never a dropped connection),
+//! `/metrics` is open to anyone, also behind [`protected_router`] (it tells counts, never keys or
+//! payments). [`RouterOptions`] leaves it out, and [`metrics_router`] serves it alone, on another
+//! listener (a private address, say).
+//!
+//! Layers, outermost first: the request counter of `bursar_facilitator_http_requests_total`, panic catcher (a bug answers 500 JSON, never a dropped connection),
 //! request body limit, the access layer (with [`protected_router`]), then the routes. Malformed bodies get 400 with a JSON body in the shape of
 //! the endpoint's answer (`isValid: false` / `success: false`) plus an `error` field, so both
 //! x402 clients and people can read it.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bursar_protocol::types::BODY_BYTES_MAX;
@@ -18,34 +24,75 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::access::{Access, guard};
+use crate::metrics::{FacilitatorMetrics, METRICS_CONTENT_TYPE, route_label};
 use crate::service::LocalFacilitator;
+
+/// What the routers serve besides the x402 endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouterOptions {
+    /// Serve `GET /metrics`. Default: true.
+    pub metrics: bool,
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions { metrics: true }
+    }
+}
 
 /// The facilitator's routes without access control (anyone may verify and settle): for
 /// in-process use and trusted networks. Servers use [`protected_router`].
 pub fn router(facilitator: LocalFacilitator) -> Router {
-    with_outer_layers(routes(facilitator))
+    router_with(facilitator, RouterOptions::default())
+}
+
+/// [`router`] with `options`.
+pub fn router_with(facilitator: LocalFacilitator, options: RouterOptions) -> Router {
+    let metrics = facilitator.metrics().clone();
+    with_outer_layers(routes(facilitator, options), metrics)
 }
 
 /// The routes behind the access layer ([`crate::access`]): API keys, rate limits, quotas.
 /// Serve with `into_make_service_with_connect_info::<SocketAddr>()` so anonymous callers are
 /// limited per IP.
 pub fn protected_router(facilitator: LocalFacilitator, access: Access) -> Router {
+    protected_router_with(facilitator, access, RouterOptions::default())
+}
+
+/// [`protected_router`] with `options`.
+pub fn protected_router_with(
+    facilitator: LocalFacilitator,
+    access: Access,
+    options: RouterOptions,
+) -> Router {
+    let metrics = facilitator.metrics().clone();
     with_outer_layers(
-        routes(facilitator).layer(axum::middleware::from_fn_with_state(access, guard)),
+        routes(facilitator, options).layer(axum::middleware::from_fn_with_state(access, guard)),
+        metrics,
     )
 }
 
-fn routes(facilitator: LocalFacilitator) -> Router {
+/// `GET /metrics` alone, to serve on a listener of its own (with
+/// [`RouterOptions`] `metrics: false` on the main one).
+pub fn metrics_router(facilitator: LocalFacilitator) -> Router {
     Router::new()
-        .route("/verify", post(verify))
-        .route("/settle", post(settle))
-        .route("/supported", get(supported))
-        .route("/health", get(health))
-        .fallback(not_found)
+        .route("/metrics", get(metrics))
         .with_state(facilitator)
 }
 
-fn with_outer_layers(routes: Router) -> Router {
+fn routes(facilitator: LocalFacilitator, options: RouterOptions) -> Router {
+    let mut routes = Router::new()
+        .route("/verify", post(verify))
+        .route("/settle", post(settle))
+        .route("/supported", get(supported))
+        .route("/health", get(health));
+    if options.metrics {
+        routes = routes.route("/metrics", get(metrics));
+    }
+    routes.fallback(not_found).with_state(facilitator)
+}
+
+fn with_outer_layers(routes: Router, metrics: FacilitatorMetrics) -> Router {
     routes
         .layer(RequestBodyLimitLayer::new(BODY_BYTES_MAX))
         .layer(CatchPanicLayer::custom(|_| {
@@ -55,6 +102,32 @@ fn with_outer_layers(routes: Router) -> Router {
                 "internal error".to_string(),
             )
         }))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            count_requests,
+        ))
+}
+
+/// Counts every answer in `bursar_facilitator_http_requests_total`.
+async fn count_requests(
+    State(metrics): State<FacilitatorMetrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = route_label(request.uri().path());
+    let response = next.run(request).await;
+    metrics.http_request(route, response.status().as_u16());
+    response
+}
+
+async fn metrics(State(facilitator): State<LocalFacilitator>) -> Response {
+    let metrics = facilitator.metrics();
+    metrics.refresh_pending(facilitator.ledger().as_ref()).await;
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 fn error_response(status: StatusCode, code: &str, message: String) -> Response {
@@ -83,7 +156,17 @@ async fn verify(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Res
 
 async fn settle(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Response {
     match FacilitatorRequest::from_json(&body) {
-        Ok(request) => axum::Json(facilitator.settle(&request).await).into_response(),
+        Ok(request) => {
+            let response = facilitator.settle(&request).await;
+            // The payment-identifier extension's statuses: 409 for an id naming another
+            // payment, 400 for a malformed id. Other failures keep x402's 200 with a body.
+            let status = match response.error_reason.as_ref().map(|reason| reason.as_str()) {
+                Some(crate::service::PAYMENT_ID_CONFLICT) => StatusCode::CONFLICT,
+                Some(crate::service::PAYMENT_ID_INVALID) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::OK,
+            };
+            (status, axum::Json(response)).into_response()
+        }
         Err(error) => {
             let failed =
                 SettleResponse::failed(error.reason(), error.to_string(), None, String::new());

@@ -22,6 +22,7 @@ use bursar_store::{
 use tokio::sync::watch;
 
 use crate::hooks::{FacilitatorHooks, NoHooks, payer_of};
+use crate::metrics::FacilitatorMetrics;
 
 /// Gas limit for one `transferWithAuthorization`; an EOA-signed one uses about 60-90k.
 pub const SETTLE_GAS_LIMIT: u64 = 200_000;
@@ -95,6 +96,8 @@ pub struct Inner {
     hooks: RwLock<Arc<dyn FacilitatorHooks>>,
     /// Each token's on-chain EIP-712 domain separator, read once.
     domain_separators: RwLock<HashMap<Address, Option<B256>>>,
+    /// Prometheus metrics of every verify and settle.
+    metrics: FacilitatorMetrics,
 }
 
 impl std::fmt::Debug for LocalFacilitator {
@@ -150,6 +153,7 @@ impl LocalFacilitator {
                 ledger,
                 hooks: RwLock::new(Arc::new(NoHooks)),
                 domain_separators: RwLock::new(HashMap::new()),
+                metrics: FacilitatorMetrics::new(),
             }),
         }
     }
@@ -158,6 +162,11 @@ impl LocalFacilitator {
     pub fn with_hooks(self, hooks: Arc<dyn FacilitatorHooks>) -> Self {
         *self.hooks.write().expect("lock") = hooks;
         self
+    }
+
+    /// The metrics this facilitator records, served by `GET /metrics`.
+    pub fn metrics(&self) -> &FacilitatorMetrics {
+        &self.metrics
     }
 
     fn hooks(&self) -> Arc<dyn FacilitatorHooks> {
@@ -206,7 +215,12 @@ impl LocalFacilitator {
 
     /// Verifies a payment: the hooks' `before_verify`, every stateless check, then the token's
     /// domain, the nonce and the balance; `after_verify` sees the answer.
+    #[tracing::instrument(name = "facilitator.verify", skip_all, fields(
+        network = %request.requirements.network.caip2(), outcome = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    ))]
     pub async fn verify(&self, request: &FacilitatorRequest) -> VerifyResponse {
+        let started = Instant::now();
         let hooks = self.hooks();
         let response = match hooks.before_verify(request).await {
             Ok(()) => self.verify_unhooked(request).await,
@@ -217,6 +231,7 @@ impl LocalFacilitator {
             ),
         };
         hooks.after_verify(request, &response).await;
+        self.metrics.verified(&response, started.elapsed());
         response
     }
 
@@ -344,7 +359,12 @@ impl LocalFacilitator {
     ///
     /// The hooks' `before_settle` runs first (a refusal moves nothing); `after_settle` sees the
     /// answer.
+    #[tracing::instrument(name = "facilitator.settle", skip_all, fields(
+        network = %request.requirements.network.caip2(), outcome = tracing::field::Empty,
+        reason = tracing::field::Empty, transaction = tracing::field::Empty,
+    ))]
     pub async fn settle(&self, request: &FacilitatorRequest) -> SettleResponse {
+        let started = Instant::now();
         let hooks = self.hooks();
         let response = match hooks.before_settle(request).await {
             Ok(()) => self.settle_unhooked(request).await,
@@ -356,6 +376,7 @@ impl LocalFacilitator {
             ),
         };
         hooks.after_settle(request, &response).await;
+        self.metrics.settled(&response, started.elapsed());
         response
     }
 
@@ -439,14 +460,14 @@ impl LocalFacilitator {
         // other callers are waiting on, or that has already been broadcast.
         let this = self.clone();
         let request = request.clone();
-        let task = tokio::spawn(async move {
+        let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let (outcome, remember) = this
                 .settle_durably(&request, key, fingerprint, request.network_name())
                 .await;
             this.finish(key, fingerprint, &outcome, remember);
             let _ = publisher.send(Some(outcome.clone()));
             outcome
-        });
+        }));
         match task.await {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -640,6 +661,8 @@ impl LocalFacilitator {
         }
         match wait_for_receipt(self.chain.as_ref(), hash, SETTLE_RECEIPT_TIMEOUT).await {
             Ok(receipt) => {
+                self.metrics
+                    .gas_spent(receipt.gas_used, receipt.effective_gas_price);
                 let (outcome, state) = mined_outcome(&pending, hash, receipt.success);
                 if receipt.success {
                     tracing::info!(tx = %hash, payer = %payer, value = %authorization.value, "settled");
