@@ -38,6 +38,13 @@ pub struct DevArgs {
     /// Default: a SQLite file, <data-dir>/facilitator.sqlite.
     #[arg(long, env = "BURSAR_LEDGER_URL")]
     pub ledger_url: Option<String>,
+    /// Port of the agent payments runtime.
+    #[arg(long, default_value_t = 4030)]
+    pub runtime_port: u16,
+    /// The runtime's database, such as postgres://user@host/db.
+    /// Default: a SQLite file, <data-dir>/runtime.sqlite.
+    #[arg(long, env = "BURSAR_DATABASE_URL")]
+    pub database_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -75,6 +82,13 @@ pub struct FacilitatorArgs {
     /// Default: limits in this process's memory. When Redis fails, /settle is refused (503).
     #[arg(long, env = "BURSAR_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Do not serve GET /metrics (Prometheus). By default it is served on --listen, without an
+    /// API key.
+    #[arg(long, conflicts_with = "metrics_listen")]
+    pub no_metrics: bool,
+    /// Serve GET /metrics on this address (a private interface, say) instead of --listen.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The prefix of the facilitator's rate-limit keys in Redis.
@@ -177,6 +191,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         Account::new(network.chain.clone(), network.keys.facilitator.clone()),
         FacilitatorConfig {
             assets: Some(vec![network.token.address()]),
+            ..Default::default()
         },
         ledger,
     );
@@ -188,8 +203,24 @@ pub async fn run(args: DevArgs) -> Result<()> {
     )
     .await?;
     let api_listener = bind(SocketAddr::new(args.host, args.api_port), "demo API").await?;
+    let runtime_listener = bind(
+        SocketAddr::new(args.host, args.runtime_port),
+        "agent runtime",
+    )
+    .await?;
     let facilitator_url = format!("http://{}", facilitator_listener.local_addr()?);
     let api_url = format!("http://{}", api_listener.local_addr()?);
+    let runtime_url = format!("http://{}", runtime_listener.local_addr()?);
+    let previous_operator_key = DevInfo::load(&args.data_dir)
+        .ok()
+        .and_then(|info| info.operator_key);
+    let dev_runtime = crate::runtime::dev_runtime(
+        &network,
+        &args.data_dir,
+        args.database_url.as_deref(),
+        previous_operator_key,
+    )
+    .await?;
 
     let info = DevInfo {
         chain_id: network.chain.chain_id(),
@@ -203,6 +234,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
         buyer_private_key: alloy_primitives::hex::encode_prefixed(network.keys.buyer.to_bytes()),
         seller: network.keys.seller.address(),
         facilitator_signer: network.keys.facilitator.address(),
+        runtime_url: Some(runtime_url.clone()),
+        operator_key: Some(dev_runtime.operator_key.clone()),
     };
     info.save(&args.data_dir)?;
 
@@ -214,12 +247,22 @@ pub async fn run(args: DevArgs) -> Result<()> {
         None => args.data_dir.join(LEDGER_FILE_NAME).display().to_string(),
     };
     print_banner(&network, &info, &ledger_description).await;
+    crate::runtime::print_dev_banner(&dev_runtime, &runtime_url, &info.api_url);
+    println!();
 
     let facilitator_task = tokio::spawn(serve(facilitator_listener, facilitator_app));
     let api_task = tokio::spawn(serve(api_listener, api_app));
-    let (facilitator_result, api_result) = tokio::join!(facilitator_task, api_task);
+    let runtime_task = tokio::spawn(crate::runtime::run_service(
+        dev_runtime.runtime.clone(),
+        runtime_listener,
+        None,
+        1000,
+    ));
+    let (facilitator_result, api_result, runtime_result) =
+        tokio::join!(facilitator_task, api_task, runtime_task);
     facilitator_result??;
     api_result??;
+    runtime_result??;
     eprintln!(
         "bursar dev stopped; state kept in {}",
         args.data_dir.display()
@@ -405,7 +448,10 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
     let facilitator = LocalFacilitator::with_ledger(
         chain.clone(),
         Account::new(chain.clone(), key),
-        FacilitatorConfig { assets },
+        FacilitatorConfig {
+            assets,
+            ..Default::default()
+        },
         ledger,
     );
     recover(&facilitator).await?;
@@ -426,12 +472,30 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
             "memory"
         }
     );
-    let app = bursar_facilitator::protected_router(facilitator, access);
+    let metrics_task = match args.metrics_listen {
+        Some(address) => {
+            let metrics_listener = bind(address, "metrics").await?;
+            println!(
+                "metrics on http://{}/metrics",
+                metrics_listener.local_addr()?
+            );
+            let app = bursar_facilitator::metrics_router(facilitator.clone());
+            Some(tokio::spawn(serve(metrics_listener, app)))
+        }
+        None => None,
+    };
+    let options = bursar_facilitator::RouterOptions {
+        metrics: !args.no_metrics && args.metrics_listen.is_none(),
+    };
+    let app = bursar_facilitator::protected_router_with(facilitator, access, options);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown_signal())
     .await?;
+    if let Some(task) = metrics_task {
+        task.await??;
+    }
     Ok(())
 }

@@ -150,6 +150,12 @@ pub struct DevInfo {
     pub buyer_private_key: String,
     pub seller: Address,
     pub facilitator_signer: Address,
+    /// The agent runtime's API, when `bursar dev` runs it.
+    #[serde(default)]
+    pub runtime_url: Option<String>,
+    /// An operator key for the dev runtime (a local dev network's; printed at start).
+    #[serde(default)]
+    pub operator_key: Option<String>,
 }
 
 pub fn info_path(data_dir: &Path) -> PathBuf {

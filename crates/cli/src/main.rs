@@ -7,6 +7,8 @@
 //! - `bursar facilitator` serves the facilitator alone, on the embedded chain or a JSON-RPC node.
 //! - `bursar keys` creates, lists and revokes the facilitator's API keys.
 //! - `bursar demo-api` serves the demo paid API alone, against any facilitator, chain and token.
+//! - `bursar runtime` serves the agent payments runtime; `bursar wallet`, `grant`, `session`,
+//!   `ledger` and `operator-keys` manage it.
 //! - `bursar bench` measures signature verification and the facilitator's `/verify`.
 
 mod bench;
@@ -14,6 +16,7 @@ mod dev;
 mod devnet;
 mod keys;
 mod pay;
+mod runtime;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,8 @@ pub mod exit {
     pub const NOT_PAYABLE: u8 = 3;
     /// The payment was made but refused by the seller or its facilitator.
     pub const PAYMENT_REJECTED: u8 = 4;
+    /// `bursar ledger reconcile` found differences between the ledger and the chain.
+    pub const RECONCILE_DIFFERENCES: u8 = 5;
 }
 
 #[derive(Parser)]
@@ -56,6 +61,18 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Serve the demo paid API alone, priced in any token and settled by any facilitator.
     DemoApi(pay::DemoApiArgs),
+    /// Serve the agent payments runtime: wallets, grants, budgeted sessions, paying for agents.
+    Runtime(runtime::RuntimeArgs),
+    /// The runtime's wallets: create, import, export (encrypted), list, balance.
+    Wallet(runtime::WalletArgs),
+    /// Grants: allow an agent to spend from a wallet for a while; revoke one or all.
+    Grant(runtime::GrantArgs),
+    /// Payment sessions: create (prints the agent's token), show, transfers, close.
+    Session(runtime::SessionArgs),
+    /// The runtime's ledger: export (CSV or JSON lines), reconcile with the chain.
+    Ledger(runtime::LedgerArgs),
+    /// The runtime's operator keys: create, list, revoke.
+    OperatorKeys(runtime::OperatorKeysArgs),
     /// Measure signature verification and facilitator /verify throughput.
     Bench(bench::BenchArgs),
 }
@@ -65,25 +82,82 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from(".bursar")
 }
 
+/// Which spans are exported as OpenTelemetry traces: Bursar's own, at info and above.
+const OTEL_FILTER: &str = "warn,bursar=info";
+
 /// Logs go to stderr. Servers log at info by default, one-shot commands only warnings;
 /// `BURSAR_LOG` (an `EnvFilter` directive such as `debug`) overrides both.
-fn init_tracing(server: bool) {
+///
+/// When `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, spans are
+/// also exported as OpenTelemetry traces over OTLP/HTTP with protobuf bodies, as service
+/// `bursar` (unless `OTEL_SERVICE_NAME` says otherwise). The returned provider must be shut down
+/// before exit to flush them. Unset (or `OTEL_SDK_DISABLED=true`): no exporter, no thread, no
+/// network.
+fn init_tracing(server: bool) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let default = if server { "warn,bursar=info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BURSAR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(filter);
+    let provider = otel_tracer_provider();
+    let traces = provider.as_ref().map(|provider| {
+        use opentelemetry::trace::TracerProvider;
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bursar"))
+            .with_filter(tracing_subscriber::EnvFilter::new(OTEL_FILTER))
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
         .init();
+    provider
+}
+
+/// The OTLP/HTTP trace pipeline, when the standard environment asks for one.
+fn otel_tracer_provider() -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+    let disabled = std::env::var("OTEL_SDK_DISABLED")
+        .is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"));
+    if disabled
+        || !(set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    {
+        return None;
+    }
+    let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()
+    {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            eprintln!("warning: OpenTelemetry traces are not exported: {error}");
+            return None;
+        }
+    };
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("bursar");
+    }
+    Some(
+        opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build(),
+    )
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(
+    let traces = init_tracing(matches!(
         cli.command,
-        Command::Dev(_) | Command::Facilitator(_) | Command::DemoApi(_)
+        Command::Dev(_) | Command::Facilitator(_) | Command::DemoApi(_) | Command::Runtime(_)
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -104,9 +178,21 @@ fn main() -> ExitCode {
             Command::Facilitator(args) => dev::facilitator(args).await,
             Command::DemoApi(args) => pay::serve_demo_api(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Runtime(args) => runtime::serve(args).await,
+            Command::Wallet(args) => runtime::wallet(args).await,
+            Command::Grant(args) => runtime::grant(args).await,
+            Command::Session(args) => runtime::session(args).await,
+            Command::Ledger(args) => runtime::ledger(args).await,
+            Command::OperatorKeys(args) => runtime::operator_keys(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
+    drop(runtime);
+    if let Some(provider) = traces
+        && let Err(error) = provider.shutdown()
+    {
+        eprintln!("warning: OpenTelemetry traces were not all exported: {error}");
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -33,7 +33,7 @@ impl std::fmt::Display for CommandFailure {
 
 impl std::error::Error for CommandFailure {}
 
-fn failure(code: u8, message: String) -> anyhow::Error {
+pub fn failure(code: u8, message: String) -> anyhow::Error {
     anyhow::Error::new(CommandFailure { code, message })
 }
 
@@ -239,6 +239,13 @@ pub struct PayArgs {
     /// Print the result as JSON (body as text, receipt fields).
     #[arg(long)]
     pub json: bool,
+    /// Pay through the agent runtime with this session token (bst_...) instead of a local key:
+    /// the session's budget and grant apply.
+    #[arg(long, env = "BURSAR_SESSION_TOKEN", hide_env_values = true)]
+    pub session: Option<String>,
+    /// The runtime's API for --session. Default: the one `bursar dev` runs.
+    #[arg(long, env = "BURSAR_RUNTIME_URL")]
+    pub runtime_url: Option<String>,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: PathBuf,
 }
@@ -259,6 +266,30 @@ fn payer_key(key_env: &str, data_dir: &std::path::Path) -> Result<PrivateKeySign
 }
 
 pub async fn pay(args: PayArgs) -> Result<()> {
+    if let Some(token) = &args.session {
+        let mut headers = Vec::new();
+        for header in &args.headers {
+            let (name, value) = header
+                .split_once(':')
+                .ok_or_else(|| failure(2, format!("header {header:?} must be \"Name: value\"")))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let remote = crate::runtime::Remote {
+            runtime_url: args.runtime_url.clone(),
+            operator_key: None,
+            data_dir: args.data_dir.clone(),
+        };
+        return crate::runtime::pay_through_session(
+            &remote,
+            token,
+            &args.method,
+            &args.url,
+            &headers,
+            args.data.as_deref(),
+            args.json,
+        )
+        .await;
+    }
     let usdc = AssetUnit::usdc();
     let max = usdc
         .parse(&args.max)

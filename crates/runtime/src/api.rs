@@ -58,6 +58,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/v1/sessions/{session}/fetch", post(fetch))
         .route("/v1/sessions/{session}/transfers", get(session_transfers))
         .route("/v1/ledger", get(ledger))
+        .route("/v1/ledger/reconcile", get(reconcile))
         .fallback(not_found)
         .with_state(runtime)
         .layer(RequestBodyLimitLayer::new(API_BODY_BYTES_MAX))
@@ -87,7 +88,12 @@ impl IntoResponse for ApiError {
         if let RuntimeError::NotPayable { reasons } = &error {
             extra.insert("reasons".into(), json!(reasons));
         }
-        error_body(error.status(), error.code(), &error.to_string(), Some(extra))
+        error_body(
+            error.status(),
+            error.code(),
+            &error.to_string(),
+            Some(extra),
+        )
     }
 }
 
@@ -366,7 +372,9 @@ async fn revoke_grant(
 ) -> ApiResult {
     operator(&runtime, &headers).await?;
     let request: Revoke = parse_json(&body)?;
-    let reason = request.reason.unwrap_or_else(|| "revoked by operator".into());
+    let reason = request
+        .reason
+        .unwrap_or_else(|| "revoked by operator".into());
     let revoked = runtime.revoke_grant(&grant, &reason).await?;
     Ok(axum::Json(json!({ "id": grant, "revoked": revoked })).into_response())
 }
@@ -695,4 +703,25 @@ async fn ledger(
     let next = entries.last().map(|entry| entry.seq);
     let entries: Vec<Value> = entries.iter().map(entry_json).collect();
     Ok(axum::Json(json!({ "entries": entries, "next": next })).into_response())
+}
+
+async fn reconcile(State(runtime): State<Runtime>, headers: HeaderMap) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let report = crate::reconcile::reconcile(&runtime).await?;
+    let differences: Vec<Value> = report
+        .differences
+        .iter()
+        .map(|d| json!({"subject": d.subject, "problem": d.problem}))
+        .collect();
+    Ok(axum::Json(json!({
+        "clean": report.is_clean(),
+        "entriesChecked": report.entries_checked,
+        "transfersChecked": report.transfers_checked,
+        "sessionsChecked": report.sessions_checked,
+        "postedAtomic": report.posted_total.to_string(),
+        "pendingAtomic": report.pending_total.to_string(),
+        "voidedAtomic": report.voided_total.to_string(),
+        "differences": differences,
+    }))
+    .into_response())
 }

@@ -167,7 +167,10 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
     for (transfer, recorded) in entries {
         differences.push(differ(
             &transfer,
-            format!("{} ledger entries name a transfer that does not exist", recorded.len()),
+            format!(
+                "{} ledger entries name a transfer that does not exist",
+                recorded.len()
+            ),
         ));
     }
 

@@ -8,7 +8,7 @@ use alloy_primitives::{Address, B256};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::SolEvent;
 use bursar_buyer::{
-    BuyerError, PayingClient, PaymentApproval, PaymentProposal, RequestSpec, Refusal,
+    BuyerError, PayingClient, PaymentApproval, PaymentProposal, Refusal, RequestSpec,
 };
 use bursar_chain::{EvmChain, Token};
 use bursar_contracts::BursarUSD;
@@ -127,8 +127,12 @@ pub struct Fetched {
 /// What happened to one pending transfer when the chain was consulted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
-    Posted { tx_hash: Option<String> },
-    Voided { reason: String },
+    Posted {
+        tx_hash: Option<String>,
+    },
+    Voided {
+        reason: String,
+    },
     StillPending,
     /// Another process resolved it first.
     AlreadyResolved,
@@ -225,6 +229,26 @@ impl Runtime {
             tokio::task::spawn_blocking(move || bursar_wallet::generate(kdf, &passphrase))
                 .await
                 .map_err(|e| RuntimeError::Internal(format!("key generation: {e}")))??;
+        self.insert_wallet(name, address, &keystore, idempotency_key)
+            .await
+    }
+
+    /// Stores `signer`'s key as a wallet, encrypted under the runtime's passphrase (for keys the
+    /// operator already holds in memory, such as a dev network's demo account).
+    pub async fn add_wallet_key(
+        &self,
+        name: &str,
+        signer: &PrivateKeySigner,
+        idempotency_key: Option<String>,
+    ) -> Result<Created<WalletInfo>, RuntimeError> {
+        let signer = signer.clone();
+        let passphrase = self.inner.passphrase.clone();
+        let kdf = self.inner.config.kdf;
+        let address = signer.address();
+        let keystore =
+            tokio::task::spawn_blocking(move || Keystore::encrypt(&signer, &passphrase, kdf))
+                .await
+                .map_err(|e| RuntimeError::Internal(format!("key encryption: {e}")))??;
         self.insert_wallet(name, address, &keystore, idempotency_key)
             .await
     }
@@ -521,7 +545,9 @@ impl Runtime {
             .store
             .grant(&session.grant_id)
             .await?
-            .ok_or_else(|| RuntimeError::Internal(format!("grant {} vanished", session.grant_id)))?;
+            .ok_or_else(|| {
+                RuntimeError::Internal(format!("grant {} vanished", session.grant_id))
+            })?;
         if grant.revoked_at_ms.is_some() {
             return Ok(Some((
                 "grant_revoked".into(),
@@ -922,7 +948,9 @@ impl PaymentApproval for Reserve {
                 *self.reserved.lock().expect("reservation slot") = Some(record);
                 Ok(())
             }
-            Ok(Reservation::Denied { reason, message }) => Err(Refusal::new(reason.code(), message)),
+            Ok(Reservation::Denied { reason, message }) => {
+                Err(Refusal::new(reason.code(), message))
+            }
             Err(error) => {
                 tracing::error!(%error, "reservation failed; refusing to pay");
                 Err(Refusal::new(

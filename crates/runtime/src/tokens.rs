@@ -60,7 +60,10 @@ impl TokenKey {
     }
 
     pub(crate) fn token_for(&self, session_id: &str) -> String {
-        format!("{SESSION_TOKEN_PREFIX}{session_id}_{}", self.mac(session_id))
+        format!(
+            "{SESSION_TOKEN_PREFIX}{session_id}_{}",
+            self.mac(session_id)
+        )
     }
 
     /// The session id a genuine token names; `None` for anything else.

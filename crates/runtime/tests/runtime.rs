@@ -25,12 +25,16 @@ pub async fn pays_and_posts(store_url: &str) {
     let grant = rt.grant(&wallet, "researcher", None).await;
     let (session, token) = rt.session(&grant, "1.00", None).await;
 
-    let (status, free) = rt.fetch(&session, &token, &format!("{}/free", network.seller_url)).await;
+    let (status, free) = rt
+        .fetch(&session, &token, &format!("{}/free", network.seller_url))
+        .await;
     assert_eq!(status, 200, "{free}");
     assert_eq!(free["body"], "free");
     assert!(free["payment"].is_null());
 
-    let (status, paid) = rt.fetch(&session, &token, &format!("{}/paid", network.seller_url)).await;
+    let (status, paid) = rt
+        .fetch(&session, &token, &format!("{}/paid", network.seller_url))
+        .await;
     assert_eq!(status, 200, "{paid}");
     assert_eq!(paid["status"], 200);
     let body: serde_json::Value = serde_json::from_str(paid["body"].as_str().unwrap()).unwrap();
@@ -41,10 +45,20 @@ pub async fn pays_and_posts(store_url: &str) {
     assert_eq!(payment["amount"], "0.01");
     let tx_hash = payment["txHash"].as_str().expect("tx hash").to_string();
 
-    assert_eq!(network.balance(address).await, U256::from(1_000_000 - PRICE));
+    assert_eq!(
+        network.balance(address).await,
+        U256::from(1_000_000 - PRICE)
+    );
     assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
 
-    let (status, shown) = rt.call(Method::GET, &format!("/v1/sessions/{session}"), Some(&token), None).await;
+    let (status, shown) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{session}"),
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["postedAtomic"], PRICE.to_string());
     assert_eq!(shown["reservedAtomic"], "0");
@@ -85,7 +99,8 @@ pub async fn concurrent_sessions_never_overspend(store_url: &str) {
     let mut tasks = Vec::new();
     for (session, token) in &sessions {
         for _ in 0..REQUESTS_PER_SESSION {
-            let (rt, session, token, url) = (rt.clone(), session.clone(), token.clone(), url.clone());
+            let (rt, session, token, url) =
+                (rt.clone(), session.clone(), token.clone(), url.clone());
             tasks.push(tokio::spawn(async move {
                 let (status, body) = rt.fetch(&session, &token, &url).await;
                 (session, status, body)
@@ -122,14 +137,24 @@ pub async fn concurrent_sessions_never_overspend(store_url: &str) {
         assert_eq!(paid.get(session).copied(), Some(PAYABLE_PER_SESSION));
         posted_total = posted_total.checked_add(record.posted).unwrap();
     }
-    assert_eq!(denied, SESSIONS * REQUESTS_PER_SESSION - SESSIONS * PAYABLE_PER_SESSION as usize);
+    assert_eq!(
+        denied,
+        SESSIONS * REQUESTS_PER_SESSION - SESSIONS * PAYABLE_PER_SESSION as usize
+    );
     let spent_on_chain = U256::from(start_balance) - network.balance(address).await;
     assert_eq!(Amount::from_atomic(spent_on_chain), posted_total);
-    assert_eq!(Amount::from_atomic(network.balance(network.payee).await), posted_total);
+    assert_eq!(
+        Amount::from_atomic(network.balance(network.payee).await),
+        posted_total
+    );
 
     let transfers = runtime.store().transfers(None).await.unwrap();
     assert_eq!(transfers.len(), SESSIONS * PAYABLE_PER_SESSION as usize);
-    assert!(transfers.iter().all(|t| t.state == TransferState::Posted && t.tx_hash.is_some()));
+    assert!(
+        transfers
+            .iter()
+            .all(|t| t.state == TransferState::Posted && t.tx_hash.is_some())
+    );
     let report = reconcile(runtime).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.differences);
     assert_eq!(report.posted_total, posted_total);
@@ -154,34 +179,59 @@ pub async fn refusals_sign_nothing(store_url: &str) {
     let (short_session, short_token) = rt.session(&grant, "1", Some(1)).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let (status, body) = rt.fetch(&short_session, &short_token, &url).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("session_expired")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("session_expired")),
+        "{body}"
+    );
     let (status, body) = rt.fetch(&grant_session, &grant_token, &url).await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        matches!(body["error"]["code"].as_str(), Some("grant_expired" | "session_expired")),
+        matches!(
+            body["error"]["code"].as_str(),
+            Some("grant_expired" | "session_expired")
+        ),
         "{body}"
     );
 
     let (session, token) = rt.session(&grant, "1", None).await;
     let (status, _) = rt
-        .operator(Method::POST, &format!("/v1/grants/{grant}/revoke"), Some(json!({"reason": "owner"})))
+        .operator(
+            Method::POST,
+            &format!("/v1/grants/{grant}/revoke"),
+            Some(json!({"reason": "owner"})),
+        )
         .await;
     assert_eq!(status, 200);
     let (status, body) = rt.fetch(&session, &token, &url).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("grant_revoked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("grant_revoked")),
+        "{body}"
+    );
     // No new session under a revoked grant either.
     let (status, body) = rt
-        .operator(Method::POST, "/v1/sessions", Some(json!({"grantId": grant, "maxSpendAmount": "1", "currency": "USDC"})))
+        .operator(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"grantId": grant, "maxSpendAmount": "1", "currency": "USDC"})),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
 
     let live = rt.grant(&wallet, "a3", None).await;
     let (session, token) = rt.session(&live, "1", None).await;
-    let (status, body) = rt.operator(Method::POST, "/v1/grants/revoke-all", Some(json!({}))).await;
+    let (status, body) = rt
+        .operator(Method::POST, "/v1/grants/revoke-all", Some(json!({})))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert!(body["revoked"].as_u64().unwrap() >= 1);
     let (status, body) = rt.fetch(&session, &token, &url).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("grant_revoked")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("grant_revoked")),
+        "{body}"
+    );
 
     // A price above the whole budget: denied by the budget, nothing signed.
     let grant = rt.grant(&wallet, "a4", None).await;
@@ -190,7 +240,11 @@ pub async fn refusals_sign_nothing(store_url: &str) {
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "budget_exhausted", "{body}");
 
-    assert_eq!(network.payments_seen(), 0, "a payment header reached the seller");
+    assert_eq!(
+        network.payments_seen(),
+        0,
+        "a payment header reached the seller"
+    );
     assert_eq!(network.balance(address).await, U256::from(1_000_000u64));
     assert!(rt.runtime.store().transfers(None).await.unwrap().is_empty());
     let entries = rt.runtime.store().entries(0, 100).await.unwrap();
@@ -211,35 +265,89 @@ pub async fn credentials_are_enforced(store_url: &str) {
     let url = format!("{}/paid", network.seller_url);
     let fetch_body = Some(json!({"url": url}));
 
-    for credential in [None, Some("nonsense"), Some("bst_ses_0123_abcd"), Some("bok_0000")] {
+    for credential in [
+        None,
+        Some("nonsense"),
+        Some("bst_ses_0123_abcd"),
+        Some("bok_0000"),
+    ] {
         let (status, body) = rt
-            .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), credential, fetch_body.clone())
+            .call(
+                Method::POST,
+                &format!("/v1/sessions/{alice}/fetch"),
+                credential,
+                fetch_body.clone(),
+            )
             .await;
         assert_eq!(status, 401, "{credential:?}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized");
     }
     // A forged token for alice's session (right shape, wrong MAC).
     let forged = format!("{}0", &alice_token[..alice_token.len() - 1]);
-    let forged = if forged == alice_token { format!("{}1", &alice_token[..alice_token.len() - 1]) } else { forged };
+    let forged = if forged == alice_token {
+        format!("{}1", &alice_token[..alice_token.len() - 1])
+    } else {
+        forged
+    };
     let (status, _) = rt
-        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&forged), fetch_body.clone())
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{alice}/fetch"),
+            Some(&forged),
+            fetch_body.clone(),
+        )
         .await;
     assert_eq!(status, 401);
 
     let (status, body) = rt
-        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&bob_token), fetch_body.clone())
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{alice}/fetch"),
+            Some(&bob_token),
+            fetch_body.clone(),
+        )
         .await;
     assert_eq!(status, 403, "{body}");
-    let (status, _) = rt.call(Method::GET, &format!("/v1/sessions/{alice}"), Some(&bob_token), None).await;
+    let (status, _) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{alice}"),
+            Some(&bob_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = rt.call(Method::GET, &format!("/v1/sessions/{bob}/transfers"), Some(&alice_token), None).await;
+    let (status, _) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{bob}/transfers"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
     for (method, path, body) in [
         (Method::GET, "/v1/wallets".to_string(), None),
-        (Method::POST, "/v1/wallets".to_string(), Some(json!({"name": "mine"}))),
-        (Method::POST, "/v1/grants".to_string(), Some(json!({"walletId": wallet, "agent": "alice"}))),
-        (Method::POST, "/v1/sessions".to_string(), Some(json!({"grantId": grant, "maxSpendAmount": "100", "currency": "USDC"}))),
-        (Method::POST, format!("/v1/grants/{other_grant}/revoke"), None),
+        (
+            Method::POST,
+            "/v1/wallets".to_string(),
+            Some(json!({"name": "mine"})),
+        ),
+        (
+            Method::POST,
+            "/v1/grants".to_string(),
+            Some(json!({"walletId": wallet, "agent": "alice"})),
+        ),
+        (
+            Method::POST,
+            "/v1/sessions".to_string(),
+            Some(json!({"grantId": grant, "maxSpendAmount": "100", "currency": "USDC"})),
+        ),
+        (
+            Method::POST,
+            format!("/v1/grants/{other_grant}/revoke"),
+            None,
+        ),
         (Method::POST, format!("/v1/sessions/{bob}/close"), None),
         (Method::GET, "/v1/ledger".to_string(), None),
     ] {
@@ -250,13 +358,25 @@ pub async fn credentials_are_enforced(store_url: &str) {
     // The operator manages but cannot spend.
     let key = rt.operator_key.clone();
     let (status, _) = rt
-        .call(Method::POST, &format!("/v1/sessions/{alice}/fetch"), Some(&key), fetch_body.clone())
+        .call(
+            Method::POST,
+            &format!("/v1/sessions/{alice}/fetch"),
+            Some(&key),
+            fetch_body.clone(),
+        )
         .await;
     assert_eq!(status, 403);
     assert_eq!(network.payments_seen(), 0);
     assert_eq!(rt.runtime.store().grants(None).await.unwrap().len(), 2);
     assert_eq!(rt.runtime.store().sessions(None).await.unwrap().len(), 2);
-    let (status, own) = rt.call(Method::GET, &format!("/v1/sessions/{alice}"), Some(&alice_token), None).await;
+    let (status, own) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{alice}"),
+            Some(&alice_token),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{own}");
 }
 
@@ -268,8 +388,12 @@ pub async fn creates_are_idempotent(store_url: &str) {
     let (wallet, _) = rt.funded_wallet(&network, "w", 0).await;
     let grant = rt.grant(&wallet, "alice", None).await;
     let body = json!({"grantId": grant, "maxSpendAmount": "2.50", "currency": "USDC", "clientToken": "run-42"});
-    let (first_status, first) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
-    let (again_status, again) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
+    let (first_status, first) = rt
+        .operator(Method::POST, "/v1/sessions", Some(body.clone()))
+        .await;
+    let (again_status, again) = rt
+        .operator(Method::POST, "/v1/sessions", Some(body.clone()))
+        .await;
     assert_eq!((first_status, again_status), (201, 200));
     assert_eq!(first["id"], again["id"]);
     assert_eq!(first["token"], again["token"]);
@@ -293,19 +417,41 @@ pub async fn creates_are_idempotent(store_url: &str) {
     assert_eq!(rt.runtime.store().grants(None).await.unwrap().len(), 2);
 
     for (body, code) in [
-        (json!({"grantId": grant, "maxSpendAmount": "1.0000001", "currency": "USDC"}), 400),
-        (json!({"grantId": grant, "maxSpendAmount": "-1", "currency": "USDC"}), 400),
-        (json!({"grantId": grant, "maxSpendAmount": "1", "currency": "EUR"}), 400),
-        (json!({"grantId": grant, "maxSpendAmount": "0", "currency": "USDC"}), 400),
-        (json!({"grantId": "grt_missing", "maxSpendAmount": "1", "currency": "USDC"}), 404),
-        (json!({"grantId": grant, "maxSpendAmount": 1.5, "currency": "USDC"}), 400),
+        (
+            json!({"grantId": grant, "maxSpendAmount": "1.0000001", "currency": "USDC"}),
+            400,
+        ),
+        (
+            json!({"grantId": grant, "maxSpendAmount": "-1", "currency": "USDC"}),
+            400,
+        ),
+        (
+            json!({"grantId": grant, "maxSpendAmount": "1", "currency": "EUR"}),
+            400,
+        ),
+        (
+            json!({"grantId": grant, "maxSpendAmount": "0", "currency": "USDC"}),
+            400,
+        ),
+        (
+            json!({"grantId": "grt_missing", "maxSpendAmount": "1", "currency": "USDC"}),
+            404,
+        ),
+        (
+            json!({"grantId": grant, "maxSpendAmount": 1.5, "currency": "USDC"}),
+            400,
+        ),
         (json!([1, 2]), 400),
     ] {
-        let (status, answer) = rt.operator(Method::POST, "/v1/sessions", Some(body.clone())).await;
+        let (status, answer) = rt
+            .operator(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
         assert_eq!(status, code, "{body} -> {answer}");
         assert!(answer["error"]["message"].is_string());
     }
-    let (status, _) = rt.operator(Method::POST, "/v1/wallets", Some(json!({"name": "w"}))).await;
+    let (status, _) = rt
+        .operator(Method::POST, "/v1/wallets", Some(json!({"name": "w"})))
+        .await;
     assert_eq!(status, 409, "duplicate wallet name");
 }
 
@@ -318,7 +464,9 @@ pub async fn unsettled_payments_are_voided_after_expiry(store_url: &str) {
     let (wallet, address) = rt.funded_wallet(&network, "w", 1_000_000).await;
     let grant = rt.grant(&wallet, "a", None).await;
     let (session, token) = rt.session(&grant, "1", None).await;
-    let (status, body) = rt.fetch(&session, &token, &format!("{}/rejects", network.seller_url)).await;
+    let (status, body) = rt
+        .fetch(&session, &token, &format!("{}/rejects", network.seller_url))
+        .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["code"], "payment_rejected");
     let transfer_id = body["error"]["transferId"].as_str().unwrap().to_string();
@@ -333,7 +481,12 @@ pub async fn unsettled_payments_are_voided_after_expiry(store_url: &str) {
 
     network.chain.increase_time(120).await.unwrap();
     assert_eq!(runtime.resolve_pending().await.unwrap(), (0, 1));
-    let transfer = runtime.store().transfer(&transfer_id).await.unwrap().unwrap();
+    let transfer = runtime
+        .store()
+        .transfer(&transfer_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(transfer.state, TransferState::Voided);
     assert_eq!(transfer.void_reason.as_deref(), Some("expired_unused"));
     let record = runtime.session(&session).await.unwrap();
@@ -388,9 +541,16 @@ async fn openapi_names_every_route() {
     for line in source.lines() {
         if let Some(rest) = line.trim().strip_prefix(".route(\"") {
             let path = rest.split('"').next().unwrap();
-            assert!(paths.contains_key(path), "{path} is missing from openapi.json");
+            assert!(
+                paths.contains_key(path),
+                "{path} is missing from openapi.json"
+            );
             routes += 1;
         }
     }
-    assert_eq!(routes, paths.len(), "openapi.json documents routes the API does not serve");
+    assert_eq!(
+        routes,
+        paths.len(),
+        "openapi.json documents routes the API does not serve"
+    );
 }

@@ -315,7 +315,10 @@ impl DenyReason {
 pub enum Reservation {
     Reserved(TransferRecord),
     /// Nothing was reserved; a `deny` entry was written.
-    Denied { reason: DenyReason, message: String },
+    Denied {
+        reason: DenyReason,
+        message: String,
+    },
 }
 
 /// A denial decided outside the store (no payable offer, policy), to record in the ledger.
@@ -452,8 +455,7 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Pending transfers, oldest first, at most `limit`.
     async fn pending_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>, StoreError>;
     /// Transfers of a session (all when `None`), oldest first, at most [`LIST_ROWS_MAX`].
-    async fn transfers(&self, session_id: Option<&str>)
-    -> Result<Vec<TransferRecord>, StoreError>;
+    async fn transfers(&self, session_id: Option<&str>) -> Result<Vec<TransferRecord>, StoreError>;
     /// Ledger entries with `seq > after`, in order, at most `limit`.
     async fn entries(&self, after: i64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
 
@@ -487,8 +489,7 @@ pub async fn open_runtime_store(
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), StoreError> {
-    if name.trim().is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control)
-    {
+    if name.trim().is_empty() || name.len() > NAME_BYTES_MAX || name.chars().any(char::is_control) {
         return Err(StoreError::Invalid(format!(
             "{what} must be 1 to {NAME_BYTES_MAX} bytes of printable text"
         )));

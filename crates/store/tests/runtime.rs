@@ -249,7 +249,10 @@ pub async fn transfers_resolve_exactly_once(url: &str) {
             EntryKind::Void
         ]
     );
-    assert_eq!(entries[2].tx_hash.as_deref(), Some(&*tx.to_ascii_lowercase()));
+    assert_eq!(
+        entries[2].tx_hash.as_deref(),
+        Some(&*tx.to_ascii_lowercase())
+    );
     assert_eq!(entries[2].amount, Some(Amount::from(30u64)));
     assert_eq!(entries[3].reason.as_deref(), Some("expired unused"));
 }
@@ -268,7 +271,12 @@ pub async fn refusals_have_reasons(url: &str) {
         denied(store.reserve(other_asset).await.unwrap()),
         DenyReason::CurrencyMismatch
     );
-    assert!(store.revoke_grant(&grant_id, "owner said stop").await.unwrap());
+    assert!(
+        store
+            .revoke_grant(&grant_id, "owner said stop")
+            .await
+            .unwrap()
+    );
     assert!(!store.revoke_grant(&grant_id, "again").await.unwrap());
     assert_eq!(
         denied(store.reserve(transfer(&session_id, 1)).await.unwrap()),

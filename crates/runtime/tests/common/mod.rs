@@ -122,7 +122,10 @@ pub async fn network() -> Network_ {
         }
     };
     let app = Router::new()
-        .route("/paid", get(|| async { axum::Json(json!({"content": "paid"})) }))
+        .route(
+            "/paid",
+            get(|| async { axum::Json(json!({"content": "paid"})) }),
+        )
         .route("/expensive", get(|| async { "expensive" }))
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
@@ -207,9 +210,7 @@ impl RuntimeUnderTest {
         credential: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url));
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
         if let Some(credential) = credential {
             request = request.bearer_auth(credential);
         }
@@ -230,7 +231,12 @@ impl RuntimeUnderTest {
     }
 
     /// A wallet funded with `balance`, via the API.
-    pub async fn funded_wallet(&self, network: &Network_, name: &str, balance: u64) -> (String, Address) {
+    pub async fn funded_wallet(
+        &self,
+        network: &Network_,
+        name: &str,
+        balance: u64,
+    ) -> (String, Address) {
         let (status, wallet) = self
             .operator(Method::POST, "/v1/wallets", Some(json!({"name": name})))
             .await;
@@ -251,12 +257,19 @@ impl RuntimeUnderTest {
     }
 
     /// A session with `max` (human USDC) under `grant`: (session id, token).
-    pub async fn session(&self, grant_id: &str, max: &str, seconds: Option<u64>) -> (String, String) {
+    pub async fn session(
+        &self,
+        grant_id: &str,
+        max: &str,
+        seconds: Option<u64>,
+    ) -> (String, String) {
         let mut body = json!({"grantId": grant_id, "maxSpendAmount": max, "currency": "USDC"});
         if let Some(seconds) = seconds {
             body["expiresInSeconds"] = json!(seconds);
         }
-        let (status, session) = self.operator(Method::POST, "/v1/sessions", Some(body)).await;
+        let (status, session) = self
+            .operator(Method::POST, "/v1/sessions", Some(body))
+            .await;
         assert_eq!(status, 201, "{session}");
         (
             session["id"].as_str().unwrap().to_string(),
