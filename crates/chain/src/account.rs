@@ -131,6 +131,86 @@ impl Account {
         }
     }
 
+    /// Like [`Account::send`], but calls `before_broadcast` with each signed transaction's hash
+    /// and nonce before handing it to the node, and broadcasts only if it succeeds. A caller
+    /// records the hash durably there, so a crash after broadcast never loses the transaction.
+    /// After a nonce resynchronization the transaction is signed again and `before_broadcast` is
+    /// called again with the new hash (the earlier one was refused and will never be mined).
+    /// The account's nonce lock is held throughout, so keep `before_broadcast` short.
+    pub async fn send_recorded<F, Fut>(
+        &self,
+        request: TxRequest,
+        mut before_broadcast: F,
+    ) -> Result<B256, ChainError>
+    where
+        F: FnMut(B256, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ChainError>>,
+    {
+        let gas_limit = match request.gas_limit {
+            Some(limit) => limit,
+            None => {
+                let estimate = self
+                    .chain
+                    .estimate_gas(CallRequest {
+                        from: Some(self.address()),
+                        to: request.to,
+                        data: request.data.clone(),
+                        value: request.value,
+                    })
+                    .await?;
+                estimate.saturating_add(estimate * GAS_MARGIN_PERCENT / 100)
+            }
+        };
+        let fees = self.chain.fees().await?;
+        let mut attempt = 0;
+        loop {
+            let mut next_nonce = self.next_nonce.lock().await;
+            let nonce = match *next_nonce {
+                Some(nonce) => nonce,
+                None => self.chain.transaction_count(self.address()).await?,
+            };
+            let mut tx = TxEip1559 {
+                chain_id: self.chain.chain_id(),
+                nonce,
+                gas_limit,
+                max_fee_per_gas: fees.max_fee_per_gas,
+                max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+                to: request.to.map_or(TxKind::Create, TxKind::Call),
+                value: request.value,
+                access_list: Default::default(),
+                input: request.data.clone(),
+            };
+            let signature = self
+                .signer
+                .sign_transaction_sync(&mut tx)
+                .map_err(|e| ChainError::Rejected(format!("signing failed: {e}")))?;
+            let envelope = TxEnvelope::from(tx.into_signed(signature));
+            let hash = *envelope.tx_hash();
+            if let Err(error) = before_broadcast(hash, nonce).await {
+                // Nothing was broadcast and the nonce is unused.
+                *next_nonce = Some(nonce);
+                return Err(error);
+            }
+            let raw = Bytes::from(envelope.encoded_2718());
+            match self.chain.send_raw_transaction(raw).await {
+                Ok(sent) => {
+                    *next_nonce = Some(nonce + 1);
+                    debug_assert_eq!(sent, hash);
+                    return Ok(hash);
+                }
+                Err(ChainError::NonceTooLow(message)) if attempt < NONCE_RETRIES_MAX => {
+                    tracing::warn!(account = %self.address(), nonce, %message, "nonce too low; resynchronizing");
+                    *next_nonce = None;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    *next_nonce = None;
+                    return Err(error);
+                }
+            }
+        }
+    }
+
     /// Sends a transaction and waits for its receipt.
     pub async fn send_and_wait(&self, request: TxRequest) -> Result<Receipt, ChainError> {
         let hash = self.send(request).await?;

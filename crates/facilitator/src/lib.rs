@@ -39,13 +39,36 @@
 //!    outcome (`confirmed` / `failed`) with the response every later duplicate receives, also
 //!    after a restart.
 //!
+//! ## Batched settlement
+//!
+//! With [`FacilitatorConfig::batch`] set, a verified and simulated settlement is queued in the
+//! [`batch`] module instead of being sent alone. Batches of up to [`BatchConfig::items_max`]
+//! items (flushed after [`BatchConfig::wait_max`] at the latest) go out as one
+//! `BursarBatchSettler.settle` transaction from one of several sender accounts
+//! ([`LocalFacilitator::with_senders`], each with its own nonce manager). The contract runs each
+//! item in its own try/catch and emits one event per item, so one bad item never reverts the
+//! others. The batch transaction is signed first, every item is recorded `submitted` with its
+//! hash in one database transaction, and only then is it broadcast; each item is finished from
+//! its own event once the receipt is [`FacilitatorConfig::confirmations`] blocks deep.
+//! Identical concurrent settles still share one queue entry, so they share one transaction.
+//!
+//! ## The `payment-identifier` extension
+//!
+//! A payload's `extensions["payment-identifier"].info.id` (16 to 128 characters of
+//! `A-Z a-z 0-9 _ -`) is stored with the claim. The same id with the same payment gets the
+//! recorded outcome; the same id with another payment is refused with
+//! [`PAYMENT_ID_CONFLICT`] (HTTP 409 from `/settle`); a malformed id with [`PAYMENT_ID_INVALID`]
+//! (HTTP 400).
+//!
 //! ## Crash recovery
 //!
 //! [`LocalFacilitator::recover`] (the `bursar` command runs it at startup) looks at every
 //! `submitted` settlement on this facilitator's chain. It never broadcasts anything:
 //!
 //! - the transaction is mined → recorded as confirmed (or failed, if it reverted) with the same
-//!   response a live settle would have given;
+//!   response a live settle would have given; for a batch, each item from its own
+//!   `ItemSettled` / `ItemFailed` event (a used authorization whose item failed was spent by
+//!   another transaction: failed, `invalid_exact_evm_nonce_already_used`);
 //! - not mined, and the token reports the authorization used → failed: it was spent by another
 //!   transaction (`invalid_exact_evm_nonce_already_used`);
 //! - not mined, unused, and `validBefore` has passed on the chain → failed: it can never settle
@@ -83,6 +106,7 @@
 //! otherwise.
 
 pub mod access;
+pub mod batch;
 mod hooks;
 pub mod limit;
 pub mod metrics;
@@ -90,6 +114,7 @@ mod server;
 mod service;
 
 pub use access::{Access, AccessPolicy};
+pub use batch::BatchConfig;
 pub use hooks::{FacilitatorHooks, NoHooks, Refusal, payer_of};
 pub use limit::{Admission, BucketRule, MemoryLimiter, RateLimiter, RedisLimiter};
 pub use metrics::FacilitatorMetrics;
@@ -97,7 +122,8 @@ pub use server::{
     RouterOptions, metrics_router, protected_router, protected_router_with, router, router_with,
 };
 pub use service::{
-    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, RECEIVED_ABANDONED_AFTER, Recovered,
+    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, PAYMENT_ID_CONFLICT,
+    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECEIVED_ABANDONED_AFTER, Recovered,
     RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
-    SETTLED_REMEMBERED_MAX, payment_fingerprint,
+    SETTLED_REMEMBERED_MAX, payment_fingerprint, payment_identifier,
 };

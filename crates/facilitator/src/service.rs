@@ -6,9 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256, keccak256};
 use alloy_sol_types::{SolCall, sol};
-use bursar_chain::{
-    Account, CallOutcome, CallRequest, ChainError, EvmChain, Token, wait_for_receipt,
-};
+use bursar_chain::{Account, CallOutcome, CallRequest, ChainError, EvmChain, Token};
 use bursar_protocol::exact_evm::{self, CheckedPayment, ExactEvmPayload, Invalid, SCHEME_EXACT};
 use bursar_protocol::facilitator::network_name;
 use bursar_protocol::{
@@ -19,8 +17,9 @@ use bursar_store::{
     Claim, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
     SqliteLedger, Submission,
 };
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
+use crate::batch::{self, BatchConfig, Batcher, Queued};
 use crate::hooks::{FacilitatorHooks, NoHooks, payer_of};
 use crate::metrics::FacilitatorMetrics;
 
@@ -43,11 +42,25 @@ sol! {
     function DOMAIN_SEPARATOR() external view returns (bytes32);
 }
 
+/// The `errorReason` of a `/settle` whose x402 `payment-identifier` already names another
+/// payment (HTTP 409).
+pub const PAYMENT_ID_CONFLICT: &str = "payment_identifier_conflict";
+/// The `errorReason` of a `/settle` whose `payment-identifier` is malformed (HTTP 400).
+pub const PAYMENT_ID_INVALID: &str = "invalid_payment_identifier";
+/// The extension's key in a payment payload's `extensions`.
+pub const PAYMENT_IDENTIFIER_EXTENSION: &str = "payment-identifier";
+
 /// What the facilitator serves.
 #[derive(Debug, Clone, Default)]
 pub struct FacilitatorConfig {
     /// Tokens it settles; `None` accepts any EIP-3009 token on its chain.
     pub assets: Option<Vec<Address>>,
+    /// Settle in batches through a BursarBatchSettler; `None` sends one transaction per
+    /// settlement.
+    pub batch: Option<BatchConfig>,
+    /// Blocks (the transaction's own included) a settlement must be under before it is answered
+    /// confirmed; 0 and 1 both mean "mined". At most [`batch::CONFIRMATIONS_MAX`].
+    pub confirmations: u64,
 }
 
 /// One authorization, as the token identifies it.
@@ -98,6 +111,10 @@ pub struct Inner {
     domain_separators: RwLock<HashMap<Address, Option<B256>>>,
     /// Prometheus metrics of every verify and settle.
     metrics: FacilitatorMetrics,
+    /// The batch queue, when batching is configured.
+    batcher: Option<Batcher>,
+    /// Every sender account (the first is `sender`).
+    senders: Vec<Arc<Account>>,
 }
 
 impl std::fmt::Debug for LocalFacilitator {
@@ -144,18 +161,59 @@ impl LocalFacilitator {
         config: FacilitatorConfig,
         ledger: Arc<dyn SettlementLedger>,
     ) -> Self {
+        Self::with_senders(chain, vec![sender], config, ledger)
+    }
+
+    /// A facilitator settling from several accounts (each with its own nonces). Batches go out
+    /// from any of them; single transactions from the first. Must be called inside a Tokio
+    /// runtime when `config.batch` is set (the batcher's tasks start here).
+    ///
+    /// # Panics
+    /// If `senders` is empty.
+    pub fn with_senders(
+        chain: Arc<dyn EvmChain>,
+        senders: Vec<Account>,
+        mut config: FacilitatorConfig,
+        ledger: Arc<dyn SettlementLedger>,
+    ) -> Self {
+        assert!(!senders.is_empty(), "a facilitator needs a sender account");
+        let senders: Vec<Arc<Account>> = senders
+            .into_iter()
+            .take(batch::SENDERS_MAX)
+            .map(Arc::new)
+            .collect();
+        config.confirmations = config.confirmations.min(batch::CONFIRMATIONS_MAX);
+        let metrics = FacilitatorMetrics::new();
+        let batcher = config.batch.clone().map(|batch_config| {
+            Batcher::start(
+                chain.clone(),
+                ledger.clone(),
+                batch_config,
+                senders.clone(),
+                config.confirmations,
+                SETTLE_RECEIPT_TIMEOUT,
+                metrics.clone(),
+            )
+        });
         LocalFacilitator {
             inner: Arc::new(Inner {
                 chain,
-                sender: Arc::new(sender),
+                sender: senders[0].clone(),
                 config,
                 settlements: Mutex::new(Settlements::default()),
                 ledger,
                 hooks: RwLock::new(Arc::new(NoHooks)),
                 domain_separators: RwLock::new(HashMap::new()),
-                metrics: FacilitatorMetrics::new(),
+                metrics,
+                batcher,
+                senders,
             }),
         }
+    }
+
+    /// Every account that submits settlements.
+    pub fn sender_addresses(&self) -> Vec<Address> {
+        self.senders.iter().map(|sender| sender.address()).collect()
     }
 
     /// Installs `hooks` (replacing any installed before) for this facilitator and its clones.
@@ -208,7 +266,10 @@ impl LocalFacilitator {
         });
         response.signers.insert(
             "eip155:*".to_string(),
-            vec![self.sender.address().to_checksum(None)],
+            self.senders
+                .iter()
+                .map(|sender| sender.address().to_checksum(None))
+                .collect(),
         );
         response
     }
@@ -405,6 +466,28 @@ impl LocalFacilitator {
             nonce: exact.authorization.nonce,
         };
         let fingerprint = payment_fingerprint(request);
+        let payer = Some(exact.authorization.from.to_checksum(None));
+        match payment_identifier(request) {
+            Err(message) => {
+                return SettleResponse::failed(
+                    Reason::other(PAYMENT_ID_INVALID),
+                    message,
+                    payer,
+                    network,
+                );
+            }
+            Ok(None) => {}
+            Ok(Some(id)) => match self.ledger.get_by_payment_id(&id).await {
+                Ok(Some(holder))
+                    if holder.key != self.ledger_key(key)
+                        || holder.fingerprint != fingerprint.to_string() =>
+                {
+                    return payment_id_conflict(&id, payer, network);
+                }
+                Ok(_) => {}
+                Err(error) => return ledger_failure(error, payer, network),
+            },
+        }
 
         enum Action {
             Return(SettleResponse),
@@ -534,13 +617,26 @@ impl LocalFacilitator {
         let fingerprint = fingerprint.to_string();
         let payer = Some(key.payer.to_checksum(None));
         let deadline = Instant::now() + SETTLED_ELSEWHERE_WAIT_TIMEOUT;
+        let payment_id = payment_identifier(request).ok().flatten();
         loop {
-            let claim = match self.ledger.claim(&ledger_key, &fingerprint).await {
+            let claim = match &payment_id {
+                Some(id) => {
+                    self.ledger
+                        .claim_identified(&ledger_key, &fingerprint, id)
+                        .await
+                }
+                None => self.ledger.claim(&ledger_key, &fingerprint).await,
+            };
+            let claim = match claim {
                 Ok(claim) => claim,
                 Err(error) => return (ledger_failure(error, payer, network), false),
             };
             match claim {
                 Claim::Claimed => return self.settle_claimed(request, &ledger_key, network).await,
+                Claim::PaymentIdConflict { .. } => {
+                    let id = payment_id.as_deref().unwrap_or_default();
+                    return (payment_id_conflict(id, payer, network), false);
+                }
                 Claim::Existing {
                     state,
                     fingerprint: held,
@@ -587,7 +683,9 @@ impl LocalFacilitator {
                 && let Some((hash, pending)) = submitted_transaction(&record)
                 && let Ok(Some(receipt)) = self.chain.receipt(hash).await
             {
-                let (outcome, state) = mined_outcome(&pending, hash, receipt.success);
+                let (outcome, state) = self
+                    .mined_row_outcome(&record, &pending, hash, &receipt)
+                    .await;
                 self.record_finish(key, &outcome, state).await;
                 return Ok(Followed::Finished(outcome));
             }
@@ -630,6 +728,9 @@ impl LocalFacilitator {
         key: &LedgerKey,
         network: String,
     ) -> (SettleResponse, bool) {
+        if let Some(batcher) = &self.batcher {
+            return self.settle_batched(batcher, request, key, network).await;
+        }
         let (checked, submitted) = match self.submit(request, network.clone()).await {
             Ok(submitted) => submitted,
             Err(refusal) => {
@@ -659,7 +760,14 @@ impl LocalFacilitator {
         if let Err(error) = self.ledger.mark_submitted(key, &submission).await {
             tracing::error!(%error, %key, tx = %hash, "could not record a broadcast settlement");
         }
-        match wait_for_receipt(self.chain.as_ref(), hash, SETTLE_RECEIPT_TIMEOUT).await {
+        match batch::confirmed_receipt(
+            self.chain.as_ref(),
+            hash,
+            self.config.confirmations,
+            SETTLE_RECEIPT_TIMEOUT,
+        )
+        .await
+        {
             Ok(receipt) => {
                 self.metrics
                     .gas_spent(receipt.gas_used, receipt.effective_gas_price);
@@ -697,12 +805,148 @@ impl LocalFacilitator {
         }
     }
 
+    /// Verifies and simulates, then queues the settlement for a batch and waits for its outcome.
+    async fn settle_batched(
+        &self,
+        batcher: &Batcher,
+        request: &FacilitatorRequest,
+        key: &LedgerKey,
+        network: String,
+    ) -> (SettleResponse, bool) {
+        let checked = match self.prepare(request, network.clone()).await {
+            Ok(checked) => checked,
+            Err(refusal) => {
+                if let Err(error) = self.ledger.release(key).await {
+                    tracing::error!(%error, %key, "could not release a refused settlement");
+                }
+                return (refusal, false);
+            }
+        };
+        let payer = checked.payer.to_checksum(None);
+        let authorization = checked.payload.authorization.clone();
+        let (reply, outcome) = oneshot::channel();
+        let queued = Queued {
+            key: key.clone(),
+            item: bursar_contracts::BatchItem {
+                token: checked.token,
+                authorization: authorization.clone(),
+                signature: checked.payload.signature.clone(),
+            },
+            pending: SettleResponse {
+                success: true,
+                error_reason: None,
+                error_message: None,
+                payer: Some(payer.clone()),
+                transaction: String::new(),
+                network: network.clone(),
+            },
+            valid_before_s: u64::try_from(authorization.valid_before).unwrap_or(u64::MAX),
+            reply,
+        };
+        if !batcher.enqueue(queued) {
+            if let Err(error) = self.ledger.release(key).await {
+                tracing::error!(%error, %key, "could not release a refused settlement");
+            }
+            return (
+                SettleResponse::failed(
+                    Reason::UNEXPECTED_SETTLE_ERROR,
+                    format!(
+                        "the settlement queue is full ({} waiting); try again shortly",
+                        batch::BATCH_QUEUE_MAX
+                    ),
+                    Some(payer),
+                    network,
+                ),
+                false,
+            );
+        }
+        match outcome.await {
+            Ok(outcome) => outcome,
+            Err(_) => (
+                SettleResponse::failed(
+                    Reason::UNEXPECTED_SETTLE_ERROR,
+                    "the batcher stopped before this settlement finished",
+                    Some(payer),
+                    network,
+                ),
+                false,
+            ),
+        }
+    }
+
+    /// The outcome a mined transaction gives a `submitted` row: per item for a batch.
+    async fn mined_row_outcome(
+        &self,
+        record: &SettlementRecord,
+        pending: &SettleResponse,
+        hash: B256,
+        receipt: &bursar_chain::Receipt,
+    ) -> (SettleResponse, SettlementState) {
+        let parsed = (
+            record.key.asset().parse::<Address>(),
+            record.key.payer().parse::<Address>(),
+            record.key.nonce().parse::<B256>(),
+        );
+        if let (Ok(token), Ok(payer), Ok(nonce)) = parsed
+            && receipt.success
+            && let Some(outcome) = batch::receipt_item_outcome(receipt, token, payer, nonce)
+        {
+            let item = bursar_contracts::BatchItem {
+                token,
+                authorization: exact_evm::Authorization {
+                    from: payer,
+                    to: Address::ZERO,
+                    value: Default::default(),
+                    valid_after: Default::default(),
+                    valid_before: Default::default(),
+                    nonce,
+                },
+                signature: Default::default(),
+            };
+            return batch::item_response(self.chain.clone(), pending, &item, hash, outcome).await;
+        }
+        mined_outcome(pending, hash, receipt.success)
+    }
+
     /// Verifies, simulates and submits. `Err` is a refusal before anything was broadcast.
     async fn submit(
         &self,
         request: &FacilitatorRequest,
         network: String,
     ) -> Result<(CheckedPayment, B256), SettleResponse> {
+        let checked = self.prepare(request, network.clone()).await?;
+        let payer = checked.payer.to_checksum(None);
+        let authorization = &checked.payload.authorization;
+        let signature = &checked.payload.signature;
+        let token = Token::new(self.chain.clone(), checked.token);
+        match token
+            .submit_transfer_with_authorization(
+                &self.sender,
+                authorization,
+                signature,
+                Some(SETTLE_GAS_LIMIT),
+            )
+            .await
+        {
+            Ok(hash) => Ok((checked, hash)),
+            Err(error) => {
+                tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
+                Err(SettleResponse::failed(
+                    Reason::UNEXPECTED_SETTLE_ERROR,
+                    error.to_string(),
+                    Some(payer),
+                    network,
+                ))
+            }
+        }
+    }
+
+    /// Verifies and simulates. `Err` is a refusal.
+    async fn prepare(
+        &self,
+        request: &FacilitatorRequest,
+        network: String,
+    ) -> Result<CheckedPayment, SettleResponse> {
         let checked = match self.check(request).await {
             Ok(checked) => checked,
             Err(invalid) => {
@@ -737,21 +981,7 @@ impl LocalFacilitator {
             }
             Err(error) => return Err(refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string())),
         }
-        match token
-            .submit_transfer_with_authorization(
-                &self.sender,
-                authorization,
-                signature,
-                Some(SETTLE_GAS_LIMIT),
-            )
-            .await
-        {
-            Ok(hash) => Ok((checked, hash)),
-            Err(error) => {
-                tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
-                Err(refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string()))
-            }
-        }
+        Ok(checked)
     }
 
     /// Finishes the settlements a previous life of this facilitator (or another process sharing
@@ -861,7 +1091,10 @@ impl LocalFacilitator {
             Err(error) => return pending(format!("cannot read the receipt of {hash}: {error}")),
         };
         let (outcome, state) = match receipt {
-            Some(receipt) => mined_outcome(&pending_response, hash, receipt.success),
+            Some(receipt) => {
+                self.mined_row_outcome(record, &pending_response, hash, &receipt)
+                    .await
+            }
             None => {
                 let token = Token::new(self.chain.clone(), token);
                 let used = match token.authorization_state(payer, nonce).await {
@@ -1011,6 +1244,41 @@ async fn wait_for_outcome(
             network,
         ),
     }
+}
+
+/// The x402 `payment-identifier` of a payment: `extensions["payment-identifier"].info.id`.
+/// `Ok(None)` without one; `Err` for an id that is not a string of 16 to 128 characters from
+/// `A-Z a-z 0-9 _ -`.
+pub fn payment_identifier(request: &FacilitatorRequest) -> Result<Option<String>, String> {
+    let Some(extension) = request
+        .payload
+        .extensions
+        .as_ref()
+        .and_then(|extensions| extensions.get(PAYMENT_IDENTIFIER_EXTENSION))
+    else {
+        return Ok(None);
+    };
+    let Some(id) = extension.get("info").and_then(|info| info.get("id")) else {
+        // Declared (as a server echoes it) but no id chosen.
+        return Ok(None);
+    };
+    match id.as_str() {
+        Some(id) if bursar_store::valid_payment_id(id) => Ok(Some(id.to_string())),
+        _ => Err(format!(
+            "payment-identifier must be a string of {} to {} characters from A-Z a-z 0-9 _ -",
+            bursar_store::PAYMENT_ID_CHARS_MIN,
+            bursar_store::PAYMENT_ID_CHARS_MAX
+        )),
+    }
+}
+
+fn payment_id_conflict(id: &str, payer: Option<String>, network: String) -> SettleResponse {
+    SettleResponse::failed(
+        Reason::other(PAYMENT_ID_CONFLICT),
+        format!("payment-identifier {id:?} was already used for a different payment"),
+        payer,
+        network,
+    )
 }
 
 /// Identifies one exact payment: the signed authorization plus what it was checked against.

@@ -282,11 +282,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// Deletes `submitted` rows recorded with `tx_hash` when the node definitively refused that
     /// transaction (it was never broadcast), so the payers may retry. Returns how many were
     /// deleted.
-    async fn release_unsent(
-        &self,
-        keys: &[LedgerKey],
-        tx_hash: &str,
-    ) -> Result<u64, LedgerError>;
+    async fn release_unsent(&self, keys: &[LedgerKey], tx_hash: &str) -> Result<u64, LedgerError>;
 
     /// `received` → `submitted`, recording the broadcast transaction. Must be called before
     /// waiting for the receipt, so a crash after broadcast is recoverable.

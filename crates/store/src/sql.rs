@@ -259,7 +259,9 @@ macro_rules! ledger_impl {
                 for _ in 0..CLAIM_ATTEMPTS_MAX {
                     if let Some(holder) = self.get_by_payment_id(payment_id).await? {
                         if holder.key != *key || holder.fingerprint != fingerprint {
-                            return Ok(Claim::PaymentIdConflict { held_by: holder.key });
+                            return Ok(Claim::PaymentIdConflict {
+                                held_by: holder.key,
+                            });
                         }
                         return Ok(Claim::Existing {
                             state: holder.state,
@@ -356,7 +358,8 @@ macro_rules! ledger_impl {
                 &self,
                 items: &[(LedgerKey, SettleResponse, SettlementState)],
             ) -> Result<u64, LedgerError> {
-                if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final()) {
+                if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final())
+                {
                     return Err(LedgerError::Transition {
                         key: key.clone(),
                         to: *state,

@@ -74,6 +74,7 @@ pub async fn concurrent_claims_have_one_winner(url: &str) {
                 assert_eq!(held, fingerprint(1));
                 assert_eq!((tx_hash, response), (None, None));
             }
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(claimed, 1, "exactly one claimant owns the settlement");
@@ -115,7 +116,7 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
                 "the holder's fingerprint"
             );
         }
-        Claim::Claimed => panic!("a second payment claimed a held authorization"),
+        other => panic!("a second payment claimed a held authorization: {other:?}"),
     }
     // Another nonce, another network or another payer is another authorization.
     assert_eq!(
@@ -305,6 +306,137 @@ pub async fn rows_survive_reopening(url: &str) {
     assert_eq!(reopened.unfinished().await.unwrap().len(), 1);
 }
 
+/// The payment-identifier names one payment: same id and payment → the row; same id with another
+/// authorization or another fingerprint → conflict, nothing inserted; concurrent claims of one
+/// id for different authorizations have one winner.
+pub async fn payment_ids_name_one_payment(url: &str) {
+    let ledger = ledger(url).await;
+    let id = "pay_0123456789abcdef0123";
+    assert!(bursar_store::valid_payment_id(id));
+    assert!(!bursar_store::valid_payment_id("short"));
+    assert!(!bursar_store::valid_payment_id(&"x".repeat(129)));
+    assert!(!bursar_store::valid_payment_id("pay_0123456789abcdef/0123"));
+    assert_eq!(
+        ledger
+            .claim_identified(&key(30), &fingerprint(1), id)
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    assert!(matches!(
+        ledger
+            .claim_identified(&key(30), &fingerprint(1), id)
+            .await
+            .unwrap(),
+        Claim::Existing {
+            state: SettlementState::Received,
+            ..
+        }
+    ));
+    assert_eq!(
+        ledger
+            .claim_identified(&key(31), &fingerprint(1), id)
+            .await
+            .unwrap(),
+        Claim::PaymentIdConflict { held_by: key(30) }
+    );
+    assert_eq!(
+        ledger
+            .claim_identified(&key(30), &fingerprint(2), id)
+            .await
+            .unwrap(),
+        Claim::PaymentIdConflict { held_by: key(30) }
+    );
+    assert!(ledger.get(&key(31)).await.unwrap().is_none());
+    let record = ledger.get_by_payment_id(id).await.unwrap().unwrap();
+    assert_eq!(record.key, key(30));
+    assert_eq!(record.payment_id.as_deref(), Some(id));
+    // Released before broadcast: the id is free again.
+    assert!(ledger.release(&key(30)).await.unwrap());
+    assert!(ledger.get_by_payment_id(id).await.unwrap().is_none());
+    // Racing claims of one id for different authorizations: one winner.
+    let other = open(url).await.unwrap();
+    let race = "pay_race_0123456789abcdef";
+    let (key_a, key_b, print_a, print_b) = (key(32), key(33), fingerprint(1), fingerprint(2));
+    let (a, b) = tokio::join!(
+        ledger.claim_identified(&key_a, &print_a, race),
+        other.claim_identified(&key_b, &print_b, race)
+    );
+    let claims = [a.unwrap(), b.unwrap()];
+    assert_eq!(claims.iter().filter(|c| **c == Claim::Claimed).count(), 1);
+    assert_eq!(
+        claims
+            .iter()
+            .filter(|c| matches!(c, Claim::PaymentIdConflict { .. }))
+            .count(),
+        1
+    );
+}
+
+/// A batch's rows move to `submitted` together (or not at all), may take a re-signed hash, are
+/// finished together, and are released only with the hash they were recorded with.
+pub async fn batch_rows_move_together(url: &str) {
+    let ledger = ledger(url).await;
+    for n in 40..43 {
+        ledger.claim(&key(n), &fingerprint(1)).await.unwrap();
+    }
+    let rows = |hash: &str| -> Vec<(LedgerKey, Submission)> {
+        (40..43).map(|n| (key(n), submission(hash))).collect()
+    };
+    // One row missing: nothing changes.
+    let mut with_missing = rows(&tx(1));
+    with_missing.push((key(49), submission(&tx(1))));
+    assert!(ledger.mark_batch_submitted(&with_missing).await.is_err());
+    assert_eq!(
+        ledger.get(&key(40)).await.unwrap().unwrap().state,
+        SettlementState::Received
+    );
+    ledger.mark_batch_submitted(&rows(&tx(1))).await.unwrap();
+    // Re-signed after a nonce refusal: the new hash replaces the old.
+    ledger.mark_batch_submitted(&rows(&tx(2))).await.unwrap();
+    let record = ledger.get(&key(41)).await.unwrap().unwrap();
+    assert_eq!(record.state, SettlementState::Submitted);
+    assert_eq!(record.tx_hash, Some(tx(2)));
+    // Released only with the recorded hash.
+    assert_eq!(ledger.release_unsent(&[key(42)], &tx(1)).await.unwrap(), 0);
+    assert_eq!(ledger.release_unsent(&[key(42)], &tx(2)).await.unwrap(), 1);
+    assert!(ledger.get(&key(42)).await.unwrap().is_none());
+    let failed = SettleResponse::failed(
+        Reason::NONCE_ALREADY_USED,
+        "used elsewhere",
+        Some(PAYER.into()),
+        NETWORK.into(),
+    );
+    let finished = vec![
+        (key(40), success(&tx(2)), SettlementState::Confirmed),
+        (key(41), failed, SettlementState::Failed),
+    ];
+    assert_eq!(ledger.finish_many(&finished).await.unwrap(), 2);
+    // Already final: unchanged, counted as nothing.
+    assert_eq!(ledger.finish_many(&finished).await.unwrap(), 0);
+    assert!(
+        ledger
+            .finish_many(&[(key(40), success(&tx(2)), SettlementState::Submitted)])
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        ledger.get(&key(40)).await.unwrap().unwrap().state,
+        SettlementState::Confirmed
+    );
+    assert_eq!(
+        ledger
+            .get(&key(41))
+            .await
+            .unwrap()
+            .unwrap()
+            .error_reason
+            .as_deref(),
+        Some(Reason::NONCE_ALREADY_USED.as_str())
+    );
+    assert!(ledger.unfinished().await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($backend:ident, $database:expr, $url:ident) => {
         mod $backend {
@@ -314,7 +446,9 @@ macro_rules! conformance {
                 states_move_one_way,
                 unfinished_lists_submitted_rows,
                 received_before_lists_old_claims,
-                rows_survive_reopening
+                rows_survive_reopening,
+                payment_ids_name_one_payment,
+                batch_rows_move_together
             );
         }
     };
