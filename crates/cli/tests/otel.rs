@@ -1,7 +1,8 @@
-//! OpenTelemetry traces from the `bursar` binary. A tiny OTLP/HTTP collector on loopback records
-//! what `bursar facilitator` exports when `OTEL_EXPORTER_OTLP_ENDPOINT` points at it; without the
-//! variable no exporter thread runs. The periodic export is pushed far out, so spans that arrive
-//! were flushed at shutdown (SIGTERM).
+//! Observability of the `bursar` binary. OpenTelemetry traces: a tiny OTLP/HTTP collector on
+//! loopback records what `bursar facilitator` exports when `OTEL_EXPORTER_OTLP_ENDPOINT` points at
+//! it; without the variable no exporter thread runs. The periodic export is pushed far out, so
+//! spans that arrive were flushed at shutdown (SIGTERM). Also where `GET /metrics` is served
+//! (`--no-metrics`, `--metrics-listen`).
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader};
@@ -82,13 +83,25 @@ async fn collector() -> (String, Log) {
 struct Facilitator {
     child: Child,
     url: String,
+    /// Where `--metrics-listen` serves `/metrics`.
+    metrics_url: Option<String>,
 }
 
 impl Facilitator {
     async fn start(data_dir: &Path, otlp_endpoint: Option<&str>) -> Facilitator {
+        Facilitator::start_with(data_dir, otlp_endpoint, &[]).await
+    }
+
+    async fn start_with(
+        data_dir: &Path,
+        otlp_endpoint: Option<&str>,
+        extra_args: &[&str],
+    ) -> Facilitator {
+        let metrics_elsewhere = extra_args.contains(&"--metrics-listen");
         let mut command = Command::new(BURSAR);
         command
             .args(["facilitator", "--open-verify", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
             .arg("--data-dir")
             .arg(data_dir)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -118,6 +131,7 @@ impl Facilitator {
         let mut facilitator = Facilitator {
             child,
             url: String::new(),
+            metrics_url: None,
         };
         let started = Instant::now();
         loop {
@@ -128,8 +142,13 @@ impl Facilitator {
                 if let Some(rest) = line.strip_prefix("Bursar facilitator on ") {
                     facilitator.url = rest.split_whitespace().next().unwrap().to_string();
                 }
+                if let Some(rest) = line.strip_prefix("metrics on ") {
+                    facilitator.metrics_url = Some(rest.trim().to_string());
+                }
             }
-            if !facilitator.url.is_empty() {
+            if !facilitator.url.is_empty()
+                && (!metrics_elsewhere || facilitator.metrics_url.is_some())
+            {
                 return facilitator;
             }
             assert!(
@@ -286,5 +305,57 @@ async fn nothing_is_exported_without_an_endpoint() {
             "no export thread: {threads:?}"
         );
     }
+    facilitator.terminate().await;
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_open_elsewhere_or_not_at_all() {
+    let data_dir = tempfile::tempdir().unwrap();
+
+    // Default: on --listen, without an API key, counting the verification just made.
+    let mut facilitator = Facilitator::start(data_dir.path(), None).await;
+    let verified = reqwest::Client::new()
+        .post(format!("{}/verify", facilitator.url))
+        .json(&payment())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status().as_u16(), 200);
+    let (status, text) = get(&format!("{}/metrics", facilitator.url)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.lines().any(|line| line
+            .starts_with("bursar_facilitator_verify_total{outcome=\"invalid\"")
+            && line.ends_with(" 1")),
+        "{text}"
+    );
+    facilitator.terminate().await;
+
+    // --metrics-listen: only on that address.
+    let mut facilitator =
+        Facilitator::start_with(data_dir.path(), None, &["--metrics-listen", "127.0.0.1:0"]).await;
+    let (status, _) = get(&format!("{}/metrics", facilitator.url)).await;
+    assert_eq!(status, 404);
+    let metrics_url = facilitator.metrics_url.clone().unwrap();
+    let (status, text) = get(&metrics_url).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("bursar_facilitator_pending_settlements 0"),
+        "{text}"
+    );
+    facilitator.terminate().await;
+
+    // --no-metrics: nowhere.
+    let mut facilitator = Facilitator::start_with(data_dir.path(), None, &["--no-metrics"]).await;
+    let (status, _) = get(&format!("{}/metrics", facilitator.url)).await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&format!("{}/health", facilitator.url)).await;
+    assert_eq!(status, 200);
     facilitator.terminate().await;
 }
