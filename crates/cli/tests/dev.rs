@@ -34,6 +34,8 @@ impl Dev {
                 "0",
                 "--api-port",
                 "0",
+                "--runtime-port",
+                "0",
                 "--data-dir",
             ])
             .arg(data_dir)
@@ -429,4 +431,153 @@ fn demo_api_command_charges_through_the_given_facilitator_and_pays_the_given_add
         "the given address got the price"
     );
     assert_eq!(dev.balance(&dev.buyer()), buyer_start - 1_000);
+}
+
+/// A call to the dev runtime's API with a bearer credential.
+fn runtime_call(
+    dev: &Dev,
+    method: reqwest::Method,
+    path: &str,
+    credential: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = format!("{}{path}", dev.info["runtimeUrl"].as_str().unwrap());
+    let mut request = reqwest::blocking::Client::new()
+        .request(method, url)
+        .bearer_auth(credential);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().expect("the runtime answers");
+    let status = response.status().as_u16();
+    (status, response.json().expect("JSON"))
+}
+
+/// The runtime inside `bursar dev`: an operator grants and opens a session over the API, the
+/// agent pays with `bursar pay --session`; then the process is SIGKILLed in the middle of
+/// concurrent payments and restarted: no reservation is lost, nothing is paid twice (the chain's
+/// spend equals the ledger's posted total), and `bursar ledger reconcile` finds no difference.
+#[test]
+fn runtime_session_pays_and_survives_sigkill_mid_payment() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let buyer = dev.buyer();
+    let start_balance = dev.balance(&buyer);
+
+    let (status, grant) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/grants",
+        &key,
+        Some(serde_json::json!({"walletId": "demo", "agent": "crawler"})),
+    );
+    assert_eq!(status, 201, "{grant}");
+    let (status, session) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/sessions",
+        &key,
+        Some(
+            serde_json::json!({"grantId": grant["id"], "maxSpendAmount": "0.30", "currency": "USDC"}),
+        ),
+    );
+    assert_eq!(status, 201, "{session}");
+    let session_id = session["id"].as_str().unwrap().to_string();
+    let token = session["token"].as_str().unwrap().to_string();
+
+    let weather = dev.api("/weather");
+    let output = dev.bursar(&["pay", &weather, "--session", &token]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Lisbon"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("posted"));
+    assert_eq!(dev.balance(&buyer), start_balance - WEATHER_PRICE);
+
+    // Concurrent payments through the session, and a SIGKILL while they run.
+    let runtime_url = dev.info["runtimeUrl"].as_str().unwrap().to_string();
+    let workers: Vec<_> = (0..40)
+        .map(|_| {
+            let (url, token, session_id, weather) = (
+                runtime_url.clone(),
+                token.clone(),
+                session_id.clone(),
+                weather.clone(),
+            );
+            std::thread::spawn(move || {
+                let _ = reqwest::blocking::Client::new()
+                    .post(format!("{url}/v1/sessions/{session_id}/fetch"))
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({"url": weather}))
+                    .timeout(Duration::from_secs(20))
+                    .send();
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(35));
+    dev.kill();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let output = dev.bursar(&["ledger", "reconcile"]);
+    assert!(
+        output.status.success(),
+        "reconcile after restart: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (status, session) = runtime_call(
+        &dev,
+        reqwest::Method::GET,
+        &format!("/v1/sessions/{session_id}"),
+        &key,
+        None,
+    );
+    assert_eq!(status, 200, "{session}");
+    let posted: u128 = session["postedAtomic"].as_str().unwrap().parse().unwrap();
+    let reserved: u128 = session["reservedAtomic"].as_str().unwrap().parse().unwrap();
+    eprintln!(
+        "after SIGKILL and restart: posted {posted}, still reserved {reserved} (atomic units)"
+    );
+    assert!(posted + reserved <= 300_000, "over budget: {session}");
+    assert!(posted >= WEATHER_PRICE);
+    assert_eq!(posted % WEATHER_PRICE, 0);
+    // Nothing paid twice, nothing paid unrecorded: the chain moved exactly what was posted.
+    assert_eq!(start_balance - dev.balance(&buyer), posted, "{session}");
+    let (_, transfers) = runtime_call(
+        &dev,
+        reqwest::Method::GET,
+        &format!("/v1/sessions/{session_id}/transfers"),
+        &token,
+        None,
+    );
+    let transfers = transfers["transfers"].as_array().unwrap();
+    let sum = |state: &str| -> u128 {
+        transfers
+            .iter()
+            .filter(|t| t["state"] == state)
+            .map(|t| t["amountAtomic"].as_str().unwrap().parse::<u128>().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("posted"), posted);
+    assert_eq!(sum("pending"), reserved);
+
+    let output = dev.bursar(&["ledger", "export", "--csv"]);
+    assert!(output.status.success());
+    let csv = String::from_utf8_lossy(&output.stdout);
+    let mut lines = csv.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("seq,kind,at_ms,transfer_id")
+    );
+    let posts = lines.filter(|line| line.contains(",post,")).count() as u128;
+    assert_eq!(posts * WEATHER_PRICE, posted);
 }
