@@ -155,6 +155,14 @@ async fn counts_verifications_settlements_gas_and_pending() {
         .await
         .unwrap()
         .expect("mined");
+    let (status, refused) = h.post("/settle", &broke_body).await;
+    assert_eq!(status, 200);
+    assert_eq!(refused["success"], false);
+    assert_eq!(
+        refused["errorReason"],
+        Reason::INSUFFICIENT_FUNDS.as_str(),
+        "{refused}"
+    );
     let not_found = h.http.get(format!("{}/nope", h.url)).send().await.unwrap();
     assert_eq!(not_found.status().as_u16(), 404);
 
@@ -186,11 +194,19 @@ async fn counts_verifications_settlements_gas_and_pending() {
         1.0
     );
     assert_eq!(
+        expect(
+            &samples,
+            "bursar_facilitator_settle_total",
+            &[("outcome", "failure"), ("reason", "insufficient_funds")]
+        ),
+        1.0
+    );
+    assert_eq!(
         samples
             .iter()
             .filter(|s| s.name == "bursar_facilitator_settle_total")
             .count(),
-        1
+        2
     );
 
     // Histograms: one observation per answer, each under the +Inf bucket and a positive sum.
@@ -198,6 +214,7 @@ async fn counts_verifications_settlements_gas_and_pending() {
         ("verify", "valid", VALID_VERIFIES),
         ("verify", "invalid", INVALID_VERIFIES),
         ("settle", "success", 1),
+        ("settle", "failure", 1),
     ] {
         let name = format!("bursar_facilitator_{histogram}_duration_seconds");
         let labels = [("outcome", outcome)];
@@ -231,14 +248,14 @@ async fn counts_verifications_settlements_gas_and_pending() {
     );
     assert_eq!(
         expect(&samples, http, &[("route", "/settle"), ("status", "200")]),
-        1.0
+        2.0
     );
     assert_eq!(
         expect(&samples, http, &[("route", "other"), ("status", "404")]),
         1.0
     );
 
-    // Gas: exactly what the settlement's receipt says it cost.
+    // Gas: exactly what the settlement's receipt says it cost (the refusal sent nothing).
     assert!(receipt.gas_used > 21_000 && receipt.effective_gas_price > 0);
     assert_eq!(
         expect(&samples, "bursar_facilitator_gas_used_total", &[]),
