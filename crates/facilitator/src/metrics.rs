@@ -27,6 +27,7 @@
 //!   reverted: `gas_used × effective_gas_price` wei.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::atomic::AtomicU64;
 
 /// The `Content-Type` of a scrape: the OpenMetrics text format.
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -411,5 +411,50 @@ impl FacilitatorMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.inner.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_labels_are_bounded_in_length_and_shape() {
+        let metrics = FacilitatorMetrics::new();
+        let label = |text: &str| metrics.reason_label(Some(&Reason::other(text.to_string())));
+        assert_eq!(label("insufficient_funds"), "insufficient_funds");
+        let longest = format!("a{}", "b".repeat(REASON_LABEL_BYTES_MAX - 1));
+        assert_eq!(label(&longest), longest);
+        assert_eq!(label(&format!("{longest}c")), OTHER_REASON);
+        for malformed in [
+            "",
+            "9lives",
+            "_x",
+            "Upper",
+            "with space",
+            "caf\u{e9}",
+            "a-b",
+            "a\"b",
+        ] {
+            assert_eq!(label(malformed), OTHER_REASON, "{malformed:?}");
+        }
+        assert_eq!(metrics.reason_label(None), OTHER_REASON);
+    }
+
+    #[test]
+    fn extra_reasons_fill_a_fixed_number_of_slots() {
+        let metrics = FacilitatorMetrics::new();
+        let label = |text: String| metrics.reason_label(Some(&Reason::other(text)));
+        for n in 0..EXTRA_REASONS_MAX {
+            assert_eq!(label(format!("r{n}")), format!("r{n}"));
+        }
+        assert_eq!(label("late".into()), OTHER_REASON);
+        assert_eq!(label("r0".into()), "r0", "a kept reason stays kept");
+        metrics.allow_reasons(["late"]);
+        assert_eq!(label("late".into()), "late");
+        assert_eq!(
+            label(Reason::NONCE_ALREADY_USED.as_str().into()),
+            Reason::NONCE_ALREADY_USED.as_str()
+        );
     }
 }
