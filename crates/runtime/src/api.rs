@@ -22,9 +22,7 @@ use base64::Engine;
 use bursar_buyer::RequestSpec;
 use bursar_protocol::Amount;
 use bursar_store::KeyDigest;
-use bursar_store::runtime::{
-    Created, GrantRecord, LedgerEntry, OperatorKeyRecord, SessionRecord, TransferRecord,
-};
+use bursar_store::runtime::{Created, GrantRecord, LedgerEntry, SessionRecord, TransferRecord};
 use bursar_wallet::Passphrase;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -115,8 +113,8 @@ type ApiResult = Result<Response, ApiError>;
 
 /// Who is calling.
 enum Caller {
-    Operator(#[allow(dead_code)] OperatorKeyRecord),
-    Agent(SessionRecord),
+    Operator,
+    Agent(Box<SessionRecord>),
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -130,19 +128,21 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn caller(runtime: &Runtime, headers: &HeaderMap) -> Result<Caller, RuntimeError> {
     let credential = bearer(headers).ok_or(RuntimeError::Unauthorized)?;
     if is_session_token(credential) {
-        return Ok(Caller::Agent(runtime.authenticate(credential).await?));
+        return Ok(Caller::Agent(Box::new(
+            runtime.authenticate(credential).await?,
+        )));
     }
     runtime
         .store()
         .operator_key(&KeyDigest::of(credential))
         .await?
-        .map(Caller::Operator)
+        .map(|_| Caller::Operator)
         .ok_or(RuntimeError::Unauthorized)
 }
 
 async fn operator(runtime: &Runtime, headers: &HeaderMap) -> Result<(), RuntimeError> {
     match caller(runtime, headers).await? {
-        Caller::Operator(_) => Ok(()),
+        Caller::Operator => Ok(()),
         Caller::Agent(_) => Err(RuntimeError::Forbidden(
             "session tokens cannot use operator endpoints".into(),
         )),
@@ -641,13 +641,13 @@ async fn fetch(
     body: Bytes,
 ) -> ApiResult {
     let session = match caller(&runtime, &headers).await? {
-        Caller::Agent(session) if session.id == session_id => session,
+        Caller::Agent(session) if session.id == session_id => *session,
         Caller::Agent(_) => {
             return Err(
                 RuntimeError::Forbidden("this token belongs to another session".into()).into(),
             );
         }
-        Caller::Operator(_) => {
+        Caller::Operator => {
             return Err(RuntimeError::Forbidden(
                 "only the session's agent (its session token) can pay through it".into(),
             )

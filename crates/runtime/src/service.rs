@@ -945,7 +945,7 @@ impl PaymentApproval for Reserve {
         };
         match self.store.reserve(transfer).await {
             Ok(Reservation::Reserved(record)) => {
-                *self.reserved.lock().expect("reservation slot") = Some(record);
+                *self.reserved.lock().expect("reservation slot") = Some(*record);
                 Ok(())
             }
             Ok(Reservation::Denied { reason, message }) => {

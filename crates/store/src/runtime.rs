@@ -313,7 +313,7 @@ impl DenyReason {
 /// The outcome of [`RuntimeStore::reserve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reservation {
-    Reserved(TransferRecord),
+    Reserved(Box<TransferRecord>),
     /// Nothing was reserved; a `deny` entry was written.
     Denied {
         reason: DenyReason,
@@ -1339,7 +1339,7 @@ macro_rules! runtime_store_impl {
                 )
                 .await?;
                 tx.commit().await?;
-                Ok(Reservation::Reserved(record))
+                Ok(Reservation::Reserved(Box::new(record)))
             }
 
             async fn deny(&self, denial: Denial) -> Result<(), StoreError> {
