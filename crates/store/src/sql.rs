@@ -39,6 +39,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent runtime",
         include_str!("../migrations/sqlite/0004_agent_runtime.sql"),
     ),
+    (
+        5,
+        "governance",
+        include_str!("../migrations/sqlite/0005_governance.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -60,6 +65,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "agent runtime",
         include_str!("../migrations/postgres/0004_agent_runtime.sql"),
+    ),
+    (
+        5,
+        "governance",
+        include_str!("../migrations/postgres/0005_governance.sql"),
     ),
 ];
 
