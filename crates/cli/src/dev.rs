@@ -89,6 +89,31 @@ pub struct FacilitatorArgs {
     /// Serve GET /metrics on this address (a private interface, say) instead of --listen.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Settle in batches: many authorizations per transaction through a BursarBatchSettler.
+    #[arg(long)]
+    pub batch: bool,
+    /// The BursarBatchSettler contract for --batch. Required with --rpc-url; on the embedded dev
+    /// chain one is deployed at start when omitted.
+    #[arg(long, requires = "batch")]
+    pub batch_contract: Option<Address>,
+    /// Send a batch once it holds this many settlements (1 to 256).
+    #[arg(long, default_value_t = bursar_facilitator::batch::BATCH_ITEMS_MAX_DEFAULT)]
+    pub batch_items_max: usize,
+    /// Send a batch at the latest this many milliseconds after its first settlement (at most 5000).
+    #[arg(long, default_value_t = 25)]
+    pub batch_wait_ms: u64,
+    /// Sender accounts (each with its own nonces). On the embedded dev chain the extra ones are
+    /// derived from public labels and funded; with --rpc-url they are read from --sender-keys-file.
+    #[arg(long, default_value_t = 1)]
+    pub senders: usize,
+    /// A file of extra sender private keys for --rpc-url, hex, one per line (never on the
+    /// command line, where other users could read them).
+    #[arg(long)]
+    pub sender_keys_file: Option<PathBuf>,
+    /// Blocks (the settlement's own included) a settlement must be under before it is answered
+    /// confirmed; 1 answers once it is mined (at most 64).
+    #[arg(long, default_value_t = 1)]
+    pub confirmations: u64,
 }
 
 /// The prefix of the facilitator's rate-limit keys in Redis.
@@ -401,6 +426,7 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
     } else {
         Some(args.assets.clone())
     };
+    let mut dev_chain: Option<Arc<dyn bursar_chain::DevChain>> = None;
     let (chain, key): (Arc<dyn EvmChain>, PrivateKeySigner) = match &args.rpc_url {
         Some(url) => {
             let key = std::env::var(&args.key_env).with_context(|| {
@@ -419,10 +445,12 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         }
         None => {
             let network = DevNetwork::open(&args.data_dir).await?;
+            dev_chain = Some(network.chain.clone());
             (network.chain.clone(), network.keys.facilitator.clone())
         }
     };
     let address = key.address();
+    let (senders, batch) = settlement_senders(&args, &chain, dev_chain.as_ref(), key).await?;
     let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
     let keys =
         bursar_store::open_key_store(&ledger_url(args.ledger_url.as_deref(), &args.data_dir)?)
@@ -445,17 +473,30 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         keys,
         limiter,
     };
-    let facilitator = LocalFacilitator::with_ledger(
+    let batching = batch.as_ref().map(|b| {
+        format!(
+            "batches of up to {} through {} (wait {:?}), ",
+            b.items_max, b.settler, b.wait_max
+        )
+    });
+    let facilitator = LocalFacilitator::with_senders(
         chain.clone(),
-        Account::new(chain.clone(), key),
+        senders,
         FacilitatorConfig {
             assets,
-            ..Default::default()
+            batch,
+            confirmations: args.confirmations,
         },
         ledger,
     );
     recover(&facilitator).await?;
     let listener = bind(args.listen, "facilitator").await?;
+    println!(
+        "settlement: {}{} sender account(s), {} confirmation(s)",
+        batching.unwrap_or_default(),
+        facilitator.sender_addresses().len(),
+        args.confirmations.max(1)
+    );
     println!(
         "Bursar facilitator on http://{} for eip155:{} (settling from {address})",
         listener.local_addr()?,
@@ -498,4 +539,88 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         task.await??;
     }
     Ok(())
+}
+
+/// The sender accounts and the batch configuration `bursar facilitator` settles with.
+async fn settlement_senders(
+    args: &FacilitatorArgs,
+    chain: &Arc<dyn EvmChain>,
+    dev_chain: Option<&Arc<dyn bursar_chain::DevChain>>,
+    key: PrivateKeySigner,
+) -> Result<(Vec<Account>, Option<bursar_facilitator::BatchConfig>)> {
+    use bursar_facilitator::batch::SENDERS_MAX;
+    if args.senders == 0 || args.senders > SENDERS_MAX {
+        anyhow::bail!("--senders must be 1 to {SENDERS_MAX}");
+    }
+    let mut signers = vec![key];
+    if let Some(path) = &args.sender_keys_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --sender-keys-file {}", path.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let signer: PrivateKeySigner = line.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "line {} of {} is not a private key (hex)",
+                    number + 1,
+                    path.display()
+                )
+            })?;
+            signers.push(signer);
+        }
+    }
+    while signers.len() < args.senders {
+        let Some(dev) = dev_chain else {
+            anyhow::bail!(
+                "--senders {} needs {} keys in --sender-keys-file with --rpc-url",
+                args.senders,
+                args.senders - 1
+            );
+        };
+        let signer = devnet::dev_key(&format!("facilitator-sender-{}", signers.len()));
+        dev.set_native_balance(signer.address(), U256::from(devnet::DEV_ETHER_WEI))
+            .await
+            .context("cannot fund a dev sender account")?;
+        signers.push(signer);
+    }
+    signers.truncate(SENDERS_MAX);
+    let senders: Vec<Account> = signers
+        .into_iter()
+        .map(|signer| Account::new(chain.clone(), signer))
+        .collect();
+    if args.confirmations > bursar_facilitator::batch::CONFIRMATIONS_MAX {
+        anyhow::bail!(
+            "--confirmations must be at most {}",
+            bursar_facilitator::batch::CONFIRMATIONS_MAX
+        );
+    }
+    if !args.batch {
+        return Ok((senders, None));
+    }
+    let settler = match (args.batch_contract, dev_chain) {
+        (Some(address), _) => address,
+        (None, Some(_)) => senders[0]
+            .deploy(bursar_facilitator::batch::batch_settler_creation_code())
+            .await
+            .context("cannot deploy the batch settler on the dev chain")?,
+        (None, None) => anyhow::bail!(
+            "--batch with --rpc-url needs --batch-contract (a deployed BursarBatchSettler)"
+        ),
+    };
+    let code = chain
+        .code(settler)
+        .await
+        .context("cannot read the batch contract")?;
+    if code.is_empty() {
+        anyhow::bail!("--batch-contract {settler} has no code on this chain");
+    }
+    let config = bursar_facilitator::BatchConfig {
+        settler,
+        items_max: args.batch_items_max,
+        wait_max: std::time::Duration::from_millis(args.batch_wait_ms),
+    };
+    config.validate().map_err(|message| anyhow::anyhow!(message))?;
+    Ok((senders, Some(config)))
 }

@@ -31,6 +31,9 @@ use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::metrics::FacilitatorMetrics;
 
+/// Deployment code of the BursarBatchSettler, for dev chains (see `bursar-contracts`).
+pub use bursar_contracts::batch_settler_creation_code;
+
 /// Items per batch unless configured otherwise.
 pub const BATCH_ITEMS_MAX_DEFAULT: usize = 100;
 /// The most items a batch may be configured to hold (the contract's `ITEMS_MAX`).
