@@ -1,0 +1,449 @@
+//! Policy documents (TOML) and their compiled form.
+//!
+//! ```toml
+//! max_per_call = "0.10"                 # in the runtime's currency
+//! networks = ["eip155:8453"]             # allowed networks (CAIP-2); omit for any
+//! assets = ["0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"]   # allowed tokens; omit for any
+//!
+//! [payees]
+//! allow_domains = ["api.example.com", "*.data.example"]     # when set, only these hosts
+//! deny_domains = ["evil.example"]
+//! allow_addresses = []                   # when set, only these payTo addresses
+//! deny_addresses = ["0x0000000000000000000000000000000000000bad"]
+//!
+//! [[limits]]                             # per payee (host or address) and/or asset
+//! payee = "api.example.com"
+//! max_per_call = "0.05"
+//!
+//! [[windows]]                            # caps over rolling windows, across sessions
+//! scope = "wallet"                       # or "agent"
+//! period = "1h"                          # s, m, h, d
+//! max = "5.00"
+//!
+//! [endpoints]
+//! max_calls_per_session = 20             # paid calls per endpoint per session
+//! loop_count = 5                         # the same endpoint paid this many times ...
+//! loop_window = "60s"                    # ... within this long is a loop
+//! pin_terms = true                       # payTo, asset and network fixed, price never rising
+//!
+//! [phases.explore]
+//! spend = false                          # no payments while exploring
+//! [phases.execute]
+//! max_per_call = "1.00"
+//! ```
+
+use std::collections::BTreeMap;
+
+use alloy_primitives::Address;
+use bursar_protocol::{Amount, AssetUnit};
+use serde::Deserialize;
+
+/// Longest policy document accepted.
+pub const POLICY_BYTES_MAX: usize = 64 * 1024;
+/// Most list entries (domains, addresses, limits, windows, phases) in one document.
+pub const POLICY_ENTRIES_MAX: usize = 1000;
+/// The shortest and longest rolling window.
+pub const WINDOW_SECONDS_MIN: u64 = 1;
+pub const WINDOW_SECONDS_MAX: u64 = 366 * 24 * 60 * 60;
+/// The default of `endpoints.pin_terms`.
+pub const PIN_TERMS_DEFAULT: bool = true;
+
+/// A policy that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy is {0} bytes; at most {POLICY_BYTES_MAX} are accepted")]
+    TooLarge(usize),
+    #[error("policy is not valid TOML for Bursar: {0}")]
+    Syntax(String),
+    #[error("policy field `{field}`: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> PolicyError {
+    PolicyError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document {
+    max_per_call: Option<String>,
+    networks: Option<Vec<String>>,
+    assets: Option<Vec<String>>,
+    #[serde(default)]
+    payees: PayeesDocument,
+    #[serde(default)]
+    limits: Vec<LimitDocument>,
+    #[serde(default)]
+    windows: Vec<WindowDocument>,
+    #[serde(default)]
+    endpoints: EndpointsDocument,
+    #[serde(default)]
+    phases: BTreeMap<String, PhaseDocument>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PayeesDocument {
+    allow_domains: Option<Vec<String>>,
+    #[serde(default)]
+    deny_domains: Vec<String>,
+    allow_addresses: Option<Vec<String>>,
+    #[serde(default)]
+    deny_addresses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitDocument {
+    payee: Option<String>,
+    asset: Option<String>,
+    max_per_call: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowDocument {
+    scope: String,
+    period: String,
+    max: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsDocument {
+    max_calls_per_session: Option<u32>,
+    loop_count: Option<u32>,
+    loop_window: Option<String>,
+    pin_terms: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PhaseDocument {
+    spend: Option<bool>,
+    max_per_call: Option<String>,
+}
+
+/// Whose spending a rolling window adds up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WindowScope {
+    /// Every session of the wallet.
+    Wallet,
+    /// Every session of the agent (on this wallet).
+    Agent,
+}
+
+impl WindowScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WindowScope::Wallet => "wallet",
+            WindowScope::Agent => "agent",
+        }
+    }
+}
+
+/// A cap over a rolling window. Enforced by the store, atomically with the reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowCap {
+    pub scope: WindowScope,
+    pub period_seconds: u64,
+    pub max: Amount,
+    /// Where the cap comes from, for the decision trace.
+    pub source: String,
+}
+
+/// A payee matcher: a host (exact, or `*.suffix`) or an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayeeMatch {
+    Domain(String),
+    Address(Address),
+}
+
+impl PayeeMatch {
+    fn parse(text: &str, field: &str) -> Result<PayeeMatch, PolicyError> {
+        if text.starts_with("0x") {
+            return text
+                .parse()
+                .map(PayeeMatch::Address)
+                .map_err(|_| invalid(field, format!("{text:?} is not an address")));
+        }
+        let domain = text.trim().to_ascii_lowercase();
+        let bare = domain.strip_prefix("*.").unwrap_or(&domain);
+        if bare.is_empty()
+            || !bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            return Err(invalid(field, format!("{text:?} is not a host name")));
+        }
+        Ok(PayeeMatch::Domain(domain))
+    }
+
+    /// Whether a payment to `pay_to` for a resource on `host` matches.
+    pub fn matches(&self, host: &str, pay_to: Address) -> bool {
+        match self {
+            PayeeMatch::Address(address) => *address == pay_to,
+            PayeeMatch::Domain(pattern) => domain_matches(pattern, host),
+        }
+    }
+}
+
+/// `pattern` is a host or `*.suffix` (which matches the suffix's subdomains, not the suffix).
+pub fn domain_matches(pattern: &str, host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    }
+}
+
+/// A per-call limit for one payee and/or asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    pub payee: Option<PayeeMatch>,
+    pub asset: Option<Address>,
+    pub max_per_call: Amount,
+}
+
+/// What a phase allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PhaseRule {
+    pub spend: bool,
+    pub max_per_call: Option<Amount>,
+}
+
+/// A policy, checked and with amounts in atomic units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Where it comes from (`file /etc/bursar/policy.toml`, `wallet wal_...`), for traces.
+    pub source: String,
+    pub max_per_call: Option<Amount>,
+    pub networks: Option<Vec<String>>,
+    pub assets: Option<Vec<Address>>,
+    pub allow_payees: Option<Vec<PayeeMatch>>,
+    pub deny_payees: Vec<PayeeMatch>,
+    pub limits: Vec<Limit>,
+    pub windows: Vec<WindowCap>,
+    pub max_calls_per_session: Option<u32>,
+    /// `(count, within seconds)`.
+    pub loop_limit: Option<(u32, u64)>,
+    pub pin_terms: bool,
+    pub phases: BTreeMap<String, PhaseRule>,
+}
+
+/// Parses a duration such as `90s`, `30m`, `1h`, `7d`.
+pub fn parse_period(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (WINDOW_SECONDS_MIN..=WINDOW_SECONDS_MAX)
+        .contains(&seconds)
+        .then_some(seconds)
+}
+
+fn bounded<T>(items: &[T], field: &str) -> Result<(), PolicyError> {
+    if items.len() > POLICY_ENTRIES_MAX {
+        return Err(invalid(
+            field,
+            format!("at most {POLICY_ENTRIES_MAX} entries"),
+        ));
+    }
+    Ok(())
+}
+
+impl Policy {
+    /// Reads a TOML policy whose amounts are in `unit` (the runtime's currency).
+    pub fn parse(text: &str, unit: &AssetUnit, source: &str) -> Result<Policy, PolicyError> {
+        if text.len() > POLICY_BYTES_MAX {
+            return Err(PolicyError::TooLarge(text.len()));
+        }
+        let document: Document =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.message().to_string()))?;
+        let amount = |text: &str, field: &str| {
+            unit.parse(text)
+                .map_err(|e| invalid(field, format!("{text:?}: {e}")))
+        };
+        let address = |text: &str, field: &str| {
+            text.parse::<Address>()
+                .map_err(|_| invalid(field, format!("{text:?} is not an address")))
+        };
+        let payees = |items: &[String], field: &str| -> Result<Vec<PayeeMatch>, PolicyError> {
+            bounded(items, field)?;
+            items.iter().map(|i| PayeeMatch::parse(i, field)).collect()
+        };
+
+        let mut allow_payees: Option<Vec<PayeeMatch>> = None;
+        if let Some(domains) = &document.payees.allow_domains {
+            allow_payees
+                .get_or_insert_default()
+                .extend(payees(domains, "payees.allow_domains")?);
+        }
+        if let Some(addresses) = &document.payees.allow_addresses {
+            allow_payees
+                .get_or_insert_default()
+                .extend(payees(addresses, "payees.allow_addresses")?);
+        }
+        let mut deny_payees = payees(&document.payees.deny_domains, "payees.deny_domains")?;
+        deny_payees.extend(payees(
+            &document.payees.deny_addresses,
+            "payees.deny_addresses",
+        )?);
+
+        bounded(&document.limits, "limits")?;
+        let limits = document
+            .limits
+            .iter()
+            .map(|limit| {
+                if limit.payee.is_none() && limit.asset.is_none() {
+                    return Err(invalid("limits", "each limit names a payee or an asset"));
+                }
+                Ok(Limit {
+                    payee: limit
+                        .payee
+                        .as_deref()
+                        .map(|p| PayeeMatch::parse(p, "limits.payee"))
+                        .transpose()?,
+                    asset: limit
+                        .asset
+                        .as_deref()
+                        .map(|a| address(a, "limits.asset"))
+                        .transpose()?,
+                    max_per_call: amount(&limit.max_per_call, "limits.max_per_call")?,
+                })
+            })
+            .collect::<Result<_, _>>()?;
+
+        bounded(&document.windows, "windows")?;
+        let windows = document
+            .windows
+            .iter()
+            .map(|window| {
+                let scope = match window.scope.as_str() {
+                    "wallet" => WindowScope::Wallet,
+                    "agent" => WindowScope::Agent,
+                    other => {
+                        return Err(invalid(
+                            "windows.scope",
+                            format!("{other:?}: expected \"wallet\" or \"agent\""),
+                        ));
+                    }
+                };
+                let period_seconds = parse_period(&window.period).ok_or_else(|| {
+                    invalid(
+                        "windows.period",
+                        format!(
+                            "{:?}: expected a duration such as 30m, 1h or 1d (at most 366d)",
+                            window.period
+                        ),
+                    )
+                })?;
+                Ok(WindowCap {
+                    scope,
+                    period_seconds,
+                    max: amount(&window.max, "windows.max")?,
+                    source: format!("{source}: {} per {}", window.max, window.period),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+
+        let loop_limit = match (
+            document.endpoints.loop_count,
+            &document.endpoints.loop_window,
+        ) {
+            (None, None) => None,
+            (Some(count), window) => {
+                if count == 0 {
+                    return Err(invalid("endpoints.loop_count", "must be at least 1"));
+                }
+                let seconds = match window {
+                    Some(text) => parse_period(text).ok_or_else(|| {
+                        invalid(
+                            "endpoints.loop_window",
+                            format!("{text:?} is not a duration"),
+                        )
+                    })?,
+                    None => 60,
+                };
+                Some((count, seconds))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "endpoints.loop_window",
+                    "needs endpoints.loop_count",
+                ));
+            }
+        };
+
+        bounded(&document.phases.keys().collect::<Vec<_>>(), "phases")?;
+        let phases = document
+            .phases
+            .iter()
+            .map(|(name, phase)| {
+                Ok((
+                    name.to_ascii_lowercase(),
+                    PhaseRule {
+                        spend: phase.spend.unwrap_or(true),
+                        max_per_call: phase
+                            .max_per_call
+                            .as_deref()
+                            .map(|m| amount(m, &format!("phases.{name}.max_per_call")))
+                            .transpose()?,
+                    },
+                ))
+            })
+            .collect::<Result<_, PolicyError>>()?;
+
+        let networks = match document.networks {
+            Some(networks) => {
+                bounded(&networks, "networks")?;
+                for network in &networks {
+                    bursar_protocol::Network::parse(network)
+                        .map_err(|_| invalid("networks", format!("{network:?} is not CAIP-2")))?;
+                }
+                Some(networks)
+            }
+            None => None,
+        };
+        let assets = match document.assets {
+            Some(assets) => {
+                bounded(&assets, "assets")?;
+                Some(
+                    assets
+                        .iter()
+                        .map(|a| address(a, "assets"))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            None => None,
+        };
+        Ok(Policy {
+            source: source.to_string(),
+            max_per_call: document
+                .max_per_call
+                .as_deref()
+                .map(|m| amount(m, "max_per_call"))
+                .transpose()?,
+            networks,
+            assets,
+            allow_payees,
+            deny_payees,
+            limits,
+            windows,
+            max_calls_per_session: document.endpoints.max_calls_per_session,
+            loop_limit,
+            pin_terms: document.endpoints.pin_terms.unwrap_or(PIN_TERMS_DEFAULT),
+            phases,
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! Policy parsing and evaluation, rule by rule: what passes, what denies with which code, and
+//! that every rule that ran is recorded.
+
+use alloy_primitives::Address;
+use bursar_governance::{
+    EndpointHistory, Policy, PolicyError, Proposal, Terms, WindowScope, evaluate, parse_period,
+};
+use bursar_protocol::{Amount, AssetUnit};
+
+const NOW_MS: i64 = 1_800_000_000_000;
+
+fn usdc() -> AssetUnit {
+    AssetUnit::usdc()
+}
+
+fn asset() -> Address {
+    Address::repeat_byte(0xaa)
+}
+
+fn payee() -> Address {
+    Address::repeat_byte(0xbb)
+}
+
+fn proposal(url: &str, atomic: u64) -> Proposal {
+    Proposal {
+        url: url.parse().unwrap(),
+        network: "eip155:31337".into(),
+        asset: asset(),
+        pay_to: payee(),
+        amount: Amount::from(atomic),
+        phase: None,
+    }
+}
+
+fn policy(text: &str) -> Policy {
+    Policy::parse(text, &usdc(), "test").unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn denial(policies: &[Policy], proposal: &Proposal, history: &EndpointHistory) -> Option<String> {
+    evaluate(policies, proposal, history, NOW_MS)
+        .denial
+        .map(|(code, _)| code)
+}
+
+#[test]
+fn no_policy_allows_and_records_nothing() {
+    let evaluation = evaluate(
+        &[],
+        &proposal("http://a.test/x", 1),
+        &EndpointHistory::default(),
+        NOW_MS,
+    );
+    assert!(evaluation.allowed());
+    assert!(evaluation.rules.is_empty());
+}
+
+#[test]
+fn per_call_maximum_denies_a_call_just_under_a_large_budget() {
+    let p = policy(r#"max_per_call = "0.10""#);
+    let history = EndpointHistory::default();
+    assert_eq!(
+        denial(
+            &[p.clone()],
+            &proposal("http://a.test/x", 100_000),
+            &history
+        ),
+        None
+    );
+    let evaluation = evaluate(
+        &[p],
+        &proposal("http://a.test/x", 9_990_000),
+        &history,
+        NOW_MS,
+    );
+    assert_eq!(
+        evaluation.denial.as_ref().unwrap().0,
+        "max_per_call_exceeded"
+    );
+    assert_eq!(evaluation.rules.len(), 1);
+    assert!(!evaluation.rules[0].passed);
+    assert_eq!(evaluation.rules[0].input["max"], "100000");
+}
+
+#[test]
+fn networks_assets_and_payees() {
+    let history = EndpointHistory::default();
+    let p = policy(&format!(
+        r#"networks = ["eip155:8453"]
+           assets = ["{}"]"#,
+        asset()
+    ));
+    assert_eq!(
+        denial(&[p], &proposal("http://a.test/x", 1), &history).as_deref(),
+        Some("network_not_allowed")
+    );
+    let p = policy(&format!(r#"assets = ["{}"]"#, Address::repeat_byte(1)));
+    assert_eq!(
+        denial(&[p], &proposal("http://a.test/x", 1), &history).as_deref(),
+        Some("asset_not_allowed")
+    );
+    let allow = policy(
+        r#"[payees]
+           allow_domains = ["api.good.test", "*.trusted.test"]"#,
+    );
+    assert_eq!(
+        denial(
+            &[allow.clone()],
+            &proposal("http://api.good.test/x", 1),
+            &history
+        ),
+        None
+    );
+    assert_eq!(
+        denial(
+            &[allow.clone()],
+            &proposal("https://x.trusted.test/y", 1),
+            &history
+        ),
+        None
+    );
+    for url in [
+        "http://evil.test/x",
+        "http://trusted.test/x",
+        "http://api.good.test.evil/x",
+    ] {
+        assert_eq!(
+            denial(&[allow.clone()], &proposal(url, 1), &history).as_deref(),
+            Some("payee_not_allowed"),
+            "{url}"
+        );
+    }
+    let both = policy(&format!(
+        r#"[payees]
+           allow_domains = ["api.good.test"]
+           allow_addresses = ["{}"]"#,
+        Address::repeat_byte(2)
+    ));
+    // A trusted host naming an unknown payTo is refused.
+    assert_eq!(
+        denial(&[both], &proposal("http://api.good.test/x", 1), &history).as_deref(),
+        Some("payee_not_allowed")
+    );
+    let deny = policy(&format!(
+        r#"[payees]
+           deny_addresses = ["{}"]"#,
+        payee()
+    ));
+    assert_eq!(
+        denial(&[deny], &proposal("http://a.test/x", 1), &history).as_deref(),
+        Some("payee_denied")
+    );
+}
+
+#[test]
+fn per_payee_limits_apply_only_to_their_payee() {
+    let p = policy(
+        r#"[[limits]]
+           payee = "cheap.test"
+           max_per_call = "0.01""#,
+    );
+    let history = EndpointHistory::default();
+    assert_eq!(
+        denial(
+            &[p.clone()],
+            &proposal("http://other.test/x", 50_000),
+            &history
+        ),
+        None
+    );
+    assert_eq!(
+        denial(&[p], &proposal("http://cheap.test/x", 50_000), &history).as_deref(),
+        Some("payee_limit_exceeded")
+    );
+}
+
+#[test]
+fn phases() {
+    let p = policy(
+        r#"[phases.explore]
+           spend = false
+           [phases.execute]
+           max_per_call = "0.05""#,
+    );
+    let history = EndpointHistory::default();
+    let mut exploring = proposal("http://a.test/x", 1);
+    exploring.phase = Some("Explore".into());
+    assert_eq!(
+        denial(&[p.clone()], &exploring, &history).as_deref(),
+        Some("phase_no_spend")
+    );
+    let mut executing = proposal("http://a.test/x", 60_000);
+    executing.phase = Some("execute".into());
+    assert_eq!(
+        denial(&[p.clone()], &executing, &history).as_deref(),
+        Some("phase_max_per_call_exceeded")
+    );
+    executing.amount = Amount::from(50_000u64);
+    assert_eq!(denial(&[p.clone()], &executing, &history), None);
+    assert_eq!(
+        denial(&[p], &proposal("http://a.test/x", 1), &history),
+        None,
+        "no phase declared"
+    );
+}
+
+#[test]
+fn endpoint_limits_loops_and_pinned_terms() {
+    let p = policy(
+        r#"[endpoints]
+           max_calls_per_session = 10
+           loop_count = 3
+           loop_window = "60s""#,
+    );
+    let url = "http://a.test/verify-wallet?attempt=9";
+    let recent = EndpointHistory {
+        paid_in_session: 3,
+        paid_at_ms: vec![NOW_MS - 1_000, NOW_MS - 2_000, NOW_MS - 3_000],
+        first_terms: None,
+    };
+    assert_eq!(
+        denial(&[p.clone()], &proposal(url, 5_000), &recent).as_deref(),
+        Some("loop_detected")
+    );
+    let old = EndpointHistory {
+        paid_in_session: 3,
+        paid_at_ms: vec![NOW_MS - 61_000, NOW_MS - 62_000, NOW_MS - 1_000],
+        first_terms: None,
+    };
+    assert_eq!(denial(&[p.clone()], &proposal(url, 5_000), &old), None);
+    let many = EndpointHistory {
+        paid_in_session: 10,
+        paid_at_ms: vec![],
+        first_terms: None,
+    };
+    assert_eq!(
+        denial(&[p.clone()], &proposal(url, 5_000), &many).as_deref(),
+        Some("endpoint_call_limit")
+    );
+
+    let first = Terms {
+        network: "eip155:31337".into(),
+        asset: asset(),
+        pay_to: payee(),
+        amount: Amount::from(5_000u64),
+    };
+    let pinned = EndpointHistory {
+        paid_in_session: 1,
+        paid_at_ms: vec![NOW_MS - 100_000],
+        first_terms: Some(first),
+    };
+    assert_eq!(denial(&[p.clone()], &proposal(url, 5_000), &pinned), None);
+    assert_eq!(
+        denial(&[p.clone()], &proposal(url, 4_000), &pinned),
+        None,
+        "cheaper is fine"
+    );
+    assert_eq!(
+        denial(&[p.clone()], &proposal(url, 5_001), &pinned).as_deref(),
+        Some("terms_changed")
+    );
+    let mut moved = proposal(url, 5_000);
+    moved.pay_to = Address::repeat_byte(0xcc);
+    assert_eq!(
+        denial(&[p.clone()], &moved, &pinned).as_deref(),
+        Some("terms_changed")
+    );
+    let unpinned = policy("[endpoints]\npin_terms = false");
+    assert_eq!(denial(&[unpinned], &moved, &pinned), None);
+}
+
+#[test]
+fn deny_wins_across_layers_and_every_rule_is_recorded() {
+    let lenient = policy(r#"max_per_call = "5""#);
+    let strict = Policy::parse(r#"max_per_call = "0.01""#, &usdc(), "session ses_1").unwrap();
+    let evaluation = evaluate(
+        &[lenient, strict],
+        &proposal("http://a.test/x", 20_000),
+        &EndpointHistory::default(),
+        NOW_MS,
+    );
+    assert_eq!(
+        evaluation.denial.as_ref().unwrap().0,
+        "max_per_call_exceeded"
+    );
+    assert_eq!(evaluation.rules.len(), 2);
+    assert!(evaluation.rules[0].passed);
+    assert!(!evaluation.rules[1].passed);
+    assert_eq!(evaluation.rules[1].source, "session ses_1");
+}
+
+#[test]
+fn windows_are_handed_to_the_store() {
+    let p = policy(
+        r#"[[windows]]
+           scope = "wallet"
+           period = "1h"
+           max = "5"
+           [[windows]]
+           scope = "agent"
+           period = "1d"
+           max = "20""#,
+    );
+    let evaluation = evaluate(
+        &[p],
+        &proposal("http://a.test/x", 1),
+        &EndpointHistory::default(),
+        NOW_MS,
+    );
+    assert!(evaluation.allowed());
+    assert_eq!(evaluation.windows.len(), 2);
+    assert_eq!(evaluation.windows[0].scope, WindowScope::Wallet);
+    assert_eq!(evaluation.windows[0].period_seconds, 3600);
+    assert_eq!(evaluation.windows[0].max, Amount::from(5_000_000u64));
+    assert_eq!(evaluation.windows[1].period_seconds, 86_400);
+}
+
+#[test]
+fn bad_policies_are_refused_with_the_field() {
+    for (text, field) in [
+        (r#"max_per_call = "lots""#, "max_per_call"),
+        (r#"max_per_call = "0.0000001""#, "max_per_call"),
+        (r#"networks = ["mainnet"]"#, "networks"),
+        (r#"assets = ["0x12"]"#, "assets"),
+        (
+            "[payees]\nallow_domains = [\"bad host!\"]",
+            "payees.allow_domains",
+        ),
+        (
+            "[[windows]]\nscope = \"planet\"\nperiod = \"1h\"\nmax = \"1\"",
+            "windows.scope",
+        ),
+        (
+            "[[windows]]\nscope = \"wallet\"\nperiod = \"forever\"\nmax = \"1\"",
+            "windows.period",
+        ),
+        ("[[limits]]\nmax_per_call = \"1\"", "limits"),
+        ("[endpoints]\nloop_window = \"1m\"", "endpoints.loop_window"),
+        ("[endpoints]\nloop_count = 0", "endpoints.loop_count"),
+    ] {
+        match Policy::parse(text, &usdc(), "t") {
+            Err(PolicyError::Invalid { field: got, .. }) => assert_eq!(got, field, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        Policy::parse("max_per_cal = \"1\"", &usdc(), "t"),
+        Err(PolicyError::Syntax(_))
+    ));
+    assert!(matches!(
+        Policy::parse("[[[", &usdc(), "t"),
+        Err(PolicyError::Syntax(_))
+    ));
+    let huge = "#".repeat(70_000);
+    assert!(matches!(
+        Policy::parse(&huge, &usdc(), "t"),
+        Err(PolicyError::TooLarge(_))
+    ));
+    assert_eq!(parse_period("90s"), Some(90));
+    assert_eq!(parse_period("30m"), Some(1800));
+    assert_eq!(parse_period("0s"), None);
+    assert_eq!(parse_period("400d"), None);
+    assert_eq!(parse_period("99999999999999999999d"), None);
+}
