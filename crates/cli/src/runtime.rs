@@ -81,6 +81,10 @@ pub struct RuntimeArgs {
     /// How often pending payments are checked on chain, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub resolve_interval_ms: u64,
+    /// A policy file (TOML) for every payment; re-read when it changes. While it cannot be read
+    /// or parsed, every payment is denied.
+    #[arg(long, env = "BURSAR_POLICY_FILE")]
+    pub policy: Option<PathBuf>,
     /// Encrypt new keys with scrypt's light parameters (fast, weaker; for tests).
     #[arg(long, hide = true)]
     pub light_kdf: bool,
@@ -93,11 +97,13 @@ pub async fn open_runtime(
     currency: Currency,
     passphrase: Passphrase,
     light_kdf: bool,
+    policy_file: Option<PathBuf>,
 ) -> Result<Runtime> {
     let store = bursar_store::open_runtime_store(database_url)
         .await
         .context("cannot open the runtime database")?;
     let mut config = RuntimeConfig::new(currency);
+    config.policy_file = policy_file;
     if light_kdf {
         config.kdf = Kdf::light();
     }
@@ -154,7 +160,21 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         }
     };
     let url = database_url(args.database_url.as_deref(), &args.data_dir)?;
-    let runtime = open_runtime(&url, chain, currency, passphrase, args.light_kdf).await?;
+    if let Some(path) = &args.policy {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+        bursar_governance::Policy::parse(&text, &currency.unit, "file")
+            .with_context(|| format!("the policy file {} is invalid", path.display()))?;
+    }
+    let runtime = open_runtime(
+        &url,
+        chain,
+        currency,
+        passphrase,
+        args.light_kdf,
+        args.policy.clone(),
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} for the runtime API", args.listen))?;
@@ -1021,7 +1041,7 @@ pub async fn dev_runtime(
     let (passphrase, passphrase_source) = dev_passphrase(data_dir)?;
     let url = database_url(database_url_arg, data_dir)?;
     let chain: Arc<dyn EvmChain> = network.chain.clone();
-    let runtime = open_runtime(&url, chain, dev_currency(network), passphrase, true).await?;
+    let runtime = open_runtime(&url, chain, dev_currency(network), passphrase, true, None).await?;
     let store = runtime.store().clone();
     let operator_key = match previous_operator_key {
         Some(key)

@@ -55,6 +55,10 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/v1/sessions/{session}/close", post(close_session))
         .route("/v1/sessions/{session}/fetch", post(fetch))
         .route("/v1/sessions/{session}/transfers", get(session_transfers))
+        .route(
+            "/v1/{scope}/{subject}/policy",
+            get(show_policy).put(put_policy).delete(delete_policy),
+        )
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/reconcile", get(reconcile))
         .fallback(not_found)
@@ -543,6 +547,8 @@ struct FetchRequest {
     headers: BTreeMap<String, String>,
     body: Option<String>,
     body_base64: Option<String>,
+    /// The agent's phase (`explore`, `execute`, ...), for phase policies.
+    phase: Option<String>,
 }
 
 fn default_method() -> String {
@@ -654,8 +660,11 @@ async fn fetch(
             .into());
         }
     };
-    let request: FetchRequest = parse_json(&body)?;
-    let fetched = runtime.fetch(&session, request.into_spec()?).await?;
+    let mut request: FetchRequest = parse_json(&body)?;
+    let phase = request.phase.take();
+    let fetched = runtime
+        .fetch_in_phase(&session, request.into_spec()?, phase)
+        .await?;
     Ok(axum::Json(fetched_json(&runtime, &fetched)).into_response())
 }
 
@@ -724,4 +733,94 @@ async fn reconcile(State(runtime): State<Runtime>, headers: HeaderMap) -> ApiRes
         "differences": differences,
     }))
     .into_response())
+}
+
+// ----- policies -----
+
+/// `wallets` / `grants` / `sessions` in the path → the policy scope, after checking the subject
+/// exists.
+async fn policy_scope(
+    runtime: &Runtime,
+    scope: &str,
+    subject: &str,
+) -> Result<(&'static str, String), RuntimeError> {
+    let store = runtime.store();
+    match scope {
+        "wallets" => Ok(("wallet", runtime.wallet(subject).await?.id)),
+        "grants" => store
+            .grant(subject)
+            .await?
+            .map(|grant| ("grant", grant.id))
+            .ok_or_else(|| RuntimeError::NotFound(format!("grant {subject}"))),
+        "sessions" => Ok(("session", runtime.session(subject).await?.id)),
+        other => Err(RuntimeError::NotFound(format!(
+            "/v1/{other}/.../policy: policies attach to wallets, grants and sessions"
+        ))),
+    }
+}
+
+async fn show_policy(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Path((scope, subject)): Path<(String, String)>,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let (scope, id) = policy_scope(&runtime, &scope, &subject).await?;
+    let document = runtime
+        .store()
+        .policy(scope, &id)
+        .await
+        .map_err(RuntimeError::from)?;
+    match document {
+        Some(document) => Ok(axum::Json(
+            json!({"scope": scope, "subjectId": id, "policy": document}),
+        )
+        .into_response()),
+        None => Err(RuntimeError::NotFound(format!("no policy on {scope} {id}")).into()),
+    }
+}
+
+/// The body is the TOML document itself, or JSON `{"policy": "<toml>"}`.
+async fn put_policy(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Path((scope, subject)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let (scope, id) = policy_scope(&runtime, &scope, &subject).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| RuntimeError::Invalid("the policy must be UTF-8 text".into()))?;
+    let document = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(object)) => object
+            .get("policy")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| {
+                RuntimeError::Invalid("JSON bodies carry the TOML in \"policy\"".into())
+            })?,
+        _ => text.to_string(),
+    };
+    runtime.check_policy(&document)?;
+    runtime
+        .store()
+        .put_policy(scope, &id, &document)
+        .await
+        .map_err(RuntimeError::from)?;
+    Ok(axum::Json(json!({"scope": scope, "subjectId": id, "policy": document})).into_response())
+}
+
+async fn delete_policy(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Path((scope, subject)): Path<(String, String)>,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let (scope, id) = policy_scope(&runtime, &scope, &subject).await?;
+    let deleted = runtime
+        .store()
+        .delete_policy(scope, &id)
+        .await
+        .map_err(RuntimeError::from)?;
+    Ok(axum::Json(json!({"scope": scope, "subjectId": id, "deleted": deleted})).into_response())
 }

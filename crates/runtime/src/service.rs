@@ -12,13 +12,16 @@ use bursar_buyer::{
 };
 use bursar_chain::{EvmChain, Token};
 use bursar_contracts::BursarUSD;
+use bursar_governance::{EndpointHistory, Policy, Proposal, Terms, WindowScope, endpoint_of};
 use bursar_protocol::{Amount, AssetUnit, Network};
+use bursar_store::runtime::SpendCap;
 use bursar_store::runtime::{
     Created, Denial, GrantRecord, NewGrant, NewSession, NewTransfer, NewWallet, Reservation,
     SessionRecord, TransferRecord, TransferState, WalletRecord,
 };
 use bursar_store::{RuntimeStore, StoreError};
 use bursar_wallet::{Kdf, Keystore, Passphrase};
+use serde_json::{Value, json};
 
 use crate::error::RuntimeError;
 use crate::tokens::TokenKey;
@@ -46,6 +49,9 @@ pub struct Currency {
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
     pub currency: Currency,
+    /// A policy file (TOML) that applies to every payment; re-read when it changes. A file
+    /// that cannot be read or parsed denies every payment until it is fixed (fail closed).
+    pub policy_file: Option<std::path::PathBuf>,
     /// The key derivation for wallets Bursar encrypts (standard scrypt by default).
     pub kdf: Kdf,
     pub upstream_timeout: Duration,
@@ -55,6 +61,7 @@ impl RuntimeConfig {
     pub fn new(currency: Currency) -> Self {
         RuntimeConfig {
             currency,
+            policy_file: None,
             kdf: Kdf::standard(),
             upstream_timeout: UPSTREAM_TIMEOUT,
         }
@@ -153,6 +160,8 @@ struct Inner {
     /// Decrypted signers by wallet id, so scrypt runs once per wallet per process.
     signers: RwLock<HashMap<String, Arc<PrivateKeySigner>>>,
     http: reqwest::Client,
+    /// The policy file's last reading: its modification time and what it said.
+    policy_file: Mutex<Option<(SystemTime, Result<Policy, String>)>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -199,6 +208,7 @@ impl Runtime {
                 token_key,
                 signers: RwLock::default(),
                 http,
+                policy_file: Mutex::new(None),
             }),
         })
     }
@@ -571,6 +581,17 @@ impl Runtime {
         session: &SessionRecord,
         request: RequestSpec,
     ) -> Result<Fetched, RuntimeError> {
+        self.fetch_in_phase(session, request, None).await
+    }
+
+    /// [`Runtime::fetch`] with the phase the agent declares (`explore`, `execute`, ...), which
+    /// phase policies apply to.
+    pub async fn fetch_in_phase(
+        &self,
+        session: &SessionRecord,
+        request: RequestSpec,
+        phase: Option<String>,
+    ) -> Result<Fetched, RuntimeError> {
         let resource = request.url.to_string();
         if let Some((code, message)) = self.session_refusal(session).await? {
             self.inner
@@ -588,8 +609,9 @@ impl Runtime {
         let signer = self.signer(&session.wallet_id).await?;
         let currency = self.currency();
         let reserve = Arc::new(Reserve {
-            store: self.inner.store.clone(),
-            session_id: session.id.clone(),
+            runtime: self.clone(),
+            session: session.clone(),
+            phase,
             reserved: Mutex::new(None),
         });
         let client = PayingClient::new(self.inner.http.clone(), signer)
@@ -744,6 +766,141 @@ impl Runtime {
             pay_to: transfer.payee,
             tx_hash,
         })
+    }
+
+    // ----- governance -----
+
+    /// The policies that apply to a session: the runtime's file, then the wallet's, the grant's
+    /// and the session's own. A policy that cannot be read is an error (the payment is denied).
+    pub async fn policies_for(&self, session: &SessionRecord) -> Result<Vec<Policy>, String> {
+        let mut policies = Vec::new();
+        if let Some(policy) = self.file_policy()? {
+            policies.push(policy);
+        }
+        let unit = &self.currency().unit;
+        for (scope, id) in [
+            ("wallet", &session.wallet_id),
+            ("grant", &session.grant_id),
+            ("session", &session.id),
+        ] {
+            let document = self
+                .inner
+                .store
+                .policy(scope, id)
+                .await
+                .map_err(|e| format!("cannot read the {scope} policy: {e}"))?;
+            if let Some(document) = document {
+                let source = format!("{scope} {id}");
+                policies.push(
+                    Policy::parse(&document, unit, &source)
+                        .map_err(|e| format!("the {source} policy is invalid: {e}"))?,
+                );
+            }
+        }
+        Ok(policies)
+    }
+
+    /// The policy file, re-read when its modification time changes.
+    fn file_policy(&self) -> Result<Option<Policy>, String> {
+        let Some(path) = &self.inner.config.policy_file else {
+            return Ok(None);
+        };
+        let modified = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))?;
+        let mut cached = self.inner.policy_file.lock().expect("policy cache lock");
+        if let Some((at, policy)) = cached.as_ref()
+            && *at == modified
+        {
+            return policy.clone().map(Some);
+        }
+        let parsed = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the policy file {}: {e}", path.display()))
+            .and_then(|text| {
+                Policy::parse(
+                    &text,
+                    &self.currency().unit,
+                    &format!("file {}", path.display()),
+                )
+                .map_err(|e| format!("the policy file {} is invalid: {e}", path.display()))
+            });
+        match &parsed {
+            Ok(_) => tracing::info!(path = %path.display(), "policy file loaded"),
+            Err(error) => {
+                tracing::error!(%error, "policy file rejected; payments are denied until it is fixed")
+            }
+        }
+        *cached = Some((modified, parsed.clone()));
+        parsed.map(Some)
+    }
+
+    /// Appends a decision to the hash-chained trace. A trace write that fails is logged loudly;
+    /// the ledger entry (reserve or deny) was already written in the same step.
+    async fn record_decision(
+        &self,
+        session: &SessionRecord,
+        proposal: &PaymentProposal<'_>,
+        transfer_id: Option<&str>,
+        denial: Option<&str>,
+        rules: Vec<Value>,
+    ) {
+        let decision = PendingDecision {
+            session_id: Some(session.id.clone()),
+            wallet_id: Some(session.wallet_id.clone()),
+            agent: Some(session.agent.clone()),
+            transfer_id: transfer_id.map(str::to_string),
+            resource: Some(proposal.request.url.to_string()),
+            payee: Some(proposal.authorization.to.to_string().to_ascii_lowercase()),
+            amount: Some(proposal.authorization.value),
+            allowed: denial.is_none(),
+            reason: denial.map(str::to_string),
+            rules: Value::Array(rules),
+        };
+        // DECISION-STORE-WIRING: written to the hash-chained trace once it lands.
+        tracing::debug!(session = %session.id, allowed = decision.allowed, rules = %decision.rules, "payment decision");
+    }
+
+    /// Checks a policy document without attaching it.
+    pub fn check_policy(&self, document: &str) -> Result<Policy, RuntimeError> {
+        Policy::parse(document, &self.currency().unit, "check")
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))
+    }
+
+    /// What this session already paid (reserved or settled) the endpoint of `url`.
+    async fn endpoint_history(
+        &self,
+        session_id: &str,
+        url: &url::Url,
+    ) -> Result<EndpointHistory, RuntimeError> {
+        let endpoint = endpoint_of(url);
+        let mut history = EndpointHistory::default();
+        for transfer in self.inner.store.transfers(Some(session_id)).await? {
+            if transfer.state == TransferState::Voided {
+                continue;
+            }
+            let Ok(resource) = url::Url::parse(&transfer.resource) else {
+                continue;
+            };
+            if endpoint_of(&resource) != endpoint {
+                continue;
+            }
+            history.paid_in_session += 1;
+            history.paid_at_ms.push(transfer.created_at_ms);
+            if history.first_terms.is_none()
+                && let (Ok(asset), Ok(pay_to)) = (
+                    transfer.asset.parse::<Address>(),
+                    transfer.payee.parse::<Address>(),
+                )
+            {
+                history.first_terms = Some(Terms {
+                    network: transfer.network.clone(),
+                    asset,
+                    pay_to,
+                    amount: transfer.amount,
+                });
+            }
+        }
+        Ok(history)
     }
 
     // ----- accounting -----
@@ -915,25 +1072,119 @@ pub(crate) fn authorization_key(
     ))
 }
 
-/// Reserves the price against the session before the paying client signs.
+/// Runs the policies, then reserves the price against the session, before the paying client
+/// signs. A denial at either step means nothing is signed.
 struct Reserve {
-    store: Arc<dyn RuntimeStore>,
-    session_id: String,
+    runtime: Runtime,
+    session: SessionRecord,
+    phase: Option<String>,
     reserved: Mutex<Option<TransferRecord>>,
+}
+
+impl Reserve {
+    async fn deny(
+        &self,
+        proposal: &PaymentProposal<'_>,
+        code: &str,
+        message: &str,
+        rules: Vec<Value>,
+    ) -> Refusal {
+        let store = &self.runtime.inner.store;
+        let denial = Denial {
+            session_id: Some(self.session.id.clone()),
+            amount: Some(proposal.authorization.value),
+            payee: Some(proposal.authorization.to.to_string().to_ascii_lowercase()),
+            resource: Some(proposal.request.url.to_string()),
+            reason: code.to_string(),
+            message: message.to_string(),
+        };
+        if let Err(error) = store.deny(denial).await {
+            tracing::error!(%error, "could not record a denial");
+        }
+        self.runtime
+            .record_decision(&self.session, proposal, None, Some(code), rules)
+            .await;
+        Refusal::new(code, message)
+    }
 }
 
 #[async_trait::async_trait]
 impl PaymentApproval for Reserve {
     async fn approve(&self, proposal: &PaymentProposal<'_>) -> Result<(), Refusal> {
         let authorization = proposal.authorization;
-        let valid_before_s = u64::try_from(authorization.valid_before).map_err(|_| {
-            Refusal::new(
-                "invalid_offer",
-                "the offer's validity window is out of range",
-            )
-        })?;
+        let runtime = &self.runtime;
+        let Ok(valid_before_s) = u64::try_from(authorization.valid_before) else {
+            return Err(self
+                .deny(
+                    proposal,
+                    "invalid_offer",
+                    "the offer's validity window is out of range",
+                    Vec::new(),
+                )
+                .await);
+        };
+        let Ok(asset) = proposal.requirement.asset.parse::<Address>() else {
+            return Err(self
+                .deny(
+                    proposal,
+                    "invalid_offer",
+                    "the offer's asset is not an address",
+                    Vec::new(),
+                )
+                .await);
+        };
+        let policies = match runtime.policies_for(&self.session).await {
+            Ok(policies) => policies,
+            Err(message) => {
+                let rule = json!({"rule": "load_policies", "source": "runtime", "input": {},
+                                  "passed": false, "detail": message});
+                return Err(self
+                    .deny(proposal, "policy_unavailable", &message, vec![rule])
+                    .await);
+            }
+        };
+        let history = match runtime
+            .endpoint_history(&self.session.id, &proposal.request.url)
+            .await
+        {
+            Ok(history) => history,
+            Err(error) => {
+                let message = format!("the payment history could not be read: {error}");
+                return Err(self
+                    .deny(proposal, "ledger_unavailable", &message, Vec::new())
+                    .await);
+            }
+        };
+        let evaluation = bursar_governance::evaluate(
+            &policies,
+            &Proposal {
+                url: proposal.request.url.clone(),
+                network: proposal.requirement.network.caip2(),
+                asset,
+                pay_to: authorization.to,
+                amount: authorization.value,
+                phase: self.phase.clone(),
+            },
+            &history,
+            now_ms(),
+        );
+        let mut rules: Vec<Value> = evaluation.rules.iter().map(|r| r.to_json()).collect();
+        if let Some((code, message)) = &evaluation.denial {
+            return Err(self.deny(proposal, code, message, rules).await);
+        }
+        let caps: Vec<SpendCap> = evaluation
+            .windows
+            .iter()
+            .map(|window| SpendCap {
+                agent_only: window.scope == WindowScope::Agent,
+                period_ms: i64::try_from(window.period_seconds.saturating_mul(1000))
+                    .unwrap_or(i64::MAX),
+                max: window.max,
+                label: window.source.clone(),
+            })
+            .collect();
         let transfer = NewTransfer {
-            session_id: self.session_id.clone(),
+            session_id: self.session.id.clone(),
             network: proposal.requirement.network.caip2(),
             asset: proposal.requirement.asset.to_ascii_lowercase(),
             payer: authorization.from.to_string(),
@@ -942,13 +1193,32 @@ impl PaymentApproval for Reserve {
             nonce: format!("{:#x}", authorization.nonce),
             valid_before_s,
             resource: proposal.request.url.to_string(),
+            caps: caps.clone(),
         };
-        match self.store.reserve(transfer).await {
+        let budget_input = json!({"amount": authorization.value.to_string(),
+                                  "windows": caps.iter().map(|c| json!({"max": c.max.to_string(), "periodMs": c.period_ms,
+                                      "scope": if c.agent_only { "agent" } else { "wallet" }, "source": c.label})).collect::<Vec<_>>()});
+        match runtime.inner.store.reserve(transfer).await {
             Ok(Reservation::Reserved(record)) => {
+                rules.push(
+                    json!({"rule": "session_budget_and_windows", "source": "runtime",
+                                  "input": budget_input, "passed": true, "detail": "reserved"}),
+                );
+                runtime
+                    .record_decision(&self.session, proposal, Some(&record.id), None, rules)
+                    .await;
                 *self.reserved.lock().expect("reservation slot") = Some(*record);
                 Ok(())
             }
             Ok(Reservation::Denied { reason, message }) => {
+                // The store wrote the deny entry; record the decision.
+                rules.push(
+                    json!({"rule": "session_budget_and_windows", "source": "runtime",
+                                  "input": budget_input, "passed": false, "detail": message}),
+                );
+                runtime
+                    .record_decision(&self.session, proposal, None, Some(reason.code()), rules)
+                    .await;
                 Err(Refusal::new(reason.code(), message))
             }
             Err(error) => {
@@ -960,4 +1230,17 @@ impl PaymentApproval for Reserve {
             }
         }
     }
+}
+
+struct PendingDecision {
+    session_id: Option<String>,
+    wallet_id: Option<String>,
+    agent: Option<String>,
+    transfer_id: Option<String>,
+    resource: Option<String>,
+    payee: Option<String>,
+    amount: Option<Amount>,
+    allowed: bool,
+    reason: Option<String>,
+    rules: Value,
 }

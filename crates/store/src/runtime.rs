@@ -279,6 +279,19 @@ pub struct NewTransfer {
     pub nonce: String,
     pub valid_before_s: u64,
     pub resource: String,
+    /// Caps over rolling windows to check with the budget, in the same transaction.
+    pub caps: Vec<SpendCap>,
+}
+
+/// A cap on what a wallet (or one agent on it) may reserve or spend over a rolling window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendCap {
+    /// Only the agent's transfers count (else every transfer of the wallet).
+    pub agent_only: bool,
+    pub period_ms: i64,
+    pub max: Amount,
+    /// Where the cap comes from, for messages.
+    pub label: String,
 }
 
 /// Why a reservation was refused. Codes are stable (API and ledger).
@@ -292,6 +305,8 @@ pub enum DenyReason {
     CurrencyMismatch,
     /// `reserved + posted + amount` would exceed `max_spend`.
     BudgetExhausted,
+    /// A cap over a rolling window (per wallet or agent) would be exceeded.
+    WindowCapExceeded,
     /// Refused by a rule outside the store (the runtime's checks); the message says which.
     Refused,
 }
@@ -305,6 +320,7 @@ impl DenyReason {
             DenyReason::GrantExpired => "grant_expired",
             DenyReason::CurrencyMismatch => "currency_mismatch",
             DenyReason::BudgetExhausted => "budget_exhausted",
+            DenyReason::WindowCapExceeded => "window_cap_exceeded",
             DenyReason::Refused => "payment_refused",
         }
     }
@@ -467,6 +483,18 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> Result<Option<OperatorKeyRecord>, StoreError>;
     async fn operator_keys(&self) -> Result<Vec<OperatorKeyRecord>, StoreError>;
     async fn revoke_operator_key(&self, id: &str) -> Result<bool, StoreError>;
+
+    /// The policy document attached to a wallet, grant or session (`scope`), if any.
+    async fn policy(&self, scope: &str, subject_id: &str) -> Result<Option<String>, StoreError>;
+    /// Attaches (replaces) a policy document.
+    async fn put_policy(
+        &self,
+        scope: &str,
+        subject_id: &str,
+        document: &str,
+    ) -> Result<(), StoreError>;
+    /// Detaches a policy; returns whether there was one.
+    async fn delete_policy(&self, scope: &str, subject_id: &str) -> Result<bool, StoreError>;
 
     /// A shared setting; `put_meta_if_absent` returns the value that is stored afterwards.
     async fn meta(&self, name: &str) -> Result<Option<String>, StoreError>;
@@ -798,6 +826,54 @@ macro_rules! runtime_store_impl {
                     .execute(&mut **tx)
                     .await?;
                 Ok(())
+            }
+
+            /// Checks rolling-window caps under the wallet's row lock: what the wallet (or the
+            /// agent on it) reserved or spent within each window, plus this transfer.
+            async fn check_caps<'c>(
+                tx: &mut sqlx::Transaction<'c, <$store as StoreDb>::Db>,
+                session: &SessionRecord,
+                transfer: &NewTransfer,
+                now: i64,
+            ) -> Result<Option<(DenyReason, String)>, StoreError> {
+                sqlx::query("UPDATE wallets SET lock_version = lock_version + 1 WHERE id = $1")
+                    .bind(&session.wallet_id)
+                    .execute(&mut **tx)
+                    .await?;
+                for cap in &transfer.caps {
+                    let since = now.saturating_sub(cap.period_ms);
+                    let rows = sqlx::query(
+                        "SELECT amount FROM transfers WHERE wallet_id = $1 \
+                         AND state IN ('pending', 'posted') AND created_at_ms >= $2 \
+                         AND ($3 = 0 OR agent = $4)",
+                    )
+                    .bind(&session.wallet_id)
+                    .bind(since)
+                    .bind(i64::from(cap.agent_only))
+                    .bind(&session.agent)
+                    .fetch_all(&mut **tx)
+                    .await?;
+                    let mut total = transfer.amount;
+                    for row in &rows {
+                        let text: String = row.try_get("amount")?;
+                        total = total
+                            .checked_add(amount(&text, "transfers.amount")?)
+                            .ok_or_else(|| StoreError::Corrupt("window total overflows".into()))?;
+                    }
+                    if total > cap.max {
+                        return Ok(Some((
+                            DenyReason::WindowCapExceeded,
+                            format!(
+                                "paying {} would bring {} to {total} within the window, above the cap {} ({})",
+                                transfer.amount,
+                                if cap.agent_only { "the agent" } else { "the wallet" },
+                                cap.max,
+                                cap.label
+                            ),
+                        )));
+                    }
+                }
+                Ok(None)
             }
 
             /// Moves a pending transfer to `to` (posted or voided), exactly once.
@@ -1234,6 +1310,11 @@ macro_rules! runtime_store_impl {
                 let now = now_ms();
                 let asset = transfer.asset.to_ascii_lowercase();
                 let wanted = session.reserved.checked_add(session.posted).and_then(|spent| spent.checked_add(transfer.amount));
+                let cap_refusal = if session.closed_at_ms.is_none() && !transfer.caps.is_empty() {
+                    Self::check_caps(&mut tx, &session, &transfer, now).await?
+                } else {
+                    None
+                };
                 let refusal = if session.closed_at_ms.is_some() {
                     Some((DenyReason::SessionClosed, format!("session {} is closed", session.id)))
                 } else if now >= session.expires_at_ms {
@@ -1261,7 +1342,7 @@ macro_rules! runtime_store_impl {
                         ),
                     ))
                 } else {
-                    None
+                    cap_refusal
                 };
                 if let Some((reason, message)) = refusal {
                     Self::write_entry(
@@ -1510,6 +1591,57 @@ macro_rules! runtime_store_impl {
                 .await?
                 .rows_affected();
                 Ok(updated == 1)
+            }
+
+            async fn policy(
+                &self,
+                scope: &str,
+                subject_id: &str,
+            ) -> Result<Option<String>, StoreError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(
+                    "SELECT document FROM policies WHERE scope = $1 AND subject_id = $2",
+                )
+                .bind(scope)
+                .bind(subject_id)
+                .fetch_optional(pool)
+                .await?;
+                Ok(row.map(|row| row.try_get("document")).transpose()?)
+            }
+
+            async fn put_policy(
+                &self,
+                scope: &str,
+                subject_id: &str,
+                document: &str,
+            ) -> Result<(), StoreError> {
+                if !matches!(scope, "wallet" | "grant" | "session") {
+                    return Err(StoreError::Invalid(format!("policy scope {scope:?}")));
+                }
+                let pool = self.ready().await?;
+                sqlx::query(
+                    "INSERT INTO policies (scope, subject_id, document, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (scope, subject_id) \
+                     DO UPDATE SET document = $3, updated_at_ms = $4",
+                )
+                .bind(scope)
+                .bind(subject_id)
+                .bind(document)
+                .bind(now_ms())
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_policy(&self, scope: &str, subject_id: &str) -> Result<bool, StoreError> {
+                let pool = self.ready().await?;
+                let deleted = sqlx::query("DELETE FROM policies WHERE scope = $1 AND subject_id = $2")
+                    .bind(scope)
+                    .bind(subject_id)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                Ok(deleted == 1)
             }
 
             async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {

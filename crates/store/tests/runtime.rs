@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bursar_protocol::Amount;
 use bursar_store::runtime::{
     Created, DenyReason, EntryKind, NewGrant, NewSession, NewTransfer, NewWallet, Reservation,
-    TransferState,
+    SpendCap, TransferState,
 };
 use bursar_store::{KeyDigest, RuntimeStore, StoreError, open_runtime_store};
 
@@ -87,6 +87,7 @@ fn transfer(session_id: &str, amount: u64) -> NewTransfer {
         nonce: format!("0x{:064x}", rand::random::<u128>()),
         valid_before_s: 4_000_000_000,
         resource: "http://127.0.0.1/paid".into(),
+        caps: Vec::new(),
     }
 }
 
@@ -391,6 +392,97 @@ pub async fn ledger_is_append_only(url: &str) {
     );
 }
 
+/// A cap over a rolling window holds across all sessions of a wallet, under concurrency; the
+/// agent-only cap counts only that agent's transfers; posted transfers count, voided ones not.
+pub async fn window_caps_span_sessions(url: &str) {
+    let store = store(url).await;
+    let (wallet_id, grant_id, first) = session_with(store.as_ref(), 1_000).await;
+    let second = store
+        .create_session(new_session(&grant_id, 1_000, None))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let cap = |agent_only: bool, max: u64| SpendCap {
+        agent_only,
+        period_ms: 3_600_000,
+        max: Amount::from(max),
+        label: "test cap".into(),
+    };
+    let mut tasks = Vec::new();
+    for index in 0..30 {
+        let store = store.clone();
+        let session = if index % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        let mut transfer = transfer(&session, 10);
+        transfer.caps = vec![cap(false, 100)];
+        tasks.push(tokio::spawn(async move {
+            store.reserve(transfer).await.unwrap()
+        }));
+    }
+    let mut reserved = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Reservation::Reserved(record) => reserved.push(record.id),
+            Reservation::Denied { reason, .. } => assert_eq!(reason, DenyReason::WindowCapExceeded),
+        }
+    }
+    assert_eq!(
+        reserved.len(),
+        10,
+        "the wallet cap of 100 allows ten payments of 10"
+    );
+    // Voiding one frees its share of the window; posting keeps it counted.
+    assert!(store.void(&reserved[0], "test").await.unwrap());
+    assert!(store.post(&reserved[1], None).await.unwrap());
+    let mut again = transfer(&first, 10);
+    again.caps = vec![cap(false, 100)];
+    assert!(matches!(
+        store.reserve(again.clone()).await.unwrap(),
+        Reservation::Reserved(_)
+    ));
+    assert!(matches!(
+        store.reserve(again).await.unwrap(),
+        Reservation::Denied {
+            reason: DenyReason::WindowCapExceeded,
+            ..
+        }
+    ));
+    // Another agent on the same wallet: the agent-only cap does not count agent-1's spending.
+    let other = store
+        .create_grant(NewGrant {
+            wallet_id,
+            agent: "agent-2".into(),
+            expires_at_ms: now_ms() + 60_000,
+            request: "1m".into(),
+            idempotency_key: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let session = store
+        .create_session(new_session(&other.id, 1_000, None))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut theirs = transfer(&session.id, 10);
+    theirs.caps = vec![cap(true, 10)];
+    assert!(matches!(
+        store.reserve(theirs.clone()).await.unwrap(),
+        Reservation::Reserved(_)
+    ));
+    assert!(matches!(
+        store.reserve(theirs).await.unwrap(),
+        Reservation::Denied {
+            reason: DenyReason::WindowCapExceeded,
+            ..
+        }
+    ));
+}
+
 macro_rules! conformance {
     ($backend:ident, $database:expr, $url:ident) => {
         mod $backend {
@@ -399,7 +491,8 @@ macro_rules! conformance {
                 reservations_are_atomic,
                 transfers_resolve_exactly_once,
                 refusals_have_reasons,
-                ledger_is_append_only
+                ledger_is_append_only,
+                window_caps_span_sessions
             );
         }
     };
