@@ -17,6 +17,9 @@
 //! - [`KeyStore`] (same implementations, same database, [`open_key_store`]) holds the
 //!   facilitator's API keys: per seller, stored only as SHA-256 digests, revocable, each with a
 //!   rate limit and an optional daily settlement quota.
+//! - [`DecisionStore`] (same implementations, [`open_decision_store`]) is the runtime's
+//!   decision trace: every allow and deny with the rules that ran, hash-chained so an edit is
+//!   detectable; see [`decisions`].
 //! - Migrations are embedded per backend (`migrations/sqlite`, `migrations/postgres`) and run by
 //!   [`open`]. Committed migrations are never edited; changes are new files.
 //!
@@ -24,6 +27,7 @@
 //! - `testkit`: [`testkit`] helpers for tests: a temporary SQLite file and a fresh PostgreSQL
 //!   database per test.
 
+pub mod decisions;
 mod keys;
 pub mod runtime;
 mod sql;
@@ -34,6 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bursar_protocol::SettleResponse;
 
+pub use decisions::{ChainCheck, DecisionRecord, DecisionStore, NewDecision, open_decision_store};
 pub use keys::{
     API_KEY_PREFIX, API_KEY_SECRET_BYTES, ApiKeyRecord, KeyDigest, KeyError, KeyLimits, KeyStore,
     NewApiKey, SELLER_NAME_BYTES_MAX, open_key_store,
