@@ -9,8 +9,11 @@
 //! - `bursar demo-api` serves the demo paid API alone, against any facilitator, chain and token.
 //! - `bursar runtime` serves the agent payments runtime; `bursar wallet`, `grant`, `session`,
 //!   `ledger` and `operator-keys` manage it.
+//! - `bursar audit` verifies the runtime's decision trace and shows why a payment was made or
+//!   refused.
 //! - `bursar bench` measures signature verification and the facilitator's `/verify`.
 
+mod audit;
 mod bench;
 mod dev;
 mod devnet;
@@ -32,6 +35,8 @@ pub mod exit {
     pub const PAYMENT_REJECTED: u8 = 4;
     /// `bursar ledger reconcile` found differences between the ledger and the chain.
     pub const RECONCILE_DIFFERENCES: u8 = 5;
+    /// `bursar audit verify` found a decision that does not verify.
+    pub const AUDIT_BROKEN: u8 = 6;
 }
 
 #[derive(Parser)]
@@ -73,6 +78,8 @@ enum Command {
     Ledger(runtime::LedgerArgs),
     /// The runtime's operator keys: create, list, revoke.
     OperatorKeys(runtime::OperatorKeysArgs),
+    /// The decision trace: verify the hash chain, show why a payment was made or refused.
+    Audit(audit::AuditArgs),
     /// Measure signature verification and facilitator /verify throughput.
     Bench(bench::BenchArgs),
 }
@@ -184,6 +191,7 @@ fn main() -> ExitCode {
             Command::Session(args) => runtime::session(args).await,
             Command::Ledger(args) => runtime::ledger(args).await,
             Command::OperatorKeys(args) => runtime::operator_keys(args).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }
     });
