@@ -23,9 +23,12 @@
 //!   ledger against the chain.
 //! - **API** ([`api::router`]): JSON over HTTP, operator keys for admin endpoints, session tokens
 //!   for agents, idempotency keys on creates, `/openapi.json`.
+//! - **Forward proxy** ([`proxy::proxy_router`]): the same paying for agents that set
+//!   `HTTP_PROXY` to it, with the session token as proxy credentials (no `CONNECT` tunnels).
 
 pub mod api;
 mod error;
+pub mod proxy;
 pub mod reconcile;
 mod service;
 pub mod tokens;
