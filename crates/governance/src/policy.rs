@@ -263,6 +263,25 @@ fn bounded<T>(items: &[T], field: &str) -> Result<(), PolicyError> {
 }
 
 impl Policy {
+    /// What applies when no policy file is configured: only the defaults (terms pinned per
+    /// endpoint and session).
+    pub fn defaults(source: &str) -> Policy {
+        Policy {
+            source: source.to_string(),
+            max_per_call: None,
+            networks: None,
+            assets: None,
+            allow_payees: None,
+            deny_payees: Vec::new(),
+            limits: Vec::new(),
+            windows: Vec::new(),
+            max_calls_per_session: None,
+            loop_limit: None,
+            pin_terms: PIN_TERMS_DEFAULT,
+            phases: BTreeMap::new(),
+        }
+    }
+
     /// Reads a TOML policy whose amounts are in `unit` (the runtime's currency).
     pub fn parse(text: &str, unit: &AssetUnit, source: &str) -> Result<Policy, PolicyError> {
         if text.len() > POLICY_BYTES_MAX {

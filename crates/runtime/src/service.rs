@@ -770,12 +770,14 @@ impl Runtime {
 
     // ----- governance -----
 
-    /// The policies that apply to a session: the runtime's file, then the wallet's, the grant's
-    /// and the session's own. A policy that cannot be read is an error (the payment is denied).
+    /// The policies that apply to a session: the runtime's file (or, without one, the
+    /// defaults), then the wallet's, the grant's and the session's own. A policy that cannot be read is an error (the payment is denied).
     pub async fn policies_for(&self, session: &SessionRecord) -> Result<Vec<Policy>, String> {
         let mut policies = Vec::new();
-        if let Some(policy) = self.file_policy()? {
-            policies.push(policy);
+        match self.file_policy()? {
+            Some(policy) => policies.push(policy),
+            // Without a file, the defaults apply (terms pinned per endpoint).
+            None => policies.push(Policy::defaults("runtime defaults")),
         }
         let unit = &self.currency().unit;
         for (scope, id) in [
@@ -844,7 +846,7 @@ impl Runtime {
         denial: Option<&str>,
         rules: Vec<Value>,
     ) {
-        let decision = PendingDecision {
+        let decision = bursar_store::NewDecision {
             session_id: Some(session.id.clone()),
             wallet_id: Some(session.wallet_id.clone()),
             agent: Some(session.agent.clone()),
@@ -856,8 +858,15 @@ impl Runtime {
             reason: denial.map(str::to_string),
             rules: Value::Array(rules),
         };
-        // DECISION-STORE-WIRING: written to the hash-chained trace once it lands.
-        tracing::debug!(session = %session.id, allowed = decision.allowed, rules = %decision.rules, "payment decision");
+        if let Err(error) = self
+            .inner
+            .store
+            .decision_store()
+            .record_decision(decision)
+            .await
+        {
+            tracing::error!(%error, session = %session.id, "could not record the decision trace");
+        }
     }
 
     /// Checks a policy document without attaching it.
@@ -1230,17 +1239,4 @@ impl PaymentApproval for Reserve {
             }
         }
     }
-}
-
-struct PendingDecision {
-    session_id: Option<String>,
-    wallet_id: Option<String>,
-    agent: Option<String>,
-    transfer_id: Option<String>,
-    resource: Option<String>,
-    payee: Option<String>,
-    amount: Option<Amount>,
-    allowed: bool,
-    reason: Option<String>,
-    rules: Value,
 }

@@ -496,6 +496,9 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Detaches a policy; returns whether there was one.
     async fn delete_policy(&self, scope: &str, subject_id: &str) -> Result<bool, StoreError>;
 
+    /// The decision trace in the same database.
+    fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore>;
+
     /// A shared setting; `put_meta_if_absent` returns the value that is stored afterwards.
     async fn meta(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn put_meta_if_absent(&self, name: &str, value: &str) -> Result<String, StoreError>;
@@ -1642,6 +1645,10 @@ macro_rules! runtime_store_impl {
                     .await?
                     .rows_affected();
                 Ok(deleted == 1)
+            }
+
+            fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore> {
+                std::sync::Arc::new(self.clone())
             }
 
             async fn meta(&self, name: &str) -> Result<Option<String>, StoreError> {

@@ -1,0 +1,479 @@
+//! Hostile sellers against policies, end to end over the runtime's API on the embedded chain,
+//! on SQLite and PostgreSQL. For each: what was denied (before anything was signed), the decision
+//! trace, and that the chain moved exactly what policy allowed.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use alloy_primitives::{Address, U256};
+use alloy_signer_local::PrivateKeySigner;
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use bursar_chain::EvmChain;
+use bursar_chain::testkit::{self, TOKEN_NAME};
+use bursar_facilitator::{FacilitatorConfig, LocalFacilitator};
+use bursar_facilitator_client::Facilitator;
+use bursar_protocol::{
+    Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequired, PaymentRequirements,
+    Resource, X402Version,
+};
+use bursar_store::runtime::{EntryKind, TransferState};
+use common::{Network_, PRICE, RuntimeUnderTest, network, runtime};
+use http::Method;
+use serde_json::{Value, json};
+
+/// A seller whose 402 terms move with every unpaid call: the price rises by 1000 atomic units
+/// and, when `rotate_pay_to`, the payTo address changes. It settles what it is paid through a
+/// real facilitator.
+async fn shifty_seller(network: &Network_, rotate_pay_to: bool) -> (String, Vec<Address>) {
+    let chain: Arc<dyn bursar_chain::DevChain> = network.chain.clone();
+    let settler = testkit::funded_account(&chain).await;
+    let evm: Arc<dyn EvmChain> = network.chain.clone();
+    let facilitator = Arc::new(LocalFacilitator::new(
+        evm,
+        settler,
+        FacilitatorConfig::default(),
+    ));
+    let payees: Vec<Address> = (0..8)
+        .map(|_| PrivateKeySigner::random().address())
+        .collect();
+    let calls = Arc::new(AtomicU64::new(0));
+    let token = network.token.address();
+    let chain_id = network.chain.chain_id();
+    let handler = {
+        let payees = payees.clone();
+        move |headers: HeaderMap| {
+            let (facilitator, payees, calls) = (facilitator.clone(), payees.clone(), calls.clone());
+            async move {
+                if let Some(header) = headers.get("payment-signature") {
+                    let payload = PaymentPayload::from_header(header.to_str().unwrap()).unwrap();
+                    let requirements = payload.accepted.clone().unwrap();
+                    let request = FacilitatorRequest {
+                        version: X402Version::V2,
+                        payload,
+                        requirements,
+                        resource: None,
+                    };
+                    let settled = facilitator.settle(&request).await.unwrap();
+                    let status = if settled.success {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::PAYMENT_REQUIRED
+                    };
+                    return (
+                        status,
+                        [("payment-response", settled.to_header())],
+                        "content".to_string(),
+                    )
+                        .into_response();
+                }
+                let call = calls.fetch_add(1, Ordering::SeqCst);
+                let pay_to = if rotate_pay_to {
+                    payees[(call as usize) % payees.len()]
+                } else {
+                    payees[0]
+                };
+                let requirement = PaymentRequirements {
+                    scheme: "exact".into(),
+                    network: Network::Eip155(chain_id),
+                    amount: Amount::from(PRICE + if rotate_pay_to { 0 } else { call * 1000 }),
+                    asset: token.to_checksum(None),
+                    pay_to: pay_to.to_checksum(None),
+                    max_timeout_seconds: 60,
+                    extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
+                };
+                let required = PaymentRequired {
+                    version: X402Version::V2,
+                    error: Some("payment required".into()),
+                    resource: Resource::default(),
+                    accepts: vec![requirement],
+                    extensions: None,
+                };
+                (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [("payment-required", required.to_v2_header())],
+                    String::new(),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/shifty", listener.local_addr().unwrap());
+    let app = Router::new().route("/shifty", get(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, payees)
+}
+
+static WALLETS: AtomicU64 = AtomicU64::new(0);
+
+struct Agent {
+    session: String,
+    token: String,
+    address: Address,
+    start_balance: u64,
+}
+
+/// A funded wallet, a grant, a session with `budget` and `policy` attached to the session.
+async fn agent(rt: &RuntimeUnderTest, network: &Network_, budget: &str, policy: &str) -> Agent {
+    let start_balance = 10_000_000;
+    let (wallet, address) = rt
+        .funded_wallet(
+            network,
+            &format!("w{}", WALLETS.fetch_add(1, Ordering::SeqCst)),
+            start_balance,
+        )
+        .await;
+    let grant = rt.grant(&wallet, "agent", None).await;
+    let (session, token) = rt.session(&grant, budget, None).await;
+    if !policy.is_empty() {
+        let response = rt
+            .http
+            .put(format!("{}/v1/sessions/{session}/policy", rt.url))
+            .bearer_auth(&rt.operator_key)
+            .body(policy.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    }
+    Agent {
+        session,
+        token,
+        address,
+        start_balance,
+    }
+}
+
+impl Agent {
+    async fn fetch(&self, rt: &RuntimeUnderTest, url: &str, phase: Option<&str>) -> (u16, Value) {
+        let mut body = json!({"url": url});
+        if let Some(phase) = phase {
+            body["phase"] = json!(phase);
+        }
+        rt.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/fetch", self.session),
+            Some(&self.token),
+            Some(body),
+        )
+        .await
+    }
+
+    async fn spent(&self, network: &Network_) -> u64 {
+        let balance = network.balance(self.address).await;
+        self.start_balance - u64::try_from(balance).unwrap()
+    }
+}
+
+/// The decisions recorded for a session: (allowed, reason, the failing rule's name).
+async fn decisions(
+    rt: &RuntimeUnderTest,
+    session: &str,
+) -> Vec<(bool, Option<String>, Option<String>)> {
+    let store = rt.runtime.store().decision_store();
+    store
+        .decisions_for(session)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            let failing = d.rules.as_array().and_then(|rules| {
+                rules
+                    .iter()
+                    .find(|rule| rule["passed"] == false)
+                    .and_then(|rule| rule["rule"].as_str().map(str::to_string))
+            });
+            (d.allowed, d.reason, failing)
+        })
+        .collect()
+}
+
+/// "Verify your wallet": a poisoned page makes the agent pay a 0.005 endpoint 200 times, each
+/// under every per-call limit. Loop detection stops it after 5.
+pub async fn drain_by_repetition_is_stopped(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(
+        &rt,
+        &network,
+        "5.00",
+        "max_per_call = \"0.05\"\n[endpoints]\nloop_count = 5\nloop_window = \"10m\"",
+    )
+    .await;
+    let url = format!("{}/paid?verify=wallet", network.seller_url);
+    let mut paid = 0;
+    let mut denied = 0;
+    for attempt in 0..200 {
+        let (status, body) = agent.fetch(&rt, &format!("{url}&n={attempt}"), None).await;
+        match status {
+            200 => paid += 1,
+            403 => {
+                assert_eq!(body["error"]["code"], "loop_detected", "{body}");
+                denied += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((paid, denied), (5, 195));
+    assert_eq!(agent.spent(&network).await, 5 * PRICE);
+    assert_eq!(
+        network.payments_seen(),
+        5,
+        "no signature for the refused calls"
+    );
+    let trace = decisions(&rt, &agent.session).await;
+    assert_eq!(trace.len(), 200);
+    assert_eq!(trace.iter().filter(|(allowed, ..)| *allowed).count(), 5);
+    assert!(
+        trace
+            .iter()
+            .filter(|(allowed, ..)| !allowed)
+            .all(|(_, reason, rule)| {
+                reason.as_deref() == Some("loop_detected")
+                    && rule.as_deref() == Some("loop_detection")
+            })
+    );
+    let check = rt
+        .runtime
+        .store()
+        .decision_store()
+        .verify_decisions()
+        .await
+        .unwrap();
+    assert!(check.broken.is_none(), "{check:?}");
+}
+
+/// An endpoint whose 402 changes payTo, or raises the price, between calls: the first payment
+/// pins the terms; later ones are refused.
+pub async fn shifting_terms_are_refused(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    for rotate in [true, false] {
+        let (url, payees) = shifty_seller(&network, rotate).await;
+        let agent = agent(&rt, &network, "1.00", "").await;
+        let (status, body) = agent.fetch(&rt, &url, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["payment"]["state"], "posted", "{body}");
+        for _ in 0..3 {
+            let (status, body) = agent.fetch(&rt, &url, None).await;
+            assert_eq!(status, 403, "{body}");
+            assert_eq!(body["error"]["code"], "terms_changed", "{body}");
+        }
+        assert_eq!(
+            agent.spent(&network).await,
+            PRICE,
+            "only the first call was paid"
+        );
+        assert_eq!(network.balance(payees[0]).await, U256::from(PRICE));
+        for payee in &payees[1..] {
+            assert_eq!(network.balance(*payee).await, U256::ZERO);
+        }
+        let trace = decisions(&rt, &agent.session).await;
+        assert_eq!(trace.len(), 4);
+        assert!(
+            trace[1..]
+                .iter()
+                .all(|(allowed, _, rule)| !allowed && rule.as_deref() == Some("pin_terms"))
+        );
+    }
+}
+
+/// One call priced just under the session cap is refused by the per-call maximum; payees off
+/// the allowlist, networks and assets the policy does not allow, and spending while exploring
+/// are refused too. Nothing is signed for any of them.
+pub async fn policy_refusals_sign_nothing(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let paid = format!("{}/paid", network.seller_url);
+    let expensive = format!("{}/expensive", network.seller_url);
+    let cases: [(&str, &str, &str, Option<&str>, &str); 6] = [
+        (
+            "10.01",
+            "max_per_call = \"0.50\"",
+            &expensive,
+            None,
+            "max_per_call_exceeded",
+        ),
+        (
+            "1",
+            "[payees]\nallow_domains = [\"api.trusted.test\"]",
+            &paid,
+            None,
+            "payee_not_allowed",
+        ),
+        (
+            "1",
+            "networks = [\"eip155:8453\"]",
+            &paid,
+            None,
+            "network_not_allowed",
+        ),
+        (
+            "1",
+            "assets = [\"0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913\"]",
+            &paid,
+            None,
+            "asset_not_allowed",
+        ),
+        (
+            "1",
+            "[phases.explore]\nspend = false",
+            &paid,
+            Some("explore"),
+            "phase_no_spend",
+        ),
+        (
+            "1",
+            "[[limits]]\npayee = \"127.0.0.1\"\nmax_per_call = \"0.001\"",
+            &paid,
+            None,
+            "payee_limit_exceeded",
+        ),
+    ];
+    for (budget, policy, url, phase, code) in cases {
+        let agent = agent(&rt, &network, budget, policy).await;
+        let (status, body) = agent.fetch(&rt, url, phase).await;
+        assert_eq!(status, 403, "{policy}: {body}");
+        assert_eq!(body["error"]["code"], code, "{policy}: {body}");
+        assert_eq!(agent.spent(&network).await, 0);
+        let trace = decisions(&rt, &agent.session).await;
+        assert_eq!(trace.len(), 1, "{policy}");
+        assert_eq!(trace[0].1.as_deref(), Some(code));
+    }
+    assert_eq!(network.payments_seen(), 0);
+    assert!(rt.runtime.store().transfers(None).await.unwrap().is_empty());
+    // The same phase policy lets the execute phase pay.
+    let agent = agent(&rt, &network, "1", "[phases.explore]\nspend = false").await;
+    let (status, body) = agent.fetch(&rt, &paid, Some("execute")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(agent.spent(&network).await, PRICE);
+    let deny_entries = rt
+        .runtime
+        .store()
+        .entries(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Deny)
+        .count();
+    assert_eq!(deny_entries, 6);
+}
+
+/// A wallet's hourly cap holds across its sessions; the session budgets alone would allow more.
+pub async fn wallet_window_caps_span_sessions(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, address) = rt.funded_wallet(&network, "capped", 1_000_000).await;
+    let response = rt
+        .http
+        .put(format!("{}/v1/wallets/capped/policy", rt.url))
+        .bearer_auth(&rt.operator_key)
+        .body("[[windows]]\nscope = \"wallet\"\nperiod = \"1h\"\nmax = \"0.03\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let grant = rt.grant(&wallet, "a", None).await;
+    let sessions = [
+        rt.session(&grant, "1", None).await,
+        rt.session(&grant, "1", None).await,
+    ];
+    let url = format!("{}/paid", network.seller_url);
+    let mut codes = Vec::new();
+    for round in 0..3 {
+        for (session, token) in &sessions {
+            let (status, body) = rt.fetch(session, token, &format!("{url}?r={round}")).await;
+            codes.push((status, body["error"]["code"].as_str().map(str::to_string)));
+        }
+    }
+    let paid = codes.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(paid, 3, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .filter(|(status, _)| *status != 200)
+            .all(|(status, code)| *status == 403 && code.as_deref() == Some("window_cap_exceeded"))
+    );
+    assert_eq!(
+        network.balance(address).await,
+        U256::from(1_000_000 - 3 * PRICE)
+    );
+    // An invalid policy is refused when attached, with the field named.
+    let response = rt
+        .http
+        .put(format!("{}/v1/wallets/capped/policy", rt.url))
+        .bearer_auth(&rt.operator_key)
+        .body("[[windows]]\nscope = \"planet\"\nperiod = \"1h\"\nmax = \"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("windows.scope"),
+        "{body}"
+    );
+}
+
+/// A seller that answers 402 again after being paid is not paid twice for one request; the
+/// signed authorization it kept stays reserved (it could still settle it) with its decision.
+pub async fn second_402_is_not_paid_again(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(&rt, &network, "1", "").await;
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/rejects", network.seller_url), None)
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(network.payments_seen(), 1);
+    let transfers = rt
+        .runtime
+        .store()
+        .transfers(Some(&agent.session))
+        .await
+        .unwrap();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(transfers[0].state, TransferState::Pending);
+    let trace = decisions(&rt, &agent.session).await;
+    assert_eq!(trace.len(), 1);
+    assert!(trace[0].0, "the payment itself was allowed");
+}
+
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempSqlite::new();
+                    super::$case(&database.url()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempPostgres::create().await;
+                    super::$case(database.url()).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_databases!(
+    drain_by_repetition_is_stopped,
+    shifting_terms_are_refused,
+    policy_refusals_sign_nothing,
+    wallet_window_caps_span_sessions,
+    second_402_is_not_paid_again,
+);
