@@ -60,7 +60,7 @@ fn per_call_maximum_denies_a_call_just_under_a_large_budget() {
     let history = EndpointHistory::default();
     assert_eq!(
         denial(
-            &[p.clone()],
+            std::slice::from_ref(&p),
             &proposal("http://a.test/x", 100_000),
             &history
         ),
@@ -104,7 +104,7 @@ fn networks_assets_and_payees() {
     );
     assert_eq!(
         denial(
-            &[allow.clone()],
+            std::slice::from_ref(&allow),
             &proposal("http://api.good.test/x", 1),
             &history
         ),
@@ -112,7 +112,7 @@ fn networks_assets_and_payees() {
     );
     assert_eq!(
         denial(
-            &[allow.clone()],
+            std::slice::from_ref(&allow),
             &proposal("https://x.trusted.test/y", 1),
             &history
         ),
@@ -124,7 +124,7 @@ fn networks_assets_and_payees() {
         "http://api.good.test.evil/x",
     ] {
         assert_eq!(
-            denial(&[allow.clone()], &proposal(url, 1), &history).as_deref(),
+            denial(std::slice::from_ref(&allow), &proposal(url, 1), &history).as_deref(),
             Some("payee_not_allowed"),
             "{url}"
         );
@@ -161,7 +161,7 @@ fn per_payee_limits_apply_only_to_their_payee() {
     let history = EndpointHistory::default();
     assert_eq!(
         denial(
-            &[p.clone()],
+            std::slice::from_ref(&p),
             &proposal("http://other.test/x", 50_000),
             &history
         ),
@@ -185,17 +185,17 @@ fn phases() {
     let mut exploring = proposal("http://a.test/x", 1);
     exploring.phase = Some("Explore".into());
     assert_eq!(
-        denial(&[p.clone()], &exploring, &history).as_deref(),
+        denial(std::slice::from_ref(&p), &exploring, &history).as_deref(),
         Some("phase_no_spend")
     );
     let mut executing = proposal("http://a.test/x", 60_000);
     executing.phase = Some("execute".into());
     assert_eq!(
-        denial(&[p.clone()], &executing, &history).as_deref(),
+        denial(std::slice::from_ref(&p), &executing, &history).as_deref(),
         Some("phase_max_per_call_exceeded")
     );
     executing.amount = Amount::from(50_000u64);
-    assert_eq!(denial(&[p.clone()], &executing, &history), None);
+    assert_eq!(denial(std::slice::from_ref(&p), &executing, &history), None);
     assert_eq!(
         denial(&[p], &proposal("http://a.test/x", 1), &history),
         None,
@@ -218,7 +218,7 @@ fn endpoint_limits_loops_and_pinned_terms() {
         first_terms: None,
     };
     assert_eq!(
-        denial(&[p.clone()], &proposal(url, 5_000), &recent).as_deref(),
+        denial(std::slice::from_ref(&p), &proposal(url, 5_000), &recent).as_deref(),
         Some("loop_detected")
     );
     let old = EndpointHistory {
@@ -226,14 +226,17 @@ fn endpoint_limits_loops_and_pinned_terms() {
         paid_at_ms: vec![NOW_MS - 61_000, NOW_MS - 62_000, NOW_MS - 1_000],
         first_terms: None,
     };
-    assert_eq!(denial(&[p.clone()], &proposal(url, 5_000), &old), None);
+    assert_eq!(
+        denial(std::slice::from_ref(&p), &proposal(url, 5_000), &old),
+        None
+    );
     let many = EndpointHistory {
         paid_in_session: 10,
         paid_at_ms: vec![],
         first_terms: None,
     };
     assert_eq!(
-        denial(&[p.clone()], &proposal(url, 5_000), &many).as_deref(),
+        denial(std::slice::from_ref(&p), &proposal(url, 5_000), &many).as_deref(),
         Some("endpoint_call_limit")
     );
 
@@ -248,20 +251,23 @@ fn endpoint_limits_loops_and_pinned_terms() {
         paid_at_ms: vec![NOW_MS - 100_000],
         first_terms: Some(first),
     };
-    assert_eq!(denial(&[p.clone()], &proposal(url, 5_000), &pinned), None);
     assert_eq!(
-        denial(&[p.clone()], &proposal(url, 4_000), &pinned),
+        denial(std::slice::from_ref(&p), &proposal(url, 5_000), &pinned),
+        None
+    );
+    assert_eq!(
+        denial(std::slice::from_ref(&p), &proposal(url, 4_000), &pinned),
         None,
         "cheaper is fine"
     );
     assert_eq!(
-        denial(&[p.clone()], &proposal(url, 5_001), &pinned).as_deref(),
+        denial(std::slice::from_ref(&p), &proposal(url, 5_001), &pinned).as_deref(),
         Some("terms_changed")
     );
     let mut moved = proposal(url, 5_000);
     moved.pay_to = Address::repeat_byte(0xcc);
     assert_eq!(
-        denial(&[p.clone()], &moved, &pinned).as_deref(),
+        denial(std::slice::from_ref(&p), &moved, &pinned).as_deref(),
         Some("terms_changed")
     );
     let unpinned = policy("[endpoints]\npin_terms = false");
