@@ -215,7 +215,7 @@ pub async fn run_service(
                 .await
                 .with_context(|| format!("cannot listen on {address} for the agent proxy"))?;
             println!("agent proxy on http://{}", proxy_listener.local_addr()?);
-            let app = proxy_app(runtime.clone());
+            let app = bursar_runtime::proxy::proxy_router(runtime.clone());
             Some(tokio::spawn(crate::dev::serve(proxy_listener, app)))
         }
         None => None,
@@ -226,11 +226,6 @@ pub async fn run_service(
         proxy.abort();
     }
     result
-}
-
-// PROXY-WIRING: replaced by bursar_runtime::proxy::proxy_router once it lands.
-fn proxy_app(_runtime: Runtime) -> axum::Router {
-    axum::Router::new()
 }
 
 pub fn dev_currency(network: &DevNetwork) -> Currency {
