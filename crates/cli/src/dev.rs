@@ -621,6 +621,8 @@ async fn settlement_senders(
         items_max: args.batch_items_max,
         wait_max: std::time::Duration::from_millis(args.batch_wait_ms),
     };
-    config.validate().map_err(|message| anyhow::anyhow!(message))?;
+    config
+        .validate()
+        .map_err(|message| anyhow::anyhow!(message))?;
     Ok((senders, Some(config)))
 }
