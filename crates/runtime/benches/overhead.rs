@@ -1,0 +1,500 @@
+//! What paying costs the runtime, on SQLite and on PostgreSQL.
+//!
+//! `cargo bench -p bursar-runtime --bench overhead` (about a minute). For each store:
+//!
+//! 1. Latency of [`Runtime::fetch`], sequential requests after a warm-up, against a tiny seller
+//!    on loopback that answers 402 with valid requirements and 200 to any request carrying a
+//!    payment header, without settling: the paid request minus the unpaid one is the runtime's
+//!    own work (the 402 round trip, session checks and policy, the reservation transaction,
+//!    signing, the chain lookup after paying, bookkeeping). The paid request through the real
+//!    paywall and facilitator (verify + settle on the embedded chain) is shown for context.
+//! 2. [`RuntimeStore::reserve`] per second, called directly, at concurrency 1 and 16 over many
+//!    sessions.
+//! 3. [`RuntimeStore::post`] per second on the transfers reserved in 2.
+//!
+//! Numbers depend on the machine: compare the ratios within one run.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::B256;
+use alloy_signer_local::PrivateKeySigner;
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use bursar_buyer::RequestSpec;
+use bursar_chain::testkit::TOKEN_NAME;
+use bursar_protocol::exact_evm::{authorization_for, sign_authorization, token_domain};
+use bursar_protocol::{Amount, AssetUnit, Network};
+use bursar_runtime::Runtime;
+use bursar_seller::{Asset, Offer};
+use bursar_store::RuntimeStore;
+use bursar_store::runtime::{NewTransfer, Reservation, SessionRecord};
+use common::{PRICE, RuntimeUnderTest};
+
+/// Sequential requests measured per route (after the warm-up).
+const REQUESTS: usize = 300;
+/// Paid requests through the real paywall (each settles on chain, so slower).
+const REQUESTS_SETTLED: usize = 100;
+const WARM_UP: usize = 30;
+/// How long each throughput measurement runs.
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(3);
+/// Sessions the reservations are spread over.
+const SESSIONS: usize = 64;
+const CONCURRENCY: [usize; 2] = [1, 16];
+
+struct Latencies {
+    label: String,
+    samples: Vec<Duration>,
+}
+
+impl Latencies {
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.samples.clone();
+        sorted.sort();
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1]
+    }
+
+    fn mean(&self) -> Duration {
+        self.samples.iter().sum::<Duration>() / self.samples.len() as u32
+    }
+}
+
+struct Throughput {
+    label: &'static str,
+    concurrency: usize,
+    operations: usize,
+    elapsed: Duration,
+}
+
+impl Throughput {
+    fn per_second(&self) -> f64 {
+        self.operations as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+struct Report {
+    store: &'static str,
+    latencies: Vec<Latencies>,
+    throughput: Vec<Throughput>,
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// A seller that asks for `PRICE` on `/paid` and accepts any payment header without settling,
+/// and serves `/free` for nothing.
+async fn accepting_seller(
+    network: &common::Network_,
+) -> (String, bursar_protocol::PaymentRequirements) {
+    let asset = Asset::new(
+        network.token.address().to_checksum(None),
+        TOKEN_NAME.to_string(),
+        "2".to_string(),
+        AssetUnit::usdc(),
+    );
+    let offer = Offer::exact(
+        Network::Eip155(network.chain.chain_id()),
+        asset,
+        Amount::from(PRICE),
+        PrivateKeySigner::random().address().to_checksum(None),
+    );
+    let requirement = offer.requirement();
+    let required = bursar_protocol::PaymentRequired {
+        version: bursar_protocol::X402Version::V2,
+        error: Some("payment required".into()),
+        resource: bursar_protocol::Resource::default(),
+        accepts: vec![requirement.clone()],
+        extensions: None,
+    }
+    .to_v2_header();
+    let paid = move |request: Request| {
+        let required = required.clone();
+        async move {
+            let headers = request.headers();
+            if headers.contains_key("payment-signature") || headers.contains_key("x-payment") {
+                "paid".into_response()
+            } else {
+                (
+                    http::StatusCode::PAYMENT_REQUIRED,
+                    [("payment-required", required)],
+                    "{}",
+                )
+                    .into_response()
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/free", axum::routing::get(|| async { "free" }))
+        .route("/paid", axum::routing::get(paid));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, requirement)
+}
+
+async fn fetch_latencies(
+    runtime: &Runtime,
+    session: &SessionRecord,
+    label: &'static str,
+    url: &str,
+    requests: usize,
+    paid: bool,
+) -> Latencies {
+    let mut samples = Vec::with_capacity(requests);
+    for i in 0..WARM_UP + requests {
+        let spec = RequestSpec::get(url).expect("url");
+        let started = Instant::now();
+        let fetched = runtime
+            .fetch(session, spec)
+            .await
+            .unwrap_or_else(|e| panic!("{label}: {e}"));
+        let elapsed = started.elapsed();
+        assert_eq!(fetched.status, 200, "{label}");
+        assert_eq!(fetched.payment.is_some(), paid, "{label}");
+        if i >= WARM_UP {
+            samples.push(elapsed);
+        }
+    }
+    Latencies {
+        label: label.to_string(),
+        samples,
+    }
+}
+
+fn transfer_for(session: &SessionRecord, payer: &str, payee: &str) -> NewTransfer {
+    NewTransfer {
+        session_id: session.id.clone(),
+        network: session.network.clone(),
+        asset: session.asset.clone(),
+        payer: payer.to_string(),
+        payee: payee.to_string(),
+        amount: Amount::from(PRICE),
+        nonce: format!("{:#x}", B256::random()),
+        valid_before_s: u64::MAX / 2,
+        resource: "http://127.0.0.1/bench".into(),
+        caps: Vec::new(),
+    }
+}
+
+/// Reservations spread over `sessions` by `concurrency` workers for [`THROUGHPUT_WINDOW`];
+/// returns the measurement and the transfers reserved.
+async fn reserve_throughput(
+    store: &Arc<dyn RuntimeStore>,
+    sessions: &[SessionRecord],
+    concurrency: usize,
+    payer: &str,
+) -> (Throughput, Vec<String>) {
+    let payee = PrivateKeySigner::random().address().to_string();
+    let started = Instant::now();
+    let deadline = started + THROUGHPUT_WINDOW;
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let store = store.clone();
+        let mine: Vec<SessionRecord> = sessions
+            .iter()
+            .skip(worker)
+            .step_by(concurrency)
+            .cloned()
+            .collect();
+        let (payer, payee) = (payer.to_string(), payee.clone());
+        workers.push(tokio::spawn(async move {
+            let mut reserved = Vec::new();
+            let mut next = 0;
+            while Instant::now() < deadline {
+                let session = &mine[next % mine.len()];
+                next += 1;
+                match store
+                    .reserve(transfer_for(session, &payer, &payee))
+                    .await
+                    .expect("reserve")
+                {
+                    Reservation::Reserved(record) => reserved.push(record.id),
+                    Reservation::Denied { reason, message } => {
+                        panic!("reservation denied ({}): {message}", reason.code())
+                    }
+                }
+            }
+            reserved
+        }));
+    }
+    let mut reserved = Vec::new();
+    for worker in workers {
+        reserved.extend(worker.await.expect("worker"));
+    }
+    let elapsed = started.elapsed();
+    (
+        Throughput {
+            label: "reserve",
+            concurrency,
+            operations: reserved.len(),
+            elapsed,
+        },
+        reserved,
+    )
+}
+
+/// Posts `transfers` with `concurrency` workers, for at most [`THROUGHPUT_WINDOW`].
+async fn post_throughput(
+    store: &Arc<dyn RuntimeStore>,
+    transfers: Vec<String>,
+    concurrency: usize,
+) -> Throughput {
+    let queue = Arc::new(std::sync::Mutex::new(transfers));
+    let started = Instant::now();
+    let deadline = started + THROUGHPUT_WINDOW;
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (store, queue) = (store.clone(), queue.clone());
+        workers.push(tokio::spawn(async move {
+            let mut posted = 0usize;
+            while Instant::now() < deadline {
+                let Some(id) = queue.lock().expect("queue").pop() else {
+                    break;
+                };
+                assert!(store.post(&id, None).await.expect("post"), "posted once");
+                posted += 1;
+            }
+            posted
+        }));
+    }
+    let mut operations = 0;
+    for worker in workers {
+        operations += worker.await.expect("worker");
+    }
+    Throughput {
+        label: "post",
+        concurrency,
+        operations,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn measure(store: &'static str, store_url: &str) -> Report {
+    let network = common::network().await;
+    let rt: RuntimeUnderTest = common::runtime(&network, store_url).await;
+    let runtime = rt.runtime.clone();
+    let (wallet, payer) = rt.funded_wallet(&network, "bench", 1_000_000_000_000).await;
+    let grant = rt.grant(&wallet, "bench", None).await;
+    // A fresh session per route: the paid path reads the session's history of payments.
+    let fresh_session = async || {
+        let (id, _) = rt.session(&grant, "1000000", None).await;
+        runtime.session(&id).await.expect("session")
+    };
+    let (seller, requirement) = accepting_seller(&network).await;
+
+    let mut latencies = Vec::new();
+    latencies.push(
+        fetch_latencies(
+            &runtime,
+            &fresh_session().await,
+            "unpaid (402-less route)",
+            &format!("{seller}/free"),
+            REQUESTS,
+            false,
+        )
+        .await,
+    );
+    latencies.push(
+        fetch_latencies(
+            &runtime,
+            &fresh_session().await,
+            "paid (seller accepts, no settle)",
+            &format!("{seller}/paid"),
+            REQUESTS,
+            true,
+        )
+        .await,
+    );
+    latencies.push(
+        fetch_latencies(
+            &runtime,
+            &fresh_session().await,
+            "paid (paywall + facilitator)",
+            &format!("{}/paid", network.seller_url),
+            REQUESTS_SETTLED,
+            true,
+        )
+        .await,
+    );
+
+    // Parts of the paid request's own work, one call at a time.
+    let store_handle = runtime.store().clone();
+    let payee = PrivateKeySigner::random().address().to_string();
+    let payer_text = payer.to_string();
+    let session = fresh_session().await;
+    let mut samples = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        let transfer = transfer_for(&session, &payer_text, &payee);
+        let started = Instant::now();
+        let reserved = store_handle.reserve(transfer).await.expect("reserve");
+        samples.push(started.elapsed());
+        assert!(matches!(reserved, Reservation::Reserved(_)));
+    }
+    latencies.push(Latencies {
+        label: "  part: reservation (one txn)".into(),
+        samples,
+    });
+    let signer = PrivateKeySigner::random();
+    let domain = token_domain(
+        TOKEN_NAME,
+        "2",
+        network.chain.chain_id(),
+        network.token.address(),
+    );
+    let mut samples = Vec::with_capacity(REQUESTS);
+    for _ in 0..REQUESTS {
+        let started = Instant::now();
+        let authorization =
+            authorization_for(&requirement, signer.address(), 1_800_000_000).expect("authorize");
+        sign_authorization(&signer, &authorization, &domain).expect("sign");
+        samples.push(started.elapsed());
+    }
+    latencies.push(Latencies {
+        label: "  part: EIP-3009 signature".into(),
+        samples,
+    });
+    let pending = store_handle
+        .pending_transfers(REQUESTS)
+        .await
+        .expect("pending");
+    let mut samples = Vec::with_capacity(pending.len());
+    for transfer in &pending {
+        let started = Instant::now();
+        let resolution = runtime.resolve_transfer(transfer).await.expect("resolve");
+        samples.push(started.elapsed());
+        assert_eq!(resolution, bursar_runtime::Resolution::StillPending);
+    }
+    latencies.push(Latencies {
+        label: "  part: chain check after paying".into(),
+        samples,
+    });
+
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        let (id, _) = rt.session(&grant, "1000000", None).await;
+        sessions.push(runtime.session(&id).await.expect("session"));
+    }
+    let payer = payer.to_string();
+    let mut throughput = Vec::new();
+    let mut reserved = Vec::new();
+    for concurrency in CONCURRENCY {
+        let (measured, ids) =
+            reserve_throughput(runtime.store(), &sessions, concurrency, &payer).await;
+        throughput.push(measured);
+        reserved.push(ids);
+    }
+    for (concurrency, ids) in CONCURRENCY.into_iter().zip(reserved) {
+        throughput.push(post_throughput(runtime.store(), ids, concurrency).await);
+    }
+    Report {
+        store,
+        latencies,
+        throughput,
+    }
+}
+
+fn print(reports: &[Report]) {
+    println!();
+    println!("Bursar runtime overhead: Runtime::fetch latency and store throughput");
+    println!(
+        "{} cores; shared and noisy: compare ratios within one run, not absolute numbers across \
+         machines.",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "Latency: {REQUESTS} sequential requests per route after {WARM_UP} warm-up ({REQUESTS_SETTLED} \
+         through the paywall), loopback, embedded chain."
+    );
+    println!();
+    println!(
+        "{:<11} {:<34} {:>5} {:>9} {:>9} {:>9}",
+        "store", "Runtime::fetch", "n", "p50 ms", "p99 ms", "mean ms"
+    );
+    let row = |store: &str, latency: &Latencies| {
+        println!(
+            "{:<11} {:<34} {:>5} {:>9.3} {:>9.3} {:>9.3}",
+            store,
+            latency.label,
+            latency.samples.len(),
+            ms(latency.percentile(50.0)),
+            ms(latency.percentile(99.0)),
+            ms(latency.mean()),
+        );
+    };
+    for report in reports {
+        let (unpaid, paid) = (&report.latencies[0], &report.latencies[1]);
+        row(report.store, unpaid);
+        row(report.store, paid);
+        println!(
+            "{:<11} {:<34} {:>5} {:>9.3} {:>9.3} {:>9.3}   (paid/unpaid x{:.1} at p50)",
+            report.store,
+            "= paid overhead (paid - unpaid)",
+            "",
+            ms(paid.percentile(50.0)) - ms(unpaid.percentile(50.0)),
+            ms(paid.percentile(99.0)) - ms(unpaid.percentile(99.0)),
+            ms(paid.mean()) - ms(unpaid.mean()),
+            ms(paid.percentile(50.0)) / ms(unpaid.percentile(50.0)),
+        );
+        for range in [0..50, REQUESTS - 50..REQUESTS] {
+            let window = Latencies {
+                label: format!(
+                    "  paid, session's requests {}-{}",
+                    WARM_UP + range.start + 1,
+                    WARM_UP + range.end
+                ),
+                samples: paid.samples[range].to_vec(),
+            };
+            row(report.store, &window);
+        }
+        for part in &report.latencies[3..] {
+            row(report.store, part);
+        }
+        row(report.store, &report.latencies[2]);
+    }
+    println!();
+    println!(
+        "Store throughput, called directly, {SESSIONS} sessions, {} s windows:",
+        THROUGHPUT_WINDOW.as_secs()
+    );
+    println!(
+        "{:<11} {:<10} {:>11} {:>8} {:>10}",
+        "store", "operation", "concurrency", "ops", "ops/s"
+    );
+    for report in reports {
+        for measured in &report.throughput {
+            println!(
+                "{:<11} {:<10} {:>11} {:>8} {:>10.0}",
+                report.store,
+                measured.label,
+                measured.concurrency,
+                measured.operations,
+                measured.per_second(),
+            );
+        }
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let reports = runtime.block_on(async {
+        let started = Instant::now();
+        let sqlite = bursar_store::testkit::TempSqlite::new();
+        let mut reports = vec![measure("sqlite", &sqlite.url()).await];
+        let postgres = bursar_store::testkit::TempPostgres::create().await;
+        reports.push(measure("postgresql", postgres.url()).await);
+        eprintln!("measured in {:.1} s", started.elapsed().as_secs_f64());
+        reports
+    });
+    print(&reports);
+}
