@@ -9,7 +9,9 @@
 //!   `Proxy-Authenticate: Basic realm="bursar"`.
 //! - **Requests**: absolute-form (`GET http://host/path HTTP/1.1`). The upstream request carries
 //!   the agent's method, headers and body (at most [`PROXY_BODY_BYTES_MAX`] bytes), without
-//!   hop-by-hop headers, `Proxy-*` headers or payment headers (only the runtime pays). The answer
+//!   hop-by-hop headers, `Proxy-*` headers, payment headers (only the runtime pays) or
+//!   `X-Bursar-*` headers. [`HEADER_PHASE`] declares the agent's phase (`explore`, `execute`,
+//!   ...) for phase policies, like the API's `phase`. The answer
 //!   is the upstream status, headers and body as they came, plus [`HEADER_PAYMENT`] (the payment
 //!   as compact JSON) when the runtime paid for it.
 //! - **Refusals and failures** have the API's status and JSON body (`{"error": {"code",
@@ -42,6 +44,10 @@ pub const PROXY_BODY_BYTES_MAX: usize = bursar_buyer::REQUEST_BODY_BYTES_MAX;
 pub const HEADER_PAYMENT: &str = "x-bursar-payment";
 /// Response header carrying the error code when the proxy refused or failed.
 pub const HEADER_ERROR: &str = "x-bursar-error";
+/// Request header declaring the agent's phase, for phase policies; not forwarded.
+pub const HEADER_PHASE: &str = "x-bursar-phase";
+/// Longest phase name accepted.
+const PHASE_BYTES_MAX: usize = 64;
 /// The realm in `Proxy-Authenticate`.
 pub const REALM: &str = "bursar";
 /// What the proxy adds to `Via` (RFC 9110 §7.6.3); a request already carrying it is a loop.
@@ -213,6 +219,7 @@ async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyE
     }
     let token = session_token(&parts.headers)?;
     let session = runtime.authenticate(&token).await?;
+    let phase = phase(&parts.headers)?;
     let body = read_body(&parts.headers, body).await?;
 
     let mut spec = RequestSpec::new(parts.method.clone(), url.as_str())
@@ -226,7 +233,7 @@ async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyE
         "proxying request"
     );
 
-    let fetched = runtime.fetch(&session, spec).await?;
+    let fetched = runtime.fetch_in_phase(&session, spec, phase).await?;
     let status = StatusCode::from_u16(fetched.status).map_err(|_| {
         ProxyError::Runtime(RuntimeError::Upstream {
             message: format!("unusable status {}", fetched.status),
@@ -359,6 +366,20 @@ fn session_token(headers: &HeaderMap) -> Result<String, ProxyError> {
     Ok(token)
 }
 
+/// The phase the agent declares in [`HEADER_PHASE`], if any.
+fn phase(headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
+    let Some(value) = headers.get(HEADER_PHASE) else {
+        return Ok(None);
+    };
+    let phase = value.to_str().map(str::trim).unwrap_or_default();
+    if phase.is_empty() || phase.len() > PHASE_BYTES_MAX {
+        return Err(ProxyError::BadRequest(format!(
+            "X-Bursar-Phase must be a phase name of 1 to {PHASE_BYTES_MAX} visible characters"
+        )));
+    }
+    Ok(Some(phase.to_string()))
+}
+
 /// The request body, refusing more than [`PROXY_BODY_BYTES_MAX`] bytes before reading it when
 /// `Content-Length` says so.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ProxyError> {
@@ -395,8 +416,8 @@ fn connection_tokens<'a>(values: impl Iterator<Item = &'a str>) -> Vec<String> {
         .collect()
 }
 
-/// The agent's headers as sent upstream: without hop-by-hop, `Proxy-*` and payment headers, with
-/// the proxy added to `Via`.
+/// The agent's headers as sent upstream: without hop-by-hop, `Proxy-*`, payment and `X-Bursar-*`
+/// headers, with the proxy added to `Via`.
 fn upstream_headers(agent: &HeaderMap) -> HeaderMap {
     let connection_scoped = connection_tokens(
         agent
@@ -410,6 +431,7 @@ fn upstream_headers(agent: &HeaderMap) -> HeaderMap {
         if HOP_BY_HOP.contains(&name_text)
             || name_text.starts_with("proxy-")
             || PAYMENT_HEADERS.contains(&name_text)
+            || name_text.starts_with("x-bursar-")
             || connection_scoped.iter().any(|token| token == name_text)
         {
             continue;
@@ -506,6 +528,7 @@ mod tests {
             ("accept", "application/json"),
             ("authorization", "Bearer upstream-key"),
             ("x-custom", "kept"),
+            ("x-bursar-phase", "explore"),
         ] {
             agent.append(
                 HeaderName::from_static(name),
@@ -521,6 +544,26 @@ mod tests {
         assert!(passed_through_bursar(&sent));
         assert!(!passed_through_bursar(&with("via", "1.1 squid")));
         assert!(passed_through_bursar(&with("via", "1.0 squid, 1.1 bursar")));
+    }
+
+    #[test]
+    fn phases_are_bounded() {
+        assert_eq!(phase(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(
+            phase(&with("x-bursar-phase", " explore "))
+                .unwrap()
+                .as_deref(),
+            Some("explore")
+        );
+        for bad in [String::new(), "x".repeat(PHASE_BYTES_MAX + 1)] {
+            assert!(matches!(
+                phase(&with("x-bursar-phase", &bad)),
+                Err(ProxyError::BadRequest(_))
+            ));
+        }
+        let mut binary = HeaderMap::new();
+        binary.insert(HEADER_PHASE, HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(phase(&binary).is_err());
     }
 
     #[test]

@@ -576,6 +576,7 @@ pub async fn requests_and_answers_pass_through(store_url: &str) {
             .header("authorization", "Bearer upstream-api-key")
             .header("x-request-id", "r-1")
             .header("x-payment", "forged")
+            .header("x-bursar-phase", "execute")
             .header("content-type", "application/octet-stream")
             .body(body.clone())
             .send()
@@ -614,11 +615,61 @@ pub async fn requests_and_answers_pass_through(store_url: &str) {
         "proxy-connection",
         "x-payment",
         "payment-signature",
+        "x-bursar-phase",
     ] {
         assert!(!headers.contains_key(absent), "{absent} was forwarded");
     }
     let transfers = rt.runtime.store().transfers(None).await.unwrap();
     assert!(transfers.is_empty());
+}
+
+/// X-Bursar-Phase is the API's `phase`: a session whose policy forbids spending while exploring
+/// is refused in that phase (403 phase_no_spend, nothing signed or moved) and pays when executing.
+pub async fn phase_policies_apply(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let start = 1_000_000u64;
+    let (wallet, payer) = rt.funded_wallet(&network, "w", start).await;
+    let grant = rt.grant(&wallet, "planner", None).await;
+    let (session, token) = rt.session(&grant, "1", None).await;
+    let response = rt
+        .http
+        .put(format!("{}/v1/sessions/{session}/policy", rt.url))
+        .bearer_auth(&rt.operator_key)
+        .body("[phases.explore]\nspend = false")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let proxy = serve(proxy_router(rt.runtime.clone())).await;
+    let agent = agent_client(proxy, &token);
+    let url = format!("{}/paid", network.seller_url);
+    let in_phase = async |phase: &str| {
+        Answer::of(
+            agent
+                .get(&url)
+                .header("x-bursar-phase", phase)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    };
+
+    in_phase("explore")
+        .await
+        .assert_error(403, "phase_no_spend");
+    assert_eq!(network.payments_seen(), 0);
+    assert_eq!(network.balance(payer).await, U256::from(start));
+    assert!(rt.runtime.store().transfers(None).await.unwrap().is_empty());
+    in_phase("").await.assert_error(400, "invalid_request");
+
+    let paid = in_phase("execute").await;
+    assert_eq!(paid.status, 200, "{}", paid.body);
+    assert_eq!(paid.payment().unwrap()["state"], "posted");
+    assert_eq!(network.payments_seen(), 1);
+    assert_eq!(network.balance(payer).await, U256::from(start - PRICE));
+    assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
 }
 
 macro_rules! on_both_databases {
@@ -650,4 +701,5 @@ on_both_databases!(
     credentials_are_enforced,
     unforwardable_requests_are_refused,
     requests_and_answers_pass_through,
+    phase_policies_apply,
 );
