@@ -34,6 +34,13 @@ pub struct BenchArgs {
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure confirmed settlements per second instead: `POST /settle`, unbatched and batched,
+    /// each concurrency level on a fresh anvil (`$BURSAR_ANVIL` or the one pinned in tools/anvil).
+    #[arg(long)]
+    pub settle: bool,
+    /// Sender accounts for the batched settle benchmark.
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
 }
 
 /// The most connections the load generator opens.
@@ -51,6 +58,9 @@ struct Level {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.settle {
+        return settle::run(args).await;
+    }
     anyhow::ensure!(
         args.concurrency
             .iter()
@@ -373,3 +383,5 @@ async fn worker_loop(
     }
     Ok((latencies, failures))
 }
+
+mod settle;
