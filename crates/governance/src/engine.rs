@@ -40,6 +40,27 @@ pub struct EndpointHistory {
     pub paid_at_ms: Vec<i64>,
     /// The terms of the first payment to this endpoint in this session.
     pub first_terms: Option<Terms>,
+    /// Paid requests in a row that the endpoint answered with 402 again, and when the last was.
+    pub rejections: u32,
+    pub last_rejection_ms: Option<i64>,
+}
+
+/// The first wait after `backoff_after_rejections` rejections in a row; it doubles with each
+/// further rejection, up to [`BACKOFF_MAX_MS`].
+pub const BACKOFF_BASE_MS: i64 = 1_000;
+pub const BACKOFF_MAX_MS: i64 = 60 * 60 * 1_000;
+
+/// How long to wait after `rejections` in a row, once at least `after` of them happened.
+pub fn backoff_ms(rejections: u32, after: u32) -> Option<i64> {
+    if after == 0 || rejections < after {
+        return None;
+    }
+    let doublings = (rejections - after).min(32);
+    Some(
+        BACKOFF_BASE_MS
+            .saturating_mul(1i64 << doublings)
+            .min(BACKOFF_MAX_MS),
+    )
 }
 
 /// One rule that ran.
@@ -323,6 +344,28 @@ pub fn evaluate(
                        "now": {"payTo": proposal.pay_to.to_string(), "amount": amount.to_string(),
                                "asset": proposal.asset.to_string(), "network": proposal.network}}),
                 changed.map(|message| ("terms_changed", format!("{message} for this endpoint"))),
+            );
+        }
+        if let (Some(wait_ms), Some(last)) = (
+            backoff_ms(history.rejections, policy.backoff_after_rejections),
+            history.last_rejection_ms,
+        ) {
+            let retry_at = last.saturating_add(wait_ms);
+            evaluation.check(
+                "rejection_backoff",
+                source,
+                json!({"endpoint": endpoint_of(&proposal.url), "rejectionsInARow": history.rejections,
+                       "after": policy.backoff_after_rejections, "waitMs": wait_ms}),
+                (now_ms < retry_at).then(|| {
+                    (
+                        "endpoint_backing_off",
+                        format!(
+                            "this endpoint refused {} paid requests in a row; next try allowed in {} ms",
+                            history.rejections,
+                            retry_at - now_ms
+                        ),
+                    )
+                }),
             );
         }
         evaluation.windows.extend(policy.windows.iter().cloned());

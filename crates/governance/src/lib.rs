@@ -7,7 +7,8 @@
 //!   and assets, payee allow/deny lists by host or address, per-payee/asset limits, caps over
 //!   rolling windows per wallet or agent, per-endpoint call limits, loop detection, pinned terms
 //!   (an endpoint's payTo, asset and network may not change within a session and its price may
-//!   not rise), and rules per phase (`explore`, `execute`, ...).
+//!   not rise), exponential backoff after repeated 402s to paid requests, and rules per phase
+//!   (`explore`, `execute`, ...).
 //! - [`evaluate`] runs every rule of every policy (a global file plus the wallet's, grant's and
 //!   session's) against a [`Proposal`] and what the session already paid the endpoint
 //!   ([`EndpointHistory`]). The result lists each rule with its input and outcome (for the
@@ -20,7 +21,8 @@ pub mod engine;
 pub mod policy;
 
 pub use engine::{
-    EndpointHistory, Evaluation, Proposal, RuleResult, Terms, endpoint_of, evaluate, host_matches,
+    BACKOFF_BASE_MS, BACKOFF_MAX_MS, EndpointHistory, Evaluation, Proposal, RuleResult, Terms,
+    backoff_ms, endpoint_of, evaluate, host_matches,
 };
 pub use policy::{
     Limit, PayeeMatch, PhaseRule, Policy, PolicyError, WindowCap, WindowScope, parse_period,

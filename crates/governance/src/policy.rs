@@ -25,6 +25,8 @@
 //! loop_count = 5                         # the same endpoint paid this many times ...
 //! loop_window = "60s"                    # ... within this long is a loop
 //! pin_terms = true                       # payTo, asset and network fixed, price never rising
+//! backoff_after_rejections = 3           # paid but answered 402 again this often in a row:
+//!                                        # wait 1 s, 2 s, 4 s, ... (at most 1 h) between tries
 //!
 //! [phases.explore]
 //! spend = false                          # no payments while exploring
@@ -47,6 +49,9 @@ pub const WINDOW_SECONDS_MIN: u64 = 1;
 pub const WINDOW_SECONDS_MAX: u64 = 366 * 24 * 60 * 60;
 /// The default of `endpoints.pin_terms`.
 pub const PIN_TERMS_DEFAULT: bool = true;
+/// The default of `endpoints.backoff_after_rejections`: after this many paid requests in a row
+/// that an endpoint answered with 402 again, payments to it back off exponentially.
+pub const BACKOFF_AFTER_REJECTIONS_DEFAULT: u32 = 3;
 
 /// A policy that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,6 +123,7 @@ struct EndpointsDocument {
     loop_count: Option<u32>,
     loop_window: Option<String>,
     pin_terms: Option<bool>,
+    backoff_after_rejections: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +237,8 @@ pub struct Policy {
     /// `(count, within seconds)`.
     pub loop_limit: Option<(u32, u64)>,
     pub pin_terms: bool,
+    /// After this many rejected payments in a row to one endpoint, back off (0 = never).
+    pub backoff_after_rejections: u32,
     pub phases: BTreeMap<String, PhaseRule>,
 }
 
@@ -278,6 +286,7 @@ impl Policy {
             max_calls_per_session: None,
             loop_limit: None,
             pin_terms: PIN_TERMS_DEFAULT,
+            backoff_after_rejections: BACKOFF_AFTER_REJECTIONS_DEFAULT,
             phases: BTreeMap::new(),
         }
     }
@@ -462,6 +471,10 @@ impl Policy {
             max_calls_per_session: document.endpoints.max_calls_per_session,
             loop_limit,
             pin_terms: document.endpoints.pin_terms.unwrap_or(PIN_TERMS_DEFAULT),
+            backoff_after_rejections: document
+                .endpoints
+                .backoff_after_rejections
+                .unwrap_or(BACKOFF_AFTER_REJECTIONS_DEFAULT),
             phases,
         })
     }

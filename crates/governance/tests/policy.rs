@@ -215,7 +215,7 @@ fn endpoint_limits_loops_and_pinned_terms() {
     let recent = EndpointHistory {
         paid_in_session: 3,
         paid_at_ms: vec![NOW_MS - 1_000, NOW_MS - 2_000, NOW_MS - 3_000],
-        first_terms: None,
+        ..EndpointHistory::default()
     };
     assert_eq!(
         denial(std::slice::from_ref(&p), &proposal(url, 5_000), &recent).as_deref(),
@@ -224,7 +224,7 @@ fn endpoint_limits_loops_and_pinned_terms() {
     let old = EndpointHistory {
         paid_in_session: 3,
         paid_at_ms: vec![NOW_MS - 61_000, NOW_MS - 62_000, NOW_MS - 1_000],
-        first_terms: None,
+        ..EndpointHistory::default()
     };
     assert_eq!(
         denial(std::slice::from_ref(&p), &proposal(url, 5_000), &old),
@@ -232,8 +232,7 @@ fn endpoint_limits_loops_and_pinned_terms() {
     );
     let many = EndpointHistory {
         paid_in_session: 10,
-        paid_at_ms: vec![],
-        first_terms: None,
+        ..EndpointHistory::default()
     };
     assert_eq!(
         denial(std::slice::from_ref(&p), &proposal(url, 5_000), &many).as_deref(),
@@ -250,6 +249,7 @@ fn endpoint_limits_loops_and_pinned_terms() {
         paid_in_session: 1,
         paid_at_ms: vec![NOW_MS - 100_000],
         first_terms: Some(first),
+        ..EndpointHistory::default()
     };
     assert_eq!(
         denial(std::slice::from_ref(&p), &proposal(url, 5_000), &pinned),
@@ -366,4 +366,33 @@ fn bad_policies_are_refused_with_the_field() {
     assert_eq!(parse_period("0s"), None);
     assert_eq!(parse_period("400d"), None);
     assert_eq!(parse_period("99999999999999999999d"), None);
+}
+
+#[test]
+fn repeated_rejections_back_off_exponentially() {
+    let defaults = Policy::defaults("defaults");
+    let url = "http://a.test/x";
+    let history = |rejections, ago_ms: i64| EndpointHistory {
+        rejections,
+        last_rejection_ms: Some(NOW_MS - ago_ms),
+        ..EndpointHistory::default()
+    };
+    let slice = std::slice::from_ref(&defaults);
+    assert_eq!(denial(slice, &proposal(url, 1), &history(2, 0)), None);
+    assert_eq!(
+        denial(slice, &proposal(url, 1), &history(3, 500)).as_deref(),
+        Some("endpoint_backing_off")
+    );
+    assert_eq!(denial(slice, &proposal(url, 1), &history(3, 1_001)), None);
+    assert_eq!(
+        denial(slice, &proposal(url, 1), &history(5, 3_000)).as_deref(),
+        Some("endpoint_backing_off"),
+        "the fifth rejection waits 4 s"
+    );
+    assert_eq!(
+        bursar_governance::backoff_ms(40, 3),
+        Some(bursar_governance::BACKOFF_MAX_MS)
+    );
+    let never = policy("[endpoints]\nbackoff_after_rejections = 0");
+    assert_eq!(denial(&[never], &proposal(url, 1), &history(9, 0)), None);
 }

@@ -160,6 +160,9 @@ struct Inner {
     /// Decrypted signers by wallet id, so scrypt runs once per wallet per process.
     signers: RwLock<HashMap<String, Arc<PrivateKeySigner>>>,
     http: reqwest::Client,
+    /// Paid requests in a row that an endpoint answered with 402 again, per (session,
+    /// endpoint), with the time of the last: for the backoff rule. Kept in this process only.
+    rejections: Mutex<HashMap<(String, String), (u32, i64)>>,
     /// The policy file's last reading: its modification time and what it said.
     policy_file: Mutex<Option<(SystemTime, Result<Policy, String>)>>,
 }
@@ -209,6 +212,7 @@ impl Runtime {
                 signers: RwLock::default(),
                 http,
                 policy_file: Mutex::new(None),
+                rejections: Mutex::default(),
             }),
         })
     }
@@ -626,8 +630,10 @@ impl Runtime {
                 currency.unit.clone(),
             )
             .approval(reserve.clone());
+        let endpoint = endpoint_of(&request.url);
         let outcome = client.send(request).await;
         let reserved = reserve.reserved.lock().expect("reservation slot").take();
+        self.note_outcome(&session.id, &endpoint, &outcome);
         match outcome {
             Ok(response) => {
                 let payment = match (&response.payment, reserved) {
@@ -875,6 +881,28 @@ impl Runtime {
             .map_err(|e| RuntimeError::Invalid(e.to_string()))
     }
 
+    /// Counts paid requests that the endpoint answered with 402 again; a paid success resets.
+    fn note_outcome(
+        &self,
+        session_id: &str,
+        endpoint: &str,
+        outcome: &Result<bursar_buyer::PaidResponse, BuyerError>,
+    ) {
+        let key = (session_id.to_string(), endpoint.to_string());
+        let mut rejections = self.inner.rejections.lock().expect("rejections lock");
+        match outcome {
+            Err(BuyerError::PaymentRejected { .. }) => {
+                let entry = rejections.entry(key).or_insert((0, 0));
+                entry.0 = entry.0.saturating_add(1);
+                entry.1 = now_ms();
+            }
+            Ok(response) if response.payment.is_some() => {
+                rejections.remove(&key);
+            }
+            _ => {}
+        }
+    }
+
     /// What this session already paid (reserved or settled) the endpoint of `url`.
     async fn endpoint_history(
         &self,
@@ -883,6 +911,16 @@ impl Runtime {
     ) -> Result<EndpointHistory, RuntimeError> {
         let endpoint = endpoint_of(url);
         let mut history = EndpointHistory::default();
+        if let Some((count, at)) = self
+            .inner
+            .rejections
+            .lock()
+            .expect("rejections lock")
+            .get(&(session_id.to_string(), endpoint.clone()))
+        {
+            history.rejections = *count;
+            history.last_rejection_ms = Some(*at);
+        }
         for transfer in self.inner.store.transfers(Some(session_id)).await? {
             if transfer.state == TransferState::Voided {
                 continue;

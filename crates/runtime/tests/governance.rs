@@ -447,6 +447,41 @@ pub async fn second_402_is_not_paid_again(store_url: &str) {
     assert!(trace[0].0, "the payment itself was allowed");
 }
 
+/// An endpoint that keeps answering 402 to paid requests: after three in a row, payments to it
+/// back off (1 s, then doubling) — refused before signing while the backoff lasts.
+pub async fn repeated_402_backs_off(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(&rt, &network, "1", "").await;
+    let url = format!("{}/rejects", network.seller_url);
+    for _ in 0..3 {
+        let (status, body) = agent.fetch(&rt, &url, None).await;
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"]["code"], "payment_rejected");
+    }
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "endpoint_backing_off", "{body}");
+    assert_eq!(network.payments_seen(), 3, "no signature while backing off");
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 502, "one more try after the wait: {body}");
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(
+        body["error"]["code"], "endpoint_backing_off",
+        "{status} {body}"
+    );
+    assert_eq!(network.payments_seen(), 4);
+    let trace = decisions(&rt, &agent.session).await;
+    assert_eq!(trace.iter().filter(|(allowed, ..)| !allowed).count(), 2);
+    assert!(
+        trace
+            .iter()
+            .filter(|(allowed, ..)| !allowed)
+            .all(|(_, _, rule)| rule.as_deref() == Some("rejection_backoff"))
+    );
+}
+
 macro_rules! on_both_databases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -476,4 +511,5 @@ on_both_databases!(
     policy_refusals_sign_nothing,
     wallet_window_caps_span_sessions,
     second_402_is_not_paid_again,
+    repeated_402_backs_off,
 );
