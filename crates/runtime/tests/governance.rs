@@ -2,6 +2,7 @@
 //! on SQLite and PostgreSQL. For each: what was denied (before anything was signed), the decision
 //! trace, and that the chain moved exactly what policy allowed.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -480,29 +481,6 @@ pub async fn repeated_402_backs_off(store_url: &str) {
             .filter(|(allowed, ..)| !allowed)
             .all(|(_, _, rule)| rule.as_deref() == Some("rejection_backoff"))
     );
-}
-
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempSqlite::new();
-                    super::$case(&database.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempPostgres::create().await;
-                    super::$case(database.url()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_databases!(

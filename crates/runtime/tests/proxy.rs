@@ -4,6 +4,7 @@
 //! requests, oversized bodies and loops get clear JSON errors. Every case checks the chain, the
 //! ledger and what the seller received, not only the HTTP answers.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -670,29 +671,6 @@ pub async fn phase_policies_apply(store_url: &str) {
     assert_eq!(network.payments_seen(), 1);
     assert_eq!(network.balance(payer).await, U256::from(start - PRICE));
     assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
-}
-
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempSqlite::new();
-                    super::$case(&database.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempPostgres::create().await;
-                    super::$case(database.url()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_databases!(

@@ -3,6 +3,7 @@
 //! authorization, two-phase accounting and reconciliation. Every case checks the chain and the
 //! ledger, not only the HTTP answers.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
@@ -496,29 +497,6 @@ pub async fn unsettled_payments_are_voided_after_expiry(store_url: &str) {
     let report = reconcile(runtime).await.unwrap();
     assert!(report.is_clean(), "{:?}", report.differences);
     assert_eq!(report.voided_total, Amount::from(PRICE));
-}
-
-macro_rules! on_both_databases {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempSqlite::new();
-                    super::$case(&database.url()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let database = bursar_store::testkit::TempPostgres::create().await;
-                    super::$case(database.url()).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_databases!(

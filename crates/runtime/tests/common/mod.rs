@@ -2,7 +2,7 @@
 //! in-process facilitator, a seller behind Bursar's paywall, and the runtime's API — each over
 //! real loopback HTTP.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -287,4 +287,29 @@ impl RuntimeUnderTest {
         )
         .await
     }
+}
+
+/// Runs each named `async fn case(store_url: &str)` as two tests: on a temporary SQLite file
+/// and on a fresh PostgreSQL database.
+macro_rules! on_both_databases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempSqlite::new();
+                    super::$case(&database.url()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let database = bursar_store::testkit::TempPostgres::create().await;
+                    super::$case(database.url()).await;
+                }
+            )*
+        }
+    };
 }
