@@ -43,6 +43,9 @@ pub struct EndpointHistory {
     /// Paid requests in a row that the endpoint answered with 402 again, and when the last was.
     pub rejections: u32,
     pub last_rejection_ms: Option<i64>,
+    /// Payments to the endpoint are paused until then (failed response validations).
+    pub paused_until_ms: Option<i64>,
+    pub pause_reason: Option<String>,
 }
 
 /// The first wait after `backoff_after_rejections` rejections in a row; it doubles with each
@@ -148,6 +151,24 @@ pub fn evaluate(
         .unwrap_or_default()
         .to_ascii_lowercase();
     let amount = proposal.amount;
+    if let Some(until) = history.paused_until_ms {
+        evaluation.check(
+            "endpoint_pause",
+            "response validation",
+            json!({"endpoint": endpoint_of(&proposal.url), "pausedUntilMs": until,
+                   "reason": history.pause_reason}),
+            (now_ms < until).then(|| {
+                (
+                    "endpoint_paused",
+                    format!(
+                        "payments to this endpoint are paused after failed response validations ({}); \
+                         an operator can lift the pause",
+                        history.pause_reason.as_deref().unwrap_or("no reason recorded")
+                    ),
+                )
+            }),
+        );
+    }
     for policy in policies {
         let source = policy.source.as_str();
         if let Some(max) = policy.max_per_call {

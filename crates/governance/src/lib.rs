@@ -25,5 +25,6 @@ pub use engine::{
     backoff_ms, endpoint_of, evaluate, host_matches,
 };
 pub use policy::{
-    Limit, PayeeMatch, PhaseRule, Policy, PolicyError, WindowCap, WindowScope, parse_period,
+    Limit, PayeeMatch, PhaseRule, Policy, PolicyError, Validation, WindowCap, WindowScope,
+    parse_period,
 };

@@ -28,6 +28,13 @@
 //! backoff_after_rejections = 3           # paid but answered 402 again this often in a row:
 //!                                        # wait 1 s, 2 s, 4 s, ... (at most 1 h) between tries
 //!
+//! [validation]                           # what a paid response must look like
+//! status = [200]                         # default: any 2xx
+//! content_type = "application/json"
+//! json_schema = { type = "object", required = ["content"] }
+//! failures_before_pause = 3              # failures in a row before payments pause
+//! cooldown = "24h"                       # how long the pause lasts (an operator can lift it)
+//!
 //! [phases.explore]
 //! spend = false                          # no payments while exploring
 //! [phases.execute]
@@ -87,6 +94,17 @@ struct Document {
     endpoints: EndpointsDocument,
     #[serde(default)]
     phases: BTreeMap<String, PhaseDocument>,
+    validation: Option<ValidationDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValidationDocument {
+    status: Option<Vec<u16>>,
+    content_type: Option<String>,
+    json_schema: Option<toml::Value>,
+    failures_before_pause: Option<u32>,
+    cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,8 +239,68 @@ pub struct PhaseRule {
     pub max_per_call: Option<Amount>,
 }
 
+/// The default of `validation.failures_before_pause`.
+pub const FAILURES_BEFORE_PAUSE_DEFAULT: u32 = 3;
+/// The default of `validation.cooldown`: 24 hours.
+pub const PAUSE_COOLDOWN_SECONDS_DEFAULT: u64 = 24 * 60 * 60;
+
+/// What a paid response must look like. After `failures_before_pause` failures in a row,
+/// payments to the endpoint pause for `cooldown_seconds`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Accepted statuses; `None` accepts any 2xx.
+    pub status: Option<Vec<u16>>,
+    /// The content type must start with this (case-insensitive), e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// The body must be JSON valid against this schema.
+    pub json_schema: Option<serde_json::Value>,
+    pub failures_before_pause: u32,
+    pub cooldown_seconds: u64,
+}
+
+impl Validation {
+    /// Why a response fails these rules, or `None` when it passes.
+    pub fn check(&self, status: u16, content_type: Option<&str>, body: &[u8]) -> Option<String> {
+        match &self.status {
+            Some(allowed) if !allowed.contains(&status) => {
+                return Some(format!("status {status} is not one of {allowed:?}"));
+            }
+            None if !(200..300).contains(&status) => {
+                return Some(format!("status {status} is not a success"));
+            }
+            _ => {}
+        }
+        if let Some(expected) = &self.content_type {
+            let actual = content_type.unwrap_or_default();
+            if !actual
+                .to_ascii_lowercase()
+                .starts_with(&expected.to_ascii_lowercase())
+            {
+                return Some(format!("content type {actual:?} is not {expected:?}"));
+            }
+        }
+        if let Some(schema) = &self.json_schema {
+            let document: serde_json::Value = match serde_json::from_slice(body) {
+                Ok(document) => document,
+                Err(error) => return Some(format!("the body is not JSON: {error}")),
+            };
+            let validator = match jsonschema::validator_for(schema) {
+                Ok(validator) => validator,
+                Err(error) => return Some(format!("the JSON Schema is invalid: {error}")),
+            };
+            if let Some(error) = validator.iter_errors(&document).next() {
+                return Some(format!(
+                    "the body does not match the schema at {}: {error}",
+                    error.instance_path
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// A policy, checked and with amounts in atomic units.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Where it comes from (`file /etc/bursar/policy.toml`, `wallet wal_...`), for traces.
     pub source: String,
@@ -240,6 +318,7 @@ pub struct Policy {
     /// After this many rejected payments in a row to one endpoint, back off (0 = never).
     pub backoff_after_rejections: u32,
     pub phases: BTreeMap<String, PhaseRule>,
+    pub validation: Option<Validation>,
 }
 
 /// Parses a duration such as `90s`, `30m`, `1h`, `7d`.
@@ -288,6 +367,7 @@ impl Policy {
             pin_terms: PIN_TERMS_DEFAULT,
             backoff_after_rejections: BACKOFF_AFTER_REJECTIONS_DEFAULT,
             phases: BTreeMap::new(),
+            validation: None,
         }
     }
 
@@ -455,7 +535,39 @@ impl Policy {
             }
             None => None,
         };
+        let validation = match document.validation {
+            None => None,
+            Some(validation) => {
+                let json_schema = match validation.json_schema {
+                    Some(schema) => {
+                        let schema = serde_json::to_value(schema)
+                            .map_err(|e| invalid("validation.json_schema", e.to_string()))?;
+                        jsonschema::validator_for(&schema)
+                            .map_err(|e| invalid("validation.json_schema", e.to_string()))?;
+                        Some(schema)
+                    }
+                    None => None,
+                };
+                let cooldown_seconds = match &validation.cooldown {
+                    Some(text) => parse_period(text).ok_or_else(|| {
+                        invalid("validation.cooldown", format!("{text:?} is not a duration"))
+                    })?,
+                    None => PAUSE_COOLDOWN_SECONDS_DEFAULT,
+                };
+                Some(Validation {
+                    status: validation.status,
+                    content_type: validation.content_type,
+                    json_schema,
+                    failures_before_pause: validation
+                        .failures_before_pause
+                        .unwrap_or(FAILURES_BEFORE_PAUSE_DEFAULT)
+                        .max(1),
+                    cooldown_seconds,
+                })
+            }
+        };
         Ok(Policy {
+            validation,
             source: source.to_string(),
             max_per_call: document
                 .max_per_call

@@ -396,3 +396,41 @@ fn repeated_rejections_back_off_exponentially() {
     let never = policy("[endpoints]\nbackoff_after_rejections = 0");
     assert_eq!(denial(&[never], &proposal(url, 1), &history(9, 0)), None);
 }
+
+#[test]
+fn response_validation_checks_status_type_and_schema() {
+    let p = policy(
+        "[validation]\nstatus = [200]\ncontent_type = \"application/json\"\n\
+         json_schema = { type = \"object\", required = [\"content\"] }\ncooldown = \"1h\"",
+    );
+    let rule = p.validation.expect("validation");
+    assert_eq!(rule.failures_before_pause, 3);
+    assert_eq!(rule.cooldown_seconds, 3600);
+    let json = Some("application/json; charset=utf-8");
+    assert_eq!(rule.check(200, json, br#"{"content": 1}"#), None);
+    assert!(
+        rule.check(201, json, br#"{"content": 1}"#)
+            .unwrap()
+            .contains("status 201")
+    );
+    assert!(
+        rule.check(200, Some("text/plain"), b"{}")
+            .unwrap()
+            .contains("content type")
+    );
+    assert!(rule.check(200, json, b"%%%").unwrap().contains("not JSON"));
+    assert!(
+        rule.check(200, json, br#"{"other": 1}"#)
+            .unwrap()
+            .contains("schema")
+    );
+    let lenient = policy("[validation]\nfailures_before_pause = 1")
+        .validation
+        .unwrap();
+    assert_eq!(lenient.check(204, None, b""), None);
+    assert!(lenient.check(500, None, b"").is_some());
+    match Policy::parse("[validation]\njson_schema = { type = 12 }", &usdc(), "t") {
+        Err(PolicyError::Invalid { field, .. }) => assert_eq!(field, "validation.json_schema"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -59,6 +59,8 @@ pub fn router(runtime: Runtime) -> Router {
             "/v1/{scope}/{subject}/policy",
             get(show_policy).put(put_policy).delete(delete_policy),
         )
+        .route("/v1/pauses", get(list_pauses))
+        .route("/v1/pauses/lift", post(lift_pause))
         .route("/v1/ledger", get(ledger))
         .route("/v1/ledger/reconcile", get(reconcile))
         .fallback(not_found)
@@ -629,6 +631,12 @@ fn fetched_json(runtime: &Runtime, fetched: &Fetched) -> Value {
         "status": fetched.status,
         "headers": headers,
         "payment": fetched.payment.as_ref().map(|p| payment_json(runtime, p)),
+        "validation": fetched.validation.as_ref().map(|v| json!({
+            "passed": v.failure.is_none(),
+            "failure": v.failure,
+            "consecutiveFailures": v.consecutive_failures,
+            "pausedUntilMs": v.paused_until_ms,
+        })),
     });
     match std::str::from_utf8(&fetched.body) {
         Ok(text) => document["body"] = json!(text),
@@ -823,4 +831,63 @@ async fn delete_policy(
         .await
         .map_err(RuntimeError::from)?;
     Ok(axum::Json(json!({"scope": scope, "subjectId": id, "deleted": deleted})).into_response())
+}
+
+// ----- paused endpoints -----
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PauseFilter {
+    wallet_id: Option<String>,
+}
+
+async fn list_pauses(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Query(filter): Query<PauseFilter>,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let wallet_id = match &filter.wallet_id {
+        Some(wallet) => Some(runtime.wallet(wallet).await?.id),
+        None => None,
+    };
+    let pauses: Vec<Value> = runtime
+        .store()
+        .paused_endpoints(wallet_id.as_deref())
+        .await
+        .map_err(RuntimeError::from)?
+        .iter()
+        .map(|health| {
+            json!({
+                "walletId": health.wallet_id,
+                "endpoint": health.endpoint,
+                "consecutiveFailures": health.consecutive_failures,
+                "reason": health.last_failure,
+                "pausedUntilMs": health.paused_until_ms,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "pauses": pauses })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LiftPause {
+    wallet_id: String,
+    endpoint: String,
+}
+
+async fn lift_pause(State(runtime): State<Runtime>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let request: LiftPause = parse_json(&body)?;
+    let wallet = runtime.wallet(&request.wallet_id).await?;
+    let lifted = runtime
+        .store()
+        .lift_pause(&wallet.id, &request.endpoint)
+        .await
+        .map_err(RuntimeError::from)?;
+    Ok(
+        axum::Json(json!({"walletId": wallet.id, "endpoint": request.endpoint, "lifted": lifted}))
+            .into_response(),
+    )
 }

@@ -37,5 +37,5 @@ pub use error::RuntimeError;
 pub use service::{
     Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession, PaymentSummary,
     RESOLVE_BATCH_MAX, Resolution, Runtime, RuntimeConfig, SessionRequest, UPSTREAM_TIMEOUT,
-    WalletInfo,
+    ValidationOutcome, WalletInfo,
 };

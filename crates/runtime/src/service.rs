@@ -129,6 +129,19 @@ pub struct Fetched {
     pub headers: Vec<(String, String)>,
     pub body: bytes::Bytes,
     pub payment: Option<PaymentSummary>,
+    /// How the paid response fared against the policies' validation rules, when any apply.
+    pub validation: Option<ValidationOutcome>,
+}
+
+/// The result of validating a paid response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationOutcome {
+    /// Why it failed; `None` when it passed.
+    pub failure: Option<String>,
+    /// Failed validations in a row for this wallet and endpoint.
+    pub consecutive_failures: u64,
+    /// Set when this failure paused payments to the endpoint.
+    pub paused_until_ms: Option<i64>,
 }
 
 /// What happened to one pending transfer when the chain was consulted.
@@ -654,7 +667,14 @@ impl Runtime {
                     }
                     _ => None,
                 };
+                let validation = if payment.is_some() {
+                    self.validate_paid_response(session, &endpoint, &response)
+                        .await
+                } else {
+                    None
+                };
                 Ok(Fetched {
+                    validation,
                     status: response.status.as_u16(),
                     headers: response
                         .headers
@@ -881,6 +901,78 @@ impl Runtime {
             .map_err(|e| RuntimeError::Invalid(e.to_string()))
     }
 
+    /// Checks a paid response against every validation rule of the session's policies and
+    /// records the outcome; enough failures in a row pause payments to the endpoint.
+    async fn validate_paid_response(
+        &self,
+        session: &SessionRecord,
+        endpoint: &str,
+        response: &bursar_buyer::PaidResponse,
+    ) -> Option<ValidationOutcome> {
+        let policies = match self.policies_for(session).await {
+            Ok(policies) => policies,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the policies to validate a paid response");
+                return None;
+            }
+        };
+        let rules: Vec<_> = policies
+            .iter()
+            .filter_map(|p| p.validation.as_ref())
+            .collect();
+        if rules.is_empty() {
+            return None;
+        }
+        let content_type = response
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok());
+        let failure = rules
+            .iter()
+            .find_map(|rule| rule.check(response.status.as_u16(), content_type, &response.body));
+        let pause_after = rules
+            .iter()
+            .map(|rule| u64::from(rule.failures_before_pause))
+            .min()
+            .unwrap_or(1);
+        let cooldown_ms = rules
+            .iter()
+            .map(|rule| rule.cooldown_seconds.saturating_mul(1000))
+            .max()
+            .unwrap_or(0);
+        let recorded = self
+            .inner
+            .store
+            .record_validation(
+                &session.wallet_id,
+                endpoint,
+                failure.as_deref(),
+                pause_after,
+                i64::try_from(cooldown_ms).unwrap_or(i64::MAX),
+            )
+            .await;
+        match recorded {
+            Ok(health) => {
+                if let Some(reason) = &failure {
+                    tracing::warn!(%endpoint, %reason, failures = health.consecutive_failures, "paid response failed validation");
+                }
+                Some(ValidationOutcome {
+                    failure,
+                    consecutive_failures: health.consecutive_failures,
+                    paused_until_ms: health.paused_until_ms.filter(|until| *until > now_ms()),
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not record a response validation");
+                Some(ValidationOutcome {
+                    failure,
+                    consecutive_failures: 0,
+                    paused_until_ms: None,
+                })
+            }
+        }
+    }
+
     /// Counts paid requests that the endpoint answered with 402 again; a paid success resets.
     fn note_outcome(
         &self,
@@ -903,14 +995,26 @@ impl Runtime {
         }
     }
 
-    /// What this session already paid (reserved or settled) the endpoint of `url`.
+    /// What this session already paid (reserved or settled) the endpoint of `url`, and whether
+    /// the wallet's payments to it are paused.
     async fn endpoint_history(
         &self,
-        session_id: &str,
+        session: &SessionRecord,
         url: &url::Url,
     ) -> Result<EndpointHistory, RuntimeError> {
+        let session_id = session.id.as_str();
         let endpoint = endpoint_of(url);
         let mut history = EndpointHistory::default();
+        if let Some(health) = self
+            .inner
+            .store
+            .endpoint_health(&session.wallet_id, &endpoint)
+            .await?
+            && health.is_paused(now_ms())
+        {
+            history.paused_until_ms = health.paused_until_ms;
+            history.pause_reason = health.last_failure;
+        }
         if let Some((count, at)) = self
             .inner
             .rejections
@@ -1191,7 +1295,7 @@ impl PaymentApproval for Reserve {
             }
         };
         let history = match runtime
-            .endpoint_history(&self.session.id, &proposal.request.url)
+            .endpoint_history(&self.session, &proposal.request.url)
             .await
         {
             Ok(history) => history,

@@ -483,6 +483,78 @@ pub async fn repeated_402_backs_off(store_url: &str) {
     );
 }
 
+/// An endpoint that returns garbage after payment: each paid response fails validation; after
+/// three in a row payments to it pause (refused before signing), the pause and its reason are
+/// listed, and an operator can lift it.
+pub async fn garbage_after_payment_pauses_the_endpoint(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(
+        &rt,
+        &network,
+        "1",
+        "[validation]\ncontent_type = \"application/json\"\njson_schema = { type = \"object\", required = [\"content\"] }\nfailures_before_pause = 3\ncooldown = \"24h\"",
+    )
+    .await;
+    let url = format!("{}/garbage", network.seller_url);
+    for attempt in 1..=3u64 {
+        let (status, body) = agent.fetch(&rt, &url, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["payment"]["state"], "posted", "{body}");
+        assert_eq!(body["validation"]["passed"], false, "{body}");
+        assert_eq!(body["validation"]["consecutiveFailures"], attempt, "{body}");
+        assert_eq!(
+            body["validation"]["pausedUntilMs"].is_number(),
+            attempt == 3,
+            "{body}"
+        );
+    }
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "endpoint_paused", "{body}");
+    assert_eq!(network.payments_seen(), 3, "nothing signed while paused");
+    assert_eq!(agent.spent(&network).await, 3 * PRICE);
+    // A valid endpoint of the same seller is unaffected.
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/paid", network.seller_url), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["validation"]["passed"], true, "{body}");
+
+    let (status, pauses) = rt.operator(Method::GET, "/v1/pauses", None).await;
+    assert_eq!(status, 200);
+    let pauses = pauses["pauses"].as_array().unwrap().clone();
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert!(
+        pauses[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("content type"),
+        "{pauses:?}"
+    );
+    let endpoint = pauses[0]["endpoint"].as_str().unwrap().to_string();
+    let wallet = pauses[0]["walletId"].as_str().unwrap().to_string();
+    let (status, lifted) = rt
+        .operator(
+            Method::POST,
+            "/v1/pauses/lift",
+            Some(json!({"walletId": wallet, "endpoint": endpoint})),
+        )
+        .await;
+    assert_eq!(
+        (status, lifted["lifted"].as_bool()),
+        (200, Some(true)),
+        "{lifted}"
+    );
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 200, "paid again after the lift: {body}");
+    assert_eq!(body["validation"]["consecutiveFailures"], 1);
+    let trace = decisions(&rt, &agent.session).await;
+    assert!(trace.iter().any(|(allowed, reason, rule)| !allowed
+        && reason.as_deref() == Some("endpoint_paused")
+        && rule.as_deref() == Some("endpoint_pause")));
+}
+
 on_both_databases!(
     drain_by_repetition_is_stopped,
     shifting_terms_are_refused,
@@ -490,4 +562,5 @@ on_both_databases!(
     wallet_window_caps_span_sessions,
     second_402_is_not_paid_again,
     repeated_402_backs_off,
+    garbage_after_payment_pauses_the_endpoint,
 );

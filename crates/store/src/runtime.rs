@@ -400,6 +400,24 @@ pub struct LedgerEntry {
     pub at_ms: i64,
 }
 
+/// The validation record of one endpoint for one wallet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointHealth {
+    pub wallet_id: String,
+    pub endpoint: String,
+    pub consecutive_failures: u64,
+    pub last_failure: Option<String>,
+    /// Payments to the endpoint are refused until then (unix ms).
+    pub paused_until_ms: Option<i64>,
+    pub updated_at_ms: i64,
+}
+
+impl EndpointHealth {
+    pub fn is_paused(&self, now_ms: i64) -> bool {
+        self.paused_until_ms.is_some_and(|until| now_ms < until)
+    }
+}
+
 /// An operator key without its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OperatorKeyRecord {
@@ -495,6 +513,29 @@ pub trait RuntimeStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Detaches a policy; returns whether there was one.
     async fn delete_policy(&self, scope: &str, subject_id: &str) -> Result<bool, StoreError>;
+
+    /// Records one validation of a paid response: a pass resets the count of failures; a failure
+    /// adds one, and the `pause_after`-th in a row pauses the endpoint for `cooldown_ms`.
+    async fn record_validation(
+        &self,
+        wallet_id: &str,
+        endpoint: &str,
+        failure: Option<&str>,
+        pause_after: u64,
+        cooldown_ms: i64,
+    ) -> Result<EndpointHealth, StoreError>;
+    async fn endpoint_health(
+        &self,
+        wallet_id: &str,
+        endpoint: &str,
+    ) -> Result<Option<EndpointHealth>, StoreError>;
+    /// Endpoints paused now (of one wallet, or all).
+    async fn paused_endpoints(
+        &self,
+        wallet_id: Option<&str>,
+    ) -> Result<Vec<EndpointHealth>, StoreError>;
+    /// Lifts a pause and forgets the failures; returns whether the endpoint was paused.
+    async fn lift_pause(&self, wallet_id: &str, endpoint: &str) -> Result<bool, StoreError>;
 
     /// The decision trace in the same database.
     fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore>;
@@ -688,6 +729,25 @@ where
         tx_hash: row_get!(row, "tx_hash"),
         reason: row_get!(row, "reason"),
         at_ms: row_get!(row, "at_ms"),
+    })
+}
+
+fn health_from_row<R>(row: &R) -> Result<EndpointHealth, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let failures: i64 = row_get!(row, "consecutive_failures");
+    Ok(EndpointHealth {
+        wallet_id: row_get!(row, "wallet_id"),
+        endpoint: row_get!(row, "endpoint"),
+        consecutive_failures: u64::try_from(failures)
+            .map_err(|_| StoreError::Corrupt("negative consecutive_failures".into()))?,
+        last_failure: row_get!(row, "last_failure"),
+        paused_until_ms: row_get!(row, "paused_until_ms"),
+        updated_at_ms: row_get!(row, "updated_at_ms"),
     })
 }
 
@@ -1645,6 +1705,123 @@ macro_rules! runtime_store_impl {
                     .await?
                     .rows_affected();
                 Ok(deleted == 1)
+            }
+
+            async fn record_validation(
+                &self,
+                wallet_id: &str,
+                endpoint: &str,
+                failure: Option<&str>,
+                pause_after: u64,
+                cooldown_ms: i64,
+            ) -> Result<EndpointHealth, StoreError> {
+                let pool = self.ready().await?;
+                let now = now_ms();
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO endpoint_health (wallet_id, endpoint, consecutive_failures, \
+                     updated_at_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (wallet_id, endpoint) DO NOTHING",
+                )
+                .bind(wallet_id)
+                .bind(endpoint)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                match failure {
+                    None => {
+                        sqlx::query(
+                            "UPDATE endpoint_health SET consecutive_failures = 0, updated_at_ms = $3 \
+                             WHERE wallet_id = $1 AND endpoint = $2",
+                        )
+                        .bind(wallet_id)
+                        .bind(endpoint)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    Some(reason) => {
+                        sqlx::query(
+                            "UPDATE endpoint_health SET consecutive_failures = consecutive_failures + 1, \
+                             last_failure = $3, updated_at_ms = $4 WHERE wallet_id = $1 AND endpoint = $2",
+                        )
+                        .bind(wallet_id)
+                        .bind(endpoint)
+                        .bind(truncate(reason, RESOURCE_BYTES_MAX))
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        sqlx::query(
+                            "UPDATE endpoint_health SET paused_until_ms = $3 \
+                             WHERE wallet_id = $1 AND endpoint = $2 AND consecutive_failures >= $4",
+                        )
+                        .bind(wallet_id)
+                        .bind(endpoint)
+                        .bind(now.saturating_add(cooldown_ms))
+                        .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX))
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let row = sqlx::query(
+                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
+                     updated_at_ms FROM endpoint_health WHERE wallet_id = $1 AND endpoint = $2",
+                )
+                .bind(wallet_id)
+                .bind(endpoint)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                health_from_row(&row)
+            }
+
+            async fn endpoint_health(
+                &self,
+                wallet_id: &str,
+                endpoint: &str,
+            ) -> Result<Option<EndpointHealth>, StoreError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(
+                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
+                     updated_at_ms FROM endpoint_health WHERE wallet_id = $1 AND endpoint = $2",
+                )
+                .bind(wallet_id)
+                .bind(endpoint)
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(health_from_row).transpose()
+            }
+
+            async fn paused_endpoints(
+                &self,
+                wallet_id: Option<&str>,
+            ) -> Result<Vec<EndpointHealth>, StoreError> {
+                let pool = self.ready().await?;
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
+                     updated_at_ms FROM endpoint_health WHERE paused_until_ms > $1 \
+                     AND ($2 IS NULL OR wallet_id = $2) ORDER BY updated_at_ms LIMIT {LIST_ROWS_MAX}"
+                )))
+                .bind(now_ms())
+                .bind(wallet_id)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(health_from_row).collect()
+            }
+
+            async fn lift_pause(&self, wallet_id: &str, endpoint: &str) -> Result<bool, StoreError> {
+                let pool = self.ready().await?;
+                let updated = sqlx::query(
+                    "UPDATE endpoint_health SET paused_until_ms = NULL, consecutive_failures = 0, \
+                     updated_at_ms = $4 WHERE wallet_id = $1 AND endpoint = $2 AND paused_until_ms > $3",
+                )
+                .bind(wallet_id)
+                .bind(endpoint)
+                .bind(now_ms())
+                .bind(now_ms())
+                .execute(pool)
+                .await?
+                .rows_affected();
+                Ok(updated == 1)
             }
 
             fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore> {

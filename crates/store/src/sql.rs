@@ -44,6 +44,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "governance",
         include_str!("../migrations/sqlite/0005_governance.sql"),
     ),
+    (
+        6,
+        "endpoint health",
+        include_str!("../migrations/sqlite/0006_endpoint_health.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -70,6 +75,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "governance",
         include_str!("../migrations/postgres/0005_governance.sql"),
+    ),
+    (
+        6,
+        "endpoint health",
+        include_str!("../migrations/postgres/0006_endpoint_health.sql"),
     ),
 ];
 

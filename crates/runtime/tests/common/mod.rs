@@ -84,6 +84,7 @@ pub async fn network() -> Network_ {
     let paywall = PaywallLayer::builder(facilitator)
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
+        .route(PricedRoute::new(Method::GET, "/garbage").offer(offer(PRICE)))
         .build()
         .expect("paywall");
     let payments_seen = Arc::new(AtomicUsize::new(0));
@@ -127,6 +128,11 @@ pub async fn network() -> Network_ {
             get(|| async { axum::Json(json!({"content": "paid"})) }),
         )
         .route("/expensive", get(|| async { "expensive" }))
+        // Paid, then answers garbage: not JSON, whatever it promised.
+        .route(
+            "/garbage",
+            get(|| async { "%%% not what you paid for %%%" }),
+        )
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
         .route("/rejects", get(rejecting))
