@@ -25,6 +25,6 @@ pub use engine::{
     backoff_ms, endpoint_of, evaluate, host_matches,
 };
 pub use policy::{
-    Limit, PayeeMatch, PhaseRule, Policy, PolicyError, Validation, WindowCap, WindowScope,
-    parse_period,
+    CacheRule, CacheScope, Limit, PayeeMatch, PhaseRule, Policy, PolicyError, Validation,
+    WindowCap, WindowScope, parse_period,
 };

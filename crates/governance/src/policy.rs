@@ -35,6 +35,10 @@
 //! failures_before_pause = 3              # failures in a row before payments pause
 //! cooldown = "24h"                       # how long the pause lasts (an operator can lift it)
 //!
+//! [cache]                                # opt-in: serve a paid GET again instead of paying twice
+//! ttl = "24h"
+//! scope = "session"                      # or "wallet"
+//!
 //! [phases.explore]
 //! spend = false                          # no payments while exploring
 //! [phases.execute]
@@ -95,6 +99,14 @@ struct Document {
     #[serde(default)]
     phases: BTreeMap<String, PhaseDocument>,
     validation: Option<ValidationDocument>,
+    cache: Option<CacheDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheDocument {
+    ttl: Option<String>,
+    scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -299,6 +311,24 @@ impl Validation {
     }
 }
 
+/// The default of `cache.ttl`: 24 hours.
+pub const CACHE_TTL_SECONDS_DEFAULT: u64 = 24 * 60 * 60;
+
+/// Who shares a cached paid response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CacheScope {
+    Session,
+    Wallet,
+}
+
+/// Opt-in: a paid GET response is kept and served again (without paying) for the same URL
+/// within the scope, for `ttl_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRule {
+    pub ttl_seconds: u64,
+    pub scope: CacheScope,
+}
+
 /// A policy, checked and with amounts in atomic units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -319,6 +349,7 @@ pub struct Policy {
     pub backoff_after_rejections: u32,
     pub phases: BTreeMap<String, PhaseRule>,
     pub validation: Option<Validation>,
+    pub cache: Option<CacheRule>,
 }
 
 /// Parses a duration such as `90s`, `30m`, `1h`, `7d`.
@@ -368,6 +399,7 @@ impl Policy {
             backoff_after_rejections: BACKOFF_AFTER_REJECTIONS_DEFAULT,
             phases: BTreeMap::new(),
             validation: None,
+            cache: None,
         }
     }
 
@@ -566,7 +598,29 @@ impl Policy {
                 })
             }
         };
+        let cache = match document.cache {
+            None => None,
+            Some(cache) => Some(CacheRule {
+                ttl_seconds: match &cache.ttl {
+                    Some(text) => parse_period(text).ok_or_else(|| {
+                        invalid("cache.ttl", format!("{text:?} is not a duration"))
+                    })?,
+                    None => CACHE_TTL_SECONDS_DEFAULT,
+                },
+                scope: match cache.scope.as_deref() {
+                    None | Some("session") => CacheScope::Session,
+                    Some("wallet") => CacheScope::Wallet,
+                    Some(other) => {
+                        return Err(invalid(
+                            "cache.scope",
+                            format!("{other:?}: expected \"session\" or \"wallet\""),
+                        ));
+                    }
+                },
+            }),
+        };
         Ok(Policy {
+            cache,
             validation,
             source: source.to_string(),
             max_per_call: document

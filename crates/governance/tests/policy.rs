@@ -434,3 +434,22 @@ fn response_validation_checks_status_type_and_schema() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn cache_rules() {
+    let rule = policy("[cache]").cache.unwrap();
+    assert_eq!(rule.ttl_seconds, 86_400);
+    assert_eq!(rule.scope, bursar_governance::CacheScope::Session);
+    let rule = policy("[cache]\nttl = \"10m\"\nscope = \"wallet\"")
+        .cache
+        .unwrap();
+    assert_eq!(
+        (rule.ttl_seconds, rule.scope),
+        (600, bursar_governance::CacheScope::Wallet)
+    );
+    assert!(policy("max_per_call = \"1\"").cache.is_none());
+    match Policy::parse("[cache]\nscope = \"galaxy\"", &usdc(), "t") {
+        Err(PolicyError::Invalid { field, .. }) => assert_eq!(field, "cache.scope"),
+        other => panic!("{other:?}"),
+    }
+}

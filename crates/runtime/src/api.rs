@@ -631,6 +631,7 @@ fn fetched_json(runtime: &Runtime, fetched: &Fetched) -> Value {
         "status": fetched.status,
         "headers": headers,
         "payment": fetched.payment.as_ref().map(|p| payment_json(runtime, p)),
+        "cachedFrom": fetched.cached_from,
         "validation": fetched.validation.as_ref().map(|v| json!({
             "passed": v.failure.is_none(),
             "failure": v.failure,

@@ -32,6 +32,10 @@ pub const GRANT_DURATION_DEFAULT: Duration = Duration::from_secs(60 * 60);
 pub const GRANT_DURATION_MAX: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Timeout of one upstream request made for an agent.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most paid responses kept in a process's paid-response cache.
+pub const PAID_CACHE_ENTRIES_MAX: usize = 10_000;
+/// Largest body the paid-response cache keeps.
+pub const PAID_CACHE_BODY_BYTES_MAX: usize = 1024 * 1024;
 /// Pending transfers looked at per resolver pass.
 pub const RESOLVE_BATCH_MAX: usize = 500;
 
@@ -131,6 +135,8 @@ pub struct Fetched {
     pub payment: Option<PaymentSummary>,
     /// How the paid response fared against the policies' validation rules, when any apply.
     pub validation: Option<ValidationOutcome>,
+    /// Set when the response came from the paid-response cache: the transfer that paid for it.
+    pub cached_from: Option<String>,
 }
 
 /// The result of validating a paid response.
@@ -176,6 +182,9 @@ struct Inner {
     /// Paid requests in a row that an endpoint answered with 402 again, per (session,
     /// endpoint), with the time of the last: for the backoff rule. Kept in this process only.
     rejections: Mutex<HashMap<(String, String), (u32, i64)>>,
+    /// Paid GET responses kept for policies with `[cache]`, by (scope id, URL). In this
+    /// process's memory, bounded by [`PAID_CACHE_ENTRIES_MAX`].
+    paid_cache: Mutex<HashMap<(String, String), CachedResponse>>,
     /// The policy file's last reading: its modification time and what it said.
     policy_file: Mutex<Option<(SystemTime, Result<Policy, String>)>>,
 }
@@ -226,6 +235,7 @@ impl Runtime {
                 http,
                 policy_file: Mutex::new(None),
                 rejections: Mutex::default(),
+                paid_cache: Mutex::default(),
             }),
         })
     }
@@ -623,6 +633,20 @@ impl Runtime {
                 .await?;
             return Err(RuntimeError::Denied { code, message });
         }
+        let cache = self.cache_rule(session, &request).await;
+        if let Some((key, _)) = &cache
+            && let Some(hit) = self.cached(key)
+        {
+            tracing::info!(url = %request.url, transfer = %hit.transfer_id, "served from the paid-response cache");
+            return Ok(Fetched {
+                status: hit.status,
+                headers: hit.headers,
+                body: hit.body,
+                payment: None,
+                validation: None,
+                cached_from: Some(hit.transfer_id),
+            });
+        }
         let signer = self.signer(&session.wallet_id).await?;
         let currency = self.currency();
         let reserve = Arc::new(Reserve {
@@ -673,7 +697,15 @@ impl Runtime {
                 } else {
                     None
                 };
+                if let (Some((key, ttl_ms)), Some(payment)) = (cache, &payment)
+                    && response.status.is_success()
+                    && validation.as_ref().is_none_or(|v| v.failure.is_none())
+                    && response.body.len() <= PAID_CACHE_BODY_BYTES_MAX
+                {
+                    self.remember(key, ttl_ms, &response, &payment.transfer_id);
+                }
                 Ok(Fetched {
+                    cached_from: None,
                     validation,
                     status: response.status.as_u16(),
                     headers: response
@@ -971,6 +1003,81 @@ impl Runtime {
                 })
             }
         }
+    }
+
+    /// The cache key and lifetime when a policy opts into the paid-response cache for this GET.
+    async fn cache_rule(
+        &self,
+        session: &SessionRecord,
+        request: &RequestSpec,
+    ) -> Option<((String, String), i64)> {
+        if request.method != http::Method::GET {
+            return None;
+        }
+        let policies = self.policies_for(session).await.ok()?;
+        // The most restrictive wins: the shortest lifetime, and session scope over wallet.
+        let rules: Vec<_> = policies.iter().filter_map(|p| p.cache).collect();
+        let ttl_seconds = rules.iter().map(|r| r.ttl_seconds).min()?;
+        let wallet_wide = rules
+            .iter()
+            .all(|r| r.scope == bursar_governance::CacheScope::Wallet);
+        let scope = if wallet_wide {
+            format!("wallet {}", session.wallet_id)
+        } else {
+            format!("session {}", session.id)
+        };
+        let ttl_ms = i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+        Some(((scope, request.url.to_string()), ttl_ms))
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<CachedResponse> {
+        let mut cache = self.inner.paid_cache.lock().expect("paid cache lock");
+        match cache.get(key) {
+            Some(hit) if now_ms() < hit.expires_at_ms => Some(hit.clone()),
+            Some(_) => {
+                cache.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(
+        &self,
+        key: (String, String),
+        ttl_ms: i64,
+        response: &bursar_buyer::PaidResponse,
+        transfer_id: &str,
+    ) {
+        let now = now_ms();
+        let mut cache = self.inner.paid_cache.lock().expect("paid cache lock");
+        if cache.len() >= PAID_CACHE_ENTRIES_MAX {
+            cache.retain(|_, entry| now < entry.expires_at_ms);
+        }
+        if cache.len() >= PAID_CACHE_ENTRIES_MAX
+            && let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, entry)| entry.expires_at_ms)
+                .map(|(key, _)| key.clone())
+        {
+            cache.remove(&oldest);
+        }
+        cache.insert(
+            key,
+            CachedResponse {
+                expires_at_ms: now.saturating_add(ttl_ms),
+                status: response.status.as_u16(),
+                headers: response
+                    .headers
+                    .iter()
+                    .filter_map(|(name, value)| {
+                        Some((name.to_string(), value.to_str().ok()?.to_string()))
+                    })
+                    .collect(),
+                body: response.body.clone(),
+                transfer_id: transfer_id.to_string(),
+            },
+        );
     }
 
     /// Counts paid requests that the endpoint answered with 402 again; a paid success resets.
@@ -1381,4 +1488,14 @@ impl PaymentApproval for Reserve {
             }
         }
     }
+}
+
+/// A paid response kept for the paid-response cache.
+#[derive(Debug, Clone)]
+struct CachedResponse {
+    expires_at_ms: i64,
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: bytes::Bytes,
+    transfer_id: String,
 }

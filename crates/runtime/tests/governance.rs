@@ -555,6 +555,46 @@ pub async fn garbage_after_payment_pauses_the_endpoint(store_url: &str) {
         && rule.as_deref() == Some("endpoint_pause")));
 }
 
+/// The paid-response cache (opt-in): the same resource asked again within the session is served
+/// from the cache instead of being paid twice; another session pays for itself.
+pub async fn paid_responses_are_served_from_cache(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(&rt, &network, "1", "[cache]\nttl = \"1h\"").await;
+    let url = format!("{}/paid?q=report", network.seller_url);
+    let (status, first) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 200, "{first}");
+    let transfer = first["payment"]["transferId"].as_str().unwrap().to_string();
+    for _ in 0..3 {
+        let (status, again) = agent.fetch(&rt, &url, None).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["body"], first["body"]);
+        assert!(again["payment"].is_null(), "{again}");
+        assert_eq!(again["cachedFrom"], transfer.as_str());
+    }
+    assert_eq!(network.payments_seen(), 1);
+    assert_eq!(agent.spent(&network).await, PRICE);
+    // Another URL is another resource; another session has its own cache.
+    let (status, other) = agent.fetch(&rt, &format!("{url}&page=2"), None).await;
+    assert_eq!(
+        (status, other["cachedFrom"].is_null()),
+        (200, true),
+        "{other}"
+    );
+    let second = agent_in_new_session(&rt, &network, "[cache]\nttl = \"1h\"").await;
+    let (status, theirs) = second.fetch(&rt, &url, None).await;
+    assert_eq!(
+        (status, theirs["payment"]["state"].as_str()),
+        (200, Some("posted")),
+        "{theirs}"
+    );
+    assert_eq!(network.payments_seen(), 3);
+}
+
+async fn agent_in_new_session(rt: &RuntimeUnderTest, network: &Network_, policy: &str) -> Agent {
+    agent(rt, network, "1", policy).await
+}
+
 on_both_databases!(
     drain_by_repetition_is_stopped,
     shifting_terms_are_refused,
@@ -563,4 +603,5 @@ on_both_databases!(
     second_402_is_not_paid_again,
     repeated_402_backs_off,
     garbage_after_payment_pauses_the_endpoint,
+    paid_responses_are_served_from_cache,
 );
