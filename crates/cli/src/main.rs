@@ -76,6 +76,8 @@ enum Command {
     Session(runtime::SessionArgs),
     /// The runtime's ledger: export (CSV or JSON lines), reconcile with the chain.
     Ledger(runtime::LedgerArgs),
+    /// Policies: attach, show, remove; learn an allowlist from past payments.
+    Policy(runtime::PolicyArgs),
     /// The runtime's operator keys: create, list, revoke.
     OperatorKeys(runtime::OperatorKeysArgs),
     /// The decision trace: verify the hash chain, show why a payment was made or refused.
@@ -191,6 +193,7 @@ fn main() -> ExitCode {
             Command::Session(args) => runtime::session(args).await,
             Command::Ledger(args) => runtime::ledger(args).await,
             Command::OperatorKeys(args) => runtime::operator_keys(args).await,
+            Command::Policy(args) => runtime::policy(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -823,6 +823,99 @@ pub async fn ledger(args: LedgerArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// What a policy attaches to.
+#[derive(clap::ValueEnum, Clone, Copy)]
+pub enum PolicyScope {
+    Wallet,
+    Grant,
+    Session,
+}
+
+impl PolicyScope {
+    fn path(self) -> &'static str {
+        match self {
+            PolicyScope::Wallet => "wallets",
+            PolicyScope::Grant => "grants",
+            PolicyScope::Session => "sessions",
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Attach a policy file (TOML) to a wallet, grant or session; it is checked first.
+    Set {
+        scope: PolicyScope,
+        id: String,
+        file: PathBuf,
+    },
+    /// Print the policy attached to a wallet, grant or session.
+    Show { scope: PolicyScope, id: String },
+    /// Detach it.
+    Remove { scope: PolicyScope, id: String },
+    /// Propose an allowlist from the payments that settled in the last days.
+    Learn {
+        #[arg(long)]
+        wallet: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u64,
+    },
+}
+
+pub async fn policy(args: PolicyArgs) -> Result<()> {
+    let api = args.remote.api();
+    match args.command {
+        PolicyCommand::Set { scope, id, file } => {
+            let document = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            api.call(
+                reqwest::Method::PUT,
+                &format!("/v1/{}/{id}/policy", scope.path()),
+                Some(json!({"policy": document})),
+            )
+            .await?;
+            println!("attached {} to {} {id}", file.display(), scope.path());
+        }
+        PolicyCommand::Show { scope, id } => {
+            let shown = api
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/{}/{id}/policy", scope.path()),
+                    None,
+                )
+                .await?;
+            print!("{}", shown["policy"].as_str().unwrap_or_default());
+        }
+        PolicyCommand::Remove { scope, id } => {
+            let removed = api
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/{}/{id}/policy", scope.path()),
+                    None,
+                )
+                .await?;
+            println!("removed: {}", removed["deleted"]);
+        }
+        PolicyCommand::Learn { wallet, days } => {
+            let mut path = format!("/v1/policy/learn?days={days}");
+            if let Some(wallet) = wallet {
+                path.push_str(&format!("&walletId={wallet}"));
+            }
+            let learned = api.call(reqwest::Method::GET, &path, None).await?;
+            print!("{}", learned["policy"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct OperatorKeysArgs {
     #[arg(
         long,

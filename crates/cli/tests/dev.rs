@@ -580,4 +580,27 @@ fn runtime_session_pays_and_survives_sigkill_mid_payment() {
     );
     let posts = lines.filter(|line| line.contains(",post,")).count() as u128;
     assert_eq!(posts * WEATHER_PRICE, posted);
+
+    // Policies from the command line: learn an allowlist from these payments, attach it, read it.
+    let output = dev.bursar(&["policy", "learn", "--days", "1"]);
+    assert!(output.status.success(), "{output:?}");
+    let learned = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(learned.contains("\"127.0.0.1\""), "{learned}");
+    assert!(
+        learned
+            .to_ascii_lowercase()
+            .contains(&dev.seller().to_ascii_lowercase()),
+        "{learned}"
+    );
+    let file = dir.path().join("learned.toml");
+    std::fs::write(&file, &learned).unwrap();
+    let file_text = file.display().to_string();
+    let output = dev.bursar(&["policy", "set", "session", &session_id, &file_text]);
+    assert!(output.status.success(), "{output:?}");
+    let output = dev.bursar(&["policy", "show", "session", &session_id]);
+    assert_eq!(String::from_utf8_lossy(&output.stdout), learned);
+    std::fs::write(&file, "max_per_call = \"lots\"").unwrap();
+    let output = dev.bursar(&["policy", "set", "session", &session_id, &file_text]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("max_per_call"));
 }

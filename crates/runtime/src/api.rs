@@ -59,6 +59,7 @@ pub fn router(runtime: Runtime) -> Router {
             "/v1/{scope}/{subject}/policy",
             get(show_policy).put(put_policy).delete(delete_policy),
         )
+        .route("/v1/policy/learn", get(learn_policy))
         .route("/v1/pauses", get(list_pauses))
         .route("/v1/pauses/lift", post(lift_pause))
         .route("/v1/ledger", get(ledger))
@@ -891,4 +892,30 @@ async fn lift_pause(State(runtime): State<Runtime>, headers: HeaderMap, body: By
         axum::Json(json!({"walletId": wallet.id, "endpoint": request.endpoint, "lifted": lifted}))
             .into_response(),
     )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LearnQuery {
+    wallet_id: Option<String>,
+    days: Option<u64>,
+}
+
+/// Most days `learn` looks back.
+pub const LEARN_DAYS_MAX: u64 = 366;
+
+async fn learn_policy(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Query(query): Query<LearnQuery>,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let days = query.days.unwrap_or(30);
+    if days == 0 || days > LEARN_DAYS_MAX {
+        return Err(RuntimeError::Invalid(format!("days must be 1 to {LEARN_DAYS_MAX}")).into());
+    }
+    let policy = runtime
+        .learn_allowlist(query.wallet_id.as_deref(), days)
+        .await?;
+    Ok(axum::Json(json!({"days": days, "policy": policy})).into_response())
 }

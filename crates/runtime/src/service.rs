@@ -927,6 +927,69 @@ impl Runtime {
         }
     }
 
+    /// Proposes an allowlist policy from the payments that settled in the last `days` days (of
+    /// one wallet, or all): the hosts paid and the payTo addresses used, most paid first, as a
+    /// TOML document ready to attach, with each entry's count as a comment.
+    pub async fn learn_allowlist(
+        &self,
+        wallet: Option<&str>,
+        days: u64,
+    ) -> Result<String, RuntimeError> {
+        let wallet_id = match wallet {
+            Some(wallet) => Some(self.wallet_record(wallet).await?.id),
+            None => None,
+        };
+        let since = now_ms()
+            .saturating_sub(i64::try_from(days.saturating_mul(86_400_000)).unwrap_or(i64::MAX));
+        let mut hosts: HashMap<String, u64> = HashMap::new();
+        let mut payees: HashMap<String, u64> = HashMap::new();
+        for transfer in self.inner.store.transfers(None).await? {
+            if transfer.state != TransferState::Posted
+                || transfer.created_at_ms < since
+                || wallet_id
+                    .as_ref()
+                    .is_some_and(|id| *id != transfer.wallet_id)
+            {
+                continue;
+            }
+            if let Some(host) = url::Url::parse(&transfer.resource)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+            {
+                *hosts.entry(host).or_default() += 1;
+            }
+            if let Ok(address) = transfer.payee.parse::<Address>() {
+                *payees.entry(address.to_checksum(None)).or_default() += 1;
+            }
+        }
+        let sorted = |counts: HashMap<String, u64>| {
+            let mut entries: Vec<_> = counts.into_iter().collect();
+            entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            entries
+        };
+        let list = |entries: &[(String, u64)]| {
+            entries
+                .iter()
+                .map(|(value, count)| format!("    \"{value}\", # {count} payments\n"))
+                .collect::<String>()
+        };
+        let (hosts, payees) = (sorted(hosts), sorted(payees));
+        let mut document = format!(
+            "# Proposed from the payments that settled in the last {days} days{}.\n\
+             # Review before attaching: only these hosts and payTo addresses could be paid.\n\
+             [payees]\n",
+            wallet_id
+                .as_deref()
+                .map(|id| format!(" from wallet {id}"))
+                .unwrap_or_default()
+        );
+        document.push_str(&format!("allow_domains = [\n{}]\n", list(&hosts)));
+        document.push_str(&format!("allow_addresses = [\n{}]\n", list(&payees)));
+        // The proposal must itself be a valid policy.
+        self.check_policy(&document)?;
+        Ok(document)
+    }
+
     /// Checks a policy document without attaching it.
     pub fn check_policy(&self, document: &str) -> Result<Policy, RuntimeError> {
         Policy::parse(document, &self.currency().unit, "check")

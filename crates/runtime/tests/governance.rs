@@ -595,6 +595,49 @@ async fn agent_in_new_session(rt: &RuntimeUnderTest, network: &Network_, policy:
     agent(rt, network, "1", policy).await
 }
 
+/// `learn` proposes an allowlist from settled payments: the hosts and payTo addresses paid, most
+/// paid first; attached, it lets those payments through and refuses another payee.
+pub async fn learn_proposes_an_allowlist(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let agent = agent(&rt, &network, "1", "").await;
+    for page in 0..2 {
+        let (status, body) = agent
+            .fetch(
+                &rt,
+                &format!("{}/paid?page={page}", network.seller_url),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, learned) = rt
+        .operator(Method::GET, "/v1/policy/learn?days=30", None)
+        .await;
+    assert_eq!(status, 200, "{learned}");
+    let policy = learned["policy"].as_str().unwrap().to_string();
+    assert!(policy.contains("\"127.0.0.1\", # 2 payments"), "{policy}");
+    assert!(
+        policy.contains(&network.payee.to_checksum(None)),
+        "{policy}"
+    );
+    let (status, _) = rt
+        .operator(Method::GET, "/v1/policy/learn?days=0", None)
+        .await;
+    assert_eq!(status, 400);
+
+    // Attached to a new session: the learned payee is paid, a shifting seller's new payTo is not.
+    let next = agent_in_new_session(&rt, &network, &policy).await;
+    let (status, body) = next
+        .fetch(&rt, &format!("{}/paid", network.seller_url), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (url, _) = shifty_seller(&network, true).await;
+    let (status, body) = next.fetch(&rt, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "payee_not_allowed", "{body}");
+}
+
 on_both_databases!(
     drain_by_repetition_is_stopped,
     shifting_terms_are_refused,
@@ -604,4 +647,5 @@ on_both_databases!(
     repeated_402_backs_off,
     garbage_after_payment_pauses_the_endpoint,
     paid_responses_are_served_from_cache,
+    learn_proposes_an_allowlist,
 );
