@@ -71,64 +71,7 @@ impl Account {
 
     /// Signs and broadcasts a transaction; returns its hash without waiting for it to be mined.
     pub async fn send(&self, request: TxRequest) -> Result<B256, ChainError> {
-        let gas_limit = match request.gas_limit {
-            Some(limit) => limit,
-            None => {
-                let estimate = self
-                    .chain
-                    .estimate_gas(CallRequest {
-                        from: Some(self.address()),
-                        to: request.to,
-                        data: request.data.clone(),
-                        value: request.value,
-                    })
-                    .await?;
-                estimate.saturating_add(estimate * GAS_MARGIN_PERCENT / 100)
-            }
-        };
-        let fees = self.chain.fees().await?;
-        let mut attempt = 0;
-        loop {
-            let mut next_nonce = self.next_nonce.lock().await;
-            let nonce = match *next_nonce {
-                Some(nonce) => nonce,
-                None => self.chain.transaction_count(self.address()).await?,
-            };
-            let mut tx = TxEip1559 {
-                chain_id: self.chain.chain_id(),
-                nonce,
-                gas_limit,
-                max_fee_per_gas: fees.max_fee_per_gas,
-                max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
-                to: request.to.map_or(TxKind::Create, TxKind::Call),
-                value: request.value,
-                access_list: Default::default(),
-                input: request.data.clone(),
-            };
-            let signature = self
-                .signer
-                .sign_transaction_sync(&mut tx)
-                .map_err(|e| ChainError::Rejected(format!("signing failed: {e}")))?;
-            let envelope = TxEnvelope::from(tx.into_signed(signature));
-            let raw = Bytes::from(envelope.encoded_2718());
-            match self.chain.send_raw_transaction(raw).await {
-                Ok(hash) => {
-                    *next_nonce = Some(nonce + 1);
-                    return Ok(hash);
-                }
-                Err(ChainError::NonceTooLow(message)) if attempt < NONCE_RETRIES_MAX => {
-                    tracing::warn!(account = %self.address(), nonce, %message, "nonce too low; resynchronizing");
-                    *next_nonce = None;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    // The nonce was not consumed; read it again next time in case the node
-                    // disagrees with our count.
-                    *next_nonce = None;
-                    return Err(error);
-                }
-            }
-        }
+        self.send_recorded(request, |_, _| async { Ok(()) }).await
     }
 
     /// Like [`Account::send`], but calls `before_broadcast` with each signed transaction's hash
