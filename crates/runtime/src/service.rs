@@ -633,7 +633,12 @@ impl Runtime {
                 .await?;
             return Err(RuntimeError::Denied { code, message });
         }
-        let cache = self.cache_rule(session, &request).await;
+        // Read once per request: the approval, the cache and the response validation use them.
+        let policies = Arc::new(self.policies_for(session).await);
+        let cache = match policies.as_ref() {
+            Ok(policies) => self.cache_rule(session, policies, &request),
+            Err(_) => None,
+        };
         if let Some((key, _)) = &cache
             && let Some(hit) = self.cached(key)
         {
@@ -652,6 +657,7 @@ impl Runtime {
         let reserve = Arc::new(Reserve {
             runtime: self.clone(),
             session: session.clone(),
+            policies: policies.clone(),
             phase,
             reserved: Mutex::new(None),
         });
@@ -692,7 +698,7 @@ impl Runtime {
                     _ => None,
                 };
                 let validation = if payment.is_some() {
-                    self.validate_paid_response(session, &endpoint, &response)
+                    self.validate_paid_response(session, &policies, &endpoint, &response)
                         .await
                 } else {
                     None
@@ -1001,10 +1007,11 @@ impl Runtime {
     async fn validate_paid_response(
         &self,
         session: &SessionRecord,
+        policies: &Result<Vec<Policy>, String>,
         endpoint: &str,
         response: &bursar_buyer::PaidResponse,
     ) -> Option<ValidationOutcome> {
-        let policies = match self.policies_for(session).await {
+        let policies = match policies {
             Ok(policies) => policies,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the policies to validate a paid response");
@@ -1069,15 +1076,15 @@ impl Runtime {
     }
 
     /// The cache key and lifetime when a policy opts into the paid-response cache for this GET.
-    async fn cache_rule(
+    fn cache_rule(
         &self,
         session: &SessionRecord,
+        policies: &[Policy],
         request: &RequestSpec,
     ) -> Option<((String, String), i64)> {
         if request.method != http::Method::GET {
             return None;
         }
-        let policies = self.policies_for(session).await.ok()?;
         // The most restrictive wins: the shortest lifetime, and session scope over wallet.
         let rules: Vec<_> = policies.iter().filter_map(|p| p.cache).collect();
         let ttl_seconds = rules.iter().map(|r| r.ttl_seconds).min()?;
@@ -1398,6 +1405,8 @@ pub(crate) fn authorization_key(
 struct Reserve {
     runtime: Runtime,
     session: SessionRecord,
+    /// The policies read for this request (an error denies, fail closed).
+    policies: Arc<Result<Vec<Policy>, String>>,
     phase: Option<String>,
     reserved: Mutex<Option<TransferRecord>>,
 }
@@ -1454,13 +1463,13 @@ impl PaymentApproval for Reserve {
                 )
                 .await);
         };
-        let policies = match runtime.policies_for(&self.session).await {
+        let policies = match self.policies.as_ref() {
             Ok(policies) => policies,
             Err(message) => {
                 let rule = json!({"rule": "load_policies", "source": "runtime", "input": {},
                                   "passed": false, "detail": message});
                 return Err(self
-                    .deny(proposal, "policy_unavailable", &message, vec![rule])
+                    .deny(proposal, "policy_unavailable", message, vec![rule])
                     .await);
             }
         };
@@ -1477,7 +1486,7 @@ impl PaymentApproval for Reserve {
             }
         };
         let evaluation = bursar_governance::evaluate(
-            &policies,
+            policies,
             &Proposal {
                 url: proposal.request.url.clone(),
                 network: proposal.requirement.network.caip2(),
