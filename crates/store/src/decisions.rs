@@ -207,11 +207,7 @@ impl StoredDecision {
         hasher.update([u8::from(self.allowed)]);
         optional(&mut hasher, self.reason.as_deref());
         field(&mut hasher, self.rules.as_bytes());
-        hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect()
+        crate::keys::hex_lower(&hasher.finalize())
     }
 
     /// The record, or why the stored values do not make one.

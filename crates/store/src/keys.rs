@@ -56,7 +56,8 @@ impl std::fmt::Debug for KeyDigest {
     }
 }
 
-fn hex_lower(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
@@ -195,7 +196,8 @@ fn check_new(seller: &str, limits: &KeyLimits) -> Result<(), KeyError> {
     Ok(())
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes, as lowercase hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut buffer = vec![0u8; bytes];
     rand::rng().fill_bytes(&mut buffer);
     hex_lower(&buffer)

@@ -18,11 +18,10 @@
 //! [`Amount`]'s checked arithmetic, so no database integer limit applies.
 
 use bursar_protocol::Amount;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::keys::KeyDigest;
+use crate::keys::{KeyDigest, hex_lower, random_hex};
 use crate::sql::{PostgresLedger, SqliteLedger};
 use crate::{LedgerError, now_ms};
 
@@ -36,6 +35,8 @@ pub const RESOURCE_BYTES_MAX: usize = 2048;
 pub const LIST_ROWS_MAX: usize = 10_000;
 /// Prefix of operator API keys.
 pub const OPERATOR_KEY_PREFIX: &str = "bok_";
+/// Random bytes in an operator key.
+pub const OPERATOR_KEY_SECRET_BYTES: usize = 32;
 
 /// Runtime store failures.
 #[derive(Debug, thiserror::Error)]
@@ -67,14 +68,7 @@ impl From<sqlx::Error> for StoreError {
 
 /// A new id: `prefix` + 24 random hex digits.
 pub fn new_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 12];
-    rand::rng().fill_bytes(&mut bytes);
-    let mut id = String::with_capacity(prefix.len() + 24);
-    id.push_str(prefix);
-    for byte in bytes {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
+    format!("{prefix}{}", random_hex(12))
 }
 
 /// SHA-256 over the parts, hex: how creates remember what they were asked, for idempotency.
@@ -84,11 +78,7 @@ pub fn request_digest(parts: &[&str]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex_lower(&hasher.finalize())
 }
 
 /// Whether a create made a new row or found the one an earlier identical request made.
@@ -1587,12 +1577,7 @@ macro_rules! runtime_store_impl {
             async fn create_operator_key(&self, name: &str) -> Result<NewOperatorKey, StoreError> {
                 check_name("operator key name", name)?;
                 let pool = self.ready().await?;
-                let mut secret = [0u8; 32];
-                rand::rng().fill_bytes(&mut secret);
-                let key = format!(
-                    "{OPERATOR_KEY_PREFIX}{}",
-                    secret.iter().map(|b| format!("{b:02x}")).collect::<String>()
-                );
+                let key = format!("{OPERATOR_KEY_PREFIX}{}", random_hex(OPERATOR_KEY_SECRET_BYTES));
                 let record = OperatorKeyRecord {
                     id: new_id("opk_"),
                     name: name.to_string(),
