@@ -325,21 +325,9 @@ async fn load(
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut latencies_us: Vec<u32> = Vec::new();
-    let mut failures = 0;
-    for worker in workers {
-        let (latencies, worker_failures) = worker.await??;
-        latencies_us.extend(latencies);
-        failures += worker_failures;
-    }
+    let (latencies_us, failures) = join_workers(workers).await?;
     let seconds = started.elapsed().as_secs_f64();
-    latencies_us.sort_unstable();
-    let percentile = |p: usize| -> u64 {
-        if latencies_us.is_empty() {
-            return 0;
-        }
-        u64::from(latencies_us[(latencies_us.len() * p / 100).min(latencies_us.len() - 1)])
-    };
+    let percentile = |p: usize| u64::from(percentile_us(&latencies_us, p));
     Ok(Level {
         concurrency,
         requests: latencies_us.len() as u64,
@@ -385,3 +373,27 @@ async fn worker_loop(
 }
 
 mod settle;
+
+/// What one load worker measured: latencies (µs) and failures.
+type WorkerResult = Result<(Vec<u32>, u64)>;
+
+/// Waits for the load workers; returns every latency (µs), sorted, and the failures.
+async fn join_workers(workers: Vec<tokio::task::JoinHandle<WorkerResult>>) -> WorkerResult {
+    let mut latencies_us: Vec<u32> = Vec::new();
+    let mut failures = 0;
+    for worker in workers {
+        let (latencies, worker_failures) = worker.await??;
+        latencies_us.extend(latencies);
+        failures += worker_failures;
+    }
+    latencies_us.sort_unstable();
+    Ok((latencies_us, failures))
+}
+
+/// The `p`th percentile of sorted latencies (0 when there are none).
+fn percentile_us(sorted_us: &[u32], p: usize) -> u32 {
+    match sorted_us.len() {
+        0 => 0,
+        len => sorted_us[(len * p / 100).min(len - 1)],
+    }
+}

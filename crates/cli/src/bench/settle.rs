@@ -356,13 +356,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let mut latencies_us: Vec<u32> = Vec::new();
-    let mut failures = 0;
-    for worker in workers {
-        let (latencies, worker_failures) = worker.await??;
-        latencies_us.extend(latencies);
-        failures += worker_failures;
-    }
+    let (latencies_us, failures) = super::join_workers(workers).await?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(server) = server {
         server.abort();
@@ -372,14 +366,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
         nonces_after += evm.transaction_count(*address).await?;
     }
     drop(anvil);
-    latencies_us.sort_unstable();
-    let percentile = |p: usize| -> f64 {
-        if latencies_us.is_empty() {
-            return 0.0;
-        }
-        f64::from(latencies_us[(latencies_us.len() * p / 100).min(latencies_us.len() - 1)])
-            / 1_000.0
-    };
+    let percentile = |p: usize| f64::from(super::percentile_us(&latencies_us, p)) / 1_000.0;
     Ok(Level {
         mode: mode.name(),
         concurrency,
