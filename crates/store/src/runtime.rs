@@ -346,6 +346,10 @@ pub enum EntryKind {
     Post,
     Void,
     Deny,
+    /// A budget crossed an alert threshold.
+    Alert,
+    /// A payment was claimed back after its step failed.
+    Compensate,
 }
 
 impl EntryKind {
@@ -355,6 +359,8 @@ impl EntryKind {
             EntryKind::Post => "post",
             EntryKind::Void => "void",
             EntryKind::Deny => "deny",
+            EntryKind::Alert => "alert",
+            EntryKind::Compensate => "compensate",
         }
     }
 
@@ -364,6 +370,8 @@ impl EntryKind {
             "post" => Some(EntryKind::Post),
             "void" => Some(EntryKind::Void),
             "deny" => Some(EntryKind::Deny),
+            "alert" => Some(EntryKind::Alert),
+            "compensate" => Some(EntryKind::Compensate),
             _ => None,
         }
     }

@@ -49,6 +49,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "endpoint health",
         include_str!("../migrations/sqlite/0006_endpoint_health.sql"),
     ),
+    (
+        7,
+        "ledger kinds",
+        include_str!("../migrations/sqlite/0007_ledger_kinds.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -80,6 +85,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "endpoint health",
         include_str!("../migrations/postgres/0006_endpoint_health.sql"),
+    ),
+    (
+        7,
+        "ledger kinds",
+        include_str!("../migrations/postgres/0007_ledger_kinds.sql"),
     ),
 ];
 
