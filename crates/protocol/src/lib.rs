@@ -3,10 +3,12 @@
 //! The x402 protocol as types, with no I/O: the v1 and v2 wire forms and the one typed model they
 //! parse into ([`types`]), the base64 header codec ([`codec`]), facilitator API documents
 //! ([`facilitator`]), networks ([`network`]), money ([`money`]), failure reasons ([`reason`]), and
-//! the `exact` scheme on EVM chains with EIP-3009 ([`exact_evm`]).
+//! the `exact` scheme on EVM chains with EIP-3009 ([`exact_evm`]), and the output schema a seller
+//! publishes through the `bazaar` extension ([`bazaar`]).
 //!
 //! Every decoder here is total: bad input is an error value, never a panic (see the property tests).
 
+pub mod bazaar;
 pub mod codec;
 pub mod exact_evm;
 pub mod facilitator;

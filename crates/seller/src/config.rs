@@ -182,7 +182,8 @@ impl PricedRoute {
         self
     }
 
-    /// A JSON description of the response, advertised in v1 requirements' `outputSchema`.
+    /// The JSON Schema of the response body, advertised in v1 requirements' `outputSchema` and in
+    /// v2's `bazaar` extension; buyers may validate what they paid for against it.
     pub fn output_schema(mut self, schema: Value) -> Self {
         self.output_schema = Some(schema);
         self

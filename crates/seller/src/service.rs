@@ -456,7 +456,14 @@ impl Offered<'_> {
             error: Some(error.to_string()),
             resource: self.resource.clone(),
             accepts: self.route.requirements.clone(),
-            extensions: None,
+            // v2 publishes the response's schema through the bazaar extension (v1 carries it
+            // in each requirement's outputSchema).
+            extensions: self.route.output_schema.as_ref().map(|schema| {
+                serde_json::json!({
+                    bursar_protocol::bazaar::BAZAAR:
+                        bursar_protocol::bazaar::http_extension(self.route.method.as_str(), schema)
+                })
+            }),
         };
         let body = serde_json::to_vec(&required.to_v1()).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = json_response(StatusCode::PAYMENT_REQUIRED, body);

@@ -222,6 +222,19 @@ async fn unpaid_request_gets_a_402_in_both_forms() {
     assert_eq!(v1.accepts, vec![expected]);
     assert_eq!(v1.resource.url, url);
     assert_eq!(v1.resource.output_schema, Some(json!({"type": "object"})));
+    // Both forms publish the same response schema: v1 in outputSchema, v2 through bazaar.
+    assert_eq!(
+        bursar_protocol::bazaar::published_output_schema(&v2),
+        Some(&json!({"type": "object"}))
+    );
+    assert_eq!(
+        bursar_protocol::bazaar::published_output_schema(&v1),
+        Some(&json!({"type": "object"}))
+    );
+    assert_eq!(
+        v2.extensions.as_ref().unwrap()["bazaar"]["info"]["input"]["method"],
+        "GET"
+    );
 
     let body = json_body(response).await;
     assert_eq!(body["x402Version"], 1);

@@ -1,0 +1,163 @@
+//! The `bazaar` discovery extension, as far as a paid response's shape is concerned.
+//!
+//! A seller publishes what its paid response looks like in two places, by protocol version:
+//! - v1: each requirement's `outputSchema`, either the response's JSON Schema itself or, as the
+//!   reference middleware writes it, `{input: {...}, output: <schema>}`;
+//! - v2: `extensions.bazaar = {info, schema}`, where `schema` is a JSON Schema of `info` and the
+//!   response body's own schema sits at `schema.properties.output.properties.example`.
+//!
+//! [`published_output_schema`] reads either; [`http_extension`] writes the v2 form.
+
+use serde_json::{Value, json};
+
+use crate::types::PaymentRequired;
+
+/// The extension's key in `extensions`.
+pub const BAZAAR: &str = "bazaar";
+
+/// The JSON Schema the seller published for the paid response's body, if it published one.
+///
+/// Only a document that looks like a schema counts (an object with `type`, `properties`,
+/// `required`, `items`, `enum`, `const`, `$ref` or a combinator): the `{type, example}` wrapper
+/// that describes the output format is not a schema of the body.
+pub fn published_output_schema(required: &PaymentRequired) -> Option<&Value> {
+    let from_v2 = required
+        .extensions
+        .as_ref()
+        .and_then(|extensions| extensions.get(BAZAAR))
+        .and_then(|bazaar| bazaar.pointer("/schema/properties/output/properties/example"))
+        .filter(|schema| looks_like_schema(schema));
+    if from_v2.is_some() {
+        return from_v2;
+    }
+    let v1 = required.resource.output_schema.as_ref()?;
+    match v1.get("output") {
+        Some(output) if v1.get("input").is_some() || !looks_like_schema(v1) => {
+            Some(output).filter(|schema| looks_like_schema(schema))
+        }
+        _ => Some(v1).filter(|schema| looks_like_schema(schema)),
+    }
+}
+
+fn looks_like_schema(value: &Value) -> bool {
+    const KEYWORDS: [&str; 12] = [
+        "type",
+        "properties",
+        "required",
+        "items",
+        "enum",
+        "const",
+        "$ref",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "$schema",
+    ];
+    let Some(object) = value.as_object() else {
+        return false;
+    };
+    // `{type: "json", example: ...}` describes a format, not a body.
+    if object.contains_key("example") && !object.contains_key("properties") {
+        return false;
+    }
+    KEYWORDS.iter().any(|keyword| object.contains_key(*keyword))
+}
+
+/// The v2 `bazaar` extension for an HTTP route whose JSON response follows `output_schema`:
+/// `info` describes the call, `schema` validates `info` and carries the response's schema at
+/// `properties.output.properties.example`.
+pub fn http_extension(method: &str, output_schema: &Value) -> Value {
+    json!({
+        "info": {
+            "input": {"type": "http", "method": method},
+            "output": {"type": "json"},
+        },
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "input": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "const": "http"},
+                        "method": {"type": "string", "enum": [method]},
+                    },
+                    "required": ["type", "method"],
+                },
+                "output": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string"},
+                        "example": output_schema,
+                    },
+                    "required": ["type"],
+                },
+            },
+            "required": ["input"],
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Resource, X402Version};
+
+    fn required(resource_schema: Option<Value>, extensions: Option<Value>) -> PaymentRequired {
+        PaymentRequired {
+            version: X402Version::V2,
+            error: None,
+            resource: Resource {
+                output_schema: resource_schema,
+                ..Resource::default()
+            },
+            accepts: Vec::new(),
+            extensions,
+        }
+    }
+
+    #[test]
+    fn reads_the_v2_extension() {
+        let schema = json!({"type": "object", "required": ["content"]});
+        let extensions = json!({ BAZAAR: http_extension("GET", &schema) });
+        assert_eq!(
+            published_output_schema(&required(None, Some(extensions))),
+            Some(&schema)
+        );
+    }
+
+    #[test]
+    fn reads_both_v1_shapes() {
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}}});
+        assert_eq!(
+            published_output_schema(&required(Some(schema.clone()), None)),
+            Some(&schema)
+        );
+        let wrapped = json!({"input": {"type": "http", "method": "GET"}, "output": schema});
+        assert_eq!(
+            published_output_schema(&required(Some(wrapped), None)),
+            Some(&schema)
+        );
+    }
+
+    #[test]
+    fn a_format_description_or_nothing_is_no_schema() {
+        let wrapper = json!({"type": "json", "example": {"a": 1}});
+        let extensions = json!({ BAZAAR: {"info": {"output": wrapper.clone()}, "schema": {"properties": {"output": {"properties": {"example": wrapper}}}}} });
+        assert_eq!(
+            published_output_schema(&required(None, Some(extensions))),
+            None
+        );
+        assert_eq!(published_output_schema(&required(None, None)), None);
+        let input_only = json!({"input": {"type": "http"}});
+        assert_eq!(
+            published_output_schema(&required(Some(input_only), None)),
+            None
+        );
+        assert_eq!(
+            published_output_schema(&required(Some(json!("text")), None)),
+            None
+        );
+    }
+}
