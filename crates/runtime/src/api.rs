@@ -55,6 +55,12 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/v1/sessions/{session}/close", post(close_session))
         .route("/v1/sessions/{session}/fetch", post(fetch))
         .route("/v1/sessions/{session}/transfers", get(session_transfers))
+        .route("/v1/sessions/{session}/failures", post(mark_failed))
+        .route(
+            "/v1/sessions/{session}/compensations",
+            get(session_compensations),
+        )
+        .route("/v1/compensations", get(list_compensations))
         .route(
             "/v1/{scope}/{subject}/policy",
             get(show_policy).put(put_policy).delete(delete_policy),
@@ -552,6 +558,8 @@ struct FetchRequest {
     body_base64: Option<String>,
     /// The agent's phase (`explore`, `execute`, ...), for phase policies.
     phase: Option<String>,
+    /// The agent's step label, kept with the payment's evidence (see `/failures`).
+    step: Option<String>,
 }
 
 fn default_method() -> String {
@@ -672,10 +680,76 @@ async fn fetch(
     };
     let mut request: FetchRequest = parse_json(&body)?;
     let phase = request.phase.take();
+    let step = request.step.take();
     let fetched = runtime
-        .fetch_in_phase(&session, request.into_spec()?, phase)
+        .fetch_labelled(&session, request.into_spec()?, phase, step)
         .await?;
     Ok(axum::Json(fetched_json(&runtime, &fetched)).into_response())
+}
+
+// ----- compensation -----
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MarkFailed {
+    /// Without a step, the whole session failed (and is closed).
+    step: Option<String>,
+    reason: String,
+}
+
+async fn mark_failed(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Path(session): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let requested_by = match operator_or_owner(&runtime, &headers, &session).await? {
+        Caller::Operator => "operator",
+        Caller::Agent(_) => "agent",
+    };
+    let request: MarkFailed = parse_json(&body)?;
+    let compensations = runtime
+        .mark_failed(
+            &session,
+            crate::compensation::Failure {
+                step: request.step,
+                reason: request.reason,
+                requested_by: requested_by.into(),
+            },
+        )
+        .await?;
+    let compensations: Vec<Value> = compensations
+        .iter()
+        .map(crate::compensation::compensation_json)
+        .collect();
+    Ok(axum::Json(json!({ "sessionId": session, "compensations": compensations })).into_response())
+}
+
+async fn session_compensations(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Path(session): Path<String>,
+) -> ApiResult {
+    operator_or_owner(&runtime, &headers, &session).await?;
+    runtime.session(&session).await?;
+    let compensations: Vec<Value> = runtime
+        .compensations(Some(&session))
+        .await?
+        .iter()
+        .map(crate::compensation::compensation_json)
+        .collect();
+    Ok(axum::Json(json!({ "compensations": compensations })).into_response())
+}
+
+async fn list_compensations(State(runtime): State<Runtime>, headers: HeaderMap) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let compensations: Vec<Value> = runtime
+        .compensations(None)
+        .await?
+        .iter()
+        .map(crate::compensation::compensation_json)
+        .collect();
+    Ok(axum::Json(json!({ "compensations": compensations })).into_response())
 }
 
 // ----- ledger -----

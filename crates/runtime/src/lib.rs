@@ -27,6 +27,7 @@
 //!   `HTTP_PROXY` to it, with the session token as proxy credentials (no `CONNECT` tunnels).
 
 pub mod api;
+pub mod compensation;
 mod error;
 pub mod proxy;
 pub mod reconcile;

@@ -48,6 +48,9 @@ pub const HEADER_ERROR: &str = "x-bursar-error";
 pub const HEADER_PHASE: &str = "x-bursar-phase";
 /// Longest phase name accepted.
 const PHASE_BYTES_MAX: usize = 64;
+/// Request header labelling the paid request with the agent's step, so the step can be marked
+/// failed and compensated later; not forwarded.
+pub const HEADER_STEP: &str = "x-bursar-step";
 /// The realm in `Proxy-Authenticate`.
 pub const REALM: &str = "bursar";
 /// What the proxy adds to `Via` (RFC 9110 §7.6.3); a request already carrying it is a loop.
@@ -220,6 +223,18 @@ async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyE
     let token = session_token(&parts.headers)?;
     let session = runtime.authenticate(&token).await?;
     let phase = phase(&parts.headers)?;
+    let step = match parts.headers.get(HEADER_STEP) {
+        None => None,
+        Some(value) => {
+            let step = value.to_str().map(str::trim).unwrap_or_default();
+            crate::compensation::check_step(step).map_err(|_| {
+                ProxyError::BadRequest(
+                    "X-Bursar-Step must be a step label of 1 to 200 visible characters".into(),
+                )
+            })?;
+            Some(step.to_string())
+        }
+    };
     let body = read_body(&parts.headers, body).await?;
 
     let mut spec = RequestSpec::new(parts.method.clone(), url.as_str())
@@ -233,7 +248,7 @@ async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyE
         "proxying request"
     );
 
-    let fetched = runtime.fetch_in_phase(&session, spec, phase).await?;
+    let fetched = runtime.fetch_labelled(&session, spec, phase, step).await?;
     let status = StatusCode::from_u16(fetched.status).map_err(|_| {
         ProxyError::Runtime(RuntimeError::Upstream {
             message: format!("unusable status {}", fetched.status),

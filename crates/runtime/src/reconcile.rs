@@ -130,6 +130,12 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
                             ));
                         }
                     }
+                    ChainEvidence::Cancelled { tx_hash } => differences.push(differ(
+                        &transfer.id,
+                        format!(
+                            "is posted but the authorization was cancelled on chain in {tx_hash}"
+                        ),
+                    )),
                     _ => differences.push(differ(
                         &transfer.id,
                         "is posted but the authorization is unused on chain".into(),
@@ -158,6 +164,12 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
                         &transfer.id,
                         "is pending but expired unused on chain (the resolver has not voided it yet)"
                             .into(),
+                    )),
+                    ChainEvidence::Cancelled { tx_hash } => differences.push(differ(
+                        &transfer.id,
+                        format!(
+                            "is pending but cancelled on chain in {tx_hash} (not voided yet)"
+                        ),
                     )),
                     ChainEvidence::Unused => {}
                 }

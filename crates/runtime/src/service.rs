@@ -376,7 +376,10 @@ impl Runtime {
         Ok(Amount::from_atomic(balance))
     }
 
-    async fn signer(&self, wallet_id: &str) -> Result<Arc<PrivateKeySigner>, RuntimeError> {
+    pub(crate) async fn signer(
+        &self,
+        wallet_id: &str,
+    ) -> Result<Arc<PrivateKeySigner>, RuntimeError> {
         if let Some(signer) = self
             .inner
             .signers
@@ -619,6 +622,21 @@ impl Runtime {
         request: RequestSpec,
         phase: Option<String>,
     ) -> Result<Fetched, RuntimeError> {
+        self.fetch_labelled(session, request, phase, None).await
+    }
+
+    /// [`Runtime::fetch_in_phase`] with the agent's step label, kept with the payment's evidence
+    /// so the step can be marked failed later ([`Runtime::mark_failed`]).
+    pub async fn fetch_labelled(
+        &self,
+        session: &SessionRecord,
+        request: RequestSpec,
+        phase: Option<String>,
+        step: Option<String>,
+    ) -> Result<Fetched, RuntimeError> {
+        if let Some(step) = &step {
+            crate::compensation::check_step(step)?;
+        }
         let resource = request.url.to_string();
         if let Some((code, message)) = self.session_refusal(session).await? {
             self.inner
@@ -674,8 +692,18 @@ impl Runtime {
             )
             .approval(reserve.clone());
         let endpoint = endpoint_of(&request.url);
+        let sent = request.clone();
         let outcome = client.send(request).await;
         let reserved = reserve.reserved.lock().expect("reservation slot").take();
+        crate::compensation::record_evidence(
+            self,
+            session,
+            &sent,
+            step.as_deref(),
+            reserved.as_ref(),
+            &outcome,
+        )
+        .await;
         self.note_outcome(&session.id, &endpoint, &outcome);
         match outcome {
             Ok(response) => {
@@ -1269,6 +1297,17 @@ impl Runtime {
                     Resolution::AlreadyResolved
                 }
             }
+            ChainEvidence::Cancelled { tx_hash } => {
+                let reason = "cancelled";
+                if self.inner.store.void(&transfer.id, reason).await? {
+                    tracing::info!(transfer = %transfer.id, amount = %transfer.amount, tx = %tx_hash, "reservation voided: authorization cancelled on chain");
+                    Resolution::Voided {
+                        reason: reason.into(),
+                    }
+                } else {
+                    Resolution::AlreadyResolved
+                }
+            }
             ChainEvidence::Unused => Resolution::StillPending,
         };
         Ok(resolution)
@@ -1298,15 +1337,23 @@ impl Runtime {
             });
         }
         let token = Token::new(self.inner.chain.clone(), asset);
+        // `authorizationState` is true once the nonce is used *or cancelled*: a cancel the
+        // runtime sent and recorded, whose receipt shows it, is not a payment.
+        let used_or_cancelled = || async {
+            match crate::compensation::cancel_proof(self, transfer, asset, payer, nonce).await? {
+                Some(tx_hash) => Ok::<_, RuntimeError>(ChainEvidence::Cancelled { tx_hash }),
+                None => Ok(ChainEvidence::Used { tx_hash: None }),
+            }
+        };
         if token.authorization_state(payer, nonce).await? {
-            return Ok(ChainEvidence::Used { tx_hash: None });
+            return used_or_cancelled().await;
         }
         let head = self.inner.chain.latest_block().await?;
         if head.timestamp >= transfer.valid_before_s {
             // Every later block is later still: the authorization can never be used.
             // Read the state once more, in case it was used in the block we just saw.
             if token.authorization_state(payer, nonce).await? {
-                return Ok(ChainEvidence::Used { tx_hash: None });
+                return used_or_cancelled().await;
             }
             return Ok(ChainEvidence::Expired);
         }
@@ -1383,6 +1430,9 @@ pub(crate) enum ChainEvidence {
     Used { tx_hash: Option<String> },
     /// Unused and can never be used any more.
     Expired,
+    /// Cancelled on chain by the runtime's recorded `cancelAuthorization` (its receipt shows
+    /// `AuthorizationCanceled` for this nonce): it can never be used.
+    Cancelled { tx_hash: String },
     /// Unused and still valid.
     Unused,
 }

@@ -27,6 +27,7 @@
 //! - `testkit`: [`testkit`] helpers for tests: a temporary SQLite file and a fresh PostgreSQL
 //!   database per test.
 
+pub mod compensation;
 pub mod decisions;
 mod keys;
 pub mod runtime;
@@ -38,6 +39,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bursar_protocol::SettleResponse;
 
+pub use compensation::{
+    CompensationOutcome, CompensationRecord, CompensationStore, EvidenceRecord, NewCompensation,
+    NewEvidence,
+};
 pub use decisions::{ChainCheck, DecisionRecord, DecisionStore, NewDecision, open_decision_store};
 pub use keys::{
     API_KEY_PREFIX, API_KEY_SECRET_BYTES, ApiKeyRecord, KeyDigest, KeyError, KeyLimits, KeyStore,

@@ -537,6 +537,8 @@ pub trait RuntimeStore: Send + Sync + 'static {
 
     /// The decision trace in the same database.
     fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore>;
+    /// Payment evidence and compensations in the same database.
+    fn compensation_store(&self) -> std::sync::Arc<dyn crate::compensation::CompensationStore>;
 
     /// A shared setting; `put_meta_if_absent` returns the value that is stored afterwards.
     async fn meta(&self, name: &str) -> Result<Option<String>, StoreError>;
@@ -1818,6 +1820,12 @@ macro_rules! runtime_store_impl {
             }
 
             fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore> {
+                std::sync::Arc::new(self.clone())
+            }
+
+            fn compensation_store(
+                &self,
+            ) -> std::sync::Arc<dyn crate::compensation::CompensationStore> {
                 std::sync::Arc::new(self.clone())
             }
 

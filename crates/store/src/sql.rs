@@ -54,6 +54,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "ledger kinds",
         include_str!("../migrations/sqlite/0007_ledger_kinds.sql"),
     ),
+    (
+        9,
+        "compensation",
+        include_str!("../migrations/sqlite/0009_compensation.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -90,6 +95,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "ledger kinds",
         include_str!("../migrations/postgres/0007_ledger_kinds.sql"),
+    ),
+    (
+        9,
+        "compensation",
+        include_str!("../migrations/postgres/0009_compensation.sql"),
     ),
 ];
 

@@ -1,0 +1,768 @@
+//! Compensation for failed steps.
+//!
+//! - **Evidence**: every paid request leaves a record when it is paid ([`record_evidence`], one
+//!   call from [`Runtime::fetch_labelled`]): the request (method, URL, headers without
+//!   credentials, body capped at [`EVIDENCE_BODY_BYTES_MAX`] with the SHA-256 of the whole), the
+//!   response (status, headers, body the same way) or the error instead of one, the seller's
+//!   receipt and the signed authorization (from, to, value, validAfter, validBefore, nonce), with
+//!   the agent's step label.
+//! - **Marking a failure** ([`Runtime::mark_failed`]): the agent (its own session) or an operator
+//!   marks one step, or the whole session (which is then closed), failed. Each transfer concerned
+//!   gets one compensation record:
+//!   - pending (signed, not settled): the wallet signs `cancelAuthorization` for the nonce and
+//!     sends it itself (it needs a little native balance for gas); the transaction is recorded
+//!     before it is broadcast. Once mined, the transfer is resolved against the chain: voided
+//!     `cancelled` when the recorded cancel's receipt shows the token's `AuthorizationCanceled`
+//!     for this nonce (outcome `cancelled`: nothing moved), posted when the seller's settlement
+//!     was mined first (outcome `refund_claim`). Without gas, or with the chain down, the outcome
+//!     is `cancel_failed` with what to do; the reservation stays until the chain decides (never
+//!     voided without proof);
+//!   - posted: `refund_claim`, with the evidence and the settlement transaction;
+//!   - voided: `nothing_spent`.
+//!
+//!   Final outcomes write the transfer's one `compensate` ledger entry. Marking again returns the
+//!   same records (and retries the ones that are not final).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_signer::SignerSync;
+use alloy_sol_types::SolEvent;
+use base64::Engine;
+use bursar_buyer::{BuyerError, PaidResponse, RequestSpec};
+use bursar_chain::{Account, CallOutcome, CallRequest, ChainError, TxRequest};
+use bursar_contracts::BursarUSD;
+use bursar_store::runtime::{SessionRecord, TransferRecord, TransferState};
+use bursar_store::{
+    CompensationOutcome, CompensationRecord, CompensationStore, EvidenceRecord, NewCompensation,
+    NewEvidence,
+};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::RuntimeError;
+use crate::service::Runtime;
+
+/// Bytes of a request or response body kept as evidence (the SHA-256 covers the whole body).
+pub const EVIDENCE_BODY_BYTES_MAX: usize = 64 * 1024;
+/// Headers kept per request or response, and bytes kept per header value.
+pub const EVIDENCE_HEADERS_MAX: usize = 100;
+pub const EVIDENCE_HEADER_VALUE_BYTES_MAX: usize = 1024;
+/// Longest step label.
+pub const STEP_BYTES_MAX: usize = 200;
+/// Longest failure reason.
+pub const FAILURE_REASON_BYTES_MAX: usize = 1000;
+/// How long a cancel transaction is awaited before the failure call answers `cancelling`.
+pub const CANCEL_RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Headers that carry credentials: never kept as evidence.
+const CREDENTIAL_HEADERS: [&str; 9] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "api-key",
+    "payment-signature",
+    "x-payment",
+    "x-bursar-session",
+];
+
+/// A step or session marked failed.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// `None`: the whole session failed (it is closed).
+    pub step: Option<String>,
+    pub reason: String,
+    /// `agent` or `operator`.
+    pub requested_by: String,
+}
+
+/// One transfer's compensation, with what it is about.
+#[derive(Debug, Clone)]
+pub struct Compensation {
+    pub record: CompensationRecord,
+    pub transfer: Option<TransferRecord>,
+    pub evidence: Option<EvidenceRecord>,
+}
+
+/// Checks a step label an agent gave.
+pub fn check_step(step: &str) -> Result<(), RuntimeError> {
+    if step.is_empty() || step.len() > STEP_BYTES_MAX || step.chars().any(char::is_control) {
+        return Err(RuntimeError::Invalid(format!(
+            "step must be 1 to {STEP_BYTES_MAX} bytes of printable text"
+        )));
+    }
+    Ok(())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn body_json(body: &[u8]) -> Value {
+    let kept = &body[..body.len().min(EVIDENCE_BODY_BYTES_MAX)];
+    json!({
+        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(kept),
+        "bodyBytes": body.len(),
+        "bodySha256": sha256_hex(body),
+        "bodyTruncated": kept.len() < body.len(),
+    })
+}
+
+fn headers_json(headers: &http::HeaderMap) -> Value {
+    let kept: Vec<Value> = headers
+        .iter()
+        .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(&name.as_str()))
+        .take(EVIDENCE_HEADERS_MAX)
+        .map(|(name, value)| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let mut end = text.len().min(EVIDENCE_HEADER_VALUE_BYTES_MAX);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            json!([name.as_str(), &text[..end]])
+        })
+        .collect();
+    Value::Array(kept)
+}
+
+fn request_json(request: &RequestSpec) -> Value {
+    let mut document = json!({
+        "method": request.method.as_str(),
+        "url": request.url.as_str(),
+        "headers": headers_json(&request.headers),
+    });
+    merge(&mut document, body_json(&request.body));
+    document
+}
+
+fn response_json(response: &PaidResponse) -> Value {
+    let mut document = json!({
+        "status": response.status.as_u16(),
+        "headers": headers_json(&response.headers),
+    });
+    merge(&mut document, body_json(&response.body));
+    document
+}
+
+fn merge(into: &mut Value, from: Value) {
+    if let (Some(into), Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+/// The authorization as the transfer records it (validAfter is not kept there).
+fn transfer_authorization(transfer: &TransferRecord) -> Value {
+    json!({
+        "from": transfer.payer,
+        "to": transfer.payee,
+        "value": transfer.amount.to_string(),
+        "validAfter": Value::Null,
+        "validBefore": transfer.valid_before_s.to_string(),
+        "nonce": transfer.nonce,
+    })
+}
+
+/// Records the evidence of a paid request (nothing when nothing was reserved). Failures are
+/// logged, never returned: the payment already happened, and the agent gets its response.
+pub(crate) async fn record_evidence(
+    runtime: &Runtime,
+    session: &SessionRecord,
+    request: &RequestSpec,
+    step: Option<&str>,
+    reserved: Option<&TransferRecord>,
+    outcome: &Result<PaidResponse, BuyerError>,
+) {
+    let Some(transfer) = reserved else { return };
+    let (response, error, receipt, authorization) = match outcome {
+        Ok(response) => {
+            let (receipt, authorization) = match &response.payment {
+                Some(payment) => (
+                    payment
+                        .settlement
+                        .as_ref()
+                        .and_then(|settlement| serde_json::to_value(settlement).ok()),
+                    json!({
+                        "from": format!("{:#x}", payment.authorization.from),
+                        "to": format!("{:#x}", payment.authorization.to),
+                        "value": payment.authorization.value.to_string(),
+                        "validAfter": payment.authorization.valid_after.to_string(),
+                        "validBefore": payment.authorization.valid_before.to_string(),
+                        "nonce": format!("{:#x}", payment.authorization.nonce),
+                    }),
+                ),
+                None => (None, transfer_authorization(transfer)),
+            };
+            (Some(response_json(response)), None, receipt, authorization)
+        }
+        Err(error) => {
+            let receipt = match error {
+                BuyerError::PaymentRejected {
+                    settlement: Some(settlement),
+                    ..
+                } => serde_json::to_value(settlement.as_ref()).ok(),
+                _ => None,
+            };
+            (
+                None,
+                Some(error.to_string()),
+                receipt,
+                transfer_authorization(transfer),
+            )
+        }
+    };
+    let evidence = NewEvidence {
+        transfer_id: transfer.id.clone(),
+        session_id: session.id.clone(),
+        step: step.map(str::to_string),
+        request: request_json(request),
+        response,
+        error,
+        receipt,
+        authorization,
+    };
+    if let Err(error) = runtime
+        .store()
+        .compensation_store()
+        .record_evidence(evidence)
+        .await
+    {
+        tracing::error!(transfer = %transfer.id, %error, "could not record the payment's evidence");
+    }
+}
+
+/// The recorded cancel transaction of a transfer, if its receipt shows the token cancelling
+/// this authorization (`AuthorizationCanceled(payer, nonce)`, no `AuthorizationUsed`).
+pub(crate) async fn cancel_proof(
+    runtime: &Runtime,
+    transfer: &TransferRecord,
+    asset: Address,
+    payer: Address,
+    nonce: B256,
+) -> Result<Option<String>, RuntimeError> {
+    let Some(record) = runtime
+        .store()
+        .compensation_store()
+        .compensation_for(&transfer.id)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(hash) = record.cancel_tx_hash.and_then(|h| h.parse::<B256>().ok()) else {
+        return Ok(None);
+    };
+    let Some(receipt) = runtime.chain().receipt(hash).await? else {
+        return Ok(None);
+    };
+    let event = |signature: B256| {
+        receipt.logs.iter().any(|log| {
+            log.address == asset
+                && log.topics.len() == 3
+                && log.topics[0] == signature
+                && log.topics[1] == payer.into_word()
+                && log.topics[2] == nonce
+        })
+    };
+    let cancelled = receipt.success
+        && event(BursarUSD::AuthorizationCanceled::SIGNATURE_HASH)
+        && !event(BursarUSD::AuthorizationUsed::SIGNATURE_HASH);
+    Ok(cancelled.then(|| format!("{hash:#x}")))
+}
+
+/// How one cancel attempt ended.
+enum Cancel {
+    /// Mined (or the authorization turned out used or cancelled already): resolve from the chain.
+    Done,
+    /// Not final: the outcome and message to record.
+    NotYet(CompensationOutcome, String),
+}
+
+impl Runtime {
+    /// Marks a step (or, without one, the whole session) failed and compensates every transfer
+    /// concerned; see the module docs. Idempotent: marking again returns the same records.
+    pub async fn mark_failed(
+        &self,
+        session_id: &str,
+        failure: Failure,
+    ) -> Result<Vec<Compensation>, RuntimeError> {
+        let reason = failure.reason.trim();
+        if reason.is_empty() || reason.len() > FAILURE_REASON_BYTES_MAX {
+            return Err(RuntimeError::Invalid(format!(
+                "reason must be 1 to {FAILURE_REASON_BYTES_MAX} bytes"
+            )));
+        }
+        if let Some(step) = &failure.step {
+            check_step(step)?;
+        }
+        let session = self.session(session_id).await?;
+        let store = self.store();
+        let compensations = store.compensation_store();
+        if failure.step.is_none() && session.closed_at_ms.is_none() {
+            store.close_session(&session.id).await?;
+            tracing::info!(session = %session.id, "session marked failed and closed");
+        }
+        let steps: HashMap<String, Option<String>> = compensations
+            .steps(&session.id)
+            .await?
+            .into_iter()
+            .collect();
+        let transfers: Vec<TransferRecord> = store
+            .transfers(Some(&session.id))
+            .await?
+            .into_iter()
+            .filter(|transfer| match &failure.step {
+                None => true,
+                Some(step) => steps
+                    .get(&transfer.id)
+                    .is_some_and(|s| s.as_ref() == Some(step)),
+            })
+            .collect();
+        if let Some(step) = &failure.step
+            && transfers.is_empty()
+        {
+            return Err(RuntimeError::NotFound(format!(
+                "no payment of session {} is labelled step {step:?}",
+                session.id
+            )));
+        }
+        let mut account: Option<Arc<Account>> = None;
+        let mut out = Vec::with_capacity(transfers.len());
+        for transfer in transfers {
+            let record = self
+                .compensate(&session, transfer, &failure, reason, &mut account)
+                .await?;
+            out.push(self.compensation_view(record).await?);
+        }
+        Ok(out)
+    }
+
+    /// A record with its transfer and evidence.
+    pub async fn compensation_view(
+        &self,
+        record: CompensationRecord,
+    ) -> Result<Compensation, RuntimeError> {
+        let transfer = self.store().transfer(&record.transfer_id).await?;
+        let evidence = self
+            .store()
+            .compensation_store()
+            .evidence(&record.transfer_id)
+            .await?;
+        Ok(Compensation {
+            record,
+            transfer,
+            evidence,
+        })
+    }
+
+    /// Compensations of a session, or all.
+    pub async fn compensations(
+        &self,
+        session_id: Option<&str>,
+    ) -> Result<Vec<Compensation>, RuntimeError> {
+        let records = self
+            .store()
+            .compensation_store()
+            .compensations(session_id)
+            .await?;
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            out.push(self.compensation_view(record).await?);
+        }
+        Ok(out)
+    }
+
+    async fn compensate(
+        &self,
+        session: &SessionRecord,
+        transfer: TransferRecord,
+        failure: &Failure,
+        reason: &str,
+        account: &mut Option<Arc<Account>>,
+    ) -> Result<CompensationRecord, RuntimeError> {
+        let compensations = self.store().compensation_store();
+        if let Some(existing) = compensations.compensation_for(&transfer.id).await?
+            && existing.outcome.is_final()
+        {
+            return Ok(existing);
+        }
+        let mut transfer = transfer;
+        if transfer.state == TransferState::Pending {
+            // The chain may have decided already (settled, expired, an earlier cancel mined).
+            if let Err(error) = self.resolve_transfer(&transfer).await {
+                tracing::warn!(transfer = %transfer.id, %error, "could not consult the chain before compensating");
+            }
+            transfer = self.fresh(&transfer.id).await?;
+        }
+        let record = compensations
+            .open_compensation(
+                NewCompensation {
+                    transfer_id: transfer.id.clone(),
+                    session_id: session.id.clone(),
+                    step: failure.step.clone(),
+                    reason: reason.to_string(),
+                    requested_by: failure.requested_by.clone(),
+                    amount: transfer.amount,
+                },
+                CompensationOutcome::Cancelling,
+            )
+            .await?;
+        if record.outcome.is_final() {
+            return Ok(record);
+        }
+        if transfer.state == TransferState::Pending {
+            match self
+                .cancel(&record, &transfer, compensations.clone(), account)
+                .await
+            {
+                Cancel::Done => {
+                    if let Err(error) = self.resolve_transfer(&transfer).await {
+                        tracing::warn!(transfer = %transfer.id, %error, "could not resolve after the cancel");
+                    }
+                    transfer = self.fresh(&transfer.id).await?;
+                }
+                Cancel::NotYet(outcome, message) => {
+                    tracing::warn!(transfer = %transfer.id, %message, "compensation not final yet");
+                    return Ok(compensations
+                        .set_pending_outcome(&record.id, outcome, &message)
+                        .await?);
+                }
+            }
+        }
+        let record = compensations
+            .compensation(&record.id)
+            .await?
+            .unwrap_or(record);
+        let (outcome, settle_tx, message) = match transfer.state {
+            TransferState::Posted => (
+                CompensationOutcome::RefundClaim,
+                transfer.tx_hash.clone(),
+                format!(
+                    "the payment settled on chain{}: claim a refund of {} from {} with this evidence",
+                    transfer
+                        .tx_hash
+                        .as_deref()
+                        .map(|tx| format!(" in {tx}"))
+                        .unwrap_or_default(),
+                    transfer.amount,
+                    transfer.payee
+                ),
+            ),
+            TransferState::Voided if transfer.void_reason.as_deref() == Some("cancelled") => (
+                CompensationOutcome::Cancelled,
+                None,
+                format!(
+                    "the authorization was cancelled on chain{} before it was settled: nothing moved",
+                    record
+                        .cancel_tx_hash
+                        .as_deref()
+                        .map(|tx| format!(" in {tx}"))
+                        .unwrap_or_default()
+                ),
+            ),
+            TransferState::Voided => (
+                CompensationOutcome::NothingSpent,
+                None,
+                format!(
+                    "nothing was spent: the reservation was voided ({})",
+                    transfer.void_reason.as_deref().unwrap_or("unknown reason")
+                ),
+            ),
+            TransferState::Pending => {
+                let message = format!(
+                    "the authorization is still unsettled and not proven cancelled; its amount \
+                     stays reserved until the chain decides (validBefore {}); mark the failure \
+                     again to retry",
+                    transfer.valid_before_s
+                );
+                return Ok(compensations
+                    .set_pending_outcome(&record.id, CompensationOutcome::CancelFailed, &message)
+                    .await?);
+            }
+        };
+        tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
+        let finished = compensations
+            .finish_compensation(&record.id, outcome, settle_tx.as_deref(), &message)
+            .await?;
+        self.trace_compensation(session, &transfer, &finished).await;
+        Ok(finished)
+    }
+
+    async fn fresh(&self, transfer_id: &str) -> Result<TransferRecord, RuntimeError> {
+        self.store()
+            .transfer(transfer_id)
+            .await?
+            .ok_or_else(|| RuntimeError::Internal(format!("transfer {transfer_id} vanished")))
+    }
+
+    /// Signs and sends `cancelAuthorization` for a pending transfer from the wallet itself, and
+    /// waits for it to be mined.
+    async fn cancel(
+        &self,
+        record: &CompensationRecord,
+        transfer: &TransferRecord,
+        compensations: Arc<dyn CompensationStore>,
+        account: &mut Option<Arc<Account>>,
+    ) -> Cancel {
+        let chain = self.chain().clone();
+        // A cancel sent earlier: wait for it rather than send another.
+        if let Some(hash) = record
+            .cancel_tx_hash
+            .as_deref()
+            .and_then(|h| h.parse::<B256>().ok())
+        {
+            return match chain.receipt(hash).await {
+                Ok(Some(_)) => Cancel::Done,
+                Ok(None) => Cancel::NotYet(
+                    CompensationOutcome::Cancelling,
+                    format!(
+                        "cancel transaction {hash:#x} is not mined yet; mark the failure again later"
+                    ),
+                ),
+                Err(error) => Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("the chain is unavailable ({error}); mark the failure again later"),
+                ),
+            };
+        }
+        let (payer, asset, nonce) = match crate::service::authorization_key(transfer) {
+            Ok(key) => key,
+            Err(error) => {
+                return Cancel::NotYet(CompensationOutcome::CancelFailed, error.to_string());
+            }
+        };
+        let signer = match self.signer(&transfer.wallet_id).await {
+            Ok(signer) => signer,
+            Err(error) => {
+                return Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("the wallet's key is unavailable: {error}"),
+                );
+            }
+        };
+        let gas_advice = || {
+            format!(
+                "wallet {} cannot pay gas for cancelAuthorization: send it a little native \
+                 currency and mark the failure again; until then {} stays reserved until \
+                 validBefore ({}) passes unused, or posts if the seller settles",
+                signer.address(),
+                transfer.amount,
+                transfer.valid_before_s
+            )
+        };
+        match chain.native_balance(signer.address()).await {
+            Ok(balance) if balance == U256::ZERO => {
+                return Cancel::NotYet(CompensationOutcome::CancelFailed, gas_advice());
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("the chain is unavailable ({error}); mark the failure again later"),
+                );
+            }
+        }
+        let domain = match token_domain(self, asset).await {
+            Ok(domain) => domain,
+            Err(error) => {
+                return Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("the token's EIP-712 domain could not be read: {error}"),
+                );
+            }
+        };
+        let digest = bursar_contracts::cancel_authorization_signing_hash(payer, nonce, &domain);
+        let signature = match signer.sign_hash_sync(&digest) {
+            Ok(signature) => signature.as_bytes(),
+            Err(error) => {
+                return Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("signing the cancel failed: {error}"),
+                );
+            }
+        };
+        let data = bursar_contracts::cancel_authorization_call(payer, nonce, &signature);
+        let sender = account
+            .get_or_insert_with(|| Arc::new(Account::new(chain.clone(), (*signer).clone())))
+            .clone();
+        let id = record.id.clone();
+        let recorder = compensations.clone();
+        let sent = sender
+            .send_recorded(
+                TxRequest {
+                    to: Some(asset),
+                    data,
+                    value: U256::ZERO,
+                    gas_limit: None,
+                },
+                move |hash, _nonce| {
+                    let (recorder, id) = (recorder.clone(), id.clone());
+                    async move {
+                        recorder
+                            .note_cancel_tx(&id, Some(&format!("{hash:#x}")))
+                            .await
+                            .map_err(|error| {
+                                ChainError::Rejected(format!(
+                                    "the cancel transaction could not be recorded: {error}"
+                                ))
+                            })
+                    }
+                },
+            )
+            .await;
+        let hash = match sent {
+            Ok(hash) => hash,
+            // Gas estimation reverted: the nonce is used or cancelled already. The chain says
+            // which.
+            Err(ChainError::Reverted(_)) => {
+                let _ = compensations.note_cancel_tx(&record.id, None).await;
+                return Cancel::Done;
+            }
+            Err(ChainError::Rejected(message)) => {
+                // Not broadcast: forget the hash.
+                let _ = compensations.note_cancel_tx(&record.id, None).await;
+                let lower = message.to_ascii_lowercase();
+                let text = if lower.contains("fund") || lower.contains("balance") {
+                    gas_advice()
+                } else {
+                    format!(
+                        "the chain refused the cancel transaction: {message}; mark the failure again to retry"
+                    )
+                };
+                return Cancel::NotYet(CompensationOutcome::CancelFailed, text);
+            }
+            Err(error) => {
+                return Cancel::NotYet(
+                    CompensationOutcome::CancelFailed,
+                    format!("sending the cancel failed ({error}); mark the failure again later"),
+                );
+            }
+        };
+        tracing::info!(transfer = %transfer.id, tx = %format!("{hash:#x}"), "cancelAuthorization sent");
+        match bursar_chain::wait_for_receipt(chain.as_ref(), hash, CANCEL_RECEIPT_TIMEOUT).await {
+            Ok(_) => Cancel::Done,
+            Err(error) => Cancel::NotYet(
+                CompensationOutcome::Cancelling,
+                format!(
+                    "cancel transaction {hash:#x} was sent but is not mined yet ({error}); mark the failure again later"
+                ),
+            ),
+        }
+    }
+
+    /// Adds the compensation to the decision trace.
+    async fn trace_compensation(
+        &self,
+        session: &SessionRecord,
+        transfer: &TransferRecord,
+        record: &CompensationRecord,
+    ) {
+        let decision = bursar_store::NewDecision {
+            session_id: Some(session.id.clone()),
+            wallet_id: Some(session.wallet_id.clone()),
+            agent: Some(session.agent.clone()),
+            transfer_id: Some(transfer.id.clone()),
+            resource: Some(transfer.resource.clone()),
+            payee: Some(transfer.payee.clone()),
+            amount: Some(transfer.amount),
+            allowed: false,
+            reason: Some(format!("compensation_{}", record.outcome)),
+            rules: json!([{
+                "rule": "compensation",
+                "source": "runtime",
+                "input": {
+                    "step": record.step,
+                    "reason": record.reason,
+                    "requestedBy": record.requested_by,
+                    "transferState": transfer.state.as_str(),
+                    "cancelTxHash": record.cancel_tx_hash,
+                    "settleTxHash": record.settle_tx_hash,
+                },
+                "passed": true,
+                "detail": record.message,
+            }]),
+        };
+        if let Err(error) = self
+            .store()
+            .decision_store()
+            .record_decision(decision)
+            .await
+        {
+            tracing::error!(%error, "could not record the compensation in the decision trace");
+        }
+    }
+}
+
+/// The token's EIP-712 domain, read from the chain (ERC-5267 `eip712Domain()`).
+async fn token_domain(
+    runtime: &Runtime,
+    asset: Address,
+) -> Result<alloy_sol_types::Eip712Domain, RuntimeError> {
+    let outcome = runtime
+        .chain()
+        .call(CallRequest {
+            from: None,
+            to: Some(asset),
+            data: bursar_contracts::eip712_domain_call(),
+            value: U256::ZERO,
+        })
+        .await?;
+    let CallOutcome::Success(output) = outcome else {
+        return Err(RuntimeError::Internal(
+            "eip712Domain() reverted on the token".into(),
+        ));
+    };
+    let domain = bursar_contracts::decode_eip712_domain(&output)
+        .map_err(|error| RuntimeError::Internal(error.to_string()))?;
+    let chain_id = u64::try_from(domain.chain_id)
+        .map_err(|_| RuntimeError::Internal("the token's chain id is out of range".into()))?;
+    Ok(bursar_protocol::exact_evm::token_domain(
+        &domain.name,
+        &domain.version,
+        chain_id,
+        domain.verifying_contract,
+    ))
+}
+
+/// The API's JSON for one compensation.
+pub fn compensation_json(compensation: &Compensation) -> Value {
+    let record = &compensation.record;
+    let evidence = compensation.evidence.as_ref().map(|evidence| {
+        json!({
+            "step": evidence.step,
+            "request": evidence.request,
+            "response": evidence.response,
+            "error": evidence.error,
+            "receipt": evidence.receipt,
+            "authorization": evidence.authorization,
+            "recordedAtMs": evidence.recorded_at_ms,
+        })
+    });
+    json!({
+        "id": record.id,
+        "transferId": record.transfer_id,
+        "sessionId": record.session_id,
+        "step": record.step,
+        "reason": record.reason,
+        "requestedBy": record.requested_by,
+        "outcome": record.outcome.as_str(),
+        "final": record.outcome.is_final(),
+        "amountAtomic": record.amount.to_string(),
+        "cancelTxHash": record.cancel_tx_hash,
+        "settleTxHash": record.settle_tx_hash,
+        "message": record.message,
+        "createdAtMs": record.created_at_ms,
+        "updatedAtMs": record.updated_at_ms,
+        "transfer": compensation.transfer.as_ref().map(|t| json!({
+            "state": t.state.as_str(),
+            "voidReason": t.void_reason,
+            "txHash": t.tx_hash,
+            "payTo": t.payee,
+            "payer": t.payer,
+            "nonce": t.nonce,
+            "resource": t.resource,
+        })),
+        "evidence": evidence,
+    })
+}

@@ -1,0 +1,524 @@
+//! Compensation for failed steps, end to end over the runtime's API on the embedded chain, on
+//! SQLite and PostgreSQL: a seller that takes the payment header and never settles gets its
+//! authorization cancelled on chain (nothing moves, the reservation is voided), a settled payment
+//! becomes a refund claim with its evidence, and the ledger, the decision trace and the chain
+//! agree.
+
+#[macro_use]
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::SolEvent;
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use bursar_chain::DevChain;
+use bursar_chain::testkit::{self, TOKEN_NAME};
+use bursar_contracts::BursarUSD;
+use bursar_protocol::exact_evm::ExactEvmPayload;
+use bursar_protocol::{
+    Amount, Network, PaymentPayload, PaymentRequired, PaymentRequirements, Resource, X402Version,
+};
+use bursar_store::runtime::{EntryKind, TransferState};
+use common::{Network_, PRICE, RuntimeUnderTest, network, runtime};
+use http::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Every case finishes well within this.
+const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the hostile seller kept of the payments it was sent.
+type Kept = Arc<Mutex<Vec<ExactEvmPayload>>>;
+
+/// A seller that asks for payment, takes the payment header and answers without ever settling:
+/// `/content` with 200 and content, `/broken` with 500.
+async fn hostile_seller(network: &Network_) -> (String, Address, Kept) {
+    let payee = alloy_signer_local::PrivateKeySigner::random().address();
+    let token = network.token.address();
+    let chain_id = network.chain.chain_id();
+    let kept: Kept = Arc::default();
+    let handler = |status: StatusCode| {
+        let kept = kept.clone();
+        move |headers: HeaderMap| {
+            let kept = kept.clone();
+            async move {
+                if let Some(header) = headers.get("payment-signature") {
+                    let payload = PaymentPayload::from_header(header.to_str().unwrap()).unwrap();
+                    kept.lock()
+                        .unwrap()
+                        .push(ExactEvmPayload::from_value(&payload.payload).unwrap());
+                    return (status, axum::Json(json!({"content": "kept your money"})))
+                        .into_response();
+                }
+                let required = PaymentRequired {
+                    version: X402Version::V2,
+                    error: Some("payment required".into()),
+                    resource: Resource::default(),
+                    accepts: vec![PaymentRequirements {
+                        scheme: "exact".into(),
+                        network: Network::Eip155(chain_id),
+                        amount: Amount::from(PRICE),
+                        asset: token.to_checksum(None),
+                        pay_to: payee.to_checksum(None),
+                        max_timeout_seconds: 600,
+                        extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
+                    }],
+                    extensions: None,
+                };
+                (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [("payment-required", required.to_v2_header())],
+                    String::new(),
+                )
+                    .into_response()
+            }
+        }
+    };
+    let app = Router::new()
+        .route("/content", get(handler(StatusCode::OK)))
+        .route("/broken", get(handler(StatusCode::INTERNAL_SERVER_ERROR)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, payee, kept)
+}
+
+struct Agent {
+    session: String,
+    token: String,
+    address: Address,
+}
+
+const START_BALANCE: u64 = 1_000_000;
+
+/// A wallet with tokens (and, when `gas`, native currency for a cancel), a grant and a session.
+async fn agent(rt: &RuntimeUnderTest, network: &Network_, name: &str, gas: bool) -> Agent {
+    let (wallet, address) = rt.funded_wallet(network, name, START_BALANCE).await;
+    if gas {
+        network
+            .chain
+            .set_native_balance(address, U256::from(10u64).pow(U256::from(17u64)))
+            .await
+            .unwrap();
+    }
+    let grant = rt.grant(&wallet, "agent", None).await;
+    let (session, token) = rt.session(&grant, "1.00", None).await;
+    Agent {
+        session,
+        token,
+        address,
+    }
+}
+
+impl Agent {
+    async fn fetch(&self, rt: &RuntimeUnderTest, url: &str, step: &str) -> (u16, Value) {
+        rt.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/fetch", self.session),
+            Some(&self.token),
+            Some(json!({"url": url, "step": step})),
+        )
+        .await
+    }
+
+    async fn fail(&self, rt: &RuntimeUnderTest, body: Value) -> (u16, Value) {
+        rt.call(
+            Method::POST,
+            &format!("/v1/sessions/{}/failures", self.session),
+            Some(&self.token),
+            Some(body),
+        )
+        .await
+    }
+}
+
+/// The ledger entry kinds written for one transfer, in order.
+async fn entry_kinds(rt: &RuntimeUnderTest, transfer: &str) -> Vec<EntryKind> {
+    rt.runtime
+        .store()
+        .entries(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.transfer_id.as_deref() == Some(transfer))
+        .map(|entry| entry.kind)
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+async fn balance(network: &Network_, address: Address) -> u64 {
+    u64::try_from(network.balance(address).await).unwrap()
+}
+
+/// The acceptance case: a failed step whose unsettled authorization is cancelled on chain
+/// (balances unchanged, reservation voided).
+pub async fn unsettled_authorization_is_cancelled_on_chain(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "cancel", true).await;
+        let url = format!("{seller}/content");
+
+        let (status, fetched) = agent.fetch(&rt, &url, "lookup").await;
+        assert_eq!(status, 200, "{fetched}");
+        assert_eq!(fetched["payment"]["state"], "pending", "{fetched}");
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = fetched["body"].as_str().unwrap().to_string();
+        assert_eq!(
+            kept.lock().unwrap().len(),
+            1,
+            "the seller holds a signed authorization"
+        );
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+
+        // Another agent's token cannot mark this session failed.
+        let other = agent_in(&rt, &network, "other").await;
+        let (status, refused) = rt
+            .call(
+                Method::POST,
+                &format!("/v1/sessions/{}/failures", agent.session),
+                Some(&other.token),
+                Some(json!({"step": "lookup", "reason": "not mine"})),
+            )
+            .await;
+        assert_eq!(status, 403, "{refused}");
+        let (status, _) = rt
+            .call(
+                Method::POST,
+                &format!("/v1/sessions/{}/failures", agent.session),
+                Some("bst_forged_token"),
+                Some(json!({"reason": "forged"})),
+            )
+            .await;
+        assert_eq!(status, 401);
+        // A reason is required; an unknown step is a 404.
+        let (status, _) = agent.fail(&rt, json!({"step": "lookup"})).await;
+        assert_eq!(status, 400);
+        let (status, _) = agent
+            .fail(&rt, json!({"step": "nope", "reason": "x"}))
+            .await;
+        assert_eq!(status, 404);
+
+        let (status, marked) = agent
+            .fail(
+                &rt,
+                json!({"step": "lookup", "reason": "the answer was useless"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let records = marked["compensations"].as_array().unwrap();
+        assert_eq!(records.len(), 1, "{marked}");
+        let record = &records[0];
+        assert_eq!(record["outcome"], "cancelled", "{record}");
+        assert_eq!(record["final"], true);
+        assert_eq!(record["transferId"], transfer_id.as_str());
+        assert_eq!(record["requestedBy"], "agent");
+        assert_eq!(record["amountAtomic"], PRICE.to_string());
+        assert_eq!(record["transfer"]["state"], "voided");
+        assert_eq!(record["transfer"]["voidReason"], "cancelled");
+        // The evidence: what was asked, what came back, what was signed.
+        let evidence = &record["evidence"];
+        assert_eq!(evidence["step"], "lookup");
+        assert_eq!(evidence["request"]["method"], "GET");
+        assert_eq!(evidence["request"]["url"], url.as_str());
+        assert_eq!(evidence["response"]["status"], 200);
+        assert_eq!(
+            evidence["response"]["bodySha256"],
+            sha256_hex(body.as_bytes()).as_str()
+        );
+        let signed = kept.lock().unwrap()[0].authorization.clone();
+        assert_eq!(
+            evidence["authorization"]["nonce"],
+            format!("{:#x}", signed.nonce).as_str()
+        );
+        assert_eq!(evidence["authorization"]["value"], PRICE.to_string());
+        assert_eq!(
+            evidence["authorization"]["validAfter"],
+            signed.valid_after.to_string().as_str()
+        );
+        assert!(
+            !evidence["request"]["headers"]
+                .to_string()
+                .to_ascii_lowercase()
+                .contains("authorization\""),
+            "no credentials in the evidence: {evidence}"
+        );
+
+        // The cancel transaction is mined and shows AuthorizationCanceled for the nonce.
+        let cancel: B256 = record["cancelTxHash"].as_str().unwrap().parse().unwrap();
+        let receipt = network.chain.receipt(cancel).await.unwrap().unwrap();
+        assert!(receipt.success);
+        assert!(receipt.logs.iter().any(|log| {
+            log.address == network.token.address()
+                && log.topics[0] == BursarUSD::AuthorizationCanceled::SIGNATURE_HASH
+                && log.topics[1] == agent.address.into_word()
+                && log.topics[2] == signed.nonce
+        }));
+        assert!(
+            network
+                .token
+                .authorization_state(agent.address, signed.nonce)
+                .await
+                .unwrap()
+        );
+
+        // Nothing moved; the reservation is released.
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+        let transfer = rt
+            .runtime
+            .store()
+            .transfer(&transfer_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(transfer.state, TransferState::Voided);
+        assert_eq!(transfer.void_reason.as_deref(), Some("cancelled"));
+        let session = rt.runtime.session(&agent.session).await.unwrap();
+        assert_eq!(session.reserved, Amount::ZERO);
+        assert_eq!(session.posted, Amount::ZERO);
+        assert!(
+            session.closed_at_ms.is_none(),
+            "a failed step leaves the session open"
+        );
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Void, EntryKind::Compensate]
+        );
+        // The decision trace explains it.
+        let decisions = rt
+            .runtime
+            .store()
+            .decision_store()
+            .decisions_for(&transfer_id)
+            .await
+            .unwrap();
+        assert!(
+            decisions
+                .iter()
+                .any(|d| d.reason.as_deref() == Some("compensation_cancelled")),
+            "{decisions:?}"
+        );
+
+        // The seller tries the stale authorization on chain: refused, nothing moves.
+        let chain: Arc<dyn DevChain> = network.chain.clone();
+        let settler = testkit::funded_account(&chain).await;
+        let stale = kept.lock().unwrap()[0].clone();
+        let submitted = network
+            .token
+            .submit_transfer_with_authorization(
+                &settler,
+                &stale.authorization,
+                &stale.signature,
+                None,
+            )
+            .await;
+        if let Ok(hash) = submitted {
+            let receipt = testkit::mined(network.chain.as_ref(), hash).await;
+            assert!(!receipt.success, "the cancelled authorization settled");
+        }
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+
+        // Marking again returns the same record; the ledger does not grow.
+        let (status, again) = agent
+            .fail(&rt, json!({"step": "lookup", "reason": "again"}))
+            .await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["compensations"][0]["id"], record["id"]);
+        assert_eq!(
+            again["compensations"][0]["reason"],
+            "the answer was useless"
+        );
+        assert_eq!(entry_kinds(&rt, &transfer_id).await.len(), 3);
+
+        // Listings: the agent sees its own, the operator sees all.
+        let (status, listed) = rt
+            .call(
+                Method::GET,
+                &format!("/v1/sessions/{}/compensations", agent.session),
+                Some(&agent.token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(listed["compensations"][0]["id"], record["id"]);
+        let (status, _) = rt
+            .call(Method::GET, "/v1/compensations", Some(&agent.token), None)
+            .await;
+        assert_eq!(status, 403);
+        let (status, all) = rt.operator(Method::GET, "/v1/compensations", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(all["compensations"].as_array().unwrap().len(), 1);
+
+        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{:?}", report.differences);
+        assert_eq!(report.voided_total, Amount::from(PRICE));
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
+/// A session with tokens and gas, without the step machinery (for the other-agent check).
+async fn agent_in(rt: &RuntimeUnderTest, network: &Network_, name: &str) -> Agent {
+    agent(rt, network, name, false).await
+}
+
+/// A payment that did settle: the failure becomes a refund claim with the evidence; the money
+/// stays moved and the ledger posted. Without a step, the session is closed.
+pub async fn settled_payment_becomes_a_refund_claim(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let agent = agent(&rt, &network, "refund", true).await;
+        let url = format!("{}/paid", network.seller_url);
+        let (status, fetched) = agent.fetch(&rt, &url, "buy").await;
+        assert_eq!(status, 200, "{fetched}");
+        assert_eq!(fetched["payment"]["state"], "posted", "{fetched}");
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let tx = fetched["payment"]["txHash"].as_str().unwrap().to_string();
+
+        let (status, marked) = rt
+            .operator(
+                Method::POST,
+                &format!("/v1/sessions/{}/failures", agent.session),
+                Some(json!({"reason": "the run failed"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["outcome"], "refund_claim", "{record}");
+        assert_eq!(record["requestedBy"], "operator");
+        assert_eq!(record["settleTxHash"], tx.as_str());
+        assert!(record["cancelTxHash"].is_null());
+        assert!(record["message"].as_str().unwrap().contains("refund"));
+        let evidence = &record["evidence"];
+        assert_eq!(evidence["step"], "buy");
+        assert_eq!(evidence["request"]["url"], url.as_str());
+        assert_eq!(evidence["response"]["status"], 200);
+        assert_eq!(evidence["receipt"]["transaction"], tx.as_str());
+        assert_eq!(evidence["receipt"]["success"], true);
+
+        // The money moved by exactly the price and stays moved.
+        assert_eq!(
+            balance(&network, agent.address).await,
+            START_BALANCE - PRICE
+        );
+        assert_eq!(balance(&network, network.payee).await, PRICE);
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Post, EntryKind::Compensate]
+        );
+        let session = rt.runtime.session(&agent.session).await.unwrap();
+        assert!(session.closed_at_ms.is_some(), "a failed session is closed");
+        assert_eq!(session.posted, Amount::from(PRICE));
+        let (status, refused) = agent.fetch(&rt, &url, "more").await;
+        assert_eq!(status, 403, "{refused}");
+        assert_eq!(refused["error"]["code"], "session_closed");
+
+        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{:?}", report.differences);
+        assert_eq!(report.posted_total, Amount::from(PRICE));
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
+/// A wallet without gas cannot cancel: the record says so and what to do, the reservation stays
+/// (no proof, no void); with gas, marking again cancels. The seller answered 500.
+pub async fn cancel_without_gas_fails_then_retries(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, _kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "nogas", false).await;
+        let (status, fetched) = agent
+            .fetch(&rt, &format!("{seller}/broken"), "render")
+            .await;
+        assert_eq!(status, 200, "{fetched}");
+        assert_eq!(fetched["status"], 500);
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let (status, marked) = agent
+            .fail(
+                &rt,
+                json!({"step": "render", "reason": "500 after payment"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["outcome"], "cancel_failed", "{record}");
+        assert_eq!(record["final"], false);
+        assert!(
+            record["message"].as_str().unwrap().contains("gas"),
+            "{record}"
+        );
+        assert_eq!(record["evidence"]["response"]["status"], 500);
+        assert_eq!(record["transfer"]["state"], "pending");
+        assert_eq!(
+            rt.runtime.session(&agent.session).await.unwrap().reserved,
+            Amount::from(PRICE)
+        );
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve]
+        );
+
+        network
+            .chain
+            .set_native_balance(agent.address, U256::from(10u64).pow(U256::from(17u64)))
+            .await
+            .unwrap();
+        let (status, again) = agent
+            .fail(
+                &rt,
+                json!({"step": "render", "reason": "500 after payment"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{again}");
+        let retried = &again["compensations"][0];
+        assert_eq!(retried["id"], record["id"]);
+        assert_eq!(retried["outcome"], "cancelled", "{retried}");
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Void, EntryKind::Compensate]
+        );
+        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{:?}", report.differences);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
+on_both_databases!(
+    unsettled_authorization_is_cancelled_on_chain,
+    settled_payment_becomes_a_refund_claim,
+    cancel_without_gas_fails_then_retries,
+);
