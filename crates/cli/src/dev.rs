@@ -102,6 +102,10 @@ pub struct FacilitatorArgs {
     /// Send a batch at the latest this many milliseconds after its first settlement (at most 5000).
     #[arg(long, default_value_t = 25)]
     pub batch_wait_ms: u64,
+    /// Simulate each settlement on its own before it joins a batch (one more eth_call each;
+    /// the batch contract already isolates an item that reverts).
+    #[arg(long, requires = "batch")]
+    pub batch_simulate: bool,
     /// Sender accounts (each with its own nonces). On the embedded dev chain the extra ones are
     /// derived from public labels and funded; with --rpc-url they are read from --sender-keys-file.
     #[arg(long, default_value_t = 1)]
@@ -620,6 +624,7 @@ async fn settlement_senders(
         settler,
         items_max: args.batch_items_max,
         wait_max: std::time::Duration::from_millis(args.batch_wait_ms),
+        simulate_items: args.batch_simulate,
     };
     config
         .validate()

@@ -1,5 +1,6 @@
-//! Batched settlement: authorizations that passed verification and simulation queue here, and
-//! leave in one BursarBatchSettler transaction per batch.
+//! Batched settlement: authorizations that passed verification (and, when
+//! [`BatchConfig::simulate_items`] is set, a simulation of their own) queue here, and leave in one
+//! BursarBatchSettler transaction per batch.
 //!
 //! - A collector task takes queued items and flushes a batch when it holds
 //!   [`BatchConfig::items_max`] items, when the next item would pass [`BATCH_GAS_MAX`], or when
@@ -70,6 +71,12 @@ pub struct BatchConfig {
     pub items_max: usize,
     /// Flush when the batch's first item has waited this long (at most [`BATCH_WAIT_LIMIT`]).
     pub wait_max: Duration,
+    /// Simulate each item's `transferWithAuthorization` before queuing it (one more `eth_call`
+    /// per settlement). Off by default: every item is verified first (signature, validity
+    /// window, token domain, nonce unused, balance), and the batch contract isolates an item that
+    /// still reverts (its `ItemFailed` event fails that settlement alone), so the simulation only
+    /// catches token-specific refusals a little earlier, at a cost paid on every settlement.
+    pub simulate_items: bool,
 }
 
 impl BatchConfig {
@@ -79,6 +86,7 @@ impl BatchConfig {
             settler,
             items_max: BATCH_ITEMS_MAX_DEFAULT,
             wait_max: BATCH_WAIT_DEFAULT,
+            simulate_items: false,
         }
     }
 
@@ -125,6 +133,7 @@ impl Queued {
 #[derive(Clone)]
 pub(crate) struct Batcher {
     queue: mpsc::Sender<Queued>,
+    simulate_items: bool,
 }
 
 struct Shared {
@@ -146,6 +155,7 @@ impl Batcher {
         receipt_timeout: Duration,
         metrics: FacilitatorMetrics,
     ) -> Batcher {
+        let simulate_items = config.simulate_items;
         let (queue, incoming) = mpsc::channel(BATCH_QUEUE_MAX);
         let (batches_tx, batches_rx) = mpsc::channel::<Vec<Queued>>(1);
         let batches_rx = Arc::new(Mutex::new(batches_rx));
@@ -161,7 +171,15 @@ impl Batcher {
         for sender in senders {
             tokio::spawn(work(shared.clone(), sender, batches_rx.clone()));
         }
-        Batcher { queue }
+        Batcher {
+            queue,
+            simulate_items,
+        }
+    }
+
+    /// Whether each item is simulated before it is queued ([`BatchConfig::simulate_items`]).
+    pub fn simulate_items(&self) -> bool {
+        self.simulate_items
     }
 
     /// Queues an item; `false` when the queue is full or the batcher has stopped (the item is

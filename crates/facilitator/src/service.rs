@@ -813,7 +813,19 @@ impl LocalFacilitator {
         key: &LedgerKey,
         network: String,
     ) -> (SettleResponse, bool) {
-        let checked = match self.prepare(request, network.clone()).await {
+        let prepared = if batcher.simulate_items() {
+            self.prepare(request, network.clone()).await
+        } else {
+            self.check(request).await.map_err(|invalid| {
+                SettleResponse::failed(
+                    invalid.reason,
+                    invalid.message,
+                    invalid.payer.map(|p| p.to_checksum(None)),
+                    network.clone(),
+                )
+            })
+        };
+        let checked = match prepared {
             Ok(checked) => checked,
             Err(refusal) => {
                 if let Err(error) = self.ledger.release(key).await {

@@ -115,6 +115,7 @@ fn batching(settler: Address) -> FacilitatorConfig {
             settler,
             items_max: 100,
             wait_max: Duration::from_millis(20),
+            simulate_items: false,
         }),
         ..Default::default()
     }
