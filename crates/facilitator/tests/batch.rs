@@ -769,6 +769,81 @@ async fn recovery_finishes_a_mined_batch_anvil_postgres() {
     recovery_finishes_a_mined_batch(Backend::Anvil, Db::Postgres).await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Confirmation depth
+
+/// With a confirmation depth of 3, a mined batch is not reported (nor recorded confirmed) until
+/// two more blocks sit on top of it.
+async fn confirmation_depth_is_waited_for(backend: Backend, db: Db) {
+    let env = env(backend, db).await;
+    let chain = env.chain.clone();
+    let (setup, accounts) = setup(&chain, PRICE).await;
+    let mut config = batching(setup.settler);
+    config.confirmations = 3;
+    let facilitator = LocalFacilitator::with_senders(
+        chain.clone().into_evm(),
+        accounts,
+        config,
+        env.ledger.clone(),
+    );
+    let pay_to = PrivateKeySigner::random().address();
+    let requirements = requirements(&setup, pay_to);
+    let exact = signed(
+        &setup,
+        &requirements,
+        &setup.fixture.payer,
+        chain_now(&chain).await,
+    );
+    let settle = tokio::spawn({
+        let facilitator = facilitator.clone();
+        let request = request(&requirements, &exact, None);
+        async move { facilitator.settle(&request).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while setup.fixture.token.balance_of(pay_to).await.unwrap() != U256::from(PRICE) {
+        assert!(Instant::now() < deadline, "the batch was never mined");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let key = ledger_key(&setup, &exact);
+    for depth in 1..3 {
+        // Mined `depth` deep: however long we wait, not yet final.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!settle.is_finished(), "reported at depth {depth}");
+        let row = env.ledger.get(&key).await.unwrap().unwrap();
+        assert_eq!(row.state, SettlementState::Submitted, "at depth {depth}");
+        chain.mine().await.unwrap();
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(60), settle)
+        .await
+        .expect("settled once 3 deep")
+        .unwrap();
+    assert!(outcome.success, "{outcome:?}");
+    let row = env.ledger.get(&key).await.unwrap().unwrap();
+    assert_eq!(row.state, SettlementState::Confirmed);
+    assert_eq!(row.tx_hash.as_deref(), Some(outcome.transaction.as_str()));
+    let receipt = chain
+        .receipt(outcome.transaction.parse::<B256>().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let head = chain.latest_block().await.unwrap().number;
+    assert!(
+        head >= receipt.block_number + 2,
+        "head {head}, mined in {}",
+        receipt.block_number
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_depth_embedded_sqlite() {
+    confirmation_depth_is_waited_for(Backend::Embedded, Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_depth_anvil_postgres() {
+    confirmation_depth_is_waited_for(Backend::Anvil, Db::Postgres).await;
+}
+
 trait IntoEvm {
     fn into_evm(self) -> Arc<dyn EvmChain>;
 }
