@@ -76,6 +76,8 @@ enum Command {
     Session(runtime::SessionArgs),
     /// The runtime's ledger: export (CSV or JSON lines), reconcile with the chain.
     Ledger(runtime::LedgerArgs),
+    /// Budget alerts: list them with their webhook delivery state.
+    Alerts(runtime::AlertsArgs),
     /// Policies: attach, show, remove; learn an allowlist from past payments.
     Policy(runtime::PolicyArgs),
     /// The runtime's operator keys: create, list, revoke.
@@ -194,6 +196,7 @@ fn main() -> ExitCode {
             Command::Ledger(args) => runtime::ledger(args).await,
             Command::OperatorKeys(args) => runtime::operator_keys(args).await,
             Command::Policy(args) => runtime::policy(args).await,
+            Command::Alerts(args) => runtime::alerts(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -88,6 +88,29 @@ pub struct RuntimeArgs {
     /// Encrypt new keys with scrypt's light parameters (fast, weaker; for tests).
     #[arg(long, hide = true)]
     pub light_kdf: bool,
+    /// Deliver budget alerts (thresholds from the policies' [alerts], default 50% and 75%) to
+    /// this URL as JSON, signed with HMAC-SHA256 (X-Bursar-Signature) and retried with backoff.
+    #[arg(long, env = "BURSAR_ALERT_WEBHOOK")]
+    pub alert_webhook: Option<String>,
+    /// A file holding the alert webhook's signing secret. Default: the BURSAR_ALERT_SECRET
+    /// variable.
+    #[arg(long, env = "BURSAR_ALERT_SECRET_FILE")]
+    pub alert_secret_file: Option<PathBuf>,
+}
+
+/// The alert webhook `bursar runtime` was told about, with its secret.
+fn alert_webhook(args: &RuntimeArgs) -> Result<Option<bursar_runtime::AlertWebhook>> {
+    let Some(url) = &args.alert_webhook else {
+        if args.alert_secret_file.is_some() {
+            bail!("--alert-secret-file needs --alert-webhook");
+        }
+        return Ok(None);
+    };
+    let secret = bursar_runtime::AlertWebhook::read_secret(args.alert_secret_file.as_deref())
+        .map_err(|message| anyhow!(message))?;
+    bursar_runtime::AlertWebhook::new(url, secret)
+        .map(Some)
+        .map_err(|error| anyhow!("--alert-webhook: {error}"))
 }
 
 /// Opens the runtime on `chain` with the given currency.
@@ -98,12 +121,14 @@ pub async fn open_runtime(
     passphrase: Passphrase,
     light_kdf: bool,
     policy_file: Option<PathBuf>,
+    alert_webhook: Option<bursar_runtime::AlertWebhook>,
 ) -> Result<Runtime> {
     let store = bursar_store::open_runtime_store(database_url)
         .await
         .context("cannot open the runtime database")?;
     let mut config = RuntimeConfig::new(currency);
     config.policy_file = policy_file;
+    config.alert_webhook = alert_webhook;
     if light_kdf {
         config.kdf = Kdf::light();
     }
@@ -129,6 +154,7 @@ pub fn passphrase(file: Option<&Path>) -> Result<Passphrase> {
 /// `bursar runtime`: serves the API (and the proxy) and resolves pending payments.
 pub async fn serve(args: RuntimeArgs) -> Result<()> {
     let passphrase = passphrase(args.passphrase_file.as_deref())?;
+    let alert_webhook = alert_webhook(&args)?;
     let (chain, currency) = match &args.rpc_url {
         Some(url) => {
             let token = args
@@ -173,6 +199,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         passphrase,
         args.light_kdf,
         args.policy.clone(),
+        alert_webhook,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -209,6 +236,10 @@ pub async fn run_service(
         Err(error) => eprintln!("warning: could not resolve pending payments yet: {error}"),
     }
     let resolver = runtime.spawn_resolver(Duration::from_millis(resolve_interval_ms.max(50)));
+    if let Some(webhook) = runtime.alert_webhook() {
+        println!("budget alerts delivered to {}", webhook.url);
+    }
+    let alerts = runtime.spawn_alert_delivery();
     let proxy = match proxy_listen {
         Some(address) => {
             let proxy_listener = tokio::net::TcpListener::bind(address)
@@ -222,6 +253,9 @@ pub async fn run_service(
     };
     let result = crate::dev::serve(listener, bursar_runtime::api::router(runtime)).await;
     resolver.abort();
+    if let Some(alerts) = alerts {
+        alerts.abort();
+    }
     if let Some(proxy) = proxy {
         proxy.abort();
     }
@@ -823,6 +857,92 @@ pub async fn ledger(args: LedgerArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+pub struct AlertsArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(subcommand)]
+    pub command: AlertsCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum AlertsCommand {
+    /// Budget alerts raised so far, oldest first, with their webhook delivery state.
+    List {
+        /// Only alerts of this session or wallet id.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn alerts(args: AlertsArgs) -> Result<()> {
+    let api = args.remote.api();
+    match args.command {
+        AlertsCommand::List {
+            subject,
+            limit,
+            json,
+        } => {
+            let mut path = format!("/v1/alerts?limit={limit}");
+            if let Some(subject) = subject {
+                path.push_str(&format!("&subject={}", url_component(&subject)));
+            }
+            let listed = api.call(reqwest::Method::GET, &path, None).await?;
+            let alerts = listed["alerts"].as_array().cloned().unwrap_or_default();
+            if json {
+                for alert in &alerts {
+                    println!("{}", serde_json::to_string(alert)?);
+                }
+                return Ok(());
+            }
+            if listed["webhook"].is_null() {
+                eprintln!("no alert webhook is configured: alerts are recorded, not delivered");
+            }
+            if alerts.is_empty() {
+                println!("no alerts");
+            }
+            for alert in &alerts {
+                let delivery = &alert["delivery"];
+                println!(
+                    "{}  {:>3}%  {:<13}  {} of {} {}  {}  [{} after {} attempts{}]",
+                    alert["id"].as_str().unwrap_or_default(),
+                    alert["threshold"],
+                    alert["budget"].as_str().unwrap_or_default(),
+                    alert["usedAtomic"].as_str().unwrap_or_default(),
+                    alert["capAtomic"].as_str().unwrap_or_default(),
+                    alert["currency"].as_str().unwrap_or_default(),
+                    alert["sessionId"].as_str().unwrap_or_default(),
+                    delivery["state"].as_str().unwrap_or_default(),
+                    delivery["attempts"],
+                    delivery["lastError"]
+                        .as_str()
+                        .map(|error| format!("; last error: {error}"))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn url_component(text: &str) -> String {
+    text.bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+#[derive(clap::Args)]
 pub struct PolicyArgs {
     #[command(flatten)]
     pub remote: Remote,
@@ -1129,7 +1249,16 @@ pub async fn dev_runtime(
     let (passphrase, passphrase_source) = dev_passphrase(data_dir)?;
     let url = database_url(database_url_arg, data_dir)?;
     let chain: Arc<dyn EvmChain> = network.chain.clone();
-    let runtime = open_runtime(&url, chain, dev_currency(network), passphrase, true, None).await?;
+    let runtime = open_runtime(
+        &url,
+        chain,
+        dev_currency(network),
+        passphrase,
+        true,
+        None,
+        None,
+    )
+    .await?;
     let store = runtime.store().clone();
     let operator_key = match previous_operator_key {
         Some(key)

@@ -25,6 +25,6 @@ pub use engine::{
     backoff_ms, endpoint_of, evaluate, host_matches,
 };
 pub use policy::{
-    CacheRule, CacheScope, Limit, PayeeMatch, PhaseRule, Policy, PolicyError, Validation,
-    WindowCap, WindowScope, parse_period,
+    ALERT_THRESHOLDS_DEFAULT, CacheRule, CacheScope, Limit, PayeeMatch, PhaseRule, Policy,
+    PolicyError, Validation, WindowCap, WindowScope, alert_thresholds, parse_period,
 };

@@ -35,6 +35,10 @@
 //! failures_before_pause = 3              # failures in a row before payments pause
 //! cooldown = "24h"                       # how long the pause lasts (an operator can lift it)
 //!
+//! [alerts]                               # graduated budget alerts (webhook + ledger entry)
+//! thresholds = [50, 75]                  # percent of any budget: the session's, each window cap
+//!                                        # (default [50, 75] when no policy sets them)
+//!
 //! [cache]                                # opt-in: serve a paid GET again instead of paying twice
 //! ttl = "24h"
 //! scope = "session"                      # or "wallet"
@@ -100,6 +104,13 @@ struct Document {
     phases: BTreeMap<String, PhaseDocument>,
     validation: Option<ValidationDocument>,
     cache: Option<CacheDocument>,
+    alerts: Option<AlertsDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsDocument {
+    thresholds: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +361,33 @@ pub struct Policy {
     pub phases: BTreeMap<String, PhaseRule>,
     pub validation: Option<Validation>,
     pub cache: Option<CacheRule>,
+    /// `[alerts] thresholds`: percentages (1..=100, ascending, no duplicates) of any budget at
+    /// which an alert is raised; `None` when this policy does not say (see
+    /// [`alert_thresholds`]).
+    pub alert_thresholds: Option<Vec<u8>>,
+}
+
+/// The alert thresholds when no policy sets them: 50% and 75% of any budget.
+pub const ALERT_THRESHOLDS_DEFAULT: [u8; 2] = [50, 75];
+
+/// The alert thresholds in force under `policies`: every threshold any of them sets (ascending,
+/// once each), or [`ALERT_THRESHOLDS_DEFAULT`] when none sets any. An empty `thresholds = []`
+/// in every policy that has `[alerts]` turns alerts off.
+pub fn alert_thresholds(policies: &[Policy]) -> Vec<u8> {
+    let mut said = false;
+    let mut thresholds: Vec<u8> = Vec::new();
+    for policy in policies {
+        if let Some(own) = &policy.alert_thresholds {
+            said = true;
+            thresholds.extend(own);
+        }
+    }
+    if !said {
+        return ALERT_THRESHOLDS_DEFAULT.to_vec();
+    }
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    thresholds
 }
 
 /// Parses a duration such as `90s`, `30m`, `1h`, `7d`.
@@ -400,6 +438,7 @@ impl Policy {
             phases: BTreeMap::new(),
             validation: None,
             cache: None,
+            alert_thresholds: None,
         }
     }
 
@@ -619,7 +658,29 @@ impl Policy {
                 },
             }),
         };
+        let alert_thresholds = match document.alerts.and_then(|alerts| alerts.thresholds) {
+            None => None,
+            Some(thresholds) => {
+                bounded(&thresholds, "alerts.thresholds")?;
+                let mut percents = Vec::with_capacity(thresholds.len());
+                for threshold in thresholds {
+                    match u8::try_from(threshold) {
+                        Ok(percent) if (1..=100).contains(&percent) => percents.push(percent),
+                        _ => {
+                            return Err(invalid(
+                                "alerts.thresholds",
+                                format!("{threshold} is not a whole percentage from 1 to 100"),
+                            ));
+                        }
+                    }
+                }
+                percents.sort_unstable();
+                percents.dedup();
+                Some(percents)
+            }
+        };
         Ok(Policy {
+            alert_thresholds,
             cache,
             validation,
             source: source.to_string(),

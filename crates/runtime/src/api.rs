@@ -69,6 +69,7 @@ pub fn router(runtime: Runtime) -> Router {
         .route("/v1/pauses", get(list_pauses))
         .route("/v1/pauses/lift", post(lift_pause))
         .route("/v1/ledger", get(ledger))
+        .route("/v1/alerts", get(list_alerts))
         .route("/v1/ledger/reconcile", get(reconcile))
         .fallback(not_found)
         .with_state(runtime)
@@ -796,6 +797,36 @@ async fn ledger(
     let next = entries.last().map(|entry| entry.seq);
     let entries: Vec<Value> = entries.iter().map(entry_json).collect();
     Ok(axum::Json(json!({ "entries": entries, "next": next })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AlertFilter {
+    /// A session or wallet id.
+    subject: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_alerts(
+    State(runtime): State<Runtime>,
+    headers: HeaderMap,
+    Query(filter): Query<AlertFilter>,
+) -> ApiResult {
+    operator(&runtime, &headers).await?;
+    let limit = filter.limit.unwrap_or(100).clamp(1, LEDGER_PAGE_MAX);
+    let alerts: Vec<Value> = runtime
+        .store()
+        .alert_store()
+        .alerts(filter.subject.as_deref(), limit)
+        .await
+        .map_err(RuntimeError::from)?
+        .iter()
+        .map(crate::alerts::alert_listing_json)
+        .collect();
+    let webhook = runtime
+        .alert_webhook()
+        .map(|webhook| webhook.url.to_string());
+    Ok(axum::Json(json!({ "alerts": alerts, "webhook": webhook })).into_response())
 }
 
 async fn reconcile(State(runtime): State<Runtime>, headers: HeaderMap) -> ApiResult {

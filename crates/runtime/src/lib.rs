@@ -23,9 +23,13 @@
 //!   ledger against the chain.
 //! - **API** ([`api::router`]): JSON over HTTP, operator keys for admin endpoints, session tokens
 //!   for agents, idempotency keys on creates, `/openapi.json`.
+//! - **Budget alerts** ([`alerts`]): at thresholds of any budget (default 50% and 75%), an
+//!   alert and an `alert` ledger entry, once per budget and threshold; delivered to a webhook
+//!   signed with HMAC-SHA256 and retried with backoff ([`Runtime::spawn_alert_delivery`]).
 //! - **Forward proxy** ([`proxy::proxy_router`]): the same paying for agents that set
 //!   `HTTP_PROXY` to it, with the session token as proxy credentials (no `CONNECT` tunnels).
 
+pub mod alerts;
 pub mod api;
 pub mod compensation;
 mod error;
@@ -34,6 +38,7 @@ pub mod reconcile;
 mod service;
 pub mod tokens;
 
+pub use alerts::AlertWebhook;
 pub use error::RuntimeError;
 pub use service::{
     Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession, PaymentSummary,

@@ -59,6 +59,8 @@ pub struct RuntimeConfig {
     /// The key derivation for wallets Bursar encrypts (standard scrypt by default).
     pub kdf: Kdf,
     pub upstream_timeout: Duration,
+    /// Where budget alerts are delivered (signed), if anywhere; see [`crate::alerts`].
+    pub alert_webhook: Option<crate::alerts::AlertWebhook>,
 }
 
 impl RuntimeConfig {
@@ -68,6 +70,7 @@ impl RuntimeConfig {
             policy_file: None,
             kdf: Kdf::standard(),
             upstream_timeout: UPSTREAM_TIMEOUT,
+            alert_webhook: None,
         }
     }
 }
@@ -250,6 +253,10 @@ impl Runtime {
 
     pub fn currency(&self) -> &Currency {
         &self.inner.config.currency
+    }
+
+    pub fn alert_webhook(&self) -> Option<&crate::alerts::AlertWebhook> {
+        self.inner.config.alert_webhook.as_ref()
     }
 
     // ----- wallets -----
@@ -1586,6 +1593,8 @@ impl PaymentApproval for Reserve {
                 );
                 runtime
                     .record_decision(&self.session, proposal, Some(&record.id), None, rules)
+                    .await;
+                crate::alerts::after_reservation(runtime, &self.session, policies, &caps, &record)
                     .await;
                 *self.reserved.lock().expect("reservation slot") = Some(*record);
                 Ok(())

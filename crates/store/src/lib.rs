@@ -20,6 +20,9 @@
 //! - [`DecisionStore`] (same implementations, [`open_decision_store`]) is the runtime's
 //!   decision trace: every allow and deny with the rules that ran, hash-chained so an edit is
 //!   detectable; see [`decisions`].
+//! - [`AlertStore`] (reached with `RuntimeStore::alert_store`) records budget alerts exactly
+//!   once per budget and threshold, with their ledger entries, and is the outbox of their
+//!   webhook deliveries; see [`alerts`].
 //! - Migrations are embedded per backend (`migrations/sqlite`, `migrations/postgres`) and run by
 //!   [`open`]. Committed migrations are never edited; changes are new files.
 //!
@@ -27,6 +30,7 @@
 //! - `testkit`: [`testkit`] helpers for tests: a temporary SQLite file and a fresh PostgreSQL
 //!   database per test.
 
+pub mod alerts;
 pub mod compensation;
 pub mod decisions;
 mod keys;
@@ -39,6 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bursar_protocol::SettleResponse;
 
+pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
 pub use compensation::{
     CompensationOutcome, CompensationRecord, CompensationStore, EvidenceRecord, NewCompensation,
     NewEvidence,

@@ -540,6 +540,9 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Payment evidence and compensations in the same database.
     fn compensation_store(&self) -> std::sync::Arc<dyn crate::compensation::CompensationStore>;
 
+    /// Budget alerts and their webhook outbox in the same database.
+    fn alert_store(&self) -> std::sync::Arc<dyn crate::alerts::AlertStore>;
+
     /// A shared setting; `put_meta_if_absent` returns the value that is stored afterwards.
     async fn meta(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn put_meta_if_absent(&self, name: &str, value: &str) -> Result<String, StoreError>;
@@ -1826,6 +1829,10 @@ macro_rules! runtime_store_impl {
             fn compensation_store(
                 &self,
             ) -> std::sync::Arc<dyn crate::compensation::CompensationStore> {
+                std::sync::Arc::new(self.clone())
+            }
+
+            fn alert_store(&self) -> std::sync::Arc<dyn crate::alerts::AlertStore> {
                 std::sync::Arc::new(self.clone())
             }
 

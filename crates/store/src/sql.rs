@@ -55,6 +55,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_ledger_kinds.sql"),
     ),
     (
+        8,
+        "alerts",
+        include_str!("../migrations/sqlite/0008_alerts.sql"),
+    ),
+    (
         9,
         "compensation",
         include_str!("../migrations/sqlite/0009_compensation.sql"),
@@ -95,6 +100,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "ledger kinds",
         include_str!("../migrations/postgres/0007_ledger_kinds.sql"),
+    ),
+    (
+        8,
+        "alerts",
+        include_str!("../migrations/postgres/0008_alerts.sql"),
     ),
     (
         9,
