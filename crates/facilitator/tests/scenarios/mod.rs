@@ -462,6 +462,67 @@ pub async fn malformed_requests_get_400(chain: Arc<dyn DevChain>) {
     assert_eq!(h.balance(h.pay_to).await, U256::from(PRICE));
 }
 
+/// The one way a payment reported valid can fail to settle: between /verify and /settle the
+/// payer spends the balance elsewhere (here, another payment for almost all of it). /verify read
+/// the balance at the chain head, so it was right when it answered; /settle reads it again and
+/// refuses with nothing broadcast and nothing moved. Without that, a valid payment settles.
+pub async fn verified_then_drained_is_refused_without_a_transaction(chain: Arc<dyn DevChain>) {
+    let h = harness(chain.clone()).await;
+    let requirements = h.requirements();
+    let payer = h.fixture.payer.address();
+    let first = h
+        .authorization(&requirements, &h.fixture.payer, |_| {})
+        .await;
+    let body = h.request(X402Version::V2, &requirements, &first);
+    let (status, verified) = h.post("/verify", &body).await;
+    assert_eq!(
+        (status, &verified["isValid"]),
+        (200, &json!(true)),
+        "{verified}"
+    );
+
+    // The payer moves the funds: a second authorization for everything but PRICE - 1.
+    let drain_to = PrivateKeySigner::random().address();
+    let mut drain_requirements = requirements.clone();
+    drain_requirements.pay_to = drain_to.to_checksum(None);
+    drain_requirements.amount = Amount::from(PAYER_BALANCE - (PRICE - 1));
+    let drain = h
+        .authorization(&drain_requirements, &h.fixture.payer, |_| {})
+        .await;
+    let (_, drained) = h
+        .post(
+            "/settle",
+            &h.request(X402Version::V2, &drain_requirements, &drain),
+        )
+        .await;
+    assert_eq!(drained["success"], true, "{drained}");
+    let sender = h.facilitator.sender_addresses()[0];
+    let nonce_before = chain.transaction_count(sender).await.unwrap();
+
+    let (_, settled) = h.post("/settle", &body).await;
+    assert_eq!(settled["success"], false, "{settled}");
+    assert_eq!(
+        settled["errorReason"],
+        Reason::INSUFFICIENT_FUNDS.as_str(),
+        "{settled}"
+    );
+    assert_eq!(settled["transaction"], "", "{settled}");
+    assert_eq!(
+        chain.transaction_count(sender).await.unwrap(),
+        nonce_before,
+        "nothing broadcast"
+    );
+    assert_eq!(h.balance(h.pay_to).await, U256::ZERO);
+    assert_eq!(h.balance(payer).await, U256::from(PRICE - 1));
+    // Verified again now, it is invalid for the same reason.
+    let (_, reverified) = h.post("/verify", &body).await;
+    assert_eq!(reverified["isValid"], false, "{reverified}");
+    assert_eq!(
+        reverified["invalidReason"],
+        Reason::INSUFFICIENT_FUNDS.as_str()
+    );
+}
+
 #[macro_export]
 macro_rules! facilitator_scenarios {
     ($make:expr) => {
@@ -469,7 +530,8 @@ macro_rules! facilitator_scenarios {
             settles_v1_and_v2,
             invalid_payments_get_their_reason_and_move_nothing,
             concurrent_identical_settles_make_one_transfer,
-            malformed_requests_get_400
+            malformed_requests_get_400,
+            verified_then_drained_is_refused_without_a_transaction
         );
     };
     (@cases $make:expr; $($case:ident),*) => {
