@@ -72,10 +72,12 @@ enum Command {
     Wallet(runtime::WalletArgs),
     /// Grants: allow an agent to spend from a wallet for a while; revoke one or all.
     Grant(runtime::GrantArgs),
-    /// Payment sessions: create (prints the agent's token), show, transfers, close.
+    /// Payment sessions: create (prints the agent's token), show, transfers, close, fail.
     Session(runtime::SessionArgs),
     /// The runtime's ledger: export (CSV or JSON lines), reconcile with the chain.
     Ledger(runtime::LedgerArgs),
+    /// Compensation records of failed steps and sessions (`bursar session fail`).
+    Compensation(runtime::CompensationArgs),
     /// Budget alerts: list them with their webhook delivery state.
     Alerts(runtime::AlertsArgs),
     /// Policies: attach, show, remove; learn an allowlist from past payments.
@@ -194,6 +196,7 @@ fn main() -> ExitCode {
             Command::Grant(args) => runtime::grant(args).await,
             Command::Session(args) => runtime::session(args).await,
             Command::Ledger(args) => runtime::ledger(args).await,
+            Command::Compensation(args) => runtime::compensation(args).await,
             Command::OperatorKeys(args) => runtime::operator_keys(args).await,
             Command::Policy(args) => runtime::policy(args).await,
             Command::Alerts(args) => runtime::alerts(args).await,

@@ -246,6 +246,10 @@ pub struct PayArgs {
     /// The runtime's API for --session. Default: the one `bursar dev` runs.
     #[arg(long, env = "BURSAR_RUNTIME_URL")]
     pub runtime_url: Option<String>,
+    /// With --session: label the payment with the agent's step, so the step can be marked
+    /// failed and compensated later (`bursar session fail <id> --step S`).
+    #[arg(long, requires = "session")]
+    pub step: Option<String>,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: PathBuf,
 }
@@ -286,6 +290,7 @@ pub async fn pay(args: PayArgs) -> Result<()> {
             &args.url,
             &headers,
             args.data.as_deref(),
+            args.step.as_deref(),
             args.json,
         )
         .await;

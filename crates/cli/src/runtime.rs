@@ -662,6 +662,20 @@ pub enum SessionCommand {
     Transfers { session: String },
     /// Close a session: no more payments.
     Close { session: String },
+    /// Mark a step (or, without --step, the whole session) failed: unsettled authorizations are
+    /// cancelled on chain, settled ones become refund claims with their evidence.
+    Fail {
+        session: String,
+        /// The step label given when paying (`bursar pay --step`).
+        #[arg(long)]
+        step: Option<String>,
+        /// Why it failed (kept with the compensation records).
+        #[arg(long)]
+        reason: String,
+        /// Act as the session's agent with its token (bst_...) instead of the operator key.
+        #[arg(long, env = "BURSAR_SESSION_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 pub async fn session(args: SessionArgs) -> Result<()> {
@@ -704,6 +718,65 @@ pub async fn session(args: SessionArgs) -> Result<()> {
             api.call(
                 reqwest::Method::POST,
                 &format!("/v1/sessions/{session}/close"),
+                None,
+            )
+            .await?
+        }
+        SessionCommand::Fail {
+            session,
+            step,
+            reason,
+            token,
+        } => {
+            let mut body = json!({"reason": reason});
+            if let Some(step) = step {
+                body["step"] = json!(step);
+            }
+            let credential = token.as_deref().or(api.key.as_deref());
+            api.call_with(
+                reqwest::Method::POST,
+                &format!("/v1/sessions/{session}/failures"),
+                Some(body),
+                credential,
+                None,
+            )
+            .await?
+        }
+    };
+    print_json(&document)
+}
+
+#[derive(clap::Args)]
+pub struct CompensationArgs {
+    #[command(flatten)]
+    pub remote: Remote,
+    #[command(subcommand)]
+    pub command: CompensationCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CompensationCommand {
+    /// Compensation records (all, or one session's) with their outcome and evidence.
+    List {
+        /// Only this session's.
+        #[arg(long)]
+        session: Option<String>,
+    },
+}
+
+pub async fn compensation(args: CompensationArgs) -> Result<()> {
+    let api = args.remote.api();
+    let document = match args.command {
+        CompensationCommand::List { session: None } => {
+            api.call(reqwest::Method::GET, "/v1/compensations", None)
+                .await?
+        }
+        CompensationCommand::List {
+            session: Some(session),
+        } => {
+            api.call(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session}/compensations"),
                 None,
             )
             .await?
@@ -1103,6 +1176,7 @@ pub async fn operator_keys(args: OperatorKeysArgs) -> Result<()> {
 }
 
 /// `bursar pay --session <token>`: pays through the runtime instead of with a local key.
+#[allow(clippy::too_many_arguments)]
 pub async fn pay_through_session(
     remote: &Remote,
     token: &str,
@@ -1110,6 +1184,7 @@ pub async fn pay_through_session(
     url: &str,
     headers: &[(String, String)],
     body: Option<&str>,
+    step: Option<&str>,
     as_json: bool,
 ) -> Result<()> {
     let session_id = token
@@ -1125,6 +1200,9 @@ pub async fn pay_through_session(
     let mut request = json!({"method": method, "url": url, "headers": headers});
     if let Some(body) = body {
         request["body"] = json!(body);
+    }
+    if let Some(step) = step {
+        request["step"] = json!(step);
     }
     let fetched = api
         .call_with(

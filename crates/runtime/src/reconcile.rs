@@ -2,8 +2,9 @@
 //!
 //! For every transfer: its ledger entries (one `reserve`, then exactly one `post` or `void`
 //! matching its state, with the same amount), and the chain (a posted transfer's authorization is
-//! used on chain, and its recorded transaction shows it; a voided one is unused; a pending one is
-//! neither used nor expired). For every session: `posted` and `reserved` equal the sums of its
+//! used on chain, and its recorded transaction shows it; a voided one is unused, or cancelled
+//! by the runtime's recorded `cancelAuthorization`; a pending one is neither used, cancelled nor
+//! expired). For every session: `posted` and `reserved` equal the sums of its
 //! posted and pending transfers, and never exceed `max_spend` together.
 
 use std::collections::HashMap;

@@ -517,8 +517,68 @@ pub async fn cancel_without_gas_fails_then_retries(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// The seller settles the kept authorization on chain (without telling anyone) before the
+/// failure is marked: the settlement won, so the transfer posts and the record is a refund claim;
+/// no cancel is sent and the money moved by exactly the price, once.
+pub async fn late_settlement_wins_over_the_cancel(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "race", true).await;
+        let (status, fetched) = agent
+            .fetch(&rt, &format!("{seller}/content"), "fetch")
+            .await;
+        assert_eq!(status, 200, "{fetched}");
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let chain: Arc<dyn DevChain> = network.chain.clone();
+        let settler = testkit::funded_account(&chain).await;
+        let payload = kept.lock().unwrap()[0].clone();
+        let hash = network
+            .token
+            .submit_transfer_with_authorization(
+                &settler,
+                &payload.authorization,
+                &payload.signature,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(testkit::mined(network.chain.as_ref(), hash).await.success);
+
+        let (status, marked) = agent
+            .fail(&rt, json!({"step": "fetch", "reason": "too late"}))
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["outcome"], "refund_claim", "{record}");
+        assert!(record["cancelTxHash"].is_null(), "{record}");
+        assert_eq!(record["transfer"]["state"], "posted");
+        assert_eq!(
+            balance(&network, agent.address).await,
+            START_BALANCE - PRICE
+        );
+        assert_eq!(balance(&network, payee).await, PRICE);
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Post, EntryKind::Compensate]
+        );
+        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{:?}", report.differences);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 on_both_databases!(
     unsettled_authorization_is_cancelled_on_chain,
     settled_payment_becomes_a_refund_claim,
     cancel_without_gas_fails_then_retries,
+    late_settlement_wins_over_the_cancel,
 );
