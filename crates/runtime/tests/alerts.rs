@@ -82,14 +82,22 @@ async fn runtime_with_alerts(
     store_url: &str,
     hook: &str,
 ) -> (RuntimeUnderTest, tokio::task::JoinHandle<()>) {
-    let store: Arc<dyn RuntimeStore> = bursar_store::open_runtime_store(store_url)
-        .await
-        .expect("open store");
-    let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut webhook = AlertWebhook::new(hook, SECRET.to_vec()).unwrap();
     webhook.retry_base = Duration::from_millis(100);
     webhook.poll_interval = Duration::from_millis(50);
     webhook.timeout = Duration::from_secs(5);
+    runtime_with_webhook(network, store_url, webhook).await
+}
+
+async fn runtime_with_webhook(
+    network: &Network_,
+    store_url: &str,
+    webhook: AlertWebhook,
+) -> (RuntimeUnderTest, tokio::task::JoinHandle<()>) {
+    let store: Arc<dyn RuntimeStore> = bursar_store::open_runtime_store(store_url)
+        .await
+        .expect("open store");
+    let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut config = RuntimeConfig::new(network.currency());
     config.kdf = Kdf::light();
     config.alert_webhook = Some(webhook);
@@ -340,9 +348,10 @@ pub async fn concurrent_payments_alert_once(store_url: &str) {
     second_delivery.abort();
 }
 
-/// A wallet's hourly cap of 0.04 with `[alerts] thresholds = [50]`: the second payment brings
-/// the window to 50% and alerts once (the session budget, far from 50%, does not); an invalid
-/// threshold is refused with the field named.
+/// A wallet's hourly cap of 0.04 and the agent's daily cap of 0.06 with `[alerts] thresholds =
+/// [50]`: the second payment brings the wallet window to 50%, the third the agent window, each
+/// alerting once (the session budget, far from 50%, does not); an invalid threshold is refused
+/// with the field named.
 pub async fn window_cap_alerts(store_url: &str) {
     let network = network().await;
     let (hook, received) = receiver().await;
@@ -351,7 +360,9 @@ pub async fn window_cap_alerts(store_url: &str) {
     let (status, body) = put_policy(
         &rt,
         "/v1/wallets/windowed/policy",
-        "[[windows]]\nscope = \"wallet\"\nperiod = \"1h\"\nmax = \"0.04\"\n\n[alerts]\nthresholds = [50]",
+        "[[windows]]\nscope = \"wallet\"\nperiod = \"1h\"\nmax = \"0.04\"\n\n\
+         [[windows]]\nscope = \"agent\"\nperiod = \"1d\"\nmax = \"0.06\"\n\n\
+         [alerts]\nthresholds = [50]",
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -361,10 +372,15 @@ pub async fn window_cap_alerts(store_url: &str) {
     for call in 0..3 {
         let (status, body) = rt.fetch(&session, &token, &format!("{url}?w={call}")).await;
         assert_eq!(status, 200, "{body}");
-        let expected = if call == 0 { 0 } else { 1 };
-        assert_eq!(alerts(&rt, &wallet).await.len(), expected);
+        assert_eq!(alerts(&rt, &wallet).await.len(), call);
     }
-    let listed = delivered(&rt, &wallet, 1).await;
+    let listed = delivered(&rt, &wallet, 2).await;
+    let agent = &listed[1];
+    assert_eq!(agent["budget"], "agent_window");
+    assert_eq!(agent["agent"], "agent");
+    assert_eq!(agent["usedAtomic"], "30000");
+    assert_eq!(agent["capAtomic"], "60000");
+    assert_eq!(agent["windowSeconds"], 86_400);
     let alert = &listed[0];
     assert_eq!(alert["budget"], "wallet_window");
     assert_eq!(alert["threshold"], 50);
@@ -373,8 +389,9 @@ pub async fn window_cap_alerts(store_url: &str) {
     assert_eq!(alert["windowSeconds"], 3600);
     assert!(alert["windowStartMs"].as_i64().unwrap() <= alert["atMs"].as_i64().unwrap());
     let entries = alert_entries(&rt, &session).await;
-    assert_eq!(entries.len(), 1);
+    assert_eq!(entries.len(), 2);
     assert_eq!(entries[0]["amountAtomic"], "20000");
+    assert_eq!(entries[1]["amountAtomic"], "30000");
     assert!(
         entries[0]["reason"]
             .as_str()
@@ -402,8 +419,53 @@ pub async fn window_cap_alerts(store_url: &str) {
     delivery.abort();
 }
 
+/// A webhook that cannot be reached: the payment goes through, the alert is recorded, and its
+/// delivery is given up after the configured attempts, with the error kept.
+pub async fn undeliverable_alerts_are_given_up(store_url: &str) {
+    let network = network().await;
+    let unused = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", unused.local_addr().unwrap());
+    drop(unused);
+    let mut webhook = AlertWebhook::new(&hook, SECRET.to_vec()).unwrap();
+    webhook.retry_base = Duration::from_millis(50);
+    webhook.poll_interval = Duration::from_millis(50);
+    webhook.attempts_max = 3;
+    let (rt, delivery) = runtime_with_webhook(&network, store_url, webhook).await;
+    let (wallet, _) = rt.funded_wallet(&network, "unreachable", 1_000_000).await;
+    let grant = rt.grant(&wallet, "agent", None).await;
+    let (session, token) = rt.session(&grant, "0.02", None).await;
+    let url = format!("{}/paid", network.seller_url);
+    let (status, body) = rt.fetch(&session, &token, &url).await;
+    assert_eq!(status, 200, "{body}");
+    let start = Instant::now();
+    let alert = loop {
+        let listed = alerts(&rt, &session).await;
+        assert_eq!(listed.len(), 1, "{listed:#?}");
+        if listed[0]["delivery"]["state"] == "failed" {
+            break listed[0].clone();
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not given up in time: {listed:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(alert["threshold"], 50);
+    assert_eq!(alert["delivery"]["attempts"], 3);
+    assert!(alert["delivery"]["deliveredAtMs"].is_null());
+    assert!(
+        alert["delivery"]["lastError"]
+            .as_str()
+            .unwrap()
+            .starts_with("request failed"),
+        "{alert}"
+    );
+    delivery.abort();
+}
+
 on_both_databases!(
     session_budget_thresholds_alert_once,
     concurrent_payments_alert_once,
     window_cap_alerts,
+    undeliverable_alerts_are_given_up,
 );
