@@ -237,7 +237,7 @@ pub async fn run_service(
     }
     let resolver = runtime.spawn_resolver(Duration::from_millis(resolve_interval_ms.max(50)));
     if let Some(webhook) = runtime.alert_webhook() {
-        println!("budget alerts delivered to {}", webhook.url);
+        println!("budget alerts delivered to {}", webhook.display_url());
     }
     let alerts = runtime.spawn_alert_delivery();
     let proxy = match proxy_listen {

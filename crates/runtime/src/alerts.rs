@@ -77,7 +77,7 @@ pub struct AlertWebhook {
 impl std::fmt::Debug for AlertWebhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlertWebhook")
-            .field("url", &self.url.as_str())
+            .field("url", &self.display_url())
             .field("secret", &"<redacted>")
             .field("retry_base", &self.retry_base)
             .field("retry_max", &self.retry_max)
@@ -114,6 +114,16 @@ impl AlertWebhook {
             timeout: ALERT_TIMEOUT_DEFAULT,
             poll_interval: ALERT_POLL_DEFAULT,
         })
+    }
+
+    /// The URL without credentials or query (which may hold tokens), for logs and listings.
+    pub fn display_url(&self) -> String {
+        let mut shown = self.url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        shown.set_query(None);
+        shown.set_fragment(None);
+        shown.to_string()
     }
 
     /// The secret from `file` (surrounding whitespace trimmed), else from
@@ -556,6 +566,13 @@ mod tests {
         assert_eq!(webhook.retry_delay(3), Duration::from_secs(4));
         assert_eq!(webhook.retry_delay(40), ALERT_RETRY_MAX_DEFAULT);
         assert!(!format!("{webhook:?}").contains("0123456789abcdef"));
+        let with_token = AlertWebhook::new(
+            "https://user:pw@hooks.example/alerts?token=t0k",
+            b"0123456789abcdef".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(with_token.display_url(), "https://hooks.example/alerts");
+        assert!(!format!("{with_token:?}").contains("t0k"));
         assert!(AlertWebhook::new("ftp://x/", b"0123456789abcdef".to_vec()).is_err());
         assert!(AlertWebhook::new("http://x/", b"short".to_vec()).is_err());
     }

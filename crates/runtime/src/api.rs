@@ -823,9 +823,7 @@ async fn list_alerts(
         .iter()
         .map(crate::alerts::alert_listing_json)
         .collect();
-    let webhook = runtime
-        .alert_webhook()
-        .map(|webhook| webhook.url.to_string());
+    let webhook = runtime.alert_webhook().map(|webhook| webhook.display_url());
     Ok(axum::Json(json!({ "alerts": alerts, "webhook": webhook })).into_response())
 }
 
