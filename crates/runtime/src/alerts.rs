@@ -554,6 +554,34 @@ mod tests {
     }
 
     #[test]
+    fn thresholds_combine_across_policies() {
+        let unit = bursar_protocol::AssetUnit::usdc();
+        let policy = |text: &str| Policy::parse(text, &unit, "test").unwrap();
+        let none = policy("max_per_call = \"1\"");
+        assert_eq!(bursar_governance::alert_thresholds(&[]), vec![50, 75]);
+        assert_eq!(
+            bursar_governance::alert_thresholds(std::slice::from_ref(&none)),
+            vec![50, 75]
+        );
+        let wallet = policy("[alerts]\nthresholds = [90, 50, 90]");
+        let session = policy("[alerts]\nthresholds = [25]");
+        assert_eq!(
+            bursar_governance::alert_thresholds(&[none.clone(), wallet, session]),
+            vec![25, 50, 90]
+        );
+        let off = policy("[alerts]\nthresholds = []");
+        assert!(bursar_governance::alert_thresholds(&[none, off]).is_empty());
+        for bad in [
+            "[alerts]\nthresholds = [0]",
+            "[alerts]\nthresholds = [-5]",
+            "[alerts]\nthresholds = [101]",
+            "[alerts]\nlevels = [50]",
+        ] {
+            assert!(Policy::parse(bad, &unit, "test").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn thresholds_and_backoff() {
         assert!(reached(Amount::from(50u64), Amount::from(100u64), 50));
         assert!(!reached(Amount::from(49u64), Amount::from(100u64), 50));
