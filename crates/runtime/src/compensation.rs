@@ -56,6 +56,9 @@ pub const FAILURE_REASON_BYTES_MAX: usize = 1000;
 /// How long a cancel transaction is awaited before the failure call answers `cancelling`.
 pub const CANCEL_RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Why a cancel was not sent: another one is recorded for the same compensation.
+const ANOTHER_CANCEL: &str = "another cancel transaction is recorded for this compensation";
+
 /// Headers that carry credentials: never kept as evidence.
 const CREDENTIAL_HEADERS: [&str; 9] = [
     "authorization",
@@ -512,19 +515,43 @@ impl Runtime {
             .as_deref()
             .and_then(|h| h.parse::<B256>().ok())
         {
-            return match chain.receipt(hash).await {
-                Ok(Some(_)) => Cancel::Done,
-                Ok(None) => Cancel::NotYet(
+            let early = match chain.receipt(hash).await {
+                Ok(Some(receipt)) if receipt.success => Some(Cancel::Done),
+                // It reverted: if the authorization is still unused (a cancel that ran out of
+                // gas, say), forget it and send another; otherwise the chain decides.
+                Ok(Some(_)) => {
+                    let retry = match crate::service::authorization_key(transfer) {
+                        Ok((payer, asset, nonce)) => {
+                            matches!(
+                                bursar_chain::Token::new(chain.clone(), asset)
+                                    .authorization_state(payer, nonce)
+                                    .await,
+                                Ok(false)
+                            ) && matches!(
+                                compensations
+                                    .note_cancel_tx(&record.id, None, Some(&format!("{hash:#x}")))
+                                    .await,
+                                Ok(true)
+                            )
+                        }
+                        Err(_) => false,
+                    };
+                    (!retry).then_some(Cancel::Done)
+                }
+                Ok(None) => Some(Cancel::NotYet(
                     CompensationOutcome::Cancelling,
                     format!(
                         "cancel transaction {hash:#x} is not mined yet; mark the failure again later"
                     ),
-                ),
-                Err(error) => Cancel::NotYet(
+                )),
+                Err(error) => Some(Cancel::NotYet(
                     CompensationOutcome::CancelFailed,
                     format!("the chain is unavailable ({error}); mark the failure again later"),
-                ),
+                )),
             };
+            if let Some(early) = early {
+                return early;
+            }
         }
         let (payer, asset, nonce) = match crate::service::authorization_key(transfer) {
             Ok(key) => key,
@@ -588,6 +615,9 @@ impl Runtime {
             .clone();
         let id = record.id.clone();
         let recorder = compensations.clone();
+        // The hash this call recorded (the sender signs again after a nonce resynchronization).
+        let ours: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let mine = ours.clone();
         let sent = sender
             .send_recorded(
                 TxRequest {
@@ -597,31 +627,48 @@ impl Runtime {
                     gas_limit: None,
                 },
                 move |hash, _nonce| {
-                    let (recorder, id) = (recorder.clone(), id.clone());
+                    let (recorder, id, mine) = (recorder.clone(), id.clone(), mine.clone());
                     async move {
-                        recorder
-                            .note_cancel_tx(&id, Some(&format!("{hash:#x}")))
+                        let hash = format!("{hash:#x}");
+                        let previous = mine.lock().expect("cancel hash slot").clone();
+                        let claimed = recorder
+                            .note_cancel_tx(&id, Some(&hash), previous.as_deref())
                             .await
                             .map_err(|error| {
                                 ChainError::Rejected(format!(
                                     "the cancel transaction could not be recorded: {error}"
                                 ))
-                            })
+                            })?;
+                        if !claimed {
+                            return Err(ChainError::Rejected(ANOTHER_CANCEL.into()));
+                        }
+                        *mine.lock().expect("cancel hash slot") = Some(hash);
+                        Ok(())
                     }
                 },
             )
             .await;
         let hash = match sent {
             Ok(hash) => hash,
-            // Gas estimation reverted: the nonce is used or cancelled already. The chain says
-            // which.
-            Err(ChainError::Reverted(_)) => {
-                let _ = compensations.note_cancel_tx(&record.id, None).await;
-                return Cancel::Done;
+            // Gas estimation reverted: the nonce is used or cancelled already (nothing of ours was
+            // recorded). The chain says which.
+            Err(ChainError::Reverted(_)) => return Cancel::Done,
+            Err(ChainError::Rejected(message)) if message == ANOTHER_CANCEL => {
+                return Cancel::NotYet(
+                    CompensationOutcome::Cancelling,
+                    "another cancel of this authorization is in flight; mark the failure again \
+                     later"
+                        .into(),
+                );
             }
             Err(ChainError::Rejected(message)) => {
-                // Not broadcast: forget the hash.
-                let _ = compensations.note_cancel_tx(&record.id, None).await;
+                // Not broadcast: forget our own hash, never another sender's.
+                let ours = ours.lock().expect("cancel hash slot").clone();
+                if let Some(ours) = ours {
+                    let _ = compensations
+                        .note_cancel_tx(&record.id, None, Some(&ours))
+                        .await;
+                }
                 let lower = message.to_ascii_lowercase();
                 let text = if lower.contains("fund") || lower.contains("balance") {
                     gas_advice()

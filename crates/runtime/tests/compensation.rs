@@ -576,9 +576,49 @@ pub async fn late_settlement_wins_over_the_cancel(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// Two markings of the same step at once: one cancel, one record, one compensate entry.
+pub async fn concurrent_markings_cancel_once(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, _kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "twice", true).await;
+        let (status, fetched) = agent
+            .fetch(&rt, &format!("{seller}/content"), "step-1")
+            .await;
+        assert_eq!(status, 200, "{fetched}");
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let body = json!({"step": "step-1", "reason": "both at once"});
+        let ((first, a), (second, b)) =
+            tokio::join!(agent.fail(&rt, body.clone()), agent.fail(&rt, body.clone()));
+        assert_eq!((first, second), (200, 200), "{a} {b}");
+        assert_eq!(a["compensations"][0]["id"], b["compensations"][0]["id"]);
+        let (_, settled) = agent.fail(&rt, body).await;
+        let record = &settled["compensations"][0];
+        assert_eq!(record["outcome"], "cancelled", "{record}");
+        assert_eq!(record["transfer"]["voidReason"], "cancelled");
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Void, EntryKind::Compensate]
+        );
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{:?}", report.differences);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 on_both_databases!(
     unsettled_authorization_is_cancelled_on_chain,
     settled_payment_becomes_a_refund_claim,
     cancel_without_gas_fails_then_retries,
     late_settlement_wins_over_the_cancel,
+    concurrent_markings_cancel_once,
 );

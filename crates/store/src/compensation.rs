@@ -163,9 +163,16 @@ pub trait CompensationStore: Send + Sync + 'static {
         compensation: NewCompensation,
         outcome: CompensationOutcome,
     ) -> Result<CompensationRecord, StoreError>;
-    /// Records the cancel transaction (before broadcasting it); the outcome becomes
-    /// `cancelling`. Refused once the compensation is final.
-    async fn note_cancel_tx(&self, id: &str, tx_hash: Option<&str>) -> Result<(), StoreError>;
+    /// Records the cancel transaction (before broadcasting it) in place of `replacing` (`None`:
+    /// only when none is recorded), so one sender at a time owns the cancel; `tx_hash` `None`
+    /// forgets the sender's own unsent transaction. The outcome becomes `cancelling`. Returns
+    /// false when another cancel is recorded or the compensation is final.
+    async fn note_cancel_tx(
+        &self,
+        id: &str,
+        tx_hash: Option<&str>,
+        replacing: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Sets a non-final outcome (`cancel_failed`, `cancelling`) and its message.
     async fn set_pending_outcome(
         &self,
@@ -402,25 +409,23 @@ macro_rules! compensation_store_impl {
                 &self,
                 id: &str,
                 tx_hash: Option<&str>,
-            ) -> Result<(), StoreError> {
+                replacing: Option<&str>,
+            ) -> Result<bool, StoreError> {
                 let pool = self.ready().await?;
                 let updated = sqlx::query(
                     "UPDATE compensations SET cancel_tx_hash = $2, outcome = 'cancelling', \
                      updated_at_ms = $3 WHERE id = $1 \
-                     AND outcome IN ('cancelling', 'cancel_failed')",
+                     AND outcome IN ('cancelling', 'cancel_failed') \
+                     AND ((cancel_tx_hash IS NULL AND $4 = '') OR cancel_tx_hash = $4)",
                 )
                 .bind(id)
                 .bind(tx_hash.map(str::to_ascii_lowercase))
                 .bind(now_ms())
+                .bind(replacing.map(str::to_ascii_lowercase).unwrap_or_default())
                 .execute(pool)
                 .await?
                 .rows_affected();
-                if updated != 1 {
-                    return Err(StoreError::Conflict(format!(
-                        "compensation {id} is final or missing; no cancel recorded"
-                    )));
-                }
-                Ok(())
+                Ok(updated == 1)
             }
 
             async fn set_pending_outcome(
