@@ -615,10 +615,56 @@ pub async fn concurrent_markings_cancel_once(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// Through the forward proxy, `X-Bursar-Step` labels the payment; that step marked failed is
+/// cancelled like one paid through the API.
+pub async fn proxied_step_is_compensated(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, _kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "proxied", true).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let router = bursar_runtime::proxy::proxy_router(rt.runtime.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let client = reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(format!("http://agent:{}@{proxy}", agent.token)).unwrap())
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("{seller}/content"))
+            .header("X-Bursar-Step", "via-proxy")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let bad = client
+            .get(format!("{seller}/content"))
+            .header("X-Bursar-Step", "x".repeat(300))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400, "an overlong step label is refused");
+
+        let (status, marked) = agent
+            .fail(&rt, json!({"step": "via-proxy", "reason": "wrong answer"}))
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["outcome"], "cancelled", "{record}");
+        assert_eq!(record["evidence"]["step"], "via-proxy");
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 on_both_databases!(
     unsettled_authorization_is_cancelled_on_chain,
     settled_payment_becomes_a_refund_claim,
     cancel_without_gas_fails_then_retries,
     late_settlement_wins_over_the_cancel,
     concurrent_markings_cancel_once,
+    proxied_step_is_compensated,
 );
