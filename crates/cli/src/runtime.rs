@@ -96,6 +96,23 @@ pub struct RuntimeArgs {
     /// variable.
     #[arg(long, env = "BURSAR_ALERT_SECRET_FILE")]
     pub alert_secret_file: Option<PathBuf>,
+    /// A file holding the private key (hex) of an account that pays the gas of
+    /// cancelAuthorization when a failed step is compensated. Default: the paying wallet pays.
+    #[arg(long, env = "BURSAR_CANCEL_GAS_KEY_FILE")]
+    pub cancel_gas_key_file: Option<PathBuf>,
+}
+
+/// The gas account `bursar runtime` was given for cancels. Errors never show the key.
+fn cancel_gas_key(args: &RuntimeArgs) -> Result<Option<alloy_signer_local::PrivateKeySigner>> {
+    let Some(path) = &args.cancel_gas_key_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the cancel gas key file {}", path.display()))?;
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| anyhow!("{} does not hold a hex private key", path.display()))
 }
 
 /// The alert webhook `bursar runtime` was told about, with its secret.
@@ -114,6 +131,7 @@ fn alert_webhook(args: &RuntimeArgs) -> Result<Option<bursar_runtime::AlertWebho
 }
 
 /// Opens the runtime on `chain` with the given currency.
+#[allow(clippy::too_many_arguments)]
 pub async fn open_runtime(
     database_url: &str,
     chain: Arc<dyn EvmChain>,
@@ -122,6 +140,7 @@ pub async fn open_runtime(
     light_kdf: bool,
     policy_file: Option<PathBuf>,
     alert_webhook: Option<bursar_runtime::AlertWebhook>,
+    cancel_gas_key: Option<alloy_signer_local::PrivateKeySigner>,
 ) -> Result<Runtime> {
     let store = bursar_store::open_runtime_store(database_url)
         .await
@@ -129,6 +148,8 @@ pub async fn open_runtime(
     let mut config = RuntimeConfig::new(currency);
     config.policy_file = policy_file;
     config.alert_webhook = alert_webhook;
+    config.cancel_gas_account =
+        cancel_gas_key.map(|key| Arc::new(bursar_chain::Account::new(chain.clone(), key)));
     if light_kdf {
         config.kdf = Kdf::light();
     }
@@ -155,6 +176,7 @@ pub fn passphrase(file: Option<&Path>) -> Result<Passphrase> {
 pub async fn serve(args: RuntimeArgs) -> Result<()> {
     let passphrase = passphrase(args.passphrase_file.as_deref())?;
     let alert_webhook = alert_webhook(&args)?;
+    let cancel_gas_key = cancel_gas_key(&args)?;
     let (chain, currency) = match &args.rpc_url {
         Some(url) => {
             let token = args
@@ -200,6 +222,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         args.light_kdf,
         args.policy.clone(),
         alert_webhook,
+        cancel_gas_key,
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -1333,6 +1356,7 @@ pub async fn dev_runtime(
         dev_currency(network),
         passphrase,
         true,
+        None,
         None,
         None,
     )

@@ -568,17 +568,32 @@ impl Runtime {
                 );
             }
         };
+        // The configured gas account sends the wallet's signed cancel, else the wallet itself.
+        let sender = match (self.cancel_gas_account(), account.as_ref()) {
+            (Some(gas), _) => gas.clone(),
+            (None, Some(wallet)) => wallet.clone(),
+            (None, None) => {
+                let wallet = Arc::new(Account::new(chain.clone(), (*signer).clone()));
+                *account = Some(wallet.clone());
+                wallet
+            }
+        };
+        let gas_payer = sender.address();
         let gas_advice = || {
             format!(
-                "wallet {} cannot pay gas for cancelAuthorization: send it a little native \
+                "{} {gas_payer} cannot pay gas for cancelAuthorization: send it a little native \
                  currency and mark the failure again; until then {} stays reserved until \
                  validBefore ({}) passes unused, or posts if the seller settles",
-                signer.address(),
+                if gas_payer == signer.address() {
+                    "wallet"
+                } else {
+                    "gas account"
+                },
                 transfer.amount,
                 transfer.valid_before_s
             )
         };
-        match chain.native_balance(signer.address()).await {
+        match chain.native_balance(gas_payer).await {
             Ok(balance) if balance == U256::ZERO => {
                 return Cancel::NotYet(CompensationOutcome::CancelFailed, gas_advice());
             }
@@ -610,9 +625,6 @@ impl Runtime {
             }
         };
         let data = bursar_contracts::cancel_authorization_call(payer, nonce, &signature);
-        let sender = account
-            .get_or_insert_with(|| Arc::new(Account::new(chain.clone(), (*signer).clone())))
-            .clone();
         let id = record.id.clone();
         let recorder = compensations.clone();
         // The hash this call recorded (the sender signs again after a nonce resynchronization).

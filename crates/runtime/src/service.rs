@@ -61,6 +61,9 @@ pub struct RuntimeConfig {
     pub upstream_timeout: Duration,
     /// Where budget alerts are delivered (signed), if anywhere; see [`crate::alerts`].
     pub alert_webhook: Option<crate::alerts::AlertWebhook>,
+    /// Pays the gas of `cancelAuthorization` when a failed step is compensated (anyone may send
+    /// the wallet's signed cancel). Without it, the paying wallet sends it itself.
+    pub cancel_gas_account: Option<Arc<bursar_chain::Account>>,
 }
 
 impl RuntimeConfig {
@@ -71,6 +74,7 @@ impl RuntimeConfig {
             kdf: Kdf::standard(),
             upstream_timeout: UPSTREAM_TIMEOUT,
             alert_webhook: None,
+            cancel_gas_account: None,
         }
     }
 }
@@ -253,6 +257,11 @@ impl Runtime {
 
     pub fn currency(&self) -> &Currency {
         &self.inner.config.currency
+    }
+
+    /// The account that pays for cancels, when one is configured.
+    pub fn cancel_gas_account(&self) -> Option<&Arc<bursar_chain::Account>> {
+        self.inner.config.cancel_gas_account.as_ref()
     }
 
     pub fn alert_webhook(&self) -> Option<&crate::alerts::AlertWebhook> {

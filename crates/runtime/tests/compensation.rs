@@ -660,6 +660,59 @@ pub async fn proxied_step_is_compensated(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// With a gas account configured, a wallet without native currency still cancels: the gas
+/// account sends the wallet's signed cancel and pays for it.
+pub async fn gas_account_pays_for_the_cancel(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let chain: Arc<dyn DevChain> = network.chain.clone();
+        let gas = Arc::new(testkit::funded_account(&chain).await);
+        let gas_before = network.chain.native_balance(gas.address()).await.unwrap();
+        let store = bursar_store::open_runtime_store(store_url).await.unwrap();
+        let mut config = bursar_runtime::RuntimeConfig::new(network.currency());
+        config.kdf = bursar_wallet::Kdf::light();
+        config.cancel_gas_account = Some(gas.clone());
+        let evm: Arc<dyn bursar_chain::EvmChain> = network.chain.clone();
+        let runtime = bursar_runtime::Runtime::open(
+            store.clone(),
+            evm,
+            bursar_wallet::Passphrase::new(common::PASSPHRASE.into()).unwrap(),
+            config,
+        )
+        .await
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = bursar_runtime::api::router(runtime.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let rt = RuntimeUnderTest {
+            runtime,
+            url,
+            operator_key: store.create_operator_key("tests").await.unwrap().key,
+            http: reqwest::Client::new(),
+        };
+        let (seller, payee, _kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "gasless", false).await;
+        let (status, fetched) = agent.fetch(&rt, &format!("{seller}/content"), "s").await;
+        assert_eq!(status, 200, "{fetched}");
+        let (status, marked) = agent
+            .fail(&rt, json!({"step": "s", "reason": "no good"}))
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["outcome"], "cancelled", "{record}");
+        assert_eq!(
+            network.chain.native_balance(agent.address).await.unwrap(),
+            U256::ZERO
+        );
+        assert!(network.chain.native_balance(gas.address()).await.unwrap() < gas_before);
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 on_both_databases!(
     unsettled_authorization_is_cancelled_on_chain,
     settled_payment_becomes_a_refund_claim,
@@ -667,4 +720,5 @@ on_both_databases!(
     late_settlement_wins_over_the_cancel,
     concurrent_markings_cancel_once,
     proxied_step_is_compensated,
+    gas_account_pays_for_the_cancel,
 );
