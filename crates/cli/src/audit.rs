@@ -176,7 +176,14 @@ fn describe(decision: &DecisionRecord) -> String {
         decision.seq,
         utc_time(decision.at_ms)
     ));
-    let verdict = if decision.allowed {
+    let compensation = decision
+        .reason
+        .as_deref()
+        .and_then(|reason| reason.strip_prefix("compensation_"));
+    let verdict = if let Some(outcome) = compensation {
+        // Recorded when a failed step or session was compensated, not a payment decision.
+        format!("COMPENSATION: {outcome}")
+    } else if decision.allowed {
         "ALLOWED".to_string()
     } else {
         format!(

@@ -710,7 +710,8 @@ impl Runtime {
         }
     }
 
-    /// Adds the compensation to the decision trace.
+    /// Adds the compensation to the decision trace: not a payment decision, so `allowed` is
+    /// false and the reason is `compensation_<outcome>` (`bursar audit show` prints it as such).
     async fn trace_compensation(
         &self,
         session: &SessionRecord,
