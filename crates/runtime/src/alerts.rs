@@ -413,7 +413,7 @@ async fn record_alerts(
                     cap: budget.cap,
                     window_ms: budget.window_ms,
                     window_start_ms: budget.window_start_ms,
-                    reason: format!("alert: {reason}"),
+                    reason: format!("alert: {reason} (payment {})", transfer.id),
                     deliver_at_ms: now_ms(),
                 })
                 .await?;

@@ -293,6 +293,12 @@ pub async fn session_budget_thresholds_alert_once(store_url: &str) {
             .unwrap()
             .contains("reached 50%")
     );
+    assert!(entries.iter().all(|e| e["transferId"].is_null()));
+    // Alert entries leave each transfer's reserve/post entries as reconciliation expects.
+    rt.runtime.resolve_pending().await.unwrap();
+    let (status, report) = rt.operator(Method::GET, "/v1/ledger/reconcile", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["clean"], true, "{report}");
     check_deliveries(&received, &listed);
     // Two more payments reach 100%: no threshold is configured there, nothing new.
     for call in 8..10 {

@@ -6,7 +6,8 @@
 //! inserts with `ON CONFLICT DO NOTHING`, so concurrent reservations, in this process or in
 //! others sharing the database, record one row. For a rolling window the key names the window
 //! period (`bucket = now / period`), so the alert can fire again in a later period. A new alert
-//! writes its `alert` ledger entry in the same transaction.
+//! writes its `alert` ledger entry (session, wallet, agent, the amount used so far, the reason;
+//! no transfer, so a transfer's entries stay its reserve/post/void) in the same transaction.
 //!
 //! Each alert is also an outbox row for its webhook: `pending` until delivered (`delivered`) or
 //! given up on (`failed`). [`AlertStore::claim_due_alerts`] takes due rows with a lease (a
@@ -189,9 +190,11 @@ const INSERT_ALERT: &str = "INSERT INTO alerts (id, alert_key, threshold, budget
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
      'pending', 0, $19) ON CONFLICT (alert_key, threshold) DO NOTHING";
 
+/// The alert's ledger entry names no transfer: a transfer's entries are its reserve, post and
+/// void (with its amount), which reconciliation checks; the alert row keeps the transfer.
 const INSERT_ALERT_ENTRY: &str = "INSERT INTO ledger_entries (kind, transfer_id, session_id, \
      grant_id, wallet_id, agent, network, asset, amount, payee, resource, tx_hash, reason, at_ms) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, NULL, $10, $11)";
+     VALUES ($1, NULL, $2, $3, $4, $5, $6, $7, $8, NULL, NULL, NULL, $9, $10)";
 
 const CLAIM_ONE: &str = "UPDATE alerts SET lease_holder = $2, lease_until_ms = $3 \
      WHERE id = $1 AND state = 'pending' AND next_attempt_at_ms <= $4 \
@@ -312,7 +315,6 @@ macro_rules! alert_store_impl {
                 }
                 sqlx::query(INSERT_ALERT_ENTRY)
                     .bind(EntryKind::Alert.as_str())
-                    .bind(&alert.transfer_id)
                     .bind(&alert.session_id)
                     .bind(&alert.grant_id)
                     .bind(&alert.wallet_id)
