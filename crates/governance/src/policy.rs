@@ -32,8 +32,15 @@
 //! status = [200]                         # default: any 2xx
 //! content_type = "application/json"
 //! json_schema = { type = "object", required = ["content"] }
+//! seller_schema = true                   # also check the body against the schema the seller
+//!                                        # published in its 402 (v1 outputSchema, v2 bazaar)
 //! failures_before_pause = 3              # failures in a row before payments pause
 //! cooldown = "24h"                       # how long the pause lasts (an operator can lift it)
+//!
+//! [[validators]]                         # checks for one endpoint (host, host/path prefix or
+//! endpoint = "api.example.com/v1/report" # URL prefix), in addition to [validation]
+//! content_type = "application/json"
+//! json_schema = { type = "object", required = ["rows"] }
 //!
 //! [alerts]                               # graduated budget alerts (webhook + ledger entry)
 //! thresholds = [50, 75]                  # percent of any budget: the session's, each window cap
@@ -103,6 +110,8 @@ struct Document {
     #[serde(default)]
     phases: BTreeMap<String, PhaseDocument>,
     validation: Option<ValidationDocument>,
+    #[serde(default)]
+    validators: Vec<ValidationDocument>,
     cache: Option<CacheDocument>,
     alerts: Option<AlertsDocument>,
 }
@@ -123,9 +132,11 @@ struct CacheDocument {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ValidationDocument {
+    endpoint: Option<String>,
     status: Option<Vec<u16>>,
     content_type: Option<String>,
     json_schema: Option<toml::Value>,
+    seller_schema: Option<bool>,
     failures_before_pause: Option<u32>,
     cooldown: Option<String>,
 }
@@ -277,6 +288,12 @@ pub struct Validation {
     pub content_type: Option<String>,
     /// The body must be JSON valid against this schema.
     pub json_schema: Option<serde_json::Value>,
+    /// The body must be JSON valid against the schema the seller published for it, when the
+    /// seller published one.
+    pub seller_schema: bool,
+    /// For `[[validators]]`: the endpoints these checks apply to (see [`Validation::applies_to`]);
+    /// `None` for `[validation]`, which applies to every endpoint.
+    pub endpoint: Option<String>,
     pub failures_before_pause: u32,
     pub cooldown_seconds: u64,
 }
@@ -284,6 +301,39 @@ pub struct Validation {
 impl Validation {
     /// Why a response fails these rules, or `None` when it passes.
     pub fn check(&self, status: u16, content_type: Option<&str>, body: &[u8]) -> Option<String> {
+        self.check_against(status, content_type, body, None)
+    }
+
+    /// Whether these checks apply to `endpoint` (as [`crate::endpoint_of`] writes it:
+    /// `scheme://host[:port]/path`). A pattern with a scheme is a prefix of the whole endpoint;
+    /// one without is matched against the endpoint without its scheme. Prefixes end at a path
+    /// segment: `api.example.com/v1` matches `/v1` and `/v1/report`, not `/v10`.
+    pub fn applies_to(&self, endpoint: &str) -> bool {
+        let Some(pattern) = &self.endpoint else {
+            return true;
+        };
+        let subject = if pattern.contains("://") {
+            endpoint
+        } else {
+            endpoint
+                .split_once("://")
+                .map_or(endpoint, |(_, rest)| rest)
+        };
+        match subject.strip_prefix(pattern.as_str()) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || pattern.ends_with('/'),
+            None => false,
+        }
+    }
+
+    /// [`Validation::check`], with the schema the seller published for the response (checked
+    /// when `seller_schema` is on).
+    pub fn check_against(
+        &self,
+        status: u16,
+        content_type: Option<&str>,
+        body: &[u8],
+        published: Option<&serde_json::Value>,
+    ) -> Option<String> {
         match &self.status {
             Some(allowed) if !allowed.contains(&status) => {
                 return Some(format!("status {status} is not one of {allowed:?}"));
@@ -302,24 +352,38 @@ impl Validation {
                 return Some(format!("content type {actual:?} is not {expected:?}"));
             }
         }
-        if let Some(schema) = &self.json_schema {
-            let document: serde_json::Value = match serde_json::from_slice(body) {
-                Ok(document) => document,
-                Err(error) => return Some(format!("the body is not JSON: {error}")),
-            };
-            let validator = match jsonschema::validator_for(schema) {
-                Ok(validator) => validator,
-                Err(error) => return Some(format!("the JSON Schema is invalid: {error}")),
-            };
-            if let Some(error) = validator.iter_errors(&document).next() {
-                return Some(format!(
-                    "the body does not match the schema at {}: {error}",
-                    error.instance_path
-                ));
-            }
+        if let Some(schema) = &self.json_schema
+            && let Some(failure) = schema_failure(schema, body, "the schema")
+        {
+            return Some(failure);
+        }
+        if self.seller_schema
+            && let Some(schema) = published
+            && let Some(failure) = schema_failure(schema, body, "the seller's published schema")
+        {
+            return Some(failure);
         }
         None
     }
+}
+
+/// Why `body` is not JSON valid against `schema`, if it is not.
+fn schema_failure(schema: &serde_json::Value, body: &[u8], which: &str) -> Option<String> {
+    let document: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(document) => document,
+        Err(error) => return Some(format!("the body is not JSON: {error}")),
+    };
+    let validator = match jsonschema::validator_for(schema) {
+        Ok(validator) => validator,
+        // A seller's broken schema cannot vouch for its response.
+        Err(error) => return Some(format!("{which} is not a valid JSON Schema: {error}")),
+    };
+    validator.iter_errors(&document).next().map(|error| {
+        format!(
+            "the body does not match {which} at {}: {error}",
+            error.instance_path
+        )
+    })
 }
 
 /// The default of `cache.ttl`: 24 hours.
@@ -360,6 +424,8 @@ pub struct Policy {
     pub backoff_after_rejections: u32,
     pub phases: BTreeMap<String, PhaseRule>,
     pub validation: Option<Validation>,
+    /// `[[validators]]`: checks for particular endpoints.
+    pub validators: Vec<Validation>,
     pub cache: Option<CacheRule>,
     /// `[alerts] thresholds`: percentages (1..=100, ascending, no duplicates) of any budget at
     /// which an alert is raised; `None` when this policy does not say (see
@@ -437,9 +503,22 @@ impl Policy {
             backoff_after_rejections: BACKOFF_AFTER_REJECTIONS_DEFAULT,
             phases: BTreeMap::new(),
             validation: None,
+            validators: Vec::new(),
             cache: None,
             alert_thresholds: None,
         }
+    }
+
+    /// The response checks for a paid response from `endpoint`: `[validation]` and the
+    /// `[[validators]]` whose endpoint matches.
+    pub fn validations_for<'a>(
+        &'a self,
+        endpoint: &'a str,
+    ) -> impl Iterator<Item = &'a Validation> {
+        self.validation
+            .iter()
+            .chain(self.validators.iter())
+            .filter(move |validation| validation.applies_to(endpoint))
     }
 
     /// Reads a TOML policy whose amounts are in `unit` (the runtime's currency).
@@ -609,34 +688,31 @@ impl Policy {
         let validation = match document.validation {
             None => None,
             Some(validation) => {
-                let json_schema = match validation.json_schema {
-                    Some(schema) => {
-                        let schema = serde_json::to_value(schema)
-                            .map_err(|e| invalid("validation.json_schema", e.to_string()))?;
-                        jsonschema::validator_for(&schema)
-                            .map_err(|e| invalid("validation.json_schema", e.to_string()))?;
-                        Some(schema)
-                    }
-                    None => None,
-                };
-                let cooldown_seconds = match &validation.cooldown {
-                    Some(text) => parse_period(text).ok_or_else(|| {
-                        invalid("validation.cooldown", format!("{text:?} is not a duration"))
-                    })?,
-                    None => PAUSE_COOLDOWN_SECONDS_DEFAULT,
-                };
-                Some(Validation {
-                    status: validation.status,
-                    content_type: validation.content_type,
-                    json_schema,
-                    failures_before_pause: validation
-                        .failures_before_pause
-                        .unwrap_or(FAILURES_BEFORE_PAUSE_DEFAULT)
-                        .max(1),
-                    cooldown_seconds,
-                })
+                if validation.endpoint.is_some() {
+                    return Err(invalid(
+                        "validation.endpoint",
+                        "[validation] applies to every endpoint; use [[validators]] for one",
+                    ));
+                }
+                Some(compile_validation(validation, "validation")?)
             }
         };
+        bounded(&document.validators, "validators")?;
+        let validators = document
+            .validators
+            .into_iter()
+            .enumerate()
+            .map(|(index, validator)| {
+                let field = format!("validators[{index}]");
+                match validator.endpoint.as_deref().map(str::trim) {
+                    None | Some("") => Err(invalid(
+                        format!("{field}.endpoint"),
+                        "required: the host, host/path or URL prefix these checks apply to",
+                    )),
+                    Some(_) => compile_validation(validator, &field),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let cache = match document.cache {
             None => None,
             Some(cache) => Some(CacheRule {
@@ -683,6 +759,7 @@ impl Policy {
             alert_thresholds,
             cache,
             validation,
+            validators,
             source: source.to_string(),
             max_per_call: document
                 .max_per_call
@@ -705,4 +782,73 @@ impl Policy {
             phases,
         })
     }
+}
+
+/// Compiles a `[validation]` table or one `[[validators]]` entry (`field` names it in errors).
+fn compile_validation(
+    validation: ValidationDocument,
+    field: &str,
+) -> Result<Validation, PolicyError> {
+    let json_schema = match validation.json_schema {
+        Some(schema) => {
+            let schema = serde_json::to_value(schema)
+                .map_err(|e| invalid(format!("{field}.json_schema"), e.to_string()))?;
+            jsonschema::validator_for(&schema)
+                .map_err(|e| invalid(format!("{field}.json_schema"), e.to_string()))?;
+            Some(schema)
+        }
+        None => None,
+    };
+    let cooldown_seconds = match &validation.cooldown {
+        Some(text) => parse_period(text).ok_or_else(|| {
+            invalid(
+                format!("{field}.cooldown"),
+                format!("{text:?} is not a duration"),
+            )
+        })?,
+        None => PAUSE_COOLDOWN_SECONDS_DEFAULT,
+    };
+    let endpoint = match validation.endpoint {
+        None => None,
+        Some(pattern) => Some(endpoint_pattern(pattern.trim(), field)?),
+    };
+    Ok(Validation {
+        status: validation.status,
+        content_type: validation.content_type,
+        json_schema,
+        seller_schema: validation.seller_schema.unwrap_or(false),
+        endpoint,
+        failures_before_pause: validation
+            .failures_before_pause
+            .unwrap_or(FAILURES_BEFORE_PAUSE_DEFAULT)
+            .max(1),
+        cooldown_seconds,
+    })
+}
+
+/// An endpoint pattern with its host lowercased (hosts compare case-insensitively, paths do not)
+/// and no query or fragment.
+fn endpoint_pattern(pattern: &str, field: &str) -> Result<String, PolicyError> {
+    if pattern.contains(['?', '#', ' ']) {
+        return Err(invalid(
+            format!("{field}.endpoint"),
+            format!("{pattern:?}: give a host, host/path or URL prefix without query or spaces"),
+        ));
+    }
+    let (scheme, rest) = match pattern.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
+        None => (None, pattern),
+    };
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    if host.is_empty() {
+        return Err(invalid(
+            format!("{field}.endpoint"),
+            format!("{pattern:?} names no host"),
+        ));
+    }
+    let host = host.to_ascii_lowercase();
+    Ok(match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    })
 }

@@ -436,6 +436,94 @@ fn response_validation_checks_status_type_and_schema() {
 }
 
 #[test]
+fn validators_apply_to_their_endpoints_only() {
+    let p = policy(
+        "[validation]\nstatus = [200]\n\
+         [[validators]]\nendpoint = \"API.example.com/v1\"\ncontent_type = \"application/json\"\n\
+         [[validators]]\nendpoint = \"https://data.example/reports/\"\njson_schema = { type = \"array\" }",
+    );
+    assert_eq!(p.validators.len(), 2);
+    let count = |endpoint: &str| p.validations_for(endpoint).count();
+    // [validation] everywhere; the first validator under api.example.com/v1 (either scheme,
+    // whole path segments, host case ignored); the second only over https under /reports/.
+    assert_eq!(count("https://api.example.com/v1"), 2);
+    assert_eq!(count("http://api.example.com/v1/report"), 2);
+    assert_eq!(count("https://api.example.com/v10"), 1);
+    assert_eq!(count("https://api.example.com/"), 1);
+    assert_eq!(count("https://data.example/reports/q3"), 2);
+    assert_eq!(count("http://data.example/reports/q3"), 1);
+    assert_eq!(count("https://other.example/v1"), 1);
+    let json = p
+        .validations_for("https://api.example.com/v1/x")
+        .find_map(|v| v.check(200, Some("text/html"), b"<html>"));
+    assert!(json.unwrap().contains("content type"));
+
+    for (text, field) in [
+        ("[[validators]]\nstatus = [200]", "validators[0].endpoint"),
+        ("[[validators]]\nendpoint = \"\"", "validators[0].endpoint"),
+        (
+            "[[validators]]\nendpoint = \"a.example/x?y=1\"",
+            "validators[0].endpoint",
+        ),
+        (
+            "[[validators]]\nendpoint = \"https:///x\"",
+            "validators[0].endpoint",
+        ),
+        (
+            "[validation]\nendpoint = \"a.example\"",
+            "validation.endpoint",
+        ),
+        (
+            "[[validators]]\nendpoint = \"a.example\"\n[[validators]]\nendpoint = \"b.example\"\njson_schema = { type = 1 }",
+            "validators[1].json_schema",
+        ),
+    ] {
+        match Policy::parse(text, &usdc(), "t") {
+            Err(PolicyError::Invalid { field: got, .. }) => assert_eq!(got, field, "{text}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn seller_schema_checks_what_the_seller_published() {
+    let published = serde_json::json!({
+        "type": "object",
+        "properties": {"rows": {"type": "array"}},
+        "required": ["rows"],
+    });
+    let on = policy("[validation]\nseller_schema = true")
+        .validation
+        .unwrap();
+    assert!(on.seller_schema);
+    assert_eq!(
+        on.check_against(200, None, br#"{"rows": []}"#, Some(&published)),
+        None
+    );
+    let failure = on
+        .check_against(200, None, br#"{"rows": "none"}"#, Some(&published))
+        .unwrap();
+    assert!(failure.contains("seller's published schema"), "{failure}");
+    assert!(
+        on.check_against(200, None, b"garbage", Some(&published))
+            .unwrap()
+            .contains("not JSON")
+    );
+    // Nothing published: nothing to hold the body to.
+    assert_eq!(on.check_against(200, None, b"garbage", None), None);
+    // A broken published schema cannot vouch for the response.
+    let broken = serde_json::json!({"type": 12});
+    assert!(on.check_against(200, None, b"{}", Some(&broken)).is_some());
+    // Off (the default): the published schema is not consulted.
+    let off = policy("[validation]").validation.unwrap();
+    assert!(!off.seller_schema);
+    assert_eq!(
+        off.check_against(200, None, br#"{"rows": "none"}"#, Some(&published)),
+        None
+    );
+}
+
+#[test]
 fn cache_rules() {
     let rule = policy("[cache]").cache.unwrap();
     assert_eq!(rule.ttl_seconds, 86_400);

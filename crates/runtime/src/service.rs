@@ -694,6 +694,7 @@ impl Runtime {
             policies: policies.clone(),
             phase,
             reserved: Mutex::new(None),
+            published_schema: Mutex::new(None),
         });
         let client = PayingClient::new(self.inner.http.clone(), signer)
             // The budget is enforced by the reservation, atomically; the client's own
@@ -720,6 +721,7 @@ impl Runtime {
             &outcome,
         )
         .await;
+        let published_schema = reserve.published_schema.lock().expect("schema slot").take();
         self.note_outcome(&session.id, &endpoint, &outcome);
         match outcome {
             Ok(response) => {
@@ -742,8 +744,14 @@ impl Runtime {
                     _ => None,
                 };
                 let validation = if payment.is_some() {
-                    self.validate_paid_response(session, &policies, &endpoint, &response)
-                        .await
+                    self.validate_paid_response(
+                        session,
+                        &policies,
+                        &endpoint,
+                        &response,
+                        published_schema.as_ref(),
+                    )
+                    .await
                 } else {
                     None
                 };
@@ -1054,6 +1062,7 @@ impl Runtime {
         policies: &Result<Vec<Policy>, String>,
         endpoint: &str,
         response: &bursar_buyer::PaidResponse,
+        published_schema: Option<&Value>,
     ) -> Option<ValidationOutcome> {
         let policies = match policies {
             Ok(policies) => policies,
@@ -1064,7 +1073,7 @@ impl Runtime {
         };
         let rules: Vec<_> = policies
             .iter()
-            .filter_map(|p| p.validation.as_ref())
+            .flat_map(|p| p.validations_for(endpoint))
             .collect();
         if rules.is_empty() {
             return None;
@@ -1073,9 +1082,14 @@ impl Runtime {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|value| value.to_str().ok());
-        let failure = rules
-            .iter()
-            .find_map(|rule| rule.check(response.status.as_u16(), content_type, &response.body));
+        let failure = rules.iter().find_map(|rule| {
+            rule.check_against(
+                response.status.as_u16(),
+                content_type,
+                &response.body,
+                published_schema,
+            )
+        });
         let pause_after = rules
             .iter()
             .map(|rule| u64::from(rule.failures_before_pause))
@@ -1475,6 +1489,8 @@ struct Reserve {
     policies: Arc<Result<Vec<Policy>, String>>,
     phase: Option<String>,
     reserved: Mutex<Option<TransferRecord>>,
+    /// The JSON Schema the seller published for the response it was paid for.
+    published_schema: Mutex<Option<Value>>,
 }
 
 impl Reserve {
@@ -1606,6 +1622,8 @@ impl PaymentApproval for Reserve {
                 crate::alerts::after_reservation(runtime, &self.session, policies, &caps, &record)
                     .await;
                 *self.reserved.lock().expect("reservation slot") = Some(*record);
+                *self.published_schema.lock().expect("schema slot") =
+                    bursar_protocol::bazaar::published_output_schema(proposal.required).cloned();
                 Ok(())
             }
             Ok(Reservation::Denied { reason, message }) => {

@@ -555,6 +555,69 @@ pub async fn garbage_after_payment_pauses_the_endpoint(store_url: &str) {
         && rule.as_deref() == Some("endpoint_pause")));
 }
 
+/// Validation against the schema the seller itself published in its 402 (the v2 bazaar
+/// extension): a response that keeps to it passes; one that breaks it fails and, after three,
+/// pauses the endpoint. A validator for one endpoint leaves the others alone.
+pub async fn responses_are_held_to_the_sellers_schema(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let host = url::Url::parse(&network.seller_url).unwrap();
+    let garbage_endpoint = format!(
+        "{}:{}/garbage",
+        host.host_str().unwrap(),
+        host.port().unwrap()
+    );
+    let policy = format!(
+        "[validation]\nseller_schema = true\nfailures_before_pause = 3\n\
+         [[validators]]\nendpoint = \"{garbage_endpoint}\"\ncontent_type = \"application/json\"\n"
+    );
+    let agent = agent(&rt, &network, "1", &policy).await;
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/report", network.seller_url), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["validation"]["passed"], true, "{body}");
+    let broken = format!("{}/report-broken", network.seller_url);
+    for attempt in 1..=3u64 {
+        let (status, body) = agent.fetch(&rt, &broken, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["payment"]["state"], "posted", "{body}");
+        assert_eq!(body["validation"]["passed"], false, "{body}");
+        assert!(
+            body["validation"]["failure"]
+                .as_str()
+                .unwrap()
+                .contains("seller's published schema"),
+            "{body}"
+        );
+        assert_eq!(body["validation"]["consecutiveFailures"], attempt, "{body}");
+    }
+    let (status, body) = agent.fetch(&rt, &broken, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "endpoint_paused", "{body}");
+    // The /garbage validator (JSON only) fails it; /paid answers JSON and has no validator of
+    // its own, and publishes no schema: it passes.
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/garbage", network.seller_url), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["validation"]["failure"]
+            .as_str()
+            .unwrap()
+            .contains("content type"),
+        "{body}"
+    );
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/paid", network.seller_url), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["validation"]["passed"], true, "{body}");
+    // Six payments went out (the paused one was refused before signing): exactly that moved.
+    assert_eq!(network.payments_seen(), 6);
+    assert_eq!(agent.spent(&network).await, 6 * PRICE);
+}
+
 /// The paid-response cache (opt-in): the same resource asked again within the session is served
 /// from the cache instead of being paid twice; another session pays for itself.
 pub async fn paid_responses_are_served_from_cache(store_url: &str) {
@@ -646,6 +709,7 @@ on_both_databases!(
     second_402_is_not_paid_again,
     repeated_402_backs_off,
     garbage_after_payment_pauses_the_endpoint,
+    responses_are_held_to_the_sellers_schema,
     paid_responses_are_served_from_cache,
     learn_proposes_an_allowlist,
 );

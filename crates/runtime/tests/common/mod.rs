@@ -50,6 +50,15 @@ async fn serve(app: Router) -> String {
     url
 }
 
+/// The response schema `/report` and `/report-broken` publish.
+pub fn report_schema() -> serde_json::Value {
+    json!({
+        "type": "object",
+        "properties": {"rows": {"type": "array", "items": {"type": "integer"}}},
+        "required": ["rows"],
+    })
+}
+
 /// Chain, token, facilitator and seller.
 pub async fn network() -> Network_ {
     let embedded = EmbeddedChain::memory();
@@ -85,6 +94,17 @@ pub async fn network() -> Network_ {
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
         .route(PricedRoute::new(Method::GET, "/garbage").offer(offer(PRICE)))
+        // Both publish the schema of their response (v2: bazaar extension); the second breaks it.
+        .route(
+            PricedRoute::new(Method::GET, "/report")
+                .output_schema(report_schema())
+                .offer(offer(PRICE)),
+        )
+        .route(
+            PricedRoute::new(Method::GET, "/report-broken")
+                .output_schema(report_schema())
+                .offer(offer(PRICE)),
+        )
         .build()
         .expect("paywall");
     let payments_seen = Arc::new(AtomicUsize::new(0));
@@ -128,6 +148,14 @@ pub async fn network() -> Network_ {
             get(|| async { axum::Json(json!({"content": "paid"})) }),
         )
         .route("/expensive", get(|| async { "expensive" }))
+        .route(
+            "/report",
+            get(|| async { axum::Json(json!({"rows": [1, 2, 3]})) }),
+        )
+        .route(
+            "/report-broken",
+            get(|| async { axum::Json(json!({"rows": "none today"})) }),
+        )
         // Paid, then answers garbage: not JSON, whatever it promised.
         .route(
             "/garbage",
