@@ -1,6 +1,6 @@
 //! Compensation for failed steps.
 //!
-//! - **Evidence**: every paid request leaves a record when it is paid ([`record_evidence`], one
+//! - **Evidence**: every paid request leaves a record when it is paid (`record_evidence`, one
 //!   call from [`Runtime::fetch_labelled`]): the request (method, URL, headers without
 //!   credentials, body capped at [`EVIDENCE_BODY_BYTES_MAX`] with the SHA-256 of the whole), the
 //!   response (status, headers, body the same way) or the error instead of one, the seller's

@@ -26,6 +26,10 @@
 //! - **Budget alerts** ([`alerts`]): at thresholds of any budget (default 50% and 75%), an
 //!   alert and an `alert` ledger entry, once per budget and threshold; delivered to a webhook
 //!   signed with HMAC-SHA256 and retried with backoff ([`Runtime::spawn_alert_delivery`]).
+//! - **Compensation** ([`compensation`]): every paid request's evidence is kept; a step or
+//!   session marked failed gets its unsettled authorizations cancelled on chain
+//!   (`cancelAuthorization`, the reservation voided as `cancelled`) and its settled payments
+//!   recorded as refund claims with the evidence ([`Runtime::mark_failed`]).
 //! - **Forward proxy** ([`proxy::proxy_router`]): the same paying for agents that set
 //!   `HTTP_PROXY` to it, with the session token as proxy credentials (no `CONNECT` tunnels).
 

@@ -11,9 +11,10 @@
 //!   the agent's method, headers and body (at most [`PROXY_BODY_BYTES_MAX`] bytes), without
 //!   hop-by-hop headers, `Proxy-*` headers, payment headers (only the runtime pays) or
 //!   `X-Bursar-*` headers. [`HEADER_PHASE`] declares the agent's phase (`explore`, `execute`,
-//!   ...) for phase policies, like the API's `phase`. The answer is the upstream status, headers
-//!   and body as they came, plus [`HEADER_PAYMENT`] (the payment as compact JSON) when the
-//!   runtime paid for it.
+//!   ...) for phase policies, like the API's `phase`; [`HEADER_STEP`] labels the payment with the
+//!   agent's step, like the API's `step` (see [`crate::compensation`]). The answer is the
+//!   upstream status, headers and body as they came, plus [`HEADER_PAYMENT`] (the payment as
+//!   compact JSON) when the runtime paid for it.
 //! - **Refusals and failures** have the API's status and JSON body (`{"error": {"code",
 //!   "message"}}`: 403 `budget_exhausted`, 402 `no_payable_offer`, 502 `payment_rejected`, ...)
 //!   and the code again in [`HEADER_ERROR`].
