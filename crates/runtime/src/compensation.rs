@@ -442,12 +442,15 @@ impl Runtime {
                 CompensationOutcome::RefundClaim,
                 transfer.tx_hash.clone(),
                 format!(
-                    "the payment settled on chain{}: claim a refund of {} from {} with this evidence",
+                    "the payment settled on chain{}: claim a refund of {} {} ({} atomic units) \
+                     from {} with this evidence",
                     transfer
                         .tx_hash
                         .as_deref()
                         .map(|tx| format!(" in {tx}"))
                         .unwrap_or_default(),
+                    transfer.amount.to_human(self.currency().unit.decimals),
+                    self.currency().name,
                     transfer.amount,
                     transfer.payee
                 ),
@@ -484,11 +487,13 @@ impl Runtime {
                     .await?);
             }
         };
-        tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
-        let finished = compensations
+        let (finished, by_us) = compensations
             .finish_compensation(&record.id, outcome, settle_tx.as_deref(), &message)
             .await?;
-        self.trace_compensation(session, &transfer, &finished).await;
+        if by_us {
+            tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
+            self.trace_compensation(session, &transfer, &finished).await;
+        }
         Ok(finished)
     }
 

@@ -409,7 +409,13 @@ pub async fn settled_payment_becomes_a_refund_claim(store_url: &str) {
         assert_eq!(record["requestedBy"], "operator");
         assert_eq!(record["settleTxHash"], tx.as_str());
         assert!(record["cancelTxHash"].is_null());
-        assert!(record["message"].as_str().unwrap().contains("refund"));
+        assert!(
+            record["message"]
+                .as_str()
+                .unwrap()
+                .contains("claim a refund of 0.01 USDC"),
+            "{record}"
+        );
         let evidence = &record["evidence"];
         assert_eq!(evidence["step"], "buy");
         assert_eq!(evidence["request"]["url"], url.as_str());
@@ -600,6 +606,17 @@ pub async fn concurrent_markings_cancel_once(store_url: &str) {
         let record = &settled["compensations"][0];
         assert_eq!(record["outcome"], "cancelled", "{record}");
         assert_eq!(record["transfer"]["voidReason"], "cancelled");
+        let traced = rt
+            .runtime
+            .store()
+            .decision_store()
+            .decisions_for(&transfer_id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|d| d.reason.as_deref() == Some("compensation_cancelled"))
+            .count();
+        assert_eq!(traced, 1, "one trace row per compensation");
         assert_eq!(
             entry_kinds(&rt, &transfer_id).await,
             vec![EntryKind::Reserve, EntryKind::Void, EntryKind::Compensate]

@@ -182,13 +182,14 @@ pub trait CompensationStore: Send + Sync + 'static {
     ) -> Result<CompensationRecord, StoreError>;
     /// Moves the compensation to a final outcome once, writing the transfer's `compensate`
     /// ledger entry in the same transaction; a compensation already final is returned as is.
+    /// The flag says whether this call finished it.
     async fn finish_compensation(
         &self,
         id: &str,
         outcome: CompensationOutcome,
         settle_tx_hash: Option<&str>,
         message: &str,
-    ) -> Result<CompensationRecord, StoreError>;
+    ) -> Result<(CompensationRecord, bool), StoreError>;
     async fn compensation(&self, id: &str) -> Result<Option<CompensationRecord>, StoreError>;
     async fn compensation_for(
         &self,
@@ -461,7 +462,7 @@ macro_rules! compensation_store_impl {
                 outcome: CompensationOutcome,
                 settle_tx_hash: Option<&str>,
                 message: &str,
-            ) -> Result<CompensationRecord, StoreError> {
+            ) -> Result<(CompensationRecord, bool), StoreError> {
                 if !outcome.is_final() {
                     return Err(StoreError::Invalid(format!("{outcome} is not final")));
                 }
@@ -510,9 +511,11 @@ macro_rules! compensation_store_impl {
                     .await?;
                 }
                 tx.commit().await?;
-                self.compensation(id)
+                let record = self
+                    .compensation(id)
                     .await?
-                    .ok_or_else(|| StoreError::NotFound(format!("compensation {id}")))
+                    .ok_or_else(|| StoreError::NotFound(format!("compensation {id}")))?;
+                Ok((record, updated == 1))
             }
 
             async fn compensation(
