@@ -730,6 +730,44 @@ pub async fn gas_account_pays_for_the_cancel(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// The evidence is stored when the payment is made: a runtime opened afresh on the same
+/// database (a restart) compensates with it.
+pub async fn evidence_survives_a_restart(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let (seller, payee, _kept) = hostile_seller(&network).await;
+        let url = format!("{seller}/content");
+        let (agent, transfer_id) = {
+            let before = runtime(&network, store_url).await;
+            let agent = agent(&before, &network, "restart", true).await;
+            let (status, fetched) = agent.fetch(&before, &url, "before-restart").await;
+            assert_eq!(status, 200, "{fetched}");
+            let transfer_id = fetched["payment"]["transferId"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (agent, transfer_id)
+        };
+        let after = runtime(&network, store_url).await;
+        let (status, marked) = agent
+            .fail(
+                &after,
+                json!({"step": "before-restart", "reason": "found out later"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        let record = &marked["compensations"][0];
+        assert_eq!(record["transferId"], transfer_id.as_str());
+        assert_eq!(record["outcome"], "cancelled", "{record}");
+        assert_eq!(record["evidence"]["request"]["url"], url.as_str());
+        assert_eq!(record["evidence"]["response"]["status"], 200);
+        assert_eq!(balance(&network, agent.address).await, START_BALANCE);
+        assert_eq!(balance(&network, payee).await, 0);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 on_both_databases!(
     unsettled_authorization_is_cancelled_on_chain,
     settled_payment_becomes_a_refund_claim,
@@ -738,4 +776,5 @@ on_both_databases!(
     concurrent_markings_cancel_once,
     proxied_step_is_compensated,
     gas_account_pays_for_the_cancel,
+    evidence_survives_a_restart,
 );
