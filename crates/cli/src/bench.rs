@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Sender accounts for the batched settle benchmark.
     #[arg(long, default_value_t = 4)]
     pub senders: usize,
+    /// Batched settle benchmark: also simulate each settlement before it joins a batch (as
+    /// `bursar facilitator --batch-simulate`), to compare.
+    #[arg(long)]
+    pub batch_simulate: bool,
 }
 
 /// The most connections the load generator opens.

@@ -45,6 +45,10 @@ pub struct DevArgs {
     /// Default: a SQLite file, <data-dir>/runtime.sqlite.
     #[arg(long, env = "BURSAR_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Settle in batches: many authorizations per transaction through a BursarBatchSettler,
+    /// deployed on the dev chain at start (as `bursar facilitator --batch` does).
+    #[arg(long)]
+    pub batch: bool,
 }
 
 #[derive(clap::Args)]
@@ -215,11 +219,28 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let network = Arc::new(DevNetwork::open(&args.data_dir).await?);
     let evm: Arc<dyn EvmChain> = network.chain.clone();
     let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
+    let sender = Account::new(network.chain.clone(), network.keys.facilitator.clone());
+    let batch = if args.batch {
+        let settler = sender
+            .deploy(bursar_facilitator::batch::batch_settler_creation_code())
+            .await
+            .context("cannot deploy the batch settler on the dev chain")?;
+        Some(bursar_facilitator::BatchConfig::new(settler))
+    } else {
+        None
+    };
+    let batching = batch.as_ref().map(|config| {
+        format!(
+            "batches of up to {} through {} (wait {:?})",
+            config.items_max, config.settler, config.wait_max
+        )
+    });
     let facilitator = LocalFacilitator::with_ledger(
         evm,
-        Account::new(network.chain.clone(), network.keys.facilitator.clone()),
+        sender,
         FacilitatorConfig {
             assets: Some(vec![network.token.address()]),
+            batch,
             ..Default::default()
         },
         ledger,
@@ -276,6 +297,9 @@ pub async fn run(args: DevArgs) -> Result<()> {
         None => args.data_dir.join(LEDGER_FILE_NAME).display().to_string(),
     };
     print_banner(&network, &info, &ledger_description).await;
+    if let Some(batching) = batching {
+        println!("  settlement   {batching}");
+    }
     crate::runtime::print_dev_banner(&dev_runtime, &runtime_url, &info.api_url);
     println!();
 

@@ -25,6 +25,11 @@ struct Dev {
 impl Dev {
     /// Starts `bursar dev` on free loopback ports and waits until it answers.
     fn start(data_dir: &Path) -> Dev {
+        Dev::start_with(data_dir, &[])
+    }
+
+    /// [`Dev::start`] with more arguments.
+    fn start_with(data_dir: &Path, extra: &[&str]) -> Dev {
         let info_path = data_dir.join("dev.json");
         let _ = std::fs::remove_file(&info_path);
         let child = Command::new(BURSAR)
@@ -39,6 +44,7 @@ impl Dev {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -178,6 +184,48 @@ fn bursar_pay_moves_exactly_the_price_with_v2_and_v1() {
             "the seller got exactly the price"
         );
     }
+}
+
+/// `bursar dev --batch` settles through the batch contract: the payment is settled and exactly
+/// the price moves, and paying again (a second batch) does the same.
+#[test]
+fn dev_with_batching_settles_exactly_the_price() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start_with(dir.path(), &["--batch"]);
+    let (buyer, seller) = (dev.buyer(), dev.seller());
+    let (buyer_start, seller_start) = (dev.balance(&buyer), dev.balance(&seller));
+    let mut transactions = Vec::new();
+    for round in 1..=2u128 {
+        let result = pay_json(&dev, "/weather", &["--max", "0.05"]);
+        assert_eq!(result["status"], 200, "{result}");
+        assert_eq!(result["receipt"]["settled"], true, "{result}");
+        transactions.push(
+            result["receipt"]["transaction"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        assert_eq!(dev.balance(&buyer), buyer_start - round * WEATHER_PRICE);
+        assert_eq!(dev.balance(&seller), seller_start + round * WEATHER_PRICE);
+    }
+    assert_ne!(
+        transactions[0], transactions[1],
+        "one batch per payment here"
+    );
+    // Both went out as batches (the facilitator's own count).
+    let metrics = reqwest::blocking::get(format!(
+        "{}/metrics",
+        dev.info["facilitatorUrl"].as_str().unwrap()
+    ))
+    .unwrap()
+    .text()
+    .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "bursar_facilitator_batches_total 2"),
+        "{metrics}"
+    );
 }
 
 #[test]

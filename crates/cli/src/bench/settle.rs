@@ -269,7 +269,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
             settler,
             items_max: bursar_facilitator::batch::BATCH_ITEMS_MAX_DEFAULT,
             wait_max: BATCH_WAIT,
-            simulate_items: false,
+            simulate_items: args.batch_simulate,
         })
     } else {
         None
