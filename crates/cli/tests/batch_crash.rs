@@ -1,6 +1,6 @@
 //! `bursar facilitator --batch` killed with SIGKILL at random moments while it settles, then
-//! restarted, repeatedly, against one anvil (the chain outlives every kill) and one SQLite ledger
-//! file. After the last restart (whose recovery finishes what the kills left behind) every
+//! restarted, repeatedly, against one anvil (the chain outlives every kill) and one settlement
+//! ledger (SQLite, then PostgreSQL). After the last restart (whose recovery finishes what the kills left behind) every
 //! authorization must be either confirmed exactly once, on chain and in the ledger, or unused on
 //! chain and not confirmed in the ledger; payees hold exactly what the ledger says they were paid.
 
@@ -30,7 +30,6 @@ const PRICE: u64 = 1_000;
 const KILL_AFTER_MS_MAX: u64 = 600;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The seller's API key (generous limits: the test measures crashes, not rate limiting).
-static API_KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// A running `bursar facilitator`; SIGKILLed on drop if still running.
 struct Facilitator {
@@ -145,10 +144,10 @@ fn payment(chain_id: u64, token: Address, payer: &PrivateKeySigner, now: u64) ->
     }
 }
 
-async fn settle(http: &reqwest::Client, url: &str, body: &Value) -> Option<Value> {
+async fn settle(http: &reqwest::Client, url: &str, api_key: &str, body: &Value) -> Option<Value> {
     let response = http
         .post(format!("{url}/settle"))
-        .bearer_auth(API_KEY.get().expect("api key created"))
+        .bearer_auth(api_key)
         .json(body)
         .send()
         .await
@@ -156,8 +155,23 @@ async fn settle(http: &reqwest::Client, url: &str, body: &Value) -> Option<Value
     response.json::<Value>().await.ok()
 }
 
+/// The settlement ledger the facilitator keeps across kills.
+#[derive(Debug, Clone, Copy)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// SQLite, then PostgreSQL: one after the other, so two anvils and two facilitators never share
+/// the two cores (kills land at random moments either way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
+    sigkill_trials(Db::Sqlite).await;
+    sigkill_trials(Db::Postgres).await;
+}
+
+async fn sigkill_trials(db: Db) {
+    eprintln!("--- settlement ledger on {db:?}");
     let started = Instant::now();
     let anvil = bursar_chain_rpc::AnvilInstance::spawn().unwrap_or_else(|e| panic!("{e}"));
     let rpc_url = anvil.url().to_string();
@@ -208,7 +222,18 @@ async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
     ];
     let primary_key = hex(&keys[0]);
 
-    let ledger_url = bursar_store::sqlite_file_url(&data_dir.path().join("facilitator.sqlite"));
+    let (ledger_url, _postgres) = match db {
+        Db::Sqlite => (
+            bursar_store::sqlite_file_url(&data_dir.path().join("facilitator.sqlite")),
+            None,
+        ),
+        Db::Postgres => {
+            let database = bursar_store::testkit::TempPostgres::create().await;
+            (database.url().to_string(), Some(database))
+        }
+    };
+    let mut args = args;
+    args.extend(["--ledger-url".to_string(), ledger_url.clone()]);
     let key_store = bursar_store::open_key_store(&ledger_url).await.unwrap();
     let api_key = key_store
         .create(
@@ -221,7 +246,7 @@ async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
         )
         .await
         .unwrap();
-    API_KEY.set(api_key.key.clone()).unwrap();
+    let api_key = api_key.key.clone();
     let http = reqwest::Client::builder()
         .timeout(HTTP_TIMEOUT)
         .build()
@@ -247,10 +272,15 @@ async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
             .map(|_| payments[random_below(earlier as u64) as usize].clone())
             .collect();
         for p in fresh.iter().chain(duplicates.iter()) {
-            let (http, url, p) = (http.clone(), facilitator.url.clone(), p.clone());
-            calls.push(tokio::spawn(
-                async move { settle(&http, &url, &p.body).await },
-            ));
+            let (http, url, p, key) = (
+                http.clone(),
+                facilitator.url.clone(),
+                p.clone(),
+                api_key.clone(),
+            );
+            calls.push(tokio::spawn(async move {
+                settle(&http, &url, &key, &p.body).await
+            }));
         }
         let kill_after = Duration::from_millis(random_below(KILL_AFTER_MS_MAX + 1));
         tokio::time::sleep(kill_after).await;
@@ -287,7 +317,7 @@ async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
             Some(row) if row.state == SettlementState::Confirmed => row.tx_hash.clone(),
             Some(_) => continue,
         };
-        let answer = settle(&http, &facilitator.url, &p.body)
+        let answer = settle(&http, &facilitator.url, &api_key, &p.body)
             .await
             .expect("the restarted facilitator answers");
         assert_eq!(answer["success"], true, "{answer}");
