@@ -246,6 +246,10 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ledger,
     );
     recover(&facilitator).await?;
+    facilitator.spawn_recovery(
+        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
+        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
+    );
 
     let facilitator_listener = bind(
         SocketAddr::new(args.host, args.facilitator_port),
@@ -518,6 +522,10 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         ledger,
     );
     recover(&facilitator).await?;
+    facilitator.spawn_recovery(
+        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
+        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
+    );
     let listener = bind(args.listen, "facilitator").await?;
     println!(
         "settlement: {}{} sender account(s), {} confirmation(s)",

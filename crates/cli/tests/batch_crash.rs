@@ -29,8 +29,6 @@ const PRICE: u64 = 1_000;
 /// The kill lands this long after the trial's settlements start, chosen at random.
 const KILL_AFTER_MS_MAX: u64 = 600;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The seller's API key (generous limits: the test measures crashes, not rate limiting).
-
 /// A running `bursar facilitator`; SIGKILLed on drop if still running.
 struct Facilitator {
     child: Child,

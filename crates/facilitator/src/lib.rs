@@ -81,6 +81,11 @@
 //! used, it is recorded as failed (the transaction's hash is unknown); if unused, the claim is
 //! released so the payer may retry; the token's nonce still allows one transfer at most.
 //!
+//! A running facilitator recovers again in the background ([`LocalFacilitator::spawn_recovery`],
+//! every [`RECOVERY_INTERVAL_DEFAULT`] in the `bursar` command), over rows untouched for
+//! [`RECEIVED_ABANDONED_AFTER`]: what a crash left `submitted` finishes once its transaction is
+//! mined or its authorization expires, and abandoned claims are released, without a restart.
+//!
 //! ## Observability
 //!
 //! Every [`LocalFacilitator`] keeps Prometheus metrics ([`FacilitatorMetrics`],
@@ -123,7 +128,8 @@ pub use server::{
 };
 pub use service::{
     FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, PAYMENT_ID_CONFLICT,
-    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECEIVED_ABANDONED_AFTER, Recovered,
-    RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
-    SETTLED_REMEMBERED_MAX, payment_fingerprint, payment_identifier,
+    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECEIVED_ABANDONED_AFTER,
+    RECOVERY_INTERVAL_DEFAULT, Recovered, RecoveryOutcome, SETTLE_GAS_LIMIT,
+    SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
+    payment_fingerprint, payment_identifier,
 };

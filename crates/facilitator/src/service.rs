@@ -37,6 +37,8 @@ pub const LEDGER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How old a `received` claim must be for recovery to treat its holder as dead. Far longer than
 /// verifying, simulating and broadcasting take.
 pub const RECEIVED_ABANDONED_AFTER: Duration = Duration::from_secs(300);
+/// How often a running facilitator recovers again ([`LocalFacilitator::spawn_recovery`]).
+pub const RECOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
 sol! {
     function DOMAIN_SEPARATOR() external view returns (bytes32);
@@ -1011,10 +1013,63 @@ impl LocalFacilitator {
         &self,
         received_abandoned_after: Duration,
     ) -> Result<Vec<Recovered>, LedgerError> {
+        self.recover_rows(received_abandoned_after, None).await
+    }
+
+    /// Recovers again every `every`, for as long as the process runs, in a task of its own:
+    /// what a crash (of this process or of another sharing the ledger) left behind is finished
+    /// without waiting for the next restart. Each pass is [`LocalFacilitator::recover_with`]
+    /// `received_abandoned_after`, limited to `submitted` rows untouched for that long too, so
+    /// settlements this process is still confirming (at most [`SETTLE_RECEIPT_TIMEOUT`] plus the
+    /// confirmation depth) are left to it. Like recovery at startup, it never broadcasts.
+    pub fn spawn_recovery(
+        &self,
+        every: Duration,
+        received_abandoned_after: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is immediate: startup recovery has just run.
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                match this
+                    .recover_rows(received_abandoned_after, Some(received_abandoned_after))
+                    .await
+                {
+                    Ok(recovered) => {
+                        let finished = recovered
+                            .iter()
+                            .filter(|r| !matches!(r.outcome, RecoveryOutcome::Pending { .. }))
+                            .count();
+                        if finished > 0 {
+                            tracing::info!(finished, "background recovery finished settlements");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "background recovery could not read the ledger; trying again later")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Recovery over `received` claims older than `received_abandoned_after` and the `submitted`
+    /// rows (all of them, or those untouched for `submitted_idle_for`).
+    async fn recover_rows(
+        &self,
+        received_abandoned_after: Duration,
+        submitted_idle_for: Option<Duration>,
+    ) -> Result<Vec<Recovered>, LedgerError> {
         let network = self.network().caip2();
         let mut recovered = Vec::new();
         let age_ms = i64::try_from(received_abandoned_after.as_millis()).unwrap_or(i64::MAX);
         let cutoff_ms = now_ms().saturating_sub(age_ms);
+        let idle_cutoff_ms = submitted_idle_for.map(|idle| {
+            now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX))
+        });
         for record in self.ledger.received_before(cutoff_ms).await? {
             if record.key.network() != network {
                 continue;
@@ -1028,7 +1083,9 @@ impl LocalFacilitator {
             });
         }
         for record in self.ledger.unfinished().await? {
-            if record.key.network() != network {
+            if record.key.network() != network
+                || idle_cutoff_ms.is_some_and(|cutoff| record.updated_at_ms > cutoff)
+            {
                 continue;
             }
             let outcome = self.recover_one(&record).await;

@@ -398,6 +398,113 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     assert_eq!(h.balance(h.pay_to).await, U256::from(4 * PRICE));
 }
 
+/// A running facilitator recovers in the background: a claim a crashed process abandoned is
+/// released (and the payer's retry settles) and a broadcast it never saw mined is finished,
+/// without a restart; rows younger than the idle limit (live work) are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_recovery_finishes_what_a_crash_left_without_a_restart() {
+    let chain = chain().await;
+    let h = scenarios::harness(chain.clone()).await;
+    let database = TempSqlite::new();
+    let key = funded_key(&chain).await;
+    let ledger = open(&database.url()).await;
+    let evm: Arc<dyn EvmChain> = chain.clone();
+    let account = Account::new(evm.clone(), key.clone());
+
+    // The crashed process: claimed one payment and died; broadcast another and died.
+    let abandoned_request = signed_request(&h).await;
+    let abandoned = ledger_key(&h, &abandoned_request);
+    ledger
+        .claim(
+            &abandoned,
+            &payment_fingerprint(&abandoned_request).to_string(),
+        )
+        .await
+        .unwrap();
+    let mined_request = signed_request(&h).await;
+    let exact =
+        bursar_protocol::exact_evm::ExactEvmPayload::from_value(&mined_request.payload.payload)
+            .unwrap();
+    let hash = h
+        .fixture
+        .token
+        .submit_transfer_with_authorization(
+            &account,
+            &exact.authorization,
+            &exact.signature,
+            Some(bursar_facilitator::SETTLE_GAS_LIMIT),
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_for_receipt(evm.as_ref(), hash, std::time::Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success
+    );
+    let mined = ledger_key(&h, &mined_request);
+    let pending = SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(h.fixture.payer.address().to_checksum(None)),
+        transaction: hash.to_string(),
+        network: format!("eip155:{}", h.chain_id()),
+    };
+    record_submitted(
+        &*ledger,
+        &mined,
+        &payment_fingerprint(&mined_request).to_string(),
+        hash,
+        u64::try_from(exact.authorization.valid_before).unwrap(),
+        &pending,
+    )
+    .await;
+
+    let running = facilitator(&chain, &key, ledger.clone());
+    // Idle limit of a day: nothing here is old enough, so passes leave both rows.
+    let patient = running.spawn_recovery(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_secs(86_400),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    patient.abort();
+    assert_eq!(
+        ledger.get(&abandoned).await.unwrap().unwrap().state,
+        SettlementState::Received
+    );
+    assert_eq!(
+        ledger.get(&mined).await.unwrap().unwrap().state,
+        SettlementState::Submitted
+    );
+
+    // Idle limit of 50 ms: once the rows are that old, a pass finishes them.
+    let task = running.spawn_recovery(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(50),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let released = ledger.get(&abandoned).await.unwrap().is_none();
+        let confirmed =
+            ledger.get(&mined).await.unwrap().unwrap().state == SettlementState::Confirmed;
+        if released && confirmed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background recovery did not finish: released {released}, confirmed {confirmed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    task.abort();
+    // The mined one answers duplicates with its transaction; the released one settles now.
+    assert_eq!(running.settle(&mined_request).await, pending);
+    let retried = running.settle(&abandoned_request).await;
+    assert!(retried.success, "{retried:?}");
+    assert_eq!(h.balance(h.pay_to).await, U256::from(2 * PRICE));
+}
+
 async fn record_submitted(
     ledger: &dyn SettlementLedger,
     key: &LedgerKey,
