@@ -341,6 +341,43 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Finishes, at most `limit` at a time, the compensation records whose transfer the chain
+    /// has decided since they were written (the resolver posted or voided it): a `cancelling` or
+    /// `cancel_failed` record becomes `cancelled`, `refund_claim` or `nothing_spent`, with its
+    /// ledger entry and trace row, without anyone marking the failure again. Records whose
+    /// transfer is still pending are left as they are (no cancel is sent from here; marking the
+    /// failure again retries one). Returns how many were finished.
+    pub async fn finish_compensations(&self, limit: usize) -> Result<usize, RuntimeError> {
+        let records = self
+            .store()
+            .compensation_store()
+            .unfinished_compensations(limit)
+            .await?;
+        let mut finished = 0;
+        let mut account = None;
+        for record in records {
+            let Some(transfer) = self.store().transfer(&record.transfer_id).await? else {
+                continue;
+            };
+            if transfer.state == TransferState::Pending {
+                continue;
+            }
+            let session = self.session(&record.session_id).await?;
+            let failure = Failure {
+                step: record.step.clone(),
+                reason: record.reason.clone(),
+                requested_by: record.requested_by.clone(),
+            };
+            let done = self
+                .compensate(&session, transfer, &failure, &record.reason, &mut account)
+                .await?;
+            if done.outcome.is_final() {
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
     /// A record with its transfer and evidence.
     pub async fn compensation_view(
         &self,

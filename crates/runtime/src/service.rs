@@ -1434,6 +1434,12 @@ impl Runtime {
                 }
             }
         }
+        // Compensations waiting on the chain's decision (made in this pass or elsewhere) finish.
+        match self.finish_compensations(RESOLVE_BATCH_MAX).await {
+            Ok(0) => {}
+            Ok(finished) => tracing::info!(finished, "compensations finished"),
+            Err(error) => tracing::warn!(%error, "could not finish compensations"),
+        }
         Ok((posted, voided))
     }
 

@@ -523,6 +523,78 @@ pub async fn cancel_without_gas_fails_then_retries(store_url: &str) {
     .expect("the case finishes in time");
 }
 
+/// A compensation left `cancel_failed` (no gas) finishes by itself once the chain decides: the
+/// seller settles the kept authorization, the resolver posts the transfer, and the same pass turns
+/// the record into a refund claim with its ledger entry, without the failure being marked again.
+pub async fn unfinished_compensation_finishes_when_the_chain_decides(store_url: &str) {
+    tokio::time::timeout(CASE_TIMEOUT, async {
+        let network = network().await;
+        let rt = runtime(&network, store_url).await;
+        let (seller, payee, kept) = hostile_seller(&network).await;
+        let agent = agent(&rt, &network, "decided", false).await;
+        let (status, fetched) = agent
+            .fetch(&rt, &format!("{seller}/broken"), "render")
+            .await;
+        assert_eq!(status, 200, "{fetched}");
+        let transfer_id = fetched["payment"]["transferId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (status, marked) = agent
+            .fail(
+                &rt,
+                json!({"step": "render", "reason": "500 after payment"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{marked}");
+        assert_eq!(marked["compensations"][0]["outcome"], "cancel_failed");
+        // Nothing to finish while the transfer is pending.
+        assert_eq!(rt.runtime.finish_compensations(100).await.unwrap(), 0);
+
+        let chain: Arc<dyn DevChain> = network.chain.clone();
+        let settler = testkit::funded_account(&chain).await;
+        let payload = kept.lock().unwrap()[0].clone();
+        let hash = network
+            .token
+            .submit_transfer_with_authorization(
+                &settler,
+                &payload.authorization,
+                &payload.signature,
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(testkit::mined(network.chain.as_ref(), hash).await.success);
+
+        assert_eq!(rt.runtime.resolve_pending().await.unwrap(), (1, 0));
+        let records = rt
+            .runtime
+            .compensations(Some(&agent.session))
+            .await
+            .unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].record.outcome.as_str(),
+            "refund_claim",
+            "{:?}",
+            records[0].record
+        );
+        assert_eq!(
+            balance(&network, agent.address).await,
+            START_BALANCE - PRICE
+        );
+        assert_eq!(balance(&network, payee).await, PRICE);
+        assert_eq!(
+            entry_kinds(&rt, &transfer_id).await,
+            vec![EntryKind::Reserve, EntryKind::Post, EntryKind::Compensate]
+        );
+        // Finished records are not looked at again.
+        assert_eq!(rt.runtime.finish_compensations(100).await.unwrap(), 0);
+    })
+    .await
+    .expect("the case finishes in time");
+}
+
 /// The seller settles the kept authorization on chain (without telling anyone) before the
 /// failure is marked: the settlement won, so the transfer posts and the record is a refund claim;
 /// no cancel is sent and the money moved by exactly the price, once.
@@ -773,6 +845,7 @@ on_both_databases!(
     settled_payment_becomes_a_refund_claim,
     cancel_without_gas_fails_then_retries,
     late_settlement_wins_over_the_cancel,
+    unfinished_compensation_finishes_when_the_chain_decides,
     concurrent_markings_cancel_once,
     proxied_step_is_compensated,
     gas_account_pays_for_the_cancel,

@@ -200,6 +200,12 @@ pub trait CompensationStore: Send + Sync + 'static {
         &self,
         session_id: Option<&str>,
     ) -> Result<Vec<CompensationRecord>, StoreError>;
+
+    /// Records not final yet (`cancelling`, `cancel_failed`), oldest first, at most `limit`.
+    async fn unfinished_compensations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<CompensationRecord>, StoreError>;
 }
 
 const COMPENSATION_COLUMNS: &str = "id, transfer_id, session_id, step, reason, requested_by, \
@@ -557,6 +563,24 @@ macro_rules! compensation_store_impl {
                      ORDER BY created_at_ms, id LIMIT {LIST_ROWS_MAX}"
                 )))
                 .bind(session_id)
+                .fetch_all(pool)
+                .await?;
+                rows.iter().map(compensation_from_row).collect()
+            }
+
+            async fn unfinished_compensations(
+                &self,
+                limit: usize,
+            ) -> Result<Vec<CompensationRecord>, StoreError> {
+                let pool = self.ready().await?;
+                let limit = limit.min(LIST_ROWS_MAX);
+                let rows = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {COMPENSATION_COLUMNS} FROM compensations \
+                     WHERE outcome IN ('{}', '{}') \
+                     ORDER BY updated_at_ms, id LIMIT {limit}",
+                    CompensationOutcome::Cancelling.as_str(),
+                    CompensationOutcome::CancelFailed.as_str(),
+                )))
                 .fetch_all(pool)
                 .await?;
                 rows.iter().map(compensation_from_row).collect()

@@ -64,6 +64,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "compensation",
         include_str!("../migrations/sqlite/0009_compensation.sql"),
     ),
+    (
+        10,
+        "unfinished compensations",
+        include_str!("../migrations/sqlite/0010_unfinished_compensations.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -110,6 +115,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "compensation",
         include_str!("../migrations/postgres/0009_compensation.sql"),
+    ),
+    (
+        10,
+        "unfinished compensations",
+        include_str!("../migrations/postgres/0010_unfinished_compensations.sql"),
     ),
 ];
 
