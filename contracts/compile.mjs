@@ -20,6 +20,7 @@ const ARTIFACTS = join(ROOT, "artifacts");
 const CONTRACTS = [
   { source: "src/BursarUSD.sol", name: "BursarUSD" },
   { source: "src/BursarBatchSettler.sol", name: "BursarBatchSettler" },
+  { source: "src/BursarAuthorizationReader.sol", name: "BursarAuthorizationReader" },
 ];
 
 /** Compiler settings. Also recorded in every artifact. */

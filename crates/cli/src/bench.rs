@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// `bursar facilitator --batch-simulate`), to compare.
     #[arg(long)]
     pub batch_simulate: bool,
+    /// Settle benchmark: read each payment's balance and nonce state with calls of its own
+    /// instead of grouped reads (as `bursar facilitator` does with the embedded chain), to compare.
+    #[arg(long)]
+    pub single_reads: bool,
 }
 
 /// The most connections the load generator opens.

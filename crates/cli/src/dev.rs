@@ -518,6 +518,8 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
             assets,
             batch,
             confirmations: args.confirmations,
+            // Against a node, one eth_call answers many payments' balance and nonce reads.
+            group_reads: args.rpc_url.is_some(),
         },
         ledger,
     );

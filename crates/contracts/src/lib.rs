@@ -20,6 +20,8 @@
 //!
 //! - [`batch`]: BursarBatchSettler, which settles many authorizations in one transaction with
 //!   per-item failure isolation: bindings, calldata, deployment code and receipt decoding.
+//! - [`reader`]: BursarAuthorizationReader, which reads many payers' balances and nonce states in
+//!   one `eth_call` without being deployed.
 //!
 //! Nothing here performs I/O.
 
@@ -27,6 +29,7 @@ pub mod artifact;
 pub mod batch;
 pub mod bindings;
 mod calls;
+pub mod reader;
 
 pub use artifact::{
     ARTIFACT_JSON, Artifact, CompilerInfo, MAX_NAME_BYTES, artifact, token_creation_code,
@@ -44,4 +47,8 @@ pub use calls::{
     decode_eip712_domain, decode_revert, describe_revert, ecrecover_compatible_signature,
     eip712_domain_call, mint_call, receive_authorization_signing_hash,
     receive_with_authorization_call, revert_reason, token_domain, transfer_with_authorization_call,
+};
+pub use reader::{
+    AUTHORIZATION_READER_ARTIFACT_JSON, AuthorizationRead, AuthorizationReading, READER_ITEMS_MAX,
+    authorization_reader_artifact, authorization_reads_call, decode_authorization_reads,
 };

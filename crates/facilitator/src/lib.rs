@@ -115,6 +115,7 @@ pub mod batch;
 mod hooks;
 pub mod limit;
 pub mod metrics;
+pub mod reads;
 mod server;
 mod service;
 

@@ -63,6 +63,10 @@ pub struct FacilitatorConfig {
     /// Blocks (the transaction's own included) a settlement must be under before it is answered
     /// confirmed; 0 and 1 both mean "mined". At most [`batch::CONFIRMATIONS_MAX`].
     pub confirmations: u64,
+    /// Read payers' balances and nonce states for many payments in one `eth_call` (see
+    /// [`crate::reads`]) instead of two calls each. Worth it against a JSON-RPC node; the embedded
+    /// chain answers single reads in microseconds.
+    pub group_reads: bool,
 }
 
 /// One authorization, as the token identifies it.
@@ -117,6 +121,8 @@ pub struct Inner {
     batcher: Option<Batcher>,
     /// Every sender account (the first is `sender`).
     senders: Vec<Arc<Account>>,
+    /// Grouped chain reads, when configured.
+    reads: Option<crate::reads::ReadGroup>,
 }
 
 impl std::fmt::Debug for LocalFacilitator {
@@ -197,8 +203,12 @@ impl LocalFacilitator {
                 metrics.clone(),
             )
         });
+        let reads = config
+            .group_reads
+            .then(|| crate::reads::ReadGroup::start(chain.clone()));
         LocalFacilitator {
             inner: Arc::new(Inner {
+                reads,
                 chain,
                 sender: senders[0].clone(),
                 config,
@@ -344,11 +354,26 @@ impl LocalFacilitator {
             message: format!("could not read the chain: {error}"),
             payer: Some(payer),
         };
-        let (separator, used, balance) = tokio::join!(
-            self.domain_separator(checked.token),
-            token.authorization_state(payer, authorization.nonce),
-            token.balance_of(payer),
-        );
+        let (separator, used, balance) = match &self.reads {
+            Some(reads) => {
+                let (separator, reading) = tokio::join!(
+                    self.domain_separator(checked.token),
+                    reads.read(checked.token, payer, authorization.nonce),
+                );
+                let (balance, used) = match reading {
+                    Ok((balance, used)) => (Ok(balance), Ok(used)),
+                    Err(error) => (Err(error.clone()), Err(error)),
+                };
+                (separator, used, balance)
+            }
+            None => {
+                tokio::join!(
+                    self.domain_separator(checked.token),
+                    token.authorization_state(payer, authorization.nonce),
+                    token.balance_of(payer),
+                )
+            }
+        };
         if let Some(on_chain) = separator.map_err(chain_failure)? {
             let (name, version) = request
                 .requirements

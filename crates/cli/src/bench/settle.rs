@@ -314,6 +314,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
             assets: Some(vec![token.address()]),
             batch,
             confirmations: 1,
+            group_reads: !args.single_reads,
         },
         Arc::new(bursar_store::SqliteLedger::memory()),
     );
