@@ -652,3 +652,114 @@ fn runtime_session_pays_and_survives_sigkill_mid_payment() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("max_per_call"));
 }
+
+/// The compensation commands against `bursar dev`: a payment made with `bursar pay --session
+/// --step`, then `bursar session fail --step` with the agent's own token: the settled payment
+/// becomes a refund claim carrying its evidence and settlement, `bursar compensation list` shows
+/// it, an unknown step is refused with a non-zero exit, and the money moved exactly once.
+#[test]
+fn compensation_commands_turn_a_failed_step_into_a_refund_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let buyer = dev.buyer();
+    let start_balance = dev.balance(&buyer);
+    let (status, grant) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/grants",
+        &key,
+        Some(serde_json::json!({"walletId": "demo", "agent": "summarizer"})),
+    );
+    assert_eq!(status, 201, "{grant}");
+    let (status, session) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/sessions",
+        &key,
+        Some(
+            serde_json::json!({"grantId": grant["id"], "maxSpendAmount": "0.10", "currency": "USDC"}),
+        ),
+    );
+    assert_eq!(status, 201, "{session}");
+    let session_id = session["id"].as_str().unwrap().to_string();
+    let token = session["token"].as_str().unwrap().to_string();
+
+    let weather = dev.api("/weather");
+    let paid = dev.bursar(&["pay", &weather, "--session", &token, "--step", "forecast"]);
+    assert!(
+        paid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paid.stderr)
+    );
+    assert_eq!(dev.balance(&buyer), start_balance - WEATHER_PRICE);
+
+    let failed = dev.bursar(&[
+        "session",
+        "fail",
+        &session_id,
+        "--step",
+        "forecast",
+        "--reason",
+        "the forecast was for the wrong city",
+        "--token",
+        &token,
+    ]);
+    assert!(
+        failed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let marked: Value = serde_json::from_slice(&failed.stdout).unwrap();
+    let record = &marked["compensations"][0];
+    assert_eq!(record["outcome"], "refund_claim", "{marked}");
+    assert_eq!(record["requestedBy"], "agent", "{record}");
+    assert_eq!(record["transfer"]["state"], "posted", "{record}");
+    assert!(
+        record["settleTxHash"]
+            .as_str()
+            .is_some_and(|tx| tx.len() == 66),
+        "{record}"
+    );
+    assert!(
+        record["evidence"]["request"]["url"]
+            .as_str()
+            .is_some_and(|url| url.ends_with("/weather")),
+        "{record}"
+    );
+    assert_eq!(record["evidence"]["response"]["status"], 200, "{record}");
+
+    let listed = dev.bursar(&["compensation", "list", "--session", &session_id]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        listed["compensations"].as_array().unwrap().len(),
+        1,
+        "{listed}"
+    );
+    assert_eq!(listed["compensations"][0]["id"], record["id"]);
+
+    let unknown = dev.bursar(&[
+        "session",
+        "fail",
+        &session_id,
+        "--step",
+        "nope",
+        "--reason",
+        "x",
+        "--token",
+        &token,
+    ]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("nope"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+    // A refund claim moves nothing by itself: the price left once.
+    assert_eq!(dev.balance(&buyer), start_balance - WEATHER_PRICE);
+}
