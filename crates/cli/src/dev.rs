@@ -155,7 +155,8 @@ async fn open_ledger(
         .context("cannot open the settlement ledger")
 }
 
-/// Finishes settlements left broadcast but unconfirmed by an earlier run, and says what it did.
+/// Finishes settlements left broadcast but unconfirmed by an earlier run, says what it did, and
+/// keeps recovering in the background while the process runs.
 async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
     let recovered = facilitator
         .recover()
@@ -175,7 +176,27 @@ async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
             settlement.tx_hash
         );
     }
+    facilitator.spawn_recovery(
+        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
+        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
+    );
     Ok(())
+}
+
+/// Deploys a BursarBatchSettler on the dev chain from `account`.
+async fn deploy_batch_settler(account: &Account) -> Result<Address> {
+    account
+        .deploy(bursar_facilitator::batch::batch_settler_creation_code())
+        .await
+        .context("cannot deploy the batch settler on the dev chain")
+}
+
+/// How settlement is batched, for the startup banner.
+fn describe_batching(config: &bursar_facilitator::BatchConfig) -> String {
+    format!(
+        "batches of up to {} through {} (wait {:?})",
+        config.items_max, config.settler, config.wait_max
+    )
 }
 
 /// Serves a router until Ctrl-C or SIGTERM.
@@ -221,20 +242,13 @@ pub async fn run(args: DevArgs) -> Result<()> {
     let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
     let sender = Account::new(network.chain.clone(), network.keys.facilitator.clone());
     let batch = if args.batch {
-        let settler = sender
-            .deploy(bursar_facilitator::batch::batch_settler_creation_code())
-            .await
-            .context("cannot deploy the batch settler on the dev chain")?;
-        Some(bursar_facilitator::BatchConfig::new(settler))
+        Some(bursar_facilitator::BatchConfig::new(
+            deploy_batch_settler(&sender).await?,
+        ))
     } else {
         None
     };
-    let batching = batch.as_ref().map(|config| {
-        format!(
-            "batches of up to {} through {} (wait {:?})",
-            config.items_max, config.settler, config.wait_max
-        )
-    });
+    let batching = batch.as_ref().map(describe_batching);
     let facilitator = LocalFacilitator::with_ledger(
         evm,
         sender,
@@ -246,10 +260,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
         ledger,
     );
     recover(&facilitator).await?;
-    facilitator.spawn_recovery(
-        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
-        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
-    );
 
     let facilitator_listener = bind(
         SocketAddr::new(args.host, args.facilitator_port),
@@ -505,12 +515,9 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         keys,
         limiter,
     };
-    let batching = batch.as_ref().map(|b| {
-        format!(
-            "batches of up to {} through {} (wait {:?}), ",
-            b.items_max, b.settler, b.wait_max
-        )
-    });
+    let batching = batch
+        .as_ref()
+        .map(|config| format!("{}, ", describe_batching(config)));
     let facilitator = LocalFacilitator::with_senders(
         chain.clone(),
         senders,
@@ -524,10 +531,6 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         ledger,
     );
     recover(&facilitator).await?;
-    facilitator.spawn_recovery(
-        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
-        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
-    );
     let listener = bind(args.listen, "facilitator").await?;
     println!(
         "settlement: {}{} sender account(s), {} confirmation(s)",
@@ -639,10 +642,7 @@ async fn settlement_senders(
     }
     let settler = match (args.batch_contract, dev_chain) {
         (Some(address), _) => address,
-        (None, Some(_)) => senders[0]
-            .deploy(bursar_facilitator::batch::batch_settler_creation_code())
-            .await
-            .context("cannot deploy the batch settler on the dev chain")?,
+        (None, Some(_)) => deploy_batch_settler(&senders[0]).await?,
         (None, None) => anyhow::bail!(
             "--batch with --rpc-url needs --batch-contract (a deployed BursarBatchSettler)"
         ),
