@@ -501,6 +501,33 @@ fn runtime_call(
     (status, response.json().expect("JSON"))
 }
 
+/// A grant on the demo wallet for `agent` and a session under it with `max` USDC, opened by the
+/// operator over the dev runtime's API: the session's id and token.
+fn open_session(dev: &Dev, operator_key: &str, agent: &str, max: &str) -> (String, String) {
+    let (status, grant) = runtime_call(
+        dev,
+        reqwest::Method::POST,
+        "/v1/grants",
+        operator_key,
+        Some(serde_json::json!({"walletId": "demo", "agent": agent})),
+    );
+    assert_eq!(status, 201, "{grant}");
+    let (status, session) = runtime_call(
+        dev,
+        reqwest::Method::POST,
+        "/v1/sessions",
+        operator_key,
+        Some(
+            serde_json::json!({"grantId": grant["id"], "maxSpendAmount": max, "currency": "USDC"}),
+        ),
+    );
+    assert_eq!(status, 201, "{session}");
+    (
+        session["id"].as_str().unwrap().to_string(),
+        session["token"].as_str().unwrap().to_string(),
+    )
+}
+
 /// The runtime inside `bursar dev`: an operator grants and opens a session over the API, the
 /// agent pays with `bursar pay --session`; then the process is SIGKILLed in the middle of
 /// concurrent payments and restarted: no reservation is lost, nothing is paid twice (the chain's
@@ -513,26 +540,7 @@ fn runtime_session_pays_and_survives_sigkill_mid_payment() {
     let buyer = dev.buyer();
     let start_balance = dev.balance(&buyer);
 
-    let (status, grant) = runtime_call(
-        &dev,
-        reqwest::Method::POST,
-        "/v1/grants",
-        &key,
-        Some(serde_json::json!({"walletId": "demo", "agent": "crawler"})),
-    );
-    assert_eq!(status, 201, "{grant}");
-    let (status, session) = runtime_call(
-        &dev,
-        reqwest::Method::POST,
-        "/v1/sessions",
-        &key,
-        Some(
-            serde_json::json!({"grantId": grant["id"], "maxSpendAmount": "0.30", "currency": "USDC"}),
-        ),
-    );
-    assert_eq!(status, 201, "{session}");
-    let session_id = session["id"].as_str().unwrap().to_string();
-    let token = session["token"].as_str().unwrap().to_string();
+    let (session_id, token) = open_session(&dev, &key, "crawler", "0.30");
 
     let weather = dev.api("/weather");
     let output = dev.bursar(&["pay", &weather, "--session", &token]);
@@ -664,26 +672,7 @@ fn compensation_commands_turn_a_failed_step_into_a_refund_claim() {
     let key = dev.info["operatorKey"].as_str().unwrap().to_string();
     let buyer = dev.buyer();
     let start_balance = dev.balance(&buyer);
-    let (status, grant) = runtime_call(
-        &dev,
-        reqwest::Method::POST,
-        "/v1/grants",
-        &key,
-        Some(serde_json::json!({"walletId": "demo", "agent": "summarizer"})),
-    );
-    assert_eq!(status, 201, "{grant}");
-    let (status, session) = runtime_call(
-        &dev,
-        reqwest::Method::POST,
-        "/v1/sessions",
-        &key,
-        Some(
-            serde_json::json!({"grantId": grant["id"], "maxSpendAmount": "0.10", "currency": "USDC"}),
-        ),
-    );
-    assert_eq!(status, 201, "{session}");
-    let session_id = session["id"].as_str().unwrap().to_string();
-    let token = session["token"].as_str().unwrap().to_string();
+    let (session_id, token) = open_session(&dev, &key, "summarizer", "0.10");
 
     let weather = dev.api("/weather");
     let paid = dev.bursar(&["pay", &weather, "--session", &token, "--step", "forecast"]);

@@ -207,45 +207,12 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     let network = format!("eip155:{}", h.chain_id());
 
     // Mined: the "crashed" facilitator sent the transaction and recorded it, then died.
-    let request = signed_request(&h).await;
-    let exact =
-        bursar_protocol::exact_evm::ExactEvmPayload::from_value(&request.payload.payload).unwrap();
-    let hash = h
-        .fixture
-        .token
-        .submit_transfer_with_authorization(
-            &account,
-            &exact.authorization,
-            &exact.signature,
-            Some(bursar_facilitator::SETTLE_GAS_LIMIT),
-        )
-        .await
-        .unwrap();
-    assert!(
-        wait_for_receipt(evm.as_ref(), hash, std::time::Duration::from_secs(10))
-            .await
-            .unwrap()
-            .success
-    );
-    let mined_key = ledger_key(&h, &request);
-    let pending = SettleResponse {
-        success: true,
-        error_reason: None,
-        error_message: None,
-        payer: Some(h.fixture.payer.address().to_checksum(None)),
-        transaction: hash.to_string(),
-        network: network.clone(),
-    };
-    let valid_before = u64::try_from(exact.authorization.valid_before).unwrap();
-    record_submitted(
-        &*ledger,
-        &mined_key,
-        &payment_fingerprint(&request).to_string(),
-        hash,
+    let Broadcast {
+        request,
+        key: mined_key,
+        pending,
         valid_before,
-        &pending,
-    )
-    .await;
+    } = broadcast_then_crashed(&h, &*ledger, &account).await;
 
     // Never mined, but the authorization is used: a second payment, settled by a facilitator
     // with another ledger, recorded here with a transaction that never existed.
@@ -421,45 +388,12 @@ async fn background_recovery_finishes_what_a_crash_left_without_a_restart() {
         )
         .await
         .unwrap();
-    let mined_request = signed_request(&h).await;
-    let exact =
-        bursar_protocol::exact_evm::ExactEvmPayload::from_value(&mined_request.payload.payload)
-            .unwrap();
-    let hash = h
-        .fixture
-        .token
-        .submit_transfer_with_authorization(
-            &account,
-            &exact.authorization,
-            &exact.signature,
-            Some(bursar_facilitator::SETTLE_GAS_LIMIT),
-        )
-        .await
-        .unwrap();
-    assert!(
-        wait_for_receipt(evm.as_ref(), hash, std::time::Duration::from_secs(10))
-            .await
-            .unwrap()
-            .success
-    );
-    let mined = ledger_key(&h, &mined_request);
-    let pending = SettleResponse {
-        success: true,
-        error_reason: None,
-        error_message: None,
-        payer: Some(h.fixture.payer.address().to_checksum(None)),
-        transaction: hash.to_string(),
-        network: format!("eip155:{}", h.chain_id()),
-    };
-    record_submitted(
-        &*ledger,
-        &mined,
-        &payment_fingerprint(&mined_request).to_string(),
-        hash,
-        u64::try_from(exact.authorization.valid_before).unwrap(),
-        &pending,
-    )
-    .await;
+    let Broadcast {
+        request: mined_request,
+        key: mined,
+        pending,
+        ..
+    } = broadcast_then_crashed(&h, &*ledger, &account).await;
 
     let running = facilitator(&chain, &key, ledger.clone());
     // Idle limit of a day: nothing here is old enough, so passes leave both rows.
@@ -503,6 +437,74 @@ async fn background_recovery_finishes_what_a_crash_left_without_a_restart() {
     let retried = running.settle(&abandoned_request).await;
     assert!(retried.success, "{retried:?}");
     assert_eq!(h.balance(h.pay_to).await, U256::from(2 * PRICE));
+}
+
+/// A payment a facilitator sent on chain and recorded `submitted` before it crashed.
+struct Broadcast {
+    request: FacilitatorRequest,
+    key: LedgerKey,
+    /// What a live settle answers for it.
+    pending: SettleResponse,
+    valid_before: u64,
+}
+
+/// Signs a payment, settles it on chain from `account` (mined) and records it `submitted` in
+/// `ledger` with that transaction, as a facilitator that crashed right after broadcasting leaves
+/// it.
+async fn broadcast_then_crashed(
+    h: &Harness,
+    ledger: &dyn SettlementLedger,
+    account: &Account,
+) -> Broadcast {
+    let request = signed_request(h).await;
+    let exact =
+        bursar_protocol::exact_evm::ExactEvmPayload::from_value(&request.payload.payload).unwrap();
+    let hash = h
+        .fixture
+        .token
+        .submit_transfer_with_authorization(
+            account,
+            &exact.authorization,
+            &exact.signature,
+            Some(bursar_facilitator::SETTLE_GAS_LIMIT),
+        )
+        .await
+        .unwrap();
+    assert!(
+        wait_for_receipt(
+            account.chain().as_ref(),
+            hash,
+            std::time::Duration::from_secs(10)
+        )
+        .await
+        .unwrap()
+        .success
+    );
+    let key = ledger_key(h, &request);
+    let pending = SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(h.fixture.payer.address().to_checksum(None)),
+        transaction: hash.to_string(),
+        network: format!("eip155:{}", h.chain_id()),
+    };
+    let valid_before = u64::try_from(exact.authorization.valid_before).unwrap();
+    record_submitted(
+        ledger,
+        &key,
+        &payment_fingerprint(&request).to_string(),
+        hash,
+        valid_before,
+        &pending,
+    )
+    .await;
+    Broadcast {
+        request,
+        key,
+        pending,
+        valid_before,
+    }
 }
 
 async fn record_submitted(

@@ -158,6 +158,43 @@ async fn balance(network: &Network_, address: Address) -> u64 {
     u64::try_from(network.balance(address).await).unwrap()
 }
 
+/// The transfer a fetch's payment reserved.
+fn transfer_id_of(fetched: &Value) -> String {
+    fetched["payment"]["transferId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `bursar ledger reconcile` finds no difference between the ledger and the chain; its report.
+async fn assert_reconciled(rt: &RuntimeUnderTest) -> bursar_runtime::reconcile::Report {
+    let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.differences);
+    report
+}
+
+/// The hostile seller submits the first authorization it kept, on chain, from an account of its
+/// own (the transaction's hash, or the node's refusal).
+async fn seller_settles_kept(
+    network: &Network_,
+    kept: &Kept,
+) -> Result<B256, bursar_chain::ChainError> {
+    let chain: Arc<dyn DevChain> = network.chain.clone();
+    let settler = testkit::funded_account(&chain).await;
+    let payload = kept.lock().unwrap()[0].clone();
+    network
+        .token
+        .submit_transfer_with_authorization(
+            &settler,
+            &payload.authorization,
+            &payload.signature,
+            None,
+        )
+        .await
+}
+
 /// The acceptance case: a failed step whose unsettled authorization is cancelled on chain
 /// (balances unchanged, reservation voided).
 pub async fn unsettled_authorization_is_cancelled_on_chain(store_url: &str) {
@@ -171,10 +208,7 @@ pub async fn unsettled_authorization_is_cancelled_on_chain(store_url: &str) {
         let (status, fetched) = agent.fetch(&rt, &url, "lookup").await;
         assert_eq!(status, 200, "{fetched}");
         assert_eq!(fetched["payment"]["state"], "pending", "{fetched}");
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
         let body = fetched["body"].as_str().unwrap().to_string();
         assert_eq!(
             kept.lock().unwrap().len(),
@@ -314,18 +348,7 @@ pub async fn unsettled_authorization_is_cancelled_on_chain(store_url: &str) {
         );
 
         // The seller tries the stale authorization on chain: refused, nothing moves.
-        let chain: Arc<dyn DevChain> = network.chain.clone();
-        let settler = testkit::funded_account(&chain).await;
-        let stale = kept.lock().unwrap()[0].clone();
-        let submitted = network
-            .token
-            .submit_transfer_with_authorization(
-                &settler,
-                &stale.authorization,
-                &stale.signature,
-                None,
-            )
-            .await;
+        let submitted = seller_settles_kept(&network, &kept).await;
         if let Ok(hash) = submitted {
             let receipt = testkit::mined(network.chain.as_ref(), hash).await;
             assert!(!receipt.success, "the cancelled authorization settled");
@@ -364,10 +387,7 @@ pub async fn unsettled_authorization_is_cancelled_on_chain(store_url: &str) {
         assert_eq!(status, 200);
         assert_eq!(all["compensations"].as_array().unwrap().len(), 1);
 
-        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
-            .await
-            .unwrap();
-        assert!(report.is_clean(), "{:?}", report.differences);
+        let report = assert_reconciled(&rt).await;
         assert_eq!(report.voided_total, Amount::from(PRICE));
     })
     .await
@@ -390,10 +410,7 @@ pub async fn settled_payment_becomes_a_refund_claim(store_url: &str) {
         let (status, fetched) = agent.fetch(&rt, &url, "buy").await;
         assert_eq!(status, 200, "{fetched}");
         assert_eq!(fetched["payment"]["state"], "posted", "{fetched}");
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
         let tx = fetched["payment"]["txHash"].as_str().unwrap().to_string();
 
         let (status, marked) = rt
@@ -440,10 +457,7 @@ pub async fn settled_payment_becomes_a_refund_claim(store_url: &str) {
         assert_eq!(status, 403, "{refused}");
         assert_eq!(refused["error"]["code"], "session_closed");
 
-        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
-            .await
-            .unwrap();
-        assert!(report.is_clean(), "{:?}", report.differences);
+        let report = assert_reconciled(&rt).await;
         assert_eq!(report.posted_total, Amount::from(PRICE));
     })
     .await
@@ -463,10 +477,7 @@ pub async fn cancel_without_gas_fails_then_retries(store_url: &str) {
             .await;
         assert_eq!(status, 200, "{fetched}");
         assert_eq!(fetched["status"], 500);
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
 
         let (status, marked) = agent
             .fail(
@@ -514,10 +525,7 @@ pub async fn cancel_without_gas_fails_then_retries(store_url: &str) {
             entry_kinds(&rt, &transfer_id).await,
             vec![EntryKind::Reserve, EntryKind::Void, EntryKind::Compensate]
         );
-        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
-            .await
-            .unwrap();
-        assert!(report.is_clean(), "{:?}", report.differences);
+        assert_reconciled(&rt).await;
     })
     .await
     .expect("the case finishes in time");
@@ -536,10 +544,7 @@ pub async fn unfinished_compensation_finishes_when_the_chain_decides(store_url: 
             .fetch(&rt, &format!("{seller}/broken"), "render")
             .await;
         assert_eq!(status, 200, "{fetched}");
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
         let (status, marked) = agent
             .fail(
                 &rt,
@@ -551,19 +556,7 @@ pub async fn unfinished_compensation_finishes_when_the_chain_decides(store_url: 
         // Nothing to finish while the transfer is pending.
         assert_eq!(rt.runtime.finish_compensations(100).await.unwrap(), 0);
 
-        let chain: Arc<dyn DevChain> = network.chain.clone();
-        let settler = testkit::funded_account(&chain).await;
-        let payload = kept.lock().unwrap()[0].clone();
-        let hash = network
-            .token
-            .submit_transfer_with_authorization(
-                &settler,
-                &payload.authorization,
-                &payload.signature,
-                None,
-            )
-            .await
-            .unwrap();
+        let hash = seller_settles_kept(&network, &kept).await.unwrap();
         assert!(testkit::mined(network.chain.as_ref(), hash).await.success);
 
         assert_eq!(rt.runtime.resolve_pending().await.unwrap(), (1, 0));
@@ -608,24 +601,9 @@ pub async fn late_settlement_wins_over_the_cancel(store_url: &str) {
             .fetch(&rt, &format!("{seller}/content"), "fetch")
             .await;
         assert_eq!(status, 200, "{fetched}");
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
 
-        let chain: Arc<dyn DevChain> = network.chain.clone();
-        let settler = testkit::funded_account(&chain).await;
-        let payload = kept.lock().unwrap()[0].clone();
-        let hash = network
-            .token
-            .submit_transfer_with_authorization(
-                &settler,
-                &payload.authorization,
-                &payload.signature,
-                None,
-            )
-            .await
-            .unwrap();
+        let hash = seller_settles_kept(&network, &kept).await.unwrap();
         assert!(testkit::mined(network.chain.as_ref(), hash).await.success);
 
         let (status, marked) = agent
@@ -645,10 +623,7 @@ pub async fn late_settlement_wins_over_the_cancel(store_url: &str) {
             entry_kinds(&rt, &transfer_id).await,
             vec![EntryKind::Reserve, EntryKind::Post, EntryKind::Compensate]
         );
-        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
-            .await
-            .unwrap();
-        assert!(report.is_clean(), "{:?}", report.differences);
+        assert_reconciled(&rt).await;
     })
     .await
     .expect("the case finishes in time");
@@ -665,10 +640,7 @@ pub async fn concurrent_markings_cancel_once(store_url: &str) {
             .fetch(&rt, &format!("{seller}/content"), "step-1")
             .await;
         assert_eq!(status, 200, "{fetched}");
-        let transfer_id = fetched["payment"]["transferId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let transfer_id = transfer_id_of(&fetched);
         let body = json!({"step": "step-1", "reason": "both at once"});
         let ((first, a), (second, b)) =
             tokio::join!(agent.fail(&rt, body.clone()), agent.fail(&rt, body.clone()));
@@ -695,10 +667,7 @@ pub async fn concurrent_markings_cancel_once(store_url: &str) {
         );
         assert_eq!(balance(&network, agent.address).await, START_BALANCE);
         assert_eq!(balance(&network, payee).await, 0);
-        let report = bursar_runtime::reconcile::reconcile(&rt.runtime)
-            .await
-            .unwrap();
-        assert!(report.is_clean(), "{:?}", report.differences);
+        assert_reconciled(&rt).await;
     })
     .await
     .expect("the case finishes in time");
@@ -814,10 +783,7 @@ pub async fn evidence_survives_a_restart(store_url: &str) {
             let agent = agent(&before, &network, "restart", true).await;
             let (status, fetched) = agent.fetch(&before, &url, "before-restart").await;
             assert_eq!(status, 200, "{fetched}");
-            let transfer_id = fetched["payment"]["transferId"]
-                .as_str()
-                .unwrap()
-                .to_string();
+            let transfer_id = transfer_id_of(&fetched);
             (agent, transfer_id)
         };
         let after = runtime(&network, store_url).await;
