@@ -1628,8 +1628,19 @@ impl PaymentApproval for Reserve {
                 crate::alerts::after_reservation(runtime, &self.session, policies, &caps, &record)
                     .await;
                 *self.reserved.lock().expect("reservation slot") = Some(*record);
-                *self.published_schema.lock().expect("schema slot") =
-                    bursar_protocol::bazaar::published_output_schema(proposal.required).cloned();
+                // Kept only when some policy validates against it.
+                let wanted = policies.iter().any(|policy| {
+                    policy
+                        .validation
+                        .iter()
+                        .chain(&policy.validators)
+                        .any(|validation| validation.seller_schema)
+                });
+                if wanted {
+                    *self.published_schema.lock().expect("schema slot") =
+                        bursar_protocol::bazaar::published_output_schema(proposal.required)
+                            .cloned();
+                }
                 Ok(())
             }
             Ok(Reservation::Denied { reason, message }) => {
