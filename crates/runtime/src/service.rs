@@ -590,12 +590,8 @@ impl Runtime {
                 format!("session {} is closed", session.id),
             )));
         }
-        if now >= session.expires_at_ms {
-            return Ok(Some((
-                "session_expired".into(),
-                format!("session {} has expired", session.id),
-            )));
-        }
+        // The grant first: a session's expiry is capped at its grant's, so the grant is the
+        // cause when both have passed.
         let grant = self
             .inner
             .store
@@ -614,6 +610,12 @@ impl Runtime {
             return Ok(Some((
                 "grant_expired".into(),
                 format!("grant {} has expired", grant.id),
+            )));
+        }
+        if now >= session.expires_at_ms {
+            return Ok(Some((
+                "session_expired".into(),
+                format!("session {} has expired", session.id),
             )));
         }
         Ok(None)

@@ -1383,12 +1383,14 @@ macro_rules! runtime_store_impl {
                 };
                 let refusal = if session.closed_at_ms.is_some() {
                     Some((DenyReason::SessionClosed, format!("session {} is closed", session.id)))
-                } else if now >= session.expires_at_ms {
-                    Some((DenyReason::SessionExpired, format!("session {} has expired", session.id)))
                 } else if grant.revoked_at_ms.is_some() {
+                    // The grant first: a session's expiry is capped at its grant's, so the
+                    // grant is the cause when both have passed.
                     Some((DenyReason::GrantRevoked, format!("grant {} was revoked", grant.id)))
                 } else if now >= grant.expires_at_ms {
                     Some((DenyReason::GrantExpired, format!("grant {} has expired", grant.id)))
+                } else if now >= session.expires_at_ms {
+                    Some((DenyReason::SessionExpired, format!("session {} has expired", session.id)))
                 } else if transfer.network != session.network || asset != session.asset {
                     Some((
                         DenyReason::CurrencyMismatch,
