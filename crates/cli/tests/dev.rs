@@ -30,9 +30,20 @@ impl Dev {
 
     /// [`Dev::start`] with more arguments.
     fn start_with(data_dir: &Path, extra: &[&str]) -> Dev {
+        Dev::spawn(data_dir, extra, None)
+    }
+
+    /// [`Dev::start`] with the runtime's passphrase given and everything it prints, debug logs
+    /// included, written to `log`.
+    fn start_logged(data_dir: &Path, passphrase: &str, log: &Path) -> Dev {
+        Dev::spawn(data_dir, &[], Some((passphrase, log)))
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], logged: Option<(&str, &Path)>) -> Dev {
         let info_path = data_dir.join("dev.json");
         let _ = std::fs::remove_file(&info_path);
-        let child = Command::new(BURSAR)
+        let mut command = Command::new(BURSAR);
+        command
             .args([
                 "dev",
                 "--facilitator-port",
@@ -44,11 +55,21 @@ impl Dev {
                 "--data-dir",
             ])
             .arg(data_dir)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn bursar dev");
+            .args(extra);
+        match logged {
+            Some((passphrase, log)) => {
+                let file = std::fs::File::create(log).unwrap();
+                command
+                    .env("BURSAR_PASSPHRASE", passphrase)
+                    .env("BURSAR_LOG", "debug")
+                    .stdout(file.try_clone().unwrap())
+                    .stderr(file);
+            }
+            None => {
+                command.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let child = command.spawn().expect("spawn bursar dev");
         let mut dev = Dev {
             child,
             data_dir: data_dir.to_path_buf(),
@@ -751,4 +772,161 @@ fn compensation_commands_turn_a_failed_step_into_a_refund_claim() {
     );
     // A refund claim moves nothing by itself: the price left once.
     assert_eq!(dev.balance(&buyer), start_balance - WEATHER_PRICE);
+}
+
+/// The wallet, grant and session commands against `bursar dev`, keeping every output and the
+/// server's debug log: a keystore v3 file is imported (a wrong passphrase is refused), listed,
+/// funded and exported (it decrypts under the runtime's passphrase to the same key); a grant
+/// (60 minutes by default) and a session on it pay; the kill switch (`grant revoke-all`) stops
+/// the next payment with nothing moving. Nothing printed or logged anywhere contains the private
+/// key or either passphrase.
+#[test]
+fn wallet_grant_and_session_commands_never_reveal_a_key() {
+    use bursar_wallet::{Kdf, Keystore, Passphrase};
+    const RUNTIME_PASSPHRASE: &str = "runtime-passphrase-7f3a9c";
+    const IMPORT_PASSPHRASE: &str = "import-passphrase-51be02";
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("dev.log");
+    let dev = Dev::start_logged(dir.path(), RUNTIME_PASSPHRASE, &log);
+    let signer = PrivateKeySigner::random();
+    let address = signer.address();
+    let key_hex = alloy_primitives::hex::encode(signer.to_bytes());
+    let keystore = Keystore::encrypt(
+        &signer,
+        &Passphrase::new(IMPORT_PASSPHRASE.into()).unwrap(),
+        Kdf::light(),
+    )
+    .unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(path("imported.json"), keystore.to_json()).unwrap();
+    std::fs::write(path("their-passphrase"), IMPORT_PASSPHRASE).unwrap();
+    std::fs::write(path("wrong-passphrase"), "not it").unwrap();
+
+    let mut printed = String::new();
+    let mut run = |args: &[&str]| -> Output {
+        let output = dev.bursar(args);
+        printed.push_str(&String::from_utf8_lossy(&output.stdout));
+        printed.push_str(&String::from_utf8_lossy(&output.stderr));
+        output
+    };
+    let json = |output: &Output| -> Value {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).expect("JSON")
+    };
+
+    let imported = path("imported.json");
+    let output = run(&[
+        "wallet",
+        "import",
+        "--name",
+        "imported",
+        "--keystore",
+        &imported,
+        "--keystore-passphrase-file",
+        &path("wrong-passphrase"),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("passphrase"),
+        "{output:?}"
+    );
+    let wallet = json(&run(&[
+        "wallet",
+        "import",
+        "--name",
+        "imported",
+        "--keystore",
+        &imported,
+        "--keystore-passphrase-file",
+        &path("their-passphrase"),
+    ]));
+    assert_eq!(wallet["address"], address.to_checksum(None));
+    let checksummed = address.to_checksum(None);
+    let listed = run(&["wallet", "list"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.contains("\timported\t") && line.ends_with(&checksummed)),
+        "{listed}"
+    );
+    assert!(listed.contains("\tdemo\t"), "{listed}");
+    assert!(run(&["faucet", &checksummed, "1"]).status.success());
+    let balance = run(&["wallet", "balance", "imported"]);
+    assert_eq!(String::from_utf8_lossy(&balance.stdout).trim(), "1 USDC");
+
+    let exported = path("exported.json");
+    assert!(
+        run(&["wallet", "export", "imported", "--out", &exported])
+            .status
+            .success()
+    );
+    let exported = Keystore::from_json(&std::fs::read_to_string(&exported).unwrap()).unwrap();
+    let decrypted = exported
+        .decrypt(&Passphrase::new(RUNTIME_PASSPHRASE.into()).unwrap())
+        .unwrap();
+    assert_eq!(decrypted.address(), address);
+
+    let grant = json(&run(&[
+        "grant",
+        "create",
+        "--wallet",
+        "imported",
+        "--agent",
+        "cli-agent",
+    ]));
+    let lasts_ms = grant["expiresAtMs"].as_i64().unwrap() - grant["createdAtMs"].as_i64().unwrap();
+    assert!(
+        (3_590_000..=3_600_000).contains(&lasts_ms),
+        "a grant lasts 60 minutes by default: {grant}"
+    );
+    let grant_id = grant["id"].as_str().unwrap();
+    let session = json(&run(&[
+        "session", "create", "--grant", grant_id, "--max", "0.05",
+    ]));
+    let (session_id, token) = (
+        session["id"].as_str().unwrap(),
+        session["token"].as_str().unwrap(),
+    );
+    let weather = dev.api("/weather");
+    let output = run(&["pay", &weather, "--session", token]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(dev.balance(&checksummed), 1_000_000 - WEATHER_PRICE);
+
+    let revoked = json(&run(&["grant", "revoke-all", "--reason", "kill switch"]));
+    assert!(revoked["revoked"].as_u64().unwrap() >= 2, "{revoked}");
+    let output = run(&["pay", &weather, "--session", token]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("grant_revoked"),
+        "{output:?}"
+    );
+    assert_eq!(dev.balance(&checksummed), 1_000_000 - WEATHER_PRICE);
+    let shown = json(&run(&["session", "show", session_id]));
+    assert_eq!(shown["postedAtomic"], WEATHER_PRICE.to_string(), "{shown}");
+    assert_eq!(shown["reservedAtomic"], "0", "{shown}");
+
+    dev.kill();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("payment posted"),
+        "the debug log was captured"
+    );
+    for (what, text) in [("printed", &printed), ("logged", &logged)] {
+        let lower = text.to_ascii_lowercase();
+        assert!(!lower.contains(&key_hex), "the private key was {what}");
+        assert!(
+            !text.contains(RUNTIME_PASSPHRASE),
+            "the runtime passphrase was {what}"
+        );
+        assert!(
+            !text.contains(IMPORT_PASSPHRASE),
+            "the import passphrase was {what}"
+        );
+    }
 }
