@@ -730,12 +730,19 @@ pub async fn session(args: SessionArgs) -> Result<()> {
             .await?
         }
         SessionCommand::Transfers { session } => {
-            api.call(
-                reqwest::Method::GET,
-                &format!("/v1/sessions/{session}/transfers"),
-                None,
-            )
-            .await?
+            // Every page, oldest first.
+            let mut transfers = Vec::new();
+            let mut path = format!("/v1/sessions/{session}/transfers?limit=1000");
+            loop {
+                let page = api.call(reqwest::Method::GET, &path, None).await?;
+                transfers.extend(page["transfers"].as_array().cloned().unwrap_or_default());
+                match page["next"].as_str() {
+                    Some(next) => {
+                        path = format!("/v1/sessions/{session}/transfers?limit=1000&after={next}")
+                    }
+                    None => break json!({ "transfers": transfers }),
+                }
+            }
         }
         SessionCommand::Close { session } => {
             api.call(

@@ -910,6 +910,10 @@ fn wallet_grant_and_session_commands_never_reveal_a_key() {
     let shown = json(&run(&["session", "show", session_id]));
     assert_eq!(shown["postedAtomic"], WEATHER_PRICE.to_string(), "{shown}");
     assert_eq!(shown["reservedAtomic"], "0", "{shown}");
+    let listed = json(&run(&["session", "transfers", session_id]));
+    let transfers = listed["transfers"].as_array().unwrap();
+    assert_eq!(transfers.len(), 1, "{listed}");
+    assert_eq!(transfers[0]["state"], "posted");
 
     dev.kill();
     let logged = std::fs::read_to_string(&log).unwrap();

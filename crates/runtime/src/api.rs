@@ -529,22 +529,56 @@ fn transfer_json(transfer: &TransferRecord) -> Value {
     })
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct TransferPage {
+    /// The last transfer id of the previous page.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
 async fn session_transfers(
     State(runtime): State<Runtime>,
     headers: HeaderMap,
     Path(session): Path<String>,
+    Query(page): Query<TransferPage>,
 ) -> ApiResult {
     operator_or_owner(&runtime, &headers, &session).await?;
     runtime.session(&session).await?;
-    let transfers: Vec<Value> = runtime
-        .store()
-        .transfers(Some(&session))
+    let store = runtime.store();
+    let after = match &page.after {
+        Some(id) => {
+            let transfer = store
+                .transfer(id)
+                .await
+                .map_err(RuntimeError::from)?
+                .filter(|transfer| transfer.session_id == session)
+                .ok_or_else(|| {
+                    RuntimeError::Invalid(format!(
+                        "after: {id} is not a transfer of session {session}"
+                    ))
+                })?;
+            Some((transfer.created_at_ms, transfer.id))
+        }
+        None => None,
+    };
+    let limit = page
+        .limit
+        .unwrap_or(LEDGER_PAGE_MAX)
+        .clamp(1, LEDGER_PAGE_MAX);
+    let transfers = store
+        .transfers_page(
+            Some(&session),
+            after.as_ref().map(|(ms, id)| (*ms, id.as_str())),
+            limit,
+        )
         .await
-        .map_err(RuntimeError::from)?
-        .iter()
-        .map(transfer_json)
-        .collect();
-    Ok(axum::Json(json!({ "transfers": transfers })).into_response())
+        .map_err(RuntimeError::from)?;
+    let next = (transfers.len() == limit)
+        .then(|| transfers.last().map(|transfer| transfer.id.clone()))
+        .flatten();
+    let transfers: Vec<Value> = transfers.iter().map(transfer_json).collect();
+    Ok(axum::Json(json!({ "transfers": transfers, "next": next })).into_response())
 }
 
 #[derive(Deserialize)]

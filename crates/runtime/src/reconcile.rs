@@ -187,8 +187,26 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
         ));
     }
 
-    let sessions = store.sessions(None).await?;
-    report.sessions_checked = sessions.len();
+    // The newest sessions in one listing, then any other session that has transfers.
+    let mut sessions = store.sessions(None).await?;
+    let listed: std::collections::HashSet<String> =
+        sessions.iter().map(|session| session.id.clone()).collect();
+    let mut others: Vec<&String> = session_sums
+        .keys()
+        .filter(|id| !listed.contains(*id))
+        .collect();
+    others.sort();
+    let mut unlisted = Vec::new();
+    for id in others {
+        match store.session(id).await? {
+            Some(session) => unlisted.push(session),
+            None => differences.push(differ(
+                id,
+                "transfers name a session that does not exist".into(),
+            )),
+        }
+    }
+    sessions.extend(unlisted);
     for session in &sessions {
         let (posted, reserved) = session_sums
             .remove(&session.id)

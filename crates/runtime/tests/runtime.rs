@@ -164,6 +164,51 @@ pub async fn concurrent_sessions_never_overspend(store_url: &str) {
     assert_eq!(count(EntryKind::Reserve), 350);
     assert_eq!(count(EntryKind::Post), 350);
     assert_eq!(count(EntryKind::Deny), 150);
+
+    // A session's transfers a page at a time: 3 + 3 + 1, each once, `next` null on the last.
+    let (session, token) = &sessions[0];
+    let mut seen = Vec::new();
+    let mut path = format!("/v1/sessions/{session}/transfers?limit=3");
+    let mut sizes = Vec::new();
+    loop {
+        let (status, page) = rt.call(Method::GET, &path, Some(token), None).await;
+        assert_eq!(status, 200, "{page}");
+        let transfers = page["transfers"].as_array().unwrap();
+        sizes.push(transfers.len());
+        seen.extend(
+            transfers
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_string()),
+        );
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/sessions/{session}/transfers?limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(sizes, [3, 3, 1]);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), PAYABLE_PER_SESSION as usize);
+    let foreign = runtime
+        .store()
+        .transfers(Some(&sessions[1].0))
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let (status, answer) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{session}/transfers?after={foreign}"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 400,
+        "another session's transfer as the cursor: {answer}"
+    );
 }
 
 /// Expired session, expired grant, revoked grant and the kill switch: denied with their code,

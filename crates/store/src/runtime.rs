@@ -486,8 +486,32 @@ pub trait RuntimeStore: Send + Sync + 'static {
     async fn transfer(&self, id: &str) -> Result<Option<TransferRecord>, StoreError>;
     /// Pending transfers, oldest first, at most `limit`.
     async fn pending_transfers(&self, limit: usize) -> Result<Vec<TransferRecord>, StoreError>;
-    /// Transfers of a session (all when `None`), oldest first, at most [`LIST_ROWS_MAX`].
-    async fn transfers(&self, session_id: Option<&str>) -> Result<Vec<TransferRecord>, StoreError>;
+    /// One page of the transfers of a session (of every session when `None`), oldest first (by
+    /// creation time, then id): those after `after` (the creation time and id of the previous
+    /// page's last transfer), at most `limit` (capped at [`LIST_ROWS_MAX`]).
+    async fn transfers_page(
+        &self,
+        session_id: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: usize,
+    ) -> Result<Vec<TransferRecord>, StoreError>;
+
+    /// Every transfer of a session (of every session when `None`), oldest first, read a page
+    /// of [`LIST_ROWS_MAX`] at a time.
+    async fn transfers(&self, session_id: Option<&str>) -> Result<Vec<TransferRecord>, StoreError> {
+        let mut all: Vec<TransferRecord> = Vec::new();
+        loop {
+            let after = all.last().map(|t| (t.created_at_ms, t.id.as_str()));
+            let page = self
+                .transfers_page(session_id, after, LIST_ROWS_MAX)
+                .await?;
+            let last_page = page.len() < LIST_ROWS_MAX;
+            all.extend(page);
+            if last_page {
+                return Ok(all);
+            }
+        }
+    }
     /// Ledger entries with `seq > after`, in order, at most `limit`.
     async fn entries(&self, after: i64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
 
@@ -1560,17 +1584,27 @@ macro_rules! runtime_store_impl {
                 rows.iter().map(transfer_from_row).collect()
             }
 
-            async fn transfers(
+            async fn transfers_page(
                 &self,
                 session_id: Option<&str>,
+                after: Option<(i64, &str)>,
+                limit: usize,
             ) -> Result<Vec<TransferRecord>, StoreError> {
                 let pool = self.ready().await?;
+                let limit = limit.min(LIST_ROWS_MAX);
+                let (after_ms, after_id) = match after {
+                    Some((ms, id)) => (Some(ms), Some(id)),
+                    None => (None, None),
+                };
                 let rows = sqlx::query(AssertSqlSafe(format!(
                     "SELECT {TRANSFER_COLUMNS} FROM transfers \
                      WHERE ($1 IS NULL OR session_id = $1) \
-                     ORDER BY created_at_ms, id LIMIT {LIST_ROWS_MAX}"
+                     AND ($2 IS NULL OR created_at_ms > $2 OR (created_at_ms = $2 AND id > $3)) \
+                     ORDER BY created_at_ms, id LIMIT {limit}"
                 )))
                 .bind(session_id)
+                .bind(after_ms)
+                .bind(after_id)
                 .fetch_all(pool)
                 .await?;
                 rows.iter().map(transfer_from_row).collect()

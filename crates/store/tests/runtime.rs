@@ -483,6 +483,63 @@ pub async fn window_caps_span_sessions(url: &str) {
     ));
 }
 
+/// Transfers page through in order, each exactly once, also when many share a creation
+/// millisecond (the id breaks ties), for one session and across all.
+pub async fn transfers_page_through_everything(url: &str) {
+    let store = store(url).await;
+    let (_, _, one) = session_with(store.as_ref(), 1_000).await;
+    let (_, _, two) = session_with(store.as_ref(), 1_000).await;
+    let mut ids_one = Vec::new();
+    for index in 0..7 {
+        ids_one.push(reserved(store.as_ref(), transfer(&one, 1)).await);
+        if index % 3 == 0 {
+            reserved(store.as_ref(), transfer(&two, 1)).await;
+        }
+    }
+    let pages = |session: Option<String>, limit: usize| {
+        let store = store.clone();
+        async move {
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            let mut pages = 0;
+            loop {
+                let after = seen.last().map(|(ms, id)| (*ms, id.as_str()));
+                let page = store
+                    .transfers_page(session.as_deref(), after, limit)
+                    .await
+                    .unwrap();
+                assert!(page.len() <= limit);
+                if page.is_empty() {
+                    return (seen, pages);
+                }
+                pages += 1;
+                seen.extend(page.into_iter().map(|t| (t.created_at_ms, t.id)));
+            }
+        }
+    };
+    let (of_one, page_count) = pages(Some(one.clone()), 2).await;
+    assert_eq!(page_count, 4);
+    let mut sorted = of_one.clone();
+    sorted.sort();
+    assert_eq!(of_one, sorted, "oldest first, then by id");
+    let mut expected = ids_one.clone();
+    expected.sort();
+    let mut got: Vec<String> = of_one.into_iter().map(|(_, id)| id).collect();
+    got.sort();
+    assert_eq!(got, expected, "every transfer of the session, once");
+
+    let (all, _) = pages(None, 3).await;
+    assert_eq!(all.len(), 10);
+    let listed: Vec<(i64, String)> = store
+        .transfers(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.created_at_ms, t.id))
+        .collect();
+    assert_eq!(all, listed);
+    assert_eq!(store.transfers(Some(&two)).await.unwrap().len(), 3);
+}
+
 macro_rules! conformance {
     ($backend:ident, $database:expr, $url:ident) => {
         mod $backend {
@@ -492,7 +549,8 @@ macro_rules! conformance {
                 transfers_resolve_exactly_once,
                 refusals_have_reasons,
                 ledger_is_append_only,
-                window_caps_span_sessions
+                window_caps_span_sessions,
+                transfers_page_through_everything
             );
         }
     };
