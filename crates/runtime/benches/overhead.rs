@@ -180,6 +180,7 @@ fn transfer_for(session: &SessionRecord, payer: &str, payee: &str) -> NewTransfe
         nonce: format!("{:#x}", B256::random()),
         valid_before_s: u64::MAX / 2,
         resource: "http://127.0.0.1/bench".into(),
+        endpoint: "http://127.0.0.1/bench".into(),
         caps: Vec::new(),
     }
 }

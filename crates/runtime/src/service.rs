@@ -1233,11 +1233,13 @@ impl Runtime {
     }
 
     /// What this session already paid (reserved or settled) the endpoint of `url`, and whether
-    /// the wallet's payments to it are paused.
+    /// the wallet's payments to it are paused. Payment times are read from `since_ms` on (the
+    /// longest loop window of the policies in force).
     async fn endpoint_history(
         &self,
         session: &SessionRecord,
         url: &url::Url,
+        since_ms: i64,
     ) -> Result<EndpointHistory, RuntimeError> {
         let session_id = session.id.as_str();
         let endpoint = endpoint_of(url);
@@ -1262,32 +1264,21 @@ impl Runtime {
             history.rejections = *count;
             history.last_rejection_ms = Some(*at);
         }
-        for transfer in self.inner.store.transfers(Some(session_id)).await? {
-            if transfer.state == TransferState::Voided {
-                continue;
-            }
-            let Ok(resource) = url::Url::parse(&transfer.resource) else {
-                continue;
-            };
-            if endpoint_of(&resource) != endpoint {
-                continue;
-            }
-            history.paid_in_session += 1;
-            history.paid_at_ms.push(transfer.created_at_ms);
-            if history.first_terms.is_none()
-                && let (Ok(asset), Ok(pay_to)) = (
-                    transfer.asset.parse::<Address>(),
-                    transfer.payee.parse::<Address>(),
-                )
-            {
-                history.first_terms = Some(Terms {
-                    network: transfer.network.clone(),
-                    asset,
-                    pay_to,
-                    amount: transfer.amount,
-                });
-            }
-        }
+        let paid = self
+            .inner
+            .store
+            .endpoint_payments(session_id, &endpoint, since_ms)
+            .await?;
+        history.paid_in_session = u32::try_from(paid.count).unwrap_or(u32::MAX);
+        history.paid_at_ms = paid.recent_at_ms;
+        history.first_terms = paid.first.and_then(|first| {
+            Some(Terms {
+                asset: first.asset.parse::<Address>().ok()?,
+                pay_to: first.payee.parse::<Address>().ok()?,
+                network: first.network,
+                amount: first.amount,
+            })
+        });
         Ok(history)
     }
 
@@ -1563,8 +1554,18 @@ impl PaymentApproval for Reserve {
                     .await);
             }
         };
+        // Payment times matter only within the longest loop window in force.
+        let loop_window_s = policies
+            .iter()
+            .filter_map(|policy| policy.loop_limit.map(|(_, within_seconds)| within_seconds))
+            .max();
+        let since_ms = match loop_window_s {
+            Some(seconds) => now_ms()
+                .saturating_sub(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)),
+            None => i64::MAX,
+        };
         let history = match runtime
-            .endpoint_history(&self.session, &proposal.request.url)
+            .endpoint_history(&self.session, &proposal.request.url, since_ms)
             .await
         {
             Ok(history) => history,
@@ -1613,6 +1614,7 @@ impl PaymentApproval for Reserve {
             nonce: format!("{:#x}", authorization.nonce),
             valid_before_s,
             resource: proposal.request.url.to_string(),
+            endpoint: endpoint_of(&proposal.request.url),
             caps: caps.clone(),
         };
         let budget_input = json!({"amount": authorization.value.to_string(),

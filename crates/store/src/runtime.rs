@@ -269,8 +269,21 @@ pub struct NewTransfer {
     pub nonce: String,
     pub valid_before_s: u64,
     pub resource: String,
+    /// The endpoint paid (`scheme://host[:port]/path` of the resource), for the session's
+    /// history with it ([`RuntimeStore::endpoint_payments`]).
+    pub endpoint: String,
     /// Caps over rolling windows to check with the budget, in the same transaction.
     pub caps: Vec<SpendCap>,
+}
+
+/// What a session paid one endpoint so far: transfers reserved or settled (not voided).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointPayments {
+    pub count: u64,
+    /// The oldest of them.
+    pub first: Option<TransferRecord>,
+    /// When those made at or after the `since` asked for were created (unix ms), oldest first.
+    pub recent_at_ms: Vec<i64>,
 }
 
 /// A cap on what a wallet (or one agent on it) may reserve or spend over a rolling window.
@@ -512,6 +525,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
             }
         }
     }
+    /// What `session_id` paid `endpoint` (reserved or settled), read through an index: the
+    /// count, the oldest transfer, and the creation times of those made at or after `since_ms`.
+    async fn endpoint_payments(
+        &self,
+        session_id: &str,
+        endpoint: &str,
+        since_ms: i64,
+    ) -> Result<EndpointPayments, StoreError>;
     /// Ledger entries with `seq > after`, in order, at most `limit`.
     async fn entries(&self, after: i64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
 
@@ -1475,8 +1496,8 @@ macro_rules! runtime_store_impl {
                 sqlx::query(
                     "INSERT INTO transfers (id, session_id, grant_id, wallet_id, agent, network, \
                      asset, payer, payee, amount, nonce, valid_before_s, resource, state, \
-                     created_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                     'pending', $14)",
+                     created_at_ms, endpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, 'pending', $14, $15)",
                 )
                 .bind(&record.id)
                 .bind(&record.session_id)
@@ -1492,6 +1513,7 @@ macro_rules! runtime_store_impl {
                 .bind(valid_before_s)
                 .bind(&record.resource)
                 .bind(record.created_at_ms)
+                .bind(truncate(&transfer.endpoint, RESOURCE_BYTES_MAX))
                 .execute(&mut *tx)
                 .await?;
                 let reserved = session
@@ -1608,6 +1630,51 @@ macro_rules! runtime_store_impl {
                 .fetch_all(pool)
                 .await?;
                 rows.iter().map(transfer_from_row).collect()
+            }
+
+            async fn endpoint_payments(
+                &self,
+                session_id: &str,
+                endpoint: &str,
+                since_ms: i64,
+            ) -> Result<EndpointPayments, StoreError> {
+                let pool = self.ready().await?;
+                let endpoint = truncate(endpoint, RESOURCE_BYTES_MAX);
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM transfers \
+                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided'",
+                )
+                .bind(session_id)
+                .bind(&endpoint)
+                .fetch_one(pool)
+                .await?;
+                if count == 0 {
+                    return Ok(EndpointPayments::default());
+                }
+                let first = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {TRANSFER_COLUMNS} FROM transfers \
+                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
+                     ORDER BY created_at_ms, id LIMIT 1"
+                )))
+                .bind(session_id)
+                .bind(&endpoint)
+                .fetch_optional(pool)
+                .await?;
+                let recent_at_ms: Vec<i64> = sqlx::query_scalar(
+                    "SELECT created_at_ms FROM transfers \
+                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
+                     AND created_at_ms >= $3 ORDER BY created_at_ms",
+                )
+                .bind(session_id)
+                .bind(&endpoint)
+                .bind(since_ms)
+                .fetch_all(pool)
+                .await?;
+                Ok(EndpointPayments {
+                    count: u64::try_from(count).unwrap_or_default(),
+                    first: first.as_ref().map(transfer_from_row).transpose()?,
+                    recent_at_ms,
+                })
             }
 
             async fn entries(&self, after: i64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {

@@ -69,6 +69,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "unfinished compensations",
         include_str!("../migrations/sqlite/0010_unfinished_compensations.sql"),
     ),
+    (
+        11,
+        "transfer endpoints",
+        include_str!("../migrations/sqlite/0011_transfer_endpoints.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -120,6 +125,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         10,
         "unfinished compensations",
         include_str!("../migrations/postgres/0010_unfinished_compensations.sql"),
+    ),
+    (
+        11,
+        "transfer endpoints",
+        include_str!("../migrations/postgres/0011_transfer_endpoints.sql"),
     ),
 ];
 

@@ -87,6 +87,7 @@ fn transfer(session_id: &str, amount: u64) -> NewTransfer {
         nonce: format!("0x{:064x}", rand::random::<u128>()),
         valid_before_s: 4_000_000_000,
         resource: "http://127.0.0.1/paid".into(),
+        endpoint: "http://127.0.0.1/paid".into(),
         caps: Vec::new(),
     }
 }
@@ -540,6 +541,49 @@ pub async fn transfers_page_through_everything(url: &str) {
     assert_eq!(store.transfers(Some(&two)).await.unwrap().len(), 3);
 }
 
+/// A session's payments to one endpoint: counted without voided ones, the oldest first, and
+/// the times of those since a moment; other endpoints and other sessions are apart.
+pub async fn endpoint_payments_are_per_session_and_endpoint(url: &str) {
+    let store = store(url).await;
+    let (_, _, one) = session_with(store.as_ref(), 1_000).await;
+    let (_, _, two) = session_with(store.as_ref(), 1_000).await;
+    let to = |session: &str, endpoint: &str, amount: u64| {
+        let mut transfer = transfer(session, amount);
+        transfer.resource = format!("{endpoint}?q={amount}");
+        transfer.endpoint = endpoint.to_string();
+        transfer
+    };
+    let (a, b) = ("http://127.0.0.1/a", "http://127.0.0.1/b");
+    let first = reserved(store.as_ref(), to(&one, a, 11)).await;
+    let voided = reserved(store.as_ref(), to(&one, a, 12)).await;
+    assert!(store.void(&voided, "expired unused").await.unwrap());
+    let before_third = now_ms();
+    reserved(store.as_ref(), to(&one, a, 13)).await;
+    reserved(store.as_ref(), to(&one, b, 14)).await;
+    reserved(store.as_ref(), to(&two, a, 15)).await;
+
+    let paid = store.endpoint_payments(&one, a, 0).await.unwrap();
+    assert_eq!(paid.count, 2, "the voided one does not count");
+    let oldest = paid.first.as_ref().unwrap();
+    assert_eq!(oldest.id, first);
+    assert_eq!(oldest.amount, Amount::from(11u64));
+    assert_eq!(paid.recent_at_ms.len(), 2);
+    let recent = store
+        .endpoint_payments(&one, a, before_third)
+        .await
+        .unwrap();
+    assert_eq!(recent.count, 2);
+    assert_eq!(recent.recent_at_ms.len(), 1);
+    assert!(recent.recent_at_ms[0] >= before_third);
+    assert_eq!(store.endpoint_payments(&one, b, 0).await.unwrap().count, 1);
+    assert_eq!(store.endpoint_payments(&two, a, 0).await.unwrap().count, 1);
+    let none = store
+        .endpoint_payments(&one, "http://127.0.0.1/c", 0)
+        .await
+        .unwrap();
+    assert_eq!(none, Default::default());
+}
+
 macro_rules! conformance {
     ($backend:ident, $database:expr, $url:ident) => {
         mod $backend {
@@ -550,7 +594,8 @@ macro_rules! conformance {
                 refusals_have_reasons,
                 ledger_is_append_only,
                 window_caps_span_sessions,
-                transfers_page_through_everything
+                transfers_page_through_everything,
+                endpoint_payments_are_per_session_and_endpoint
             );
         }
     };
