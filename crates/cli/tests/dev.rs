@@ -820,31 +820,26 @@ fn wallet_grant_and_session_commands_never_reveal_a_key() {
     };
 
     let imported = path("imported.json");
-    let output = run(&[
-        "wallet",
-        "import",
-        "--name",
-        "imported",
-        "--keystore",
-        &imported,
-        "--keystore-passphrase-file",
-        &path("wrong-passphrase"),
-    ]);
+    // The keystore imported with the passphrase in `passphrase_file`.
+    let mut import = |passphrase_file: &str| {
+        run(&[
+            "wallet",
+            "import",
+            "--name",
+            "imported",
+            "--keystore",
+            &imported,
+            "--keystore-passphrase-file",
+            passphrase_file,
+        ])
+    };
+    let output = import(&path("wrong-passphrase"));
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("passphrase"),
         "{output:?}"
     );
-    let wallet = json(&run(&[
-        "wallet",
-        "import",
-        "--name",
-        "imported",
-        "--keystore",
-        &imported,
-        "--keystore-passphrase-file",
-        &path("their-passphrase"),
-    ]));
+    let wallet = json(&import(&path("their-passphrase")));
     assert_eq!(wallet["address"], address.to_checksum(None));
     let checksummed = address.to_checksum(None);
     let listed = run(&["wallet", "list"]);

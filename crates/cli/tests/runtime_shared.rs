@@ -270,6 +270,20 @@ impl Stack {
         address
     }
 
+    /// A grant on `wallet` for `agent`, created through the runtime at `url`.
+    async fn grant(&self, http: &reqwest::Client, url: &str, wallet: &str, agent: &str) -> Value {
+        let (status, grant) = call(
+            http,
+            reqwest::Method::POST,
+            format!("{url}/v1/grants"),
+            &self.operator_key,
+            Some(json!({"walletId": wallet, "agent": agent})),
+        )
+        .await;
+        assert_eq!(status, 201, "{grant}");
+        grant
+    }
+
     /// What left `wallet` since it held `start` units.
     async fn spent(&self, wallet: Address, start: u64) -> Amount {
         let balance = self.token.balance_of(wallet).await.unwrap();
@@ -336,15 +350,7 @@ async fn two_runtimes_sharing_postgres_never_overspend() {
     .await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["balance"]["atomic"], start_balance.to_string());
-    let (status, grant) = call(
-        &http,
-        reqwest::Method::POST,
-        format!("{b}/v1/grants"),
-        &key,
-        Some(json!({"walletId": "shared", "agent": "swarm"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{grant}");
+    let grant = stack.grant(&http, b, "shared", "swarm").await;
     let sessions = stack
         .sessions(&http, &[a, b], &grant, SESSIONS, "0.07")
         .await;
@@ -420,8 +426,10 @@ async fn two_runtimes_sharing_postgres_never_overspend() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let spent = U256::from(start_balance) - stack.token.balance_of(wallet_address).await.unwrap();
-    assert_eq!(spent, U256::from(posted_total));
+    assert_eq!(
+        stack.spent(wallet_address, start_balance).await,
+        Amount::from_u128(posted_total)
+    );
     assert_eq!(
         stack.token.balance_of(stack.payee).await.unwrap(),
         U256::from(posted_total)
@@ -473,15 +481,7 @@ async fn runtime_killed_mid_payment_on_postgres_loses_nothing() {
     let key = stack.operator_key.clone();
     let start_balance = 100_000_000u64;
     let wallet = stack.funded_wallet(&http, &a, "w", start_balance).await;
-    let (status, grant) = call(
-        &http,
-        reqwest::Method::POST,
-        format!("{b}/v1/grants"),
-        &key,
-        Some(json!({"walletId": "w", "agent": "crawler"})),
-    )
-    .await;
-    assert_eq!(status, 201, "{grant}");
+    let grant = stack.grant(&http, &b, "w", "crawler").await;
     let sessions = stack
         .sessions(&http, &[&a, &b], &grant, SESSIONS, "0.05")
         .await;

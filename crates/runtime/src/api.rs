@@ -574,9 +574,11 @@ async fn session_transfers(
         )
         .await
         .map_err(RuntimeError::from)?;
-    let next = (transfers.len() == limit)
-        .then(|| transfers.last().map(|transfer| transfer.id.clone()))
-        .flatten();
+    // A full page may have a next one.
+    let next = transfers
+        .last()
+        .filter(|_| transfers.len() == limit)
+        .map(|transfer| transfer.id.clone());
     let transfers: Vec<Value> = transfers.iter().map(transfer_json).collect();
     Ok(axum::Json(json!({ "transfers": transfers, "next": next })).into_response())
 }

@@ -1,5 +1,6 @@
 //! The runtime store conformance suite (wallets, grants, sessions, two-phase transfers, the
-//! ledger), run against SQLite (a temporary file) and PostgreSQL (a fresh database per case).
+//! ledger, data migrations), run against SQLite (a temporary file) and PostgreSQL (a fresh
+//! database per case).
 
 use std::sync::Arc;
 
@@ -582,6 +583,106 @@ pub async fn endpoint_payments_are_per_session_and_endpoint(url: &str) {
         .await
         .unwrap();
     assert_eq!(none, Default::default());
+}
+
+/// The statement of `migration` that starts with `UPDATE` (comments dropped).
+fn update_statement(migration: &str) -> String {
+    let code: String = migration
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    code.split(';')
+        .map(str::trim)
+        .find(|statement| statement.starts_with("UPDATE"))
+        .expect("the migration has an UPDATE")
+        .to_string()
+}
+
+/// Migration 0011 gives transfers written before it the endpoint of their resource: the URL
+/// without its query string and fragment, as the runtime computes it for new transfers.
+async fn transfer_endpoints_are_backfilled(url: &str, migration: &str) {
+    let store = store(url).await;
+    let (_, _, session) = session_with(store.as_ref(), 1_000).await;
+    let resources = [
+        (
+            "https://api.example.com:8443/v1/report?city=Lisbon&units=metric",
+            "https://api.example.com:8443/v1/report",
+        ),
+        ("http://127.0.0.1/paid#section", "http://127.0.0.1/paid"),
+        ("http://127.0.0.1/paid", "http://127.0.0.1/paid"),
+        ("http://[::1]:9000/x/y?q=1#f", "http://[::1]:9000/x/y"),
+    ];
+    for (resource, endpoint) in resources {
+        // The expectation follows the runtime's endpoint rule.
+        let parsed = url::Url::parse(resource).unwrap();
+        let expected = format!(
+            "{}://{}{}{}",
+            parsed.scheme(),
+            parsed.host_str().unwrap(),
+            parsed.port().map(|p| format!(":{p}")).unwrap_or_default(),
+            parsed.path()
+        );
+        assert_eq!(expected, endpoint);
+        let mut new = transfer(&session, 1);
+        new.resource = resource.to_string();
+        new.endpoint = "written before the migration".into();
+        reserved(store.as_ref(), new).await;
+    }
+    // As if written before the column existed, then the migration's backfill.
+    let statements = [
+        "UPDATE transfers SET endpoint = NULL".to_string(),
+        update_statement(migration),
+    ];
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+    for (endpoint, count) in [
+        ("https://api.example.com:8443/v1/report", 1),
+        ("http://127.0.0.1/paid", 2),
+        ("http://[::1]:9000/x/y", 1),
+        ("written before the migration", 0),
+    ] {
+        let paid = store
+            .endpoint_payments(&session, endpoint, 0)
+            .await
+            .unwrap();
+        assert_eq!(paid.count, count, "{endpoint}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_transfer_endpoints_are_backfilled() {
+    let database = bursar_store::testkit::TempSqlite::new();
+    transfer_endpoints_are_backfilled(
+        &database.url(),
+        include_str!("../migrations/sqlite/0011_transfer_endpoints.sql"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_transfer_endpoints_are_backfilled() {
+    let database = bursar_store::testkit::TempPostgres::create().await;
+    transfer_endpoints_are_backfilled(
+        database.url(),
+        include_str!("../migrations/postgres/0011_transfer_endpoints.sql"),
+    )
+    .await;
 }
 
 macro_rules! conformance {
