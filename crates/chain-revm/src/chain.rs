@@ -11,7 +11,8 @@ use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, B256, Bytes, TxKind, U256};
 use async_trait::async_trait;
 use bursar_chain::{
-    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, Receipt,
+    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, LogEntry,
+    LogFilter, Receipt,
 };
 use revm::context::result::{EVMError, ExecutionResult, InvalidTransaction, ResultAndState};
 use revm::context::{BlockEnv, CfgEnv, Context, TxEnv};
@@ -581,6 +582,39 @@ impl EvmChain for EmbeddedChain {
 
     async fn transaction_count(&self, address: Address) -> Result<u64, ChainError> {
         Ok(self.inner.read().balance_and_nonce(&address).1)
+    }
+
+    async fn mined_transaction_count(&self, address: Address) -> Result<u64, ChainError> {
+        // Every accepted transaction is mined at once: there is no pending state.
+        Ok(self.inner.read().balance_and_nonce(&address).1)
+    }
+
+    async fn logs(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, ChainError> {
+        let ledger = self.inner.read();
+        let Some(emitted) = ledger.log_emitters.get(&filter.address) else {
+            return Ok(Vec::new());
+        };
+        let mut entries = Vec::new();
+        for hash in emitted {
+            let Some(receipt) = ledger.receipts.get(hash) else {
+                continue;
+            };
+            if receipt.block_number < filter.from_block || receipt.block_number > filter.to_block {
+                continue;
+            }
+            entries.extend(
+                receipt
+                    .logs
+                    .iter()
+                    .filter(|log| filter.matches(log))
+                    .map(|log| LogEntry {
+                        log: log.clone(),
+                        transaction_hash: receipt.transaction_hash,
+                        block_number: receipt.block_number,
+                    }),
+            );
+        }
+        Ok(entries)
     }
 
     async fn native_balance(&self, address: Address) -> Result<U256, ChainError> {

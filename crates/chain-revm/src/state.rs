@@ -82,6 +82,9 @@ pub(crate) struct Ledger {
     pub world: World,
     pub head: Head,
     pub receipts: B256HashMap<Receipt>,
+    /// The transactions that emitted logs from each address, in block order: what
+    /// `eth_getLogs` reads without scanning every receipt.
+    pub log_emitters: std::collections::HashMap<Address, Vec<B256>>,
 }
 
 impl Ledger {
@@ -116,6 +119,15 @@ impl Ledger {
             }
         }
         for receipt in change.receipts {
+            let mut emitters: Vec<Address> = receipt.logs.iter().map(|log| log.address).collect();
+            emitters.sort_unstable();
+            emitters.dedup();
+            for emitter in emitters {
+                self.log_emitters
+                    .entry(emitter)
+                    .or_default()
+                    .push(receipt.transaction_hash);
+            }
             self.receipts.insert(receipt.transaction_hash, receipt);
         }
         self.head = change.head;

@@ -7,12 +7,15 @@ use std::time::Duration;
 use alloy_network::{Ethereum, TransactionBuilder};
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_provider::{Provider, ProviderBuilder, RootProvider};
-use alloy_rpc_types_eth::{BlockId, BlockNumberOrTag, TransactionReceipt, TransactionRequest};
+use alloy_rpc_types_eth::{
+    BlockId, BlockNumberOrTag, Filter, TransactionReceipt, TransactionRequest,
+};
 use alloy_transport::TransportError;
 use alloy_transport_http::reqwest;
 use async_trait::async_trait;
 use bursar_chain::{
-    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, Receipt,
+    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, LogEntry,
+    LogFilter, Receipt,
 };
 use serde_json::{Value, json};
 use url::Url;
@@ -375,6 +378,46 @@ impl EvmChain for RpcChain {
             .pending()
             .await
             .map_err(|e| self.read_error("eth_getTransactionCount", e))
+    }
+
+    async fn mined_transaction_count(&self, address: Address) -> Result<u64, ChainError> {
+        self.provider
+            .get_transaction_count(address)
+            .latest()
+            .await
+            .map_err(|e| self.read_error("eth_getTransactionCount", e))
+    }
+
+    async fn logs(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, ChainError> {
+        let mut query = Filter::new()
+            .address(filter.address)
+            .from_block(filter.from_block)
+            .to_block(filter.to_block);
+        for (position, topic) in filter.topics.iter().enumerate().take(4) {
+            if let Some(topic) = topic {
+                query.topics[position] = (*topic).into();
+            }
+        }
+        let logs = self
+            .provider
+            .get_logs(&query)
+            .await
+            .map_err(|e| self.read_error("eth_getLogs", e))?;
+        Ok(logs
+            .into_iter()
+            .filter_map(|log| {
+                // Logs of pending blocks carry no block number or transaction: not mined yet.
+                Some(LogEntry {
+                    transaction_hash: log.transaction_hash?,
+                    block_number: log.block_number?,
+                    log: Log {
+                        address: log.address(),
+                        topics: log.topics().to_vec(),
+                        data: log.data().data.clone(),
+                    },
+                })
+            })
+            .collect())
     }
 
     async fn native_balance(&self, address: Address) -> Result<U256, ChainError> {

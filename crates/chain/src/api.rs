@@ -7,6 +7,9 @@
 use alloy_primitives::{Address, B256, Bytes, U256};
 use async_trait::async_trait;
 
+/// The most blocks one [`EvmChain::logs`] query should span (public nodes refuse wider ranges).
+pub const LOG_QUERY_BLOCKS_MAX: u64 = 1_000;
+
 /// The head of the chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockInfo {
@@ -44,6 +47,37 @@ pub struct Receipt {
     /// Set for contract creations.
     pub contract_address: Option<Address>,
     pub logs: Vec<Log>,
+}
+
+/// Which logs [`EvmChain::logs`] returns: those `address` emitted in blocks `from_block..=to_block`
+/// whose topics match `topics` position by position (`None` matches anything; topics past the
+/// end of the list are not constrained).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter {
+    pub address: Address,
+    pub topics: Vec<Option<B256>>,
+    pub from_block: u64,
+    pub to_block: u64,
+}
+
+impl LogFilter {
+    /// Whether `log` (emitted in a block of the range) matches the address and topics.
+    pub fn matches(&self, log: &Log) -> bool {
+        log.address == self.address
+            && self
+                .topics
+                .iter()
+                .enumerate()
+                .all(|(i, wanted)| wanted.is_none_or(|wanted| log.topics.get(i) == Some(&wanted)))
+    }
+}
+
+/// A log with where it was emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub log: Log,
+    pub transaction_hash: B256,
+    pub block_number: u64,
 }
 
 /// EIP-1559 fee parameters, in wei per gas.
@@ -107,6 +141,14 @@ pub trait EvmChain: Send + Sync + 'static {
 
     /// The next nonce for `address`, counting pending transactions.
     async fn transaction_count(&self, address: Address) -> Result<u64, ChainError>;
+
+    /// The next nonce for `address` at the latest block: transactions mined, not pending ones.
+    /// A transaction whose nonce is below it and that has no receipt can never be mined.
+    async fn mined_transaction_count(&self, address: Address) -> Result<u64, ChainError>;
+
+    /// The logs matching `filter`, oldest first. Nodes limit how many blocks one query may span;
+    /// callers query in windows of at most [`LOG_QUERY_BLOCKS_MAX`] blocks.
+    async fn logs(&self, filter: &LogFilter) -> Result<Vec<LogEntry>, ChainError>;
 
     /// Native (gas) balance in wei.
     async fn native_balance(&self, address: Address) -> Result<U256, ChainError>;

@@ -18,6 +18,7 @@ pub use account::{
     Account, GAS_MARGIN_PERCENT, NONCE_RETRIES_MAX, RECEIPT_TIMEOUT, TxRequest, wait_for_receipt,
 };
 pub use api::{
-    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees, Log, Receipt,
+    BlockInfo, CallOutcome, CallRequest, ChainError, DevChain, EvmChain, Fees,
+    LOG_QUERY_BLOCKS_MAX, Log, LogEntry, LogFilter, Receipt,
 };
 pub use token::Token;

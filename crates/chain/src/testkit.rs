@@ -417,6 +417,82 @@ pub async fn wrong_chain_id_is_rejected(chain: Arc<dyn DevChain>) {
     );
 }
 
+/// `logs` finds an authorization's `AuthorizationUsed` event by authorizer and nonce, in the
+/// block of the transaction that used it, and nothing outside the block range; the mined nonce
+/// counts the mined transaction.
+pub async fn logs_find_the_transaction_that_used_an_authorization(chain: Arc<dyn DevChain>) {
+    let f = fixture(chain.clone(), 1_000_000).await;
+    let payee = Address::repeat_byte(0x44);
+    let (authorization, signature) = f.authorization(payee, 1_000).await;
+    let (other, other_signature) = f.authorization(payee, 2_000).await;
+    let mined_before = chain
+        .mined_transaction_count(f.sender.address())
+        .await
+        .unwrap();
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+        .await
+        .unwrap();
+    let receipt = mined(chain.as_ref(), hash).await;
+    let other_hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &other, &other_signature, None)
+        .await
+        .unwrap();
+    mined(chain.as_ref(), other_hash).await;
+    assert_eq!(
+        chain
+            .mined_transaction_count(f.sender.address())
+            .await
+            .unwrap(),
+        mined_before + 2
+    );
+
+    let used = alloy_primitives::keccak256("AuthorizationUsed(address,bytes32)");
+    let head = chain.latest_block().await.unwrap().number;
+    let filter = |nonce: B256, from_block: u64, to_block: u64| crate::api::LogFilter {
+        address: f.token.address(),
+        topics: vec![
+            Some(used),
+            Some(B256::left_padding_from(f.payer.address().as_slice())),
+            Some(nonce),
+        ],
+        from_block,
+        to_block,
+    };
+    let found = chain
+        .logs(&filter(authorization.nonce, 0, head))
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].transaction_hash, hash);
+    assert_eq!(found[0].block_number, receipt.block_number);
+    assert_eq!(found[0].log.address, f.token.address());
+    // Outside the range: nothing.
+    let before = chain
+        .logs(&filter(authorization.nonce, 0, receipt.block_number - 1))
+        .await
+        .unwrap();
+    assert!(before.is_empty(), "{before:?}");
+    // An unused nonce: nothing.
+    let unused = chain
+        .logs(&filter(B256::repeat_byte(7), 0, head))
+        .await
+        .unwrap();
+    assert!(unused.is_empty());
+    // Without the nonce topic: both transfers' events, oldest first.
+    let mut both = filter(authorization.nonce, 0, head);
+    both.topics.truncate(2);
+    let both = chain.logs(&both).await.unwrap();
+    assert_eq!(
+        both.iter()
+            .map(|entry| entry.transaction_hash)
+            .collect::<Vec<_>>(),
+        vec![hash, other_hash]
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression that
 /// yields an `Arc<dyn DevChain>` (a fresh chain for each case).
 #[macro_export]
@@ -430,7 +506,8 @@ macro_rules! conformance_tests {
             time_travel_expires_authorizations,
             concurrent_sends_share_one_nonce_sequence,
             stale_nonce_is_rejected_then_recovered,
-            wrong_chain_id_is_rejected
+            wrong_chain_id_is_rejected,
+            logs_find_the_transaction_that_used_an_authorization
         );
     };
     (@cases $make:expr; $($case:ident),*) => {
