@@ -118,6 +118,7 @@ pub mod metrics;
 pub mod reads;
 mod server;
 mod service;
+pub mod tokens;
 
 pub use access::{Access, AccessPolicy};
 pub use batch::BatchConfig;
@@ -134,3 +135,4 @@ pub use service::{
     SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
     payment_fingerprint, payment_identifier,
 };
+pub use tokens::{TOKENS_REMEMBERED_MAX, TokenSupport};
