@@ -376,6 +376,7 @@ async fn eip3009_only_token_settles_in_batches(backend: Backend) {
             .expect("a ledger row per payment");
         assert_eq!(row.state, SettlementState::Confirmed);
     }
+    let mut gas_used = 0;
     for hash in &transactions {
         let receipt = chain
             .receipt(hash.parse::<B256>().unwrap())
@@ -383,6 +384,7 @@ async fn eip3009_only_token_settles_in_batches(backend: Backend) {
             .unwrap()
             .expect("mined");
         assert!(receipt.success);
+        gas_used += receipt.gas_used;
         assert!(
             receipt.logs.iter().any(|log| log.address == setup.settler),
             "{hash} went through the batch settler"
@@ -397,6 +399,11 @@ async fn eip3009_only_token_settles_in_batches(backend: Backend) {
             .unwrap(),
         U256::ZERO,
         "the payer paid for exactly {COUNT} payments"
+    );
+    eprintln!(
+        "{COUNT} payments in {} batches, {} gas per payment",
+        transactions.len(),
+        gas_used / COUNT as u64
     );
 }
 
