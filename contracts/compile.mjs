@@ -23,6 +23,7 @@ const CONTRACTS = [
   { source: "src/BursarAuthorizationReader.sol", name: "BursarAuthorizationReader" },
   { source: "src/test/Eip3009OnlyToken.sol", name: "Eip3009OnlyToken" },
   { source: "src/test/PlainErc20.sol", name: "PlainErc20" },
+  { source: "src/test/BytesOnlyAuthorizationToken.sol", name: "BytesOnlyAuthorizationToken" },
 ];
 
 /** Compiler settings. Also recorded in every artifact. */

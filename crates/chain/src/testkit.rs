@@ -32,6 +32,9 @@ pub enum TokenKind {
     Eip3009Only,
     /// An ERC-20 without EIP-3009 (`bursar_contracts::test_tokens::PlainErc20`).
     PlainErc20,
+    /// `transferWithAuthorization` with a `bytes signature` only, without EIP-3009's `(v, r, s)`
+    /// function (`bursar_contracts::test_tokens::BytesOnlyAuthorizationToken`).
+    BytesOnly,
 }
 
 /// A deployed token with a funded owner, payer and gas-paying sender.
@@ -76,7 +79,8 @@ pub async fn fixture(chain: Arc<dyn DevChain>, payer_balance: u64) -> Fixture {
 /// Deploys a token of `kind` owned by `owner` (who may mint).
 pub async fn deploy_token(owner: &Account, kind: TokenKind) -> Token {
     use bursar_contracts::test_tokens::{
-        eip3009_only_token_creation_code, plain_erc20_creation_code,
+        bytes_only_authorization_token_creation_code, eip3009_only_token_creation_code,
+        plain_erc20_creation_code,
     };
     let code = match kind {
         TokenKind::BursarUsd => {
@@ -88,6 +92,9 @@ pub async fn deploy_token(owner: &Account, kind: TokenKind) -> Token {
             eip3009_only_token_creation_code(TOKEN_NAME, "2", owner.address())
         }
         TokenKind::PlainErc20 => plain_erc20_creation_code(TOKEN_NAME, "PLAIN", owner.address()),
+        TokenKind::BytesOnly => {
+            bytes_only_authorization_token_creation_code(TOKEN_NAME, "2", owner.address())
+        }
     };
     let address = owner.deploy(code).await.expect("deploy token");
     Token::new(owner.chain().clone(), address)

@@ -22,8 +22,9 @@
 //!   per-item failure isolation: bindings, calldata, deployment code and receipt decoding.
 //! - [`reader`]: BursarAuthorizationReader, which reads many payers' balances and nonce states in
 //!   one `eth_call` without being deployed.
-//! - [`test_tokens`]: two tokens that are not BursarUSD, for tests: one with EIP-3009 exactly as
-//!   the EIP writes it (no `bytes signature` overloads), and a plain ERC-20 without EIP-3009.
+//! - [`test_tokens`]: tokens that are not BursarUSD, for tests: one with EIP-3009 exactly as the
+//!   EIP writes it (no `bytes signature` overloads), a plain ERC-20 without EIP-3009, and one with
+//!   only the `bytes signature` form of `transferWithAuthorization`.
 //!
 //! ## Which `transferWithAuthorization`
 //!

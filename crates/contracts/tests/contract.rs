@@ -232,6 +232,23 @@ fn the_test_tokens_are_bound_and_have_no_bytes_signature_functions() {
     assert_eq!(plain.source_name, "src/test/PlainErc20.sol");
     assert_bound_abi_matches(eip3009, &Eip3009OnlyToken::abi::contract());
     assert_bound_abi_matches(plain, &PlainErc20::abi::contract());
+    let bytes_only = bytes_only_authorization_token_artifact();
+    assert_eq!(bytes_only.contract_name, "BytesOnlyAuthorizationToken");
+    assert_bound_abi_matches(bytes_only, &BytesOnlyAuthorizationToken::abi::contract());
+    // The bytes overload (USDC's selector) and not the (v, r, s) one.
+    assert_eq!(
+        bytes_only
+            .method_identifiers
+            .get("transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)")
+            .map(String::as_str),
+        Some("cf092995")
+    );
+    assert!(
+        !bytes_only
+            .method_identifiers
+            .values()
+            .any(|id| id == "e3ee160e")
+    );
 
     // EIP-3009's own functions with USDC's selectors, and no `bytes signature` overload.
     let ids = &eip3009.method_identifiers;

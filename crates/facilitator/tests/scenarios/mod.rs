@@ -693,6 +693,67 @@ pub async fn token_without_eip3009_is_refused(chain: Arc<dyn DevChain>) {
     assert_eq!(h.balance(h.pay_to).await, U256::ZERO);
 }
 
+/// A token with only the `bytes signature` form of `transferWithAuthorization` (not EIP-3009's
+/// `(v, r, s)` one, through which this facilitator settles EOA signatures) is refused at /verify
+/// and /settle with `invalid_exact_evm_unsupported_token`, though the bytes form would take the
+/// payment; nothing moves.
+pub async fn bytes_only_token_is_refused(chain: Arc<dyn DevChain>) {
+    let h = harness_with(chain.clone(), TokenKind::BytesOnly).await;
+    let requirements = h.requirements();
+    let token = h.fixture.token.address();
+    let sender = h.facilitator.sender_address();
+    let nonce_before = chain.transaction_count(sender).await.unwrap();
+    for _ in 0..2 {
+        let exact = h
+            .authorization(&requirements, &h.fixture.payer, |_| {})
+            .await;
+        // The bytes form alone would settle it.
+        let bytes_form = chain
+            .call(bursar_chain::CallRequest {
+                from: Some(sender),
+                to: Some(token),
+                data: bursar_contracts::transfer_with_authorization_bytes_call(
+                    &exact.authorization,
+                    &exact.signature,
+                ),
+                value: U256::ZERO,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(bytes_form, bursar_chain::CallOutcome::Success(_)),
+            "{bytes_form:?}"
+        );
+        let body = h.request(X402Version::V2, &requirements, &exact);
+        let (_, verified) = h.post("/verify", &body).await;
+        assert_eq!(verified["isValid"], false, "{verified}");
+        assert_eq!(
+            verified["invalidReason"],
+            Reason::UNSUPPORTED_TOKEN.as_str(),
+            "{verified}"
+        );
+        let message = verified["invalidMessage"].as_str().unwrap();
+        assert!(
+            message.contains("lacks EIP-3009's transferWithAuthorization"),
+            "{message}"
+        );
+        let (_, settled) = h.post("/settle", &body).await;
+        assert_eq!(settled["success"], false, "{settled}");
+        assert_eq!(settled["errorReason"], Reason::UNSUPPORTED_TOKEN.as_str());
+        assert_eq!(settled["transaction"], "");
+    }
+    assert!(matches!(
+        h.facilitator.token_support(token),
+        Some(TokenSupport::Unsupported { .. })
+    ));
+    assert_eq!(chain.transaction_count(sender).await.unwrap(), nonce_before);
+    assert_eq!(
+        h.balance(h.fixture.payer.address()).await,
+        U256::from(PAYER_BALANCE)
+    );
+    assert_eq!(h.balance(h.pay_to).await, U256::ZERO);
+}
+
 #[macro_export]
 macro_rules! facilitator_scenarios {
     ($make:expr) => {
@@ -703,7 +764,8 @@ macro_rules! facilitator_scenarios {
             malformed_requests_get_400,
             verified_then_drained_is_refused_without_a_transaction,
             eip3009_only_token_settles,
-            token_without_eip3009_is_refused
+            token_without_eip3009_is_refused,
+            bytes_only_token_is_refused
         );
     };
     (@cases $make:expr; $($case:ident),*) => {
