@@ -358,11 +358,7 @@ impl LocalFacilitator {
             return Err(unsupported_token(why, payer));
         }
         let token = Token::new(self.chain.clone(), checked.token);
-        let chain_failure = |error: ChainError| Invalid {
-            reason: Reason::UNEXPECTED_VERIFY_ERROR,
-            message: format!("could not read the chain: {error}"),
-            payer: Some(payer),
-        };
+        let chain_failure = |error: ChainError| chain_failure(error, payer);
         let (separator, reading) = match &self.reads {
             Some(reads) => {
                 tokio::join!(
@@ -385,45 +381,10 @@ impl LocalFacilitator {
         };
         let (balance, used) = match reading {
             Ok(Some(answer)) => answer,
-            failed if known.is_some() => {
-                return Err(chain_failure(failed.err().unwrap_or_else(|| {
-                    ChainError::Reverted(
-                        "the token did not answer balanceOf / authorizationState".into(),
-                    )
-                })));
-            }
-            // Unknown token whose reads failed: does it have EIP-3009 at all?
             failed => {
-                return Err(
-                    match tokens::missing_eip3009(
-                        self.chain.as_ref(),
-                        checked.token,
-                        payer,
-                        authorization.nonce,
-                    )
-                    .await
-                    {
-                        Ok(Some(why)) => {
-                            tracing::warn!(token = %checked.token, %why, "asset refused");
-                            match self
-                                .token_support
-                                .learn(checked.token, TokenSupport::Unsupported { why })
-                            {
-                                TokenSupport::Unsupported { why } => unsupported_token(&why, payer),
-                                TokenSupport::Settles { .. } => {
-                                    chain_failure(ChainError::Reverted(
-                                        "the token did not answer balanceOf / authorizationState"
-                                            .into(),
-                                    ))
-                                }
-                            }
-                        }
-                        Ok(None) => chain_failure(failed.err().unwrap_or_else(|| {
-                            ChainError::Reverted("the token did not answer balanceOf".into())
-                        })),
-                        Err(error) => chain_failure(error),
-                    },
-                );
+                return Err(self
+                    .unreadable(checked, known.is_none(), failed.err())
+                    .await);
             }
         };
         if let Some(on_chain) = separator.map_err(chain_failure)? {
@@ -469,6 +430,45 @@ impl LocalFacilitator {
         Ok(())
     }
 
+    /// The refusal of a payment whose chain reads failed (`error`, or `None` when the token did
+    /// not answer a grouped read). For a token not known yet, whether it has EIP-3009 at all is
+    /// found out first, and kept.
+    async fn unreadable(
+        &self,
+        checked: &CheckedPayment,
+        unknown: bool,
+        error: Option<ChainError>,
+    ) -> Invalid {
+        let payer = checked.payer;
+        let read_error = error.unwrap_or_else(|| {
+            ChainError::Reverted("the token did not answer balanceOf / authorizationState".into())
+        });
+        if !unknown {
+            return chain_failure(read_error, payer);
+        }
+        let missing = tokens::missing_eip3009(
+            self.chain.as_ref(),
+            checked.token,
+            payer,
+            checked.payload.authorization.nonce,
+        )
+        .await;
+        match missing {
+            Ok(Some(why)) => {
+                tracing::warn!(token = %checked.token, %why, "asset refused");
+                match self
+                    .token_support
+                    .learn(checked.token, TokenSupport::Unsupported { why })
+                {
+                    TokenSupport::Unsupported { why } => unsupported_token(&why, payer),
+                    TokenSupport::Settles { .. } => chain_failure(read_error, payer),
+                }
+            }
+            Ok(None) => chain_failure(read_error, payer),
+            Err(error) => chain_failure(error, payer),
+        }
+    }
+
     /// The first payment in a token whose support is unknown finds it out (see [`crate::tokens`]):
     /// `Err` refuses this payment, for what was learned or for an inconclusive probe.
     async fn learn_token_support(&self, checked: &CheckedPayment) -> Result<(), Invalid> {
@@ -500,11 +500,7 @@ impl LocalFacilitator {
                 ),
                 payer: Some(payer),
             }),
-            Err(ProbeFailure::Chain(error)) => Err(Invalid {
-                reason: Reason::UNEXPECTED_VERIFY_ERROR,
-                message: format!("could not read the chain: {error}"),
-                payer: Some(payer),
-            }),
+            Err(ProbeFailure::Chain(error)) => Err(chain_failure(error, payer)),
         }
     }
 
@@ -1491,6 +1487,14 @@ pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
         network_name(&requirements.network, request.version),
     ]);
     keccak256(material.to_string())
+}
+
+fn chain_failure(error: ChainError, payer: Address) -> Invalid {
+    Invalid {
+        reason: Reason::UNEXPECTED_VERIFY_ERROR,
+        message: format!("could not read the chain: {error}"),
+        payer: Some(payer),
+    }
 }
 
 fn unsupported_token(why: &str, payer: Address) -> Invalid {
