@@ -192,3 +192,78 @@ pub(crate) async fn probe_settlement(
         (CallOutcome::Revert(data), CallOutcome::Revert(_)) => Err(ProbeFailure::Reverted(data)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const SETTLES: TokenSupport = TokenSupport::Settles {
+        bytes_signatures: false,
+    };
+
+    #[test]
+    fn the_first_answer_is_kept() {
+        let cache = TokenSupportCache::default();
+        let token = Address::repeat_byte(1);
+        assert_eq!(cache.known(token), None);
+        assert_eq!(cache.learn(token, SETTLES), SETTLES);
+        let refused = TokenSupport::Unsupported { why: "no".into() };
+        assert_eq!(cache.learn(token, refused), SETTLES);
+        assert_eq!(cache.known(token), Some(SETTLES));
+        assert_eq!(cache.known(Address::repeat_byte(2)), None);
+    }
+
+    #[tokio::test]
+    async fn one_probe_per_token_and_an_inconclusive_one_learns_nothing() {
+        let cache = Arc::new(TokenSupportCache::default());
+        let token = Address::repeat_byte(3);
+        let inconclusive: Result<TokenSupport, &str> = cache
+            .get_or_probe(token, || async { Err("reverted") })
+            .await;
+        assert_eq!(inconclusive, Err("reverted"));
+        assert_eq!(cache.known(token), None);
+
+        let probes = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (cache, probes) = (cache.clone(), probes.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_probe(token, || async move {
+                            probes.fetch_add(1, Ordering::SeqCst);
+                            tokio::task::yield_now().await;
+                            Ok::<_, &str>(SETTLES)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), Ok(SETTLES));
+        }
+        assert_eq!(
+            probes.load(Ordering::SeqCst),
+            1,
+            "one probe for all callers"
+        );
+        assert_eq!(cache.known(token), Some(SETTLES));
+    }
+
+    #[test]
+    fn past_the_bound_new_tokens_are_not_remembered() {
+        let cache = TokenSupportCache::default();
+        for index in 0..TOKENS_REMEMBERED_MAX as u64 {
+            let token = Address::left_padding_from(&index.to_be_bytes());
+            cache.learn(token, SETTLES);
+        }
+        let late = Address::repeat_byte(0xee);
+        // Answered for this caller, but not kept.
+        assert_eq!(cache.learn(late, SETTLES), SETTLES);
+        assert_eq!(cache.known(late), None);
+        assert_eq!(cache.tokens.read().unwrap().len(), TOKENS_REMEMBERED_MAX);
+        // Tokens already known stay known.
+        assert_eq!(cache.known(Address::ZERO), Some(SETTLES));
+    }
+}
