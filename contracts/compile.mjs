@@ -21,6 +21,9 @@ const CONTRACTS = [
   { source: "src/BursarUSD.sol", name: "BursarUSD" },
   { source: "src/BursarBatchSettler.sol", name: "BursarBatchSettler" },
   { source: "src/BursarAuthorizationReader.sol", name: "BursarAuthorizationReader" },
+  { source: "src/test/Eip3009OnlyToken.sol", name: "Eip3009OnlyToken" },
+  { source: "src/test/PlainErc20.sol", name: "PlainErc20" },
+  { source: "src/test/BytesOnlyAuthorizationToken.sol", name: "BytesOnlyAuthorizationToken" },
 ];
 
 /** Compiler settings. Also recorded in every artifact. */

@@ -1,8 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0
 pragma solidity 0.8.37;
 
-/// @notice The EIP-3009 entry point the settler calls (the `bytes signature` overload, as on
-/// Circle's USDC v2.2+ and BursarUSD).
+/// @notice EIP-3009's own `transferWithAuthorization`, with the signature as `(v, r, s)`: every
+/// EIP-3009 token has it.
+interface IERC3009 {
+    function transferWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external;
+}
+
+/// @notice The `bytes signature` overload (Circle's USDC v2.2+, BursarUSD), which also takes
+/// ERC-1271 and ERC-6492 signatures of smart wallets. Tokens that follow the EIP to the letter do
+/// not have it.
 interface IERC3009Bytes {
     function transferWithAuthorization(
         address from,
@@ -30,6 +47,11 @@ interface IERC3009Bytes {
 /// the facilitator records the truth it reads from the events and `authorizationState`.
 /// Each item's call gets at most `ITEM_GAS_MAX` gas, so an item whose signature check is
 /// expensive (an ERC-1271 wallet) cannot starve the rest of the batch.
+///
+/// A 65-byte signature is an EOA's `r || s || v` and goes to EIP-3009's own `(v, r, s)` function,
+/// which every EIP-3009 token has; a `v` of 0 or 1 is passed as 27 or 28 (what `ecrecover`
+/// accepts), any other `v` unchanged. Every other signature (ERC-1271, ERC-6492) goes to the
+/// `bytes signature` overload, which only such tokens as USDC v2.2+ have.
 contract BursarBatchSettler {
     /// @notice The most items one call settles.
     uint256 public constant ITEMS_MAX = 256;
@@ -75,14 +97,47 @@ contract BursarBatchSettler {
                 emit ItemFailed(i, item.token, item.from, item.nonce, "");
                 continue;
             }
-            try IERC3009Bytes(item.token).transferWithAuthorization{gas: ITEM_GAS_MAX}(
-                item.from, item.to, item.value, item.validAfter, item.validBefore, item.nonce, item.signature
-            ) {
+            bool ok;
+            bytes memory reason;
+            if (item.signature.length == 65) {
+                (ok, reason) = _transferVrs(item);
+            } else {
+                (ok, reason) = _transferBytes(item);
+            }
+            if (ok) {
                 ++settled;
                 emit ItemSettled(i, item.token, item.from, item.nonce);
-            } catch (bytes memory reason) {
+            } else {
                 emit ItemFailed(i, item.token, item.from, item.nonce, reason);
             }
+        }
+    }
+
+    /// The item through EIP-3009's `(v, r, s)` function; its signature is 65 bytes `r || s || v`.
+    function _transferVrs(Item calldata item) private returns (bool ok, bytes memory reason) {
+        bytes32 r = bytes32(item.signature[0:32]);
+        bytes32 s = bytes32(item.signature[32:64]);
+        uint8 v = uint8(item.signature[64]);
+        if (v < 2) {
+            v += 27;
+        }
+        try IERC3009(item.token).transferWithAuthorization{gas: ITEM_GAS_MAX}(
+            item.from, item.to, item.value, item.validAfter, item.validBefore, item.nonce, v, r, s
+        ) {
+            ok = true;
+        } catch (bytes memory data) {
+            reason = data;
+        }
+    }
+
+    /// The item through the `bytes signature` overload.
+    function _transferBytes(Item calldata item) private returns (bool ok, bytes memory reason) {
+        try IERC3009Bytes(item.token).transferWithAuthorization{gas: ITEM_GAS_MAX}(
+            item.from, item.to, item.value, item.validAfter, item.validBefore, item.nonce, item.signature
+        ) {
+            ok = true;
+        } catch (bytes memory data) {
+            reason = data;
         }
     }
 }

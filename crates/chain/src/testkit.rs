@@ -21,6 +21,22 @@ pub const ONE_ETHER: u128 = 1_000_000_000_000_000_000;
 /// The token name the suite deploys; its EIP-712 version is always "2".
 pub const TOKEN_NAME: &str = "USD Coin";
 
+/// Which token a [`Fixture`] deploys. Each takes the name [`TOKEN_NAME`]; the EIP-3009 ones have
+/// the EIP-712 version "2", so [`Fixture::sign`] signs for any of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// BursarUSD: EIP-3009 with both signature forms, like USDC v2.2+.
+    BursarUsd,
+    /// EIP-3009 as the EIP writes it: the `(v, r, s)` functions only, no `bytes signature`
+    /// overloads (`bursar_contracts::test_tokens::Eip3009OnlyToken`).
+    Eip3009Only,
+    /// An ERC-20 without EIP-3009 (`bursar_contracts::test_tokens::PlainErc20`).
+    PlainErc20,
+    /// `transferWithAuthorization` with a `bytes signature` only, without EIP-3009's `(v, r, s)`
+    /// function (`bursar_contracts::test_tokens::BytesOnlyAuthorizationToken`).
+    BytesOnly,
+}
+
 /// A deployed token with a funded owner, payer and gas-paying sender.
 pub struct Fixture {
     pub chain: Arc<dyn DevChain>,
@@ -55,13 +71,44 @@ pub async fn funded_account(chain: &Arc<dyn DevChain>) -> Account {
     Account::new(evm, signer)
 }
 
-/// Deploys the token and mints `payer_balance` atomic units to a fresh payer.
+/// Deploys BursarUSD and mints `payer_balance` atomic units to a fresh payer.
 pub async fn fixture(chain: Arc<dyn DevChain>, payer_balance: u64) -> Fixture {
+    fixture_with(chain, payer_balance, TokenKind::BursarUsd).await
+}
+
+/// Deploys a token of `kind` owned by `owner` (who may mint).
+pub async fn deploy_token(owner: &Account, kind: TokenKind) -> Token {
+    use bursar_contracts::test_tokens::{
+        bytes_only_authorization_token_creation_code, eip3009_only_token_creation_code,
+        plain_erc20_creation_code,
+    };
+    let code = match kind {
+        TokenKind::BursarUsd => {
+            return Token::deploy(owner, TOKEN_NAME, "USDC", owner.address())
+                .await
+                .expect("deploy BursarUSD");
+        }
+        TokenKind::Eip3009Only => {
+            eip3009_only_token_creation_code(TOKEN_NAME, "2", owner.address())
+        }
+        TokenKind::PlainErc20 => plain_erc20_creation_code(TOKEN_NAME, "PLAIN", owner.address()),
+        TokenKind::BytesOnly => {
+            bytes_only_authorization_token_creation_code(TOKEN_NAME, "2", owner.address())
+        }
+    };
+    let address = owner.deploy(code).await.expect("deploy token");
+    Token::new(owner.chain().clone(), address)
+}
+
+/// Deploys a token of `kind` and mints `payer_balance` atomic units to a fresh payer.
+pub async fn fixture_with(
+    chain: Arc<dyn DevChain>,
+    payer_balance: u64,
+    kind: TokenKind,
+) -> Fixture {
     let owner = funded_account(&chain).await;
     let sender = funded_account(&chain).await;
-    let token = Token::deploy(&owner, TOKEN_NAME, "USDC", owner.address())
-        .await
-        .expect("deploy token");
+    let token = deploy_token(&owner, kind).await;
     let payer = PrivateKeySigner::random();
     token
         .mint(&owner, payer.address(), U256::from(payer_balance))
@@ -366,6 +413,122 @@ pub async fn stale_nonce_is_rejected_then_recovered(chain: Arc<dyn DevChain>) {
     assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(12u64));
 }
 
+/// A token with EIP-3009 exactly as the EIP writes it (no `bytes signature` overloads): EOA
+/// signatures settle through its `(v, r, s)` functions, also with a recovery byte of 0/1;
+/// `receiveWithAuthorization` works for the payee only; `cancelAuthorization` burns a nonce; the
+/// `bytes` overload it lacks reverts.
+pub async fn eip3009_only_token_uses_the_v_r_s_functions(chain: Arc<dyn DevChain>) {
+    use alloy_signer::SignerSync;
+    let f = fixture_with(chain.clone(), 1_000_000, TokenKind::Eip3009Only).await;
+    let payee = Address::repeat_byte(0x48);
+
+    // transferWithAuthorization(..., v, r, s), once with v = 27/28 and once with v = 0/1.
+    let (authorization, signature) = f.authorization(payee, 100).await;
+    let bytes_form =
+        bursar_contracts::transfer_with_authorization_bytes_call(&authorization, &signature);
+    let outcome = chain
+        .call(crate::CallRequest {
+            from: Some(f.sender.address()),
+            to: Some(f.token.address()),
+            data: bytes_form,
+            value: U256::ZERO,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, CallOutcome::Revert(_)),
+        "the token has no bytes overload: {outcome:?}"
+    );
+    assert!(matches!(
+        f.simulate(&authorization, &signature).await,
+        CallOutcome::Success(_)
+    ));
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+        .await
+        .unwrap();
+    assert!(mined(chain.as_ref(), hash).await.success);
+    let (authorization, mut signature) = f.authorization(payee, 200).await;
+    signature[64] -= 27;
+    let hash = f
+        .token
+        .submit_transfer_with_authorization(&f.sender, &authorization, &signature, None)
+        .await
+        .unwrap();
+    assert!(mined(chain.as_ref(), hash).await.success);
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(300u64));
+
+    // receiveWithAuthorization: the payee sends it; anyone else is refused.
+    let receiver = funded_account(&chain).await;
+    let (authorization, _) = f.authorization(receiver.address(), 400).await;
+    let domain = token_domain(TOKEN_NAME, "2", chain.chain_id(), f.token.address());
+    let digest = bursar_contracts::receive_authorization_signing_hash(&authorization, &domain);
+    let signature = f.payer.sign_hash_sync(&digest).unwrap().as_bytes();
+    let data = bursar_contracts::receive_with_authorization_call(&authorization, &signature);
+    let stranger = chain
+        .call(crate::CallRequest {
+            from: Some(f.sender.address()),
+            to: Some(f.token.address()),
+            data: data.clone(),
+            value: U256::ZERO,
+        })
+        .await
+        .unwrap();
+    assert!(matches!(stranger, CallOutcome::Revert(_)), "{stranger:?}");
+    let receipt = receiver
+        .send_and_wait(TxRequest {
+            to: Some(f.token.address()),
+            data,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert_eq!(
+        f.token.balance_of(receiver.address()).await.unwrap(),
+        U256::from(400u64)
+    );
+
+    // cancelAuthorization(authorizer, nonce, v, r, s) burns the nonce; the transfer then reverts.
+    let (authorization, signature) = f.authorization(payee, 500).await;
+    let digest = bursar_contracts::cancel_authorization_signing_hash(
+        authorization.from,
+        authorization.nonce,
+        &domain,
+    );
+    let cancel = f.payer.sign_hash_sync(&digest).unwrap().as_bytes();
+    let receipt = f
+        .sender
+        .send_and_wait(TxRequest {
+            to: Some(f.token.address()),
+            data: bursar_contracts::cancel_authorization_call(
+                authorization.from,
+                authorization.nonce,
+                &cancel,
+            ),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(receipt.success, "{receipt:?}");
+    assert!(
+        f.token
+            .authorization_state(authorization.from, authorization.nonce)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        f.simulate(&authorization, &signature).await,
+        CallOutcome::Revert(_)
+    ));
+    assert_eq!(f.token.balance_of(payee).await.unwrap(), U256::from(300u64));
+    assert_eq!(
+        f.token.balance_of(f.payer.address()).await.unwrap(),
+        U256::from(1_000_000u64 - 700)
+    );
+}
+
 /// A plain value transfer with the wrong chain id is refused.
 pub async fn wrong_chain_id_is_rejected(chain: Arc<dyn DevChain>) {
     use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
@@ -506,6 +669,7 @@ macro_rules! conformance_tests {
             time_travel_expires_authorizations,
             concurrent_sends_share_one_nonce_sequence,
             stale_nonce_is_rejected_then_recovered,
+            eip3009_only_token_uses_the_v_r_s_functions,
             wrong_chain_id_is_rejected,
             logs_find_the_transaction_that_used_an_authorization
         );

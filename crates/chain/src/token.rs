@@ -1,4 +1,5 @@
-//! Access to an EIP-3009 token (Bursar's own or USDC) on any [`EvmChain`].
+//! Access to an EIP-3009 token (Bursar's own, USDC, or any token that follows the EIP) on any
+//! [`EvmChain`].
 
 use std::sync::Arc;
 
@@ -84,7 +85,9 @@ impl Token {
             .map_err(|e| ChainError::Transport(format!("authorizationState returned garbage: {e}")))
     }
 
-    /// Simulates `transferWithAuthorization` as `sender` would send it.
+    /// Simulates `transferWithAuthorization` as `sender` would send it: EIP-3009's own `(v, r, s)`
+    /// function for a 65-byte EOA signature, the `bytes signature` overload for any other (see
+    /// [`bursar_contracts::transfer_with_authorization_call`]).
     pub async fn simulate_transfer_with_authorization(
         &self,
         sender: Address,
@@ -101,7 +104,8 @@ impl Token {
             .await
     }
 
-    /// Submits `transferWithAuthorization` from `sender` and returns the transaction hash.
+    /// Submits `transferWithAuthorization` from `sender` and returns the transaction hash. The
+    /// overload is chosen as in [`Token::simulate_transfer_with_authorization`].
     pub async fn submit_transfer_with_authorization(
         &self,
         sender: &Account,

@@ -6,8 +6,9 @@ use bursar_protocol::exact_evm::Authorization;
 use bursar_protocol::{Amount, Reason};
 
 use crate::bindings::{
-    BursarUSD, CancelAuthorization, CancelAuthorizationBytesCall, ReceiveWithAuthorization,
-    ReceiveWithAuthorizationBytesCall, TransferWithAuthorizationBytesCall,
+    BursarUSD, CancelAuthorization, CancelAuthorizationBytesCall, CancelAuthorizationVrsCall,
+    ReceiveWithAuthorization, ReceiveWithAuthorizationBytesCall, ReceiveWithAuthorizationVrsCall,
+    TransferWithAuthorizationBytesCall, TransferWithAuthorizationVrsCall,
 };
 
 /// BursarUSD has 6 decimals, like USDC.
@@ -42,10 +43,10 @@ fn decode_returns<C: SolCall>(output: &[u8]) -> Result<C::Return, DecodeError> {
 /// Makes a 65-byte `r || s || v` signature acceptable to `ecrecover`-based tokens.
 ///
 /// [`bursar_protocol::exact_evm::recover_signer`] accepts a recovery byte of 0 or 1 as well as 27
-/// or 28, but the `ecrecover` precompile, and hence OpenZeppelin's ECDSA (BursarUSD) and Circle's
-/// USDC, accept only 27 and 28. This rewrites 0/1 to 27/28 so a signature that verified off chain
-/// also settles. Any other signature (other lengths, e.g. ERC-1271 or ERC-6492 blobs, or other v
-/// values) is returned unchanged.
+/// or 28, but the `ecrecover` precompile, and hence OpenZeppelin's ECDSA (BursarUSD), Circle's
+/// USDC and tokens that follow EIP-3009 to the letter, accept only 27 and 28. This rewrites 0/1
+/// to 27/28 so a signature that verified off chain also settles. Any other signature (other
+/// lengths, e.g. ERC-1271 or ERC-6492 blobs, or other v values) is returned unchanged.
 pub fn ecrecover_compatible_signature(signature: &[u8]) -> Bytes {
     let mut bytes = signature.to_vec();
     if let [.., v @ (0 | 1)] = bytes.as_mut_slice()
@@ -56,11 +57,69 @@ pub fn ecrecover_compatible_signature(signature: &[u8]) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Calldata for `transferWithAuthorization(from, to, value, validAfter, validBefore, nonce, bytes
-/// signature)`, the call that settles an x402 `exact` EVM payment. Anyone may send it.
+/// An EOA signature split for EIP-3009's own functions, which take it as `(uint8 v, bytes32 r,
+/// bytes32 s)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitSignature {
+    /// 27 or 28 for any signature that can verify (0 and 1 are rewritten to them).
+    pub v: u8,
+    pub r: B256,
+    pub s: B256,
+}
+
+/// Splits a 65-byte `r || s || v` signature for the `(v, r, s)` functions, with `v` made
+/// `ecrecover`-ready as [`ecrecover_compatible_signature`] does (0/1 → 27/28, other values
+/// unchanged, so the token refuses them). `None` for any other length: such a signature (ERC-1271
+/// or ERC-6492 data of a smart wallet) can only go to the `bytes signature` overloads.
+pub fn split_signature(signature: &[u8]) -> Option<SplitSignature> {
+    let bytes: &[u8; 65] = signature.try_into().ok()?;
+    let v = match bytes[64] {
+        recovery @ (0 | 1) => recovery + 27,
+        other => other,
+    };
+    Some(SplitSignature {
+        v,
+        r: B256::from_slice(&bytes[..32]),
+        s: B256::from_slice(&bytes[32..64]),
+    })
+}
+
+/// Calldata for `transferWithAuthorization`, the call that settles an x402 `exact` EVM payment.
+/// Anyone may send it.
+///
+/// A 65-byte EOA signature uses EIP-3009's own overload, `transferWithAuthorization(from, to,
+/// value, validAfter, validBefore, nonce, uint8 v, bytes32 r, bytes32 s)`, which every EIP-3009
+/// token has (see [`split_signature`]). Any other signature (a smart wallet's ERC-1271 or ERC-6492
+/// data) uses the `bytes signature` overload ([`transfer_with_authorization_bytes_call`]), which
+/// only some tokens (Circle's USDC v2.2+, BursarUSD) have.
+pub fn transfer_with_authorization_call(authorization: &Authorization, signature: &[u8]) -> Bytes {
+    let Some(split) = split_signature(signature) else {
+        return transfer_with_authorization_bytes_call(authorization, signature);
+    };
+    TransferWithAuthorizationVrsCall {
+        from: authorization.from,
+        to: authorization.to,
+        value: authorization.value.atomic(),
+        validAfter: authorization.valid_after,
+        validBefore: authorization.valid_before,
+        nonce: authorization.nonce,
+        v: split.v,
+        r: split.r,
+        s: split.s,
+    }
+    .abi_encode()
+    .into()
+}
+
+/// Calldata for the `transferWithAuthorization(..., bytes signature)` overload, whatever the
+/// signature's length. Tokens that follow EIP-3009 to the letter do not have it (their answer is
+/// a revert); settle with [`transfer_with_authorization_call`], which uses it only when it must.
 ///
 /// The signature passes through [`ecrecover_compatible_signature`].
-pub fn transfer_with_authorization_call(authorization: &Authorization, signature: &[u8]) -> Bytes {
+pub fn transfer_with_authorization_bytes_call(
+    authorization: &Authorization,
+    signature: &[u8],
+) -> Bytes {
     TransferWithAuthorizationBytesCall {
         from: authorization.from,
         to: authorization.to,
@@ -74,35 +133,64 @@ pub fn transfer_with_authorization_call(authorization: &Authorization, signature
     .into()
 }
 
-/// Calldata for `receiveWithAuthorization(..., bytes signature)`. Only `authorization.to` may send
-/// it, and the buyer must have signed `ReceiveWithAuthorization` typed data (see
+/// Calldata for `receiveWithAuthorization`. Only `authorization.to` may send it, and the buyer
+/// must have signed `ReceiveWithAuthorization` typed data (see
 /// [`receive_authorization_signing_hash`]), not `TransferWithAuthorization`.
 ///
-/// The signature passes through [`ecrecover_compatible_signature`].
+/// Like [`transfer_with_authorization_call`]: the `(v, r, s)` overload for a 65-byte signature,
+/// the `bytes signature` overload (signature through [`ecrecover_compatible_signature`]) for any
+/// other.
 pub fn receive_with_authorization_call(authorization: &Authorization, signature: &[u8]) -> Bytes {
-    ReceiveWithAuthorizationBytesCall {
+    let Some(split) = split_signature(signature) else {
+        return ReceiveWithAuthorizationBytesCall {
+            from: authorization.from,
+            to: authorization.to,
+            value: authorization.value.atomic(),
+            validAfter: authorization.valid_after,
+            validBefore: authorization.valid_before,
+            nonce: authorization.nonce,
+            signature: ecrecover_compatible_signature(signature),
+        }
+        .abi_encode()
+        .into();
+    };
+    ReceiveWithAuthorizationVrsCall {
         from: authorization.from,
         to: authorization.to,
         value: authorization.value.atomic(),
         validAfter: authorization.valid_after,
         validBefore: authorization.valid_before,
         nonce: authorization.nonce,
-        signature: ecrecover_compatible_signature(signature),
+        v: split.v,
+        r: split.r,
+        s: split.s,
     }
     .abi_encode()
     .into()
 }
 
-/// Calldata for `cancelAuthorization(authorizer, nonce, bytes signature)`, which burns an unused
-/// nonce. The authorizer signs `CancelAuthorization` typed data (see
-/// [`cancel_authorization_signing_hash`]).
+/// Calldata for `cancelAuthorization`, which burns an unused nonce. The authorizer signs
+/// `CancelAuthorization` typed data (see [`cancel_authorization_signing_hash`]).
 ///
-/// The signature passes through [`ecrecover_compatible_signature`].
+/// Like [`transfer_with_authorization_call`]: `cancelAuthorization(authorizer, nonce, uint8 v,
+/// bytes32 r, bytes32 s)` for a 65-byte signature, `cancelAuthorization(authorizer, nonce, bytes
+/// signature)` (signature through [`ecrecover_compatible_signature`]) for any other.
 pub fn cancel_authorization_call(authorizer: Address, nonce: B256, signature: &[u8]) -> Bytes {
-    CancelAuthorizationBytesCall {
+    let Some(split) = split_signature(signature) else {
+        return CancelAuthorizationBytesCall {
+            authorizer,
+            nonce,
+            signature: ecrecover_compatible_signature(signature),
+        }
+        .abi_encode()
+        .into();
+    };
+    CancelAuthorizationVrsCall {
         authorizer,
         nonce,
-        signature: ecrecover_compatible_signature(signature),
+        v: split.v,
+        r: split.r,
+        s: split.s,
     }
     .abi_encode()
     .into()

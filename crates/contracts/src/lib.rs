@@ -22,6 +22,21 @@
 //!   per-item failure isolation: bindings, calldata, deployment code and receipt decoding.
 //! - [`reader`]: BursarAuthorizationReader, which reads many payers' balances and nonce states in
 //!   one `eth_call` without being deployed.
+//! - [`test_tokens`]: tokens that are not BursarUSD, for tests: one with EIP-3009 exactly as the
+//!   EIP writes it (no `bytes signature` overloads), a plain ERC-20 without EIP-3009, and one with
+//!   only the `bytes signature` form of `transferWithAuthorization`.
+//!
+//! ## Which `transferWithAuthorization`
+//!
+//! EIP-3009 defines `transferWithAuthorization`, `receiveWithAuthorization` and
+//! `cancelAuthorization` with the signature as `(uint8 v, bytes32 r, bytes32 s)`; every EIP-3009
+//! token has them. Circle's USDC v2.2+ (and BursarUSD) add overloads taking `bytes signature`,
+//! which also accept smart-wallet (ERC-1271 / ERC-6492) signatures. The calldata builders here
+//! pick the overload from the signature: a 65-byte EOA signature `r || s || v` goes to the
+//! `(v, r, s)` form, with a `v` of 0 or 1 rewritten to 27 or 28 (the only values `ecrecover`
+//! accepts; Bursar's own signer already produces them), any other `v` left for the token to
+//! refuse; every other signature goes to the `bytes` form. BursarBatchSettler applies the same
+//! rule on chain.
 //!
 //! Nothing here performs I/O.
 
@@ -30,6 +45,7 @@ pub mod batch;
 pub mod bindings;
 mod calls;
 pub mod reader;
+pub mod test_tokens;
 
 pub use artifact::{
     ARTIFACT_JSON, Artifact, CompilerInfo, MAX_NAME_BYTES, artifact, token_creation_code,
@@ -41,12 +57,13 @@ pub use batch::{
 };
 pub use bindings::BursarUSD;
 pub use calls::{
-    DecodeError, TOKEN_DECIMALS, TOKEN_EIP712_VERSION, TokenDomain, TokenRevert,
+    DecodeError, SplitSignature, TOKEN_DECIMALS, TOKEN_EIP712_VERSION, TokenDomain, TokenRevert,
     authorization_state_call, balance_of_call, cancel_authorization_call,
     cancel_authorization_signing_hash, decode_authorization_state, decode_balance_of,
     decode_eip712_domain, decode_revert, describe_revert, ecrecover_compatible_signature,
     eip712_domain_call, mint_call, receive_authorization_signing_hash,
-    receive_with_authorization_call, revert_reason, token_domain, transfer_with_authorization_call,
+    receive_with_authorization_call, revert_reason, split_signature, token_domain,
+    transfer_with_authorization_bytes_call, transfer_with_authorization_call,
 };
 pub use reader::{
     AUTHORIZATION_READER_ARTIFACT_JSON, AuthorizationRead, AuthorizationReading, READER_ITEMS_MAX,

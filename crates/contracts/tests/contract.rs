@@ -7,9 +7,9 @@ use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{ContractError, Revert, SolCall, SolError, SolStruct, SolValue};
 use bursar_contracts::bindings::{
-    BursarUSD, CancelAuthorization, CancelAuthorizationBytesCall, ReceiveWithAuthorization,
-    ReceiveWithAuthorizationBytesCall, TransferWithAuthorizationBytesCall,
-    TransferWithAuthorizationVrsCall,
+    BursarUSD, CancelAuthorization, CancelAuthorizationBytesCall, CancelAuthorizationVrsCall,
+    ReceiveWithAuthorization, ReceiveWithAuthorizationBytesCall, ReceiveWithAuthorizationVrsCall,
+    TransferWithAuthorizationBytesCall, TransferWithAuthorizationVrsCall,
 };
 use bursar_contracts::*;
 use bursar_protocol::exact_evm::{Authorization, TransferWithAuthorization, recover_signer};
@@ -196,24 +196,113 @@ fn every_event_and_error_in_the_artifact_is_bound() {
     assert_eq!(errors, bound_errors);
 }
 
-#[test]
-fn bound_abi_matches_the_artifact_item_for_item() {
-    // Stricter than selectors: also outputs, indexed flags, mutability and the constructor.
-    let compiled: BTreeSet<String> = artifact()
+/// Stricter than selectors: also outputs, indexed flags, mutability and the constructor.
+fn assert_bound_abi_matches(artifact: &Artifact, bound_abi: &impl serde::Serialize) {
+    let compiled: BTreeSet<String> = artifact
         .abi
         .as_array()
         .unwrap()
         .iter()
         .map(shape_of)
         .collect();
-    let bound_abi = serde_json::to_value(BursarUSD::abi::contract()).unwrap();
+    let bound_abi = serde_json::to_value(bound_abi).unwrap();
     let bound: BTreeSet<String> = bound_abi.as_array().unwrap().iter().map(shape_of).collect();
     let missing: Vec<_> = compiled.difference(&bound).collect();
     let extra: Vec<_> = bound.difference(&compiled).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "compiled but not bound: {missing:#?}\nbound but not compiled: {extra:#?}"
+        "{}: compiled but not bound: {missing:#?}\nbound but not compiled: {extra:#?}",
+        artifact.contract_name
     );
+}
+
+#[test]
+fn bound_abi_matches_the_artifact_item_for_item() {
+    assert_bound_abi_matches(artifact(), &BursarUSD::abi::contract());
+}
+
+#[test]
+fn the_test_tokens_are_bound_and_have_no_bytes_signature_functions() {
+    use bursar_contracts::test_tokens::*;
+    let eip3009 = eip3009_only_token_artifact();
+    let plain = plain_erc20_artifact();
+    assert_eq!(eip3009.contract_name, "Eip3009OnlyToken");
+    assert_eq!(eip3009.source_name, "src/test/Eip3009OnlyToken.sol");
+    assert_eq!(plain.contract_name, "PlainErc20");
+    assert_eq!(plain.source_name, "src/test/PlainErc20.sol");
+    assert_bound_abi_matches(eip3009, &Eip3009OnlyToken::abi::contract());
+    assert_bound_abi_matches(plain, &PlainErc20::abi::contract());
+    let bytes_only = bytes_only_authorization_token_artifact();
+    assert_eq!(bytes_only.contract_name, "BytesOnlyAuthorizationToken");
+    assert_bound_abi_matches(bytes_only, &BytesOnlyAuthorizationToken::abi::contract());
+    // The bytes overload (USDC's selector) and not the (v, r, s) one.
+    assert_eq!(
+        bytes_only
+            .method_identifiers
+            .get("transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)")
+            .map(String::as_str),
+        Some("cf092995")
+    );
+    assert!(
+        !bytes_only
+            .method_identifiers
+            .values()
+            .any(|id| id == "e3ee160e")
+    );
+
+    // EIP-3009's own functions with USDC's selectors, and no `bytes signature` overload.
+    let ids = &eip3009.method_identifiers;
+    let expected = [
+        (
+            "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)",
+            "e3ee160e",
+        ),
+        (
+            "receiveWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)",
+            "ef55bec6",
+        ),
+        (
+            "cancelAuthorization(address,bytes32,uint8,bytes32,bytes32)",
+            "5a049a70",
+        ),
+        ("authorizationState(address,bytes32)", "e94a0102"),
+        ("mint(address,uint256)", "40c10f19"),
+    ];
+    for (signature, selector) in expected {
+        assert_eq!(
+            ids.get(signature).map(String::as_str),
+            Some(selector),
+            "{signature}"
+        );
+    }
+    assert!(
+        ids.keys().all(|signature| !signature.contains("bytes)")),
+        "{ids:?}"
+    );
+    // The plain ERC-20 has nothing of EIP-3009, but mints like BursarUSD.
+    assert!(
+        plain
+            .method_identifiers
+            .keys()
+            .all(|signature| !signature.contains("uthorization"))
+    );
+    assert_eq!(
+        plain
+            .method_identifiers
+            .get("mint(address,uint256)")
+            .map(String::as_str),
+        Some("40c10f19")
+    );
+
+    let owner = Address::repeat_byte(0x11);
+    let code = eip3009_only_token_creation_code("Dollar", "1", owner);
+    assert!(code.starts_with(&eip3009.bytecode));
+    assert_eq!(
+        <(String, String, Address)>::abi_decode_params(&code[eip3009.bytecode.len()..]).unwrap(),
+        ("Dollar".to_string(), "1".to_string(), owner)
+    );
+    let code = plain_erc20_creation_code("Plain", "PLN", owner);
+    assert!(code.starts_with(&plain.bytecode));
 }
 
 #[test]
@@ -315,10 +404,46 @@ fn address_word(address: Address) -> [u8; 32] {
 }
 
 #[test]
-fn transfer_with_authorization_calldata_is_laid_out_by_hand() {
+fn eoa_signatures_use_the_eips_own_v_r_s_function() {
+    let a = authorization();
+    let mut sig = signature(27);
+    sig[..32].copy_from_slice(&[0x11; 32]);
+    sig[32..64].copy_from_slice(&[0x22; 32]);
+    let calldata = transfer_with_authorization_call(&a, &sig);
+
+    // transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)
+    let mut expected = hex!("e3ee160e").to_vec();
+    expected.extend(address_word(a.from));
+    expected.extend(address_word(a.to));
+    expected.extend(word(U256::from(1_250_000u64)));
+    expected.extend(word(U256::from(1_700_000_000u64)));
+    expected.extend(word(U256::from(1_700_000_060u64)));
+    expected.extend(a.nonce.0);
+    expected.extend(word(U256::from(27)));
+    expected.extend([0x11; 32]);
+    expected.extend([0x22; 32]);
+    assert_eq!(calldata.as_ref(), expected.as_slice());
+    assert_eq!(
+        keccak256(
+            "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
+        )[..4],
+        hex!("e3ee160e")
+    );
+
+    let decoded = TransferWithAuthorizationVrsCall::abi_decode(&calldata).unwrap();
+    assert_eq!(decoded.from, a.from);
+    assert_eq!(decoded.value, a.value.atomic());
+    assert_eq!(
+        (decoded.v, decoded.r, decoded.s),
+        (27, B256::repeat_byte(0x11), B256::repeat_byte(0x22))
+    );
+}
+
+#[test]
+fn the_bytes_overload_is_laid_out_by_hand() {
     let a = authorization();
     let sig = signature(27);
-    let calldata = transfer_with_authorization_call(&a, &sig);
+    let calldata = transfer_with_authorization_bytes_call(&a, &sig);
 
     let mut expected = hex!("cf092995").to_vec();
     expected.extend(address_word(a.from));
@@ -340,10 +465,29 @@ fn transfer_with_authorization_calldata_is_laid_out_by_hand() {
 }
 
 #[test]
+fn other_signatures_use_the_bytes_overload_untouched() {
+    let a = authorization();
+    // ERC-1271 / ERC-6492 data of a smart wallet, and a short blob: never split.
+    for blob in [vec![1u8; 130], vec![0u8; 64], vec![7u8; 66], Vec::new()] {
+        assert_eq!(split_signature(&blob), None, "{} bytes", blob.len());
+        let calldata = transfer_with_authorization_call(&a, &blob);
+        assert_eq!(calldata, transfer_with_authorization_bytes_call(&a, &blob));
+        let decoded = TransferWithAuthorizationBytesCall::abi_decode(&calldata).unwrap();
+        assert_eq!(decoded.signature.as_ref(), blob.as_slice());
+    }
+}
+
+#[test]
 fn recovery_bytes_zero_and_one_become_ecrecover_ready() {
     let a = authorization();
     for (v, expected) in [(0u8, 27u8), (1, 28), (27, 27), (28, 28), (5, 5)] {
         let calldata = transfer_with_authorization_call(&a, &signature(v));
+        let decoded = TransferWithAuthorizationVrsCall::abi_decode(&calldata).unwrap();
+        assert_eq!(decoded.v, expected, "v = {v}");
+        assert_eq!(decoded.r, B256::repeat_byte(0x5a));
+        assert_eq!(decoded.s, B256::repeat_byte(0x5a));
+
+        let calldata = transfer_with_authorization_bytes_call(&a, &signature(v));
         let decoded = TransferWithAuthorizationBytesCall::abi_decode(&calldata).unwrap();
         assert_eq!(decoded.signature[64], expected, "v = {v}");
         assert_eq!(decoded.signature[..64], signature(v)[..64]);
@@ -363,24 +507,33 @@ fn recovery_bytes_zero_and_one_become_ecrecover_ready() {
 }
 
 #[test]
-fn receive_and_cancel_calldata_round_trip() {
+fn receive_and_cancel_pick_their_overload_by_signature() {
     let a = authorization();
     let calldata = receive_with_authorization_call(&a, &signature(28));
-    assert_eq!(calldata[..4], hex!("88b7ab63"));
-    let decoded = ReceiveWithAuthorizationBytesCall::abi_decode(&calldata).unwrap();
+    assert_eq!(calldata[..4], hex!("ef55bec6"));
+    let decoded = ReceiveWithAuthorizationVrsCall::abi_decode(&calldata).unwrap();
     assert_eq!(
-        (decoded.from, decoded.to, decoded.nonce),
-        (a.from, a.to, a.nonce)
+        (decoded.from, decoded.to, decoded.nonce, decoded.v),
+        (a.from, a.to, a.nonce, 28)
     );
     assert_eq!(decoded.validBefore, a.valid_before);
+    let blob = vec![3u8; 100];
+    let calldata = receive_with_authorization_call(&a, &blob);
+    assert_eq!(calldata[..4], hex!("88b7ab63"));
+    let decoded = ReceiveWithAuthorizationBytesCall::abi_decode(&calldata).unwrap();
+    assert_eq!(decoded.signature.as_ref(), blob.as_slice());
 
     let calldata = cancel_authorization_call(a.from, a.nonce, &signature(1));
-    assert_eq!(calldata[..4], hex!("b7b72899"));
-    let decoded = CancelAuthorizationBytesCall::abi_decode(&calldata).unwrap();
+    assert_eq!(calldata[..4], hex!("5a049a70"));
+    let decoded = CancelAuthorizationVrsCall::abi_decode(&calldata).unwrap();
     assert_eq!(decoded.authorizer, a.from);
     assert_eq!(decoded.nonce, a.nonce);
-    assert_eq!(decoded.signature[64], 28);
-    assert_eq!(calldata.len(), 4 + 32 * 3 + 32 + 96);
+    assert_eq!(decoded.v, 28);
+    assert_eq!(calldata.len(), 4 + 32 * 5);
+    let calldata = cancel_authorization_call(a.from, a.nonce, &blob);
+    assert_eq!(calldata[..4], hex!("b7b72899"));
+    let decoded = CancelAuthorizationBytesCall::abi_decode(&calldata).unwrap();
+    assert_eq!(decoded.signature.as_ref(), blob.as_slice());
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub const SENDERS_MAX: usize = 64;
 pub const SENDER_IN_FLIGHT_MAX: usize = 4;
 /// Gas budgeted for the batch transaction itself.
 pub const BATCH_GAS_BASE: u64 = 60_000;
-/// Gas budgeted per item signed by an EOA (65-byte signature); ~60k is used.
+/// Gas budgeted per item signed by an EOA (65-byte signature); 60-70k is used.
 pub const BATCH_ITEM_GAS_EOA: u64 = 120_000;
 /// Gas budgeted per item with another signature (ERC-1271 / ERC-6492): what the contract
 /// forwards to it at most, plus the item's own overhead.

@@ -7,9 +7,36 @@
 //!   [`bursar_facilitator_client::Facilitator`]) or over HTTP through [`router`].
 //! - Verification runs the stateless checks of [`bursar_protocol::exact_evm::check_payment`] in the
 //!   reference order, then reads the chain: the token's EIP-712 domain (cached), whether the nonce
-//!   is used, and the payer's balance.
+//!   is used, and the payer's balance; then, once per token, what the token lets this facilitator
+//!   settle (see below).
 //! - Settlement re-verifies, simulates, submits `transferWithAuthorization` and waits for the
 //!   receipt. Identical concurrent or repeated settles share one outcome and one transaction.
+//!
+//! ## Which `transferWithAuthorization`, and tokens that cannot be settled
+//!
+//! A 65-byte EOA signature is settled through EIP-3009's own `transferWithAuthorization(from, to,
+//! value, validAfter, validBefore, nonce, uint8 v, bytes32 r, bytes32 s)`, which every EIP-3009
+//! token has (a recovery byte of 0/1 is sent as 27/28); only other signatures would use the
+//! `bytes signature` overload that USDC v2.2+ and BursarUSD add. Unbatched settlement and the
+//! batch settler follow the same rule. Verification accepts 65-byte signatures only (smart-wallet
+//! signatures are refused with `invalid_exact_evm_payload_signature`).
+//!
+//! `/verify` never calls valid a payment this facilitator cannot settle. The first payment that
+//! reaches a token finds out what the token supports ([`tokens`]; [`LocalFacilitator::token_support`]
+//! shows it), and the answer is kept for the life of the process, so later payments cost no
+//! extra chain call. Refused with [`bursar_protocol::Reason::UNSUPPORTED_TOKEN`]
+//! (`invalid_exact_evm_unsupported_token`), at `/verify` and `/settle` alike, with a message that
+//! says which:
+//!
+//! - there is no contract at the asset address;
+//! - the asset has no EIP-3009 (`authorizationState` reverts or answers no boolean), whether its
+//!   reads go out alone or grouped ([`FacilitatorConfig::group_reads`]);
+//! - the asset has only the `bytes signature` form of `transferWithAuthorization`, not the
+//!   EIP's `(v, r, s)` one.
+//!
+//! If the simulation of both forms reverts on that first payment, nothing is learned and that
+//! payment is refused with the simulation's reason (the revert decoded, or
+//! `invalid_exact_evm_transaction_simulation_failed`); the next payment asks again.
 //!
 //! ## Access control and hooks
 //!
@@ -118,6 +145,7 @@ pub mod metrics;
 pub mod reads;
 mod server;
 mod service;
+pub mod tokens;
 
 pub use access::{Access, AccessPolicy};
 pub use batch::BatchConfig;
@@ -134,3 +162,4 @@ pub use service::{
     SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
     payment_fingerprint, payment_identifier,
 };
+pub use tokens::{TOKENS_REMEMBERED_MAX, TokenSupport};

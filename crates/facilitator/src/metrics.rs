@@ -97,7 +97,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The reasons Bursar itself reports.
-fn bursar_reasons() -> [Reason; 20] {
+fn bursar_reasons() -> [Reason; 21] {
     [
         Reason::INVALID_X402_VERSION,
         Reason::INVALID_SCHEME,
@@ -114,6 +114,7 @@ fn bursar_reasons() -> [Reason; 20] {
         Reason::INSUFFICIENT_FUNDS,
         Reason::NONCE_ALREADY_USED,
         Reason::TOKEN_DOMAIN_MISMATCH,
+        Reason::UNSUPPORTED_TOKEN,
         Reason::SIMULATION_FAILED,
         Reason::SETTLEMENT_IN_PROGRESS,
         Reason::TRANSACTION_FAILED,

@@ -9,6 +9,10 @@
 //! finds the reader idle goes out alone at once; reads arriving while calls are in flight share
 //! the next one (group commit). Every answer is read at the chain head when its call runs, never
 //! cached, so it is as fresh as a read of its own.
+//!
+//! An item whose token does not answer (no code, no `authorizationState`, a malformed answer)
+//! comes back as `Ok(None)`, apart from failures of the read itself, so verification can tell a
+//! token without EIP-3009 from an unreachable node.
 
 use std::sync::Arc;
 
@@ -28,7 +32,8 @@ const READ_QUEUE_MAX: usize = 16_384;
 
 const _: () = assert!(READS_PER_CALL_MAX <= READER_ITEMS_MAX);
 
-type Answer = Result<(U256, bool), ChainError>;
+/// `(balance, used)`; `None` when the token did not answer `balanceOf` / `authorizationState`.
+type Answer = Result<Option<(U256, bool)>, ChainError>;
 
 struct Pending {
     read: AuthorizationRead,
@@ -49,7 +54,8 @@ impl ReadGroup {
         ReadGroup { queue }
     }
 
-    /// `owner`'s balance of `token` and whether `nonce` is used there, read at the chain head.
+    /// `owner`'s balance of `token` and whether `nonce` is used there, read at the chain head;
+    /// `Ok(None)` when the token did not answer.
     pub async fn read(&self, token: Address, owner: Address, nonce: B256) -> Answer {
         let (reply, answer) = oneshot::channel();
         let pending = Pending {
@@ -105,13 +111,7 @@ async fn answer_group(chain: &dyn EvmChain, group: Vec<Pending>) {
             match decode_authorization_reads(&output, reads.len()) {
                 Ok(readings) => readings
                     .into_iter()
-                    .map(|reading| {
-                        reading.map(|r| (r.balance, r.used)).ok_or_else(|| {
-                            ChainError::Rejected(
-                                "the token did not answer balanceOf / authorizationState".into(),
-                            )
-                        })
-                    })
+                    .map(|reading| Ok(reading.map(|r| (r.balance, r.used))))
                     .collect(),
                 Err(error) => failed(&reads, &format!("malformed read answer: {error}")),
             }

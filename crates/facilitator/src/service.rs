@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use alloy_primitives::{Address, B256, keccak256};
 use alloy_sol_types::{SolCall, sol};
 use bursar_chain::{Account, CallOutcome, CallRequest, ChainError, EvmChain, Token};
+use bursar_contracts::{describe_revert, revert_reason};
 use bursar_protocol::exact_evm::{self, CheckedPayment, ExactEvmPayload, Invalid, SCHEME_EXACT};
 use bursar_protocol::facilitator::network_name;
 use bursar_protocol::{
@@ -22,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::batch::{self, BatchConfig, Batcher, Queued};
 use crate::hooks::{FacilitatorHooks, NoHooks, payer_of};
 use crate::metrics::FacilitatorMetrics;
+use crate::tokens::{self, ProbeFailure, TokenSupport, TokenSupportCache};
 
 /// Gas limit for one `transferWithAuthorization`; an EOA-signed one uses about 60-90k.
 pub const SETTLE_GAS_LIMIT: u64 = 200_000;
@@ -115,6 +117,8 @@ pub struct Inner {
     hooks: RwLock<Arc<dyn FacilitatorHooks>>,
     /// Each token's on-chain EIP-712 domain separator, read once.
     domain_separators: RwLock<HashMap<Address, Option<B256>>>,
+    /// What each token lets this facilitator settle, learned once.
+    token_support: TokenSupportCache,
     /// Prometheus metrics of every verify and settle.
     metrics: FacilitatorMetrics,
     /// The batch queue, when batching is configured.
@@ -216,6 +220,7 @@ impl LocalFacilitator {
                 ledger,
                 hooks: RwLock::new(Arc::new(NoHooks)),
                 domain_separators: RwLock::new(HashMap::new()),
+                token_support: TokenSupportCache::default(),
                 metrics,
                 batcher,
                 senders,
@@ -348,30 +353,38 @@ impl LocalFacilitator {
     ) -> Result<(), Invalid> {
         let payer = checked.payer;
         let authorization = &checked.payload.authorization;
+        let known = self.token_support.known(checked.token);
+        if let Some(TokenSupport::Unsupported { why }) = &known {
+            return Err(unsupported_token(why, payer));
+        }
         let token = Token::new(self.chain.clone(), checked.token);
-        let chain_failure = |error: ChainError| Invalid {
-            reason: Reason::UNEXPECTED_VERIFY_ERROR,
-            message: format!("could not read the chain: {error}"),
-            payer: Some(payer),
-        };
-        let (separator, used, balance) = match &self.reads {
+        let chain_failure = |error: ChainError| chain_failure(error, payer);
+        let (separator, reading) = match &self.reads {
             Some(reads) => {
-                let (separator, reading) = tokio::join!(
+                tokio::join!(
                     self.domain_separator(checked.token),
                     reads.read(checked.token, payer, authorization.nonce),
-                );
-                let (balance, used) = match reading {
-                    Ok((balance, used)) => (Ok(balance), Ok(used)),
-                    Err(error) => (Err(error.clone()), Err(error)),
-                };
-                (separator, used, balance)
+                )
             }
             None => {
-                tokio::join!(
+                let (separator, used, balance) = tokio::join!(
                     self.domain_separator(checked.token),
                     token.authorization_state(payer, authorization.nonce),
                     token.balance_of(payer),
-                )
+                );
+                let reading = match (used, balance) {
+                    (Ok(used), Ok(balance)) => Ok(Some((balance, used))),
+                    (Err(error), _) | (_, Err(error)) => Err(error),
+                };
+                (separator, reading)
+            }
+        };
+        let (balance, used) = match reading {
+            Ok(Some(answer)) => answer,
+            failed => {
+                return Err(self
+                    .unreadable(checked, known.is_none(), failed.err())
+                    .await);
             }
         };
         if let Some(on_chain) = separator.map_err(chain_failure)? {
@@ -391,7 +404,7 @@ impl LocalFacilitator {
                 });
             }
         }
-        if used.map_err(chain_failure)? {
+        if used {
             return Err(Invalid {
                 reason: Reason::NONCE_ALREADY_USED,
                 message: format!(
@@ -401,7 +414,6 @@ impl LocalFacilitator {
                 payer: Some(payer),
             });
         }
-        let balance = balance.map_err(chain_failure)?;
         if balance < authorization.value.atomic() {
             return Err(Invalid {
                 reason: Reason::INSUFFICIENT_FUNDS,
@@ -412,7 +424,90 @@ impl LocalFacilitator {
                 payer: Some(payer),
             });
         }
+        if known.is_none() {
+            self.learn_token_support(checked).await?;
+        }
         Ok(())
+    }
+
+    /// The refusal of a payment whose chain reads failed (`error`, or `None` when the token did
+    /// not answer a grouped read). For a token not known yet, whether it has EIP-3009 at all is
+    /// found out first, and kept.
+    async fn unreadable(
+        &self,
+        checked: &CheckedPayment,
+        unknown: bool,
+        error: Option<ChainError>,
+    ) -> Invalid {
+        let payer = checked.payer;
+        let read_error = error.unwrap_or_else(|| {
+            ChainError::Reverted("the token did not answer balanceOf / authorizationState".into())
+        });
+        if !unknown {
+            return chain_failure(read_error, payer);
+        }
+        let missing = tokens::missing_eip3009(
+            self.chain.as_ref(),
+            checked.token,
+            payer,
+            checked.payload.authorization.nonce,
+        )
+        .await;
+        match missing {
+            Ok(Some(why)) => {
+                tracing::warn!(token = %checked.token, %why, "asset refused");
+                match self
+                    .token_support
+                    .learn(checked.token, TokenSupport::Unsupported { why })
+                {
+                    TokenSupport::Unsupported { why } => unsupported_token(&why, payer),
+                    TokenSupport::Settles { .. } => chain_failure(read_error, payer),
+                }
+            }
+            Ok(None) => chain_failure(read_error, payer),
+            Err(error) => chain_failure(error, payer),
+        }
+    }
+
+    /// The first payment in a token whose support is unknown finds it out (see [`crate::tokens`]):
+    /// `Err` refuses this payment, for what was learned or for an inconclusive probe.
+    async fn learn_token_support(&self, checked: &CheckedPayment) -> Result<(), Invalid> {
+        let payer = checked.payer;
+        let authorization = &checked.payload.authorization;
+        let support = self
+            .token_support
+            .get_or_probe(checked.token, move || async move {
+                let support = tokens::probe_settlement(
+                    self.chain.as_ref(),
+                    self.sender.address(),
+                    checked.token,
+                    authorization,
+                    &checked.payload.signature,
+                )
+                .await?;
+                tracing::info!(token = %checked.token, support = ?support, "learned what the asset supports");
+                Ok(support)
+            })
+            .await;
+        match support {
+            Ok(TokenSupport::Settles { .. }) => Ok(()),
+            Ok(TokenSupport::Unsupported { why }) => Err(unsupported_token(&why, payer)),
+            Err(ProbeFailure::Reverted(data)) => Err(Invalid {
+                reason: revert_reason(&data).unwrap_or(Reason::SIMULATION_FAILED),
+                message: format!(
+                    "transferWithAuthorization would revert: {}",
+                    describe_revert(&data)
+                ),
+                payer: Some(payer),
+            }),
+            Err(ProbeFailure::Chain(error)) => Err(chain_failure(error, payer)),
+        }
+    }
+
+    /// What this facilitator learned about `token` (see [`crate::tokens`]); `None` until a
+    /// payment in it was verified far enough to find out.
+    pub fn token_support(&self, token: Address) -> Option<TokenSupport> {
+        self.token_support.known(token)
     }
 
     /// The token's `DOMAIN_SEPARATOR()`, cached; `None` when the token does not expose one.
@@ -1015,7 +1110,10 @@ impl LocalFacilitator {
             Ok(CallOutcome::Revert(data)) => {
                 return Err(refused(
                     Reason::SIMULATION_FAILED,
-                    format!("transferWithAuthorization would revert ({data})"),
+                    format!(
+                        "transferWithAuthorization would revert: {}",
+                        describe_revert(&data)
+                    ),
                 ));
             }
             Err(error) => return Err(refused(Reason::UNEXPECTED_SETTLE_ERROR, error.to_string())),
@@ -1389,6 +1487,22 @@ pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
         network_name(&requirements.network, request.version),
     ]);
     keccak256(material.to_string())
+}
+
+fn chain_failure(error: ChainError, payer: Address) -> Invalid {
+    Invalid {
+        reason: Reason::UNEXPECTED_VERIFY_ERROR,
+        message: format!("could not read the chain: {error}"),
+        payer: Some(payer),
+    }
+}
+
+fn unsupported_token(why: &str, payer: Address) -> Invalid {
+    Invalid {
+        reason: Reason::UNSUPPORTED_TOKEN,
+        message: format!("{why}; this facilitator cannot settle payments in it"),
+        payer: Some(payer),
+    }
 }
 
 fn invalid_response(invalid: Invalid) -> VerifyResponse {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_signer_local::PrivateKeySigner;
-use bursar_chain::testkit::{self, Fixture, TOKEN_NAME};
+use bursar_chain::testkit::{self, Fixture, TOKEN_NAME, TokenKind};
 use bursar_chain::{Account, DevChain, EvmChain, TxRequest};
 use bursar_contracts::{BatchItem, ItemOutcome, LogRef, batch_outcomes, batch_settle_call};
 use bursar_facilitator::{
@@ -88,7 +88,15 @@ struct Setup {
 }
 
 async fn setup(chain: &Arc<dyn DevChain>, payer_balance: u64) -> (Setup, Vec<Account>) {
-    let fixture = testkit::fixture(chain.clone(), payer_balance).await;
+    setup_with(chain, payer_balance, TokenKind::BursarUsd).await
+}
+
+async fn setup_with(
+    chain: &Arc<dyn DevChain>,
+    payer_balance: u64,
+    kind: TokenKind,
+) -> (Setup, Vec<Account>) {
+    let fixture = testkit::fixture_with(chain.clone(), payer_balance, kind).await;
     let settler = fixture
         .owner
         .deploy(bursar_contracts::batch_settler_creation_code())
@@ -307,6 +315,106 @@ async fn thousand_payments_anvil_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_payments_anvil_postgres() {
     thousand_distinct_payments(Backend::Anvil, Db::Postgres).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A token with only EIP-3009's own (v, r, s) functions, batched
+
+/// Against a token without the `bytes signature` overload, the batch settler calls EIP-3009's
+/// `transferWithAuthorization(..., v, r, s)`: every payment (half of them signed with a 0/1
+/// recovery byte) settles in a BursarBatchSettler transaction, each payee gets exactly the price.
+async fn eip3009_only_token_settles_in_batches(backend: Backend) {
+    const COUNT: usize = 24;
+    let env = env(backend, Db::Sqlite).await;
+    let chain = env.chain.clone();
+    let (setup, accounts) = setup_with(&chain, PRICE * COUNT as u64, TokenKind::Eip3009Only).await;
+    let facilitator = LocalFacilitator::with_senders(
+        chain.clone().into_evm(),
+        accounts,
+        batching(setup.settler),
+        env.ledger.clone(),
+    );
+    let now = chain_now(&chain).await;
+    let payer = setup.fixture.payer.clone();
+    let payments: Vec<(Address, FacilitatorRequest, ExactEvmPayload)> = (0..COUNT)
+        .map(|index| {
+            let pay_to = PrivateKeySigner::random().address();
+            let requirements = requirements(&setup, pay_to);
+            let mut exact = signed(&setup, &requirements, &payer, now);
+            if index % 2 == 1 {
+                let mut signature = exact.signature.to_vec();
+                signature[64] -= 27;
+                exact.signature = signature.into();
+            }
+            (pay_to, request(&requirements, &exact, None), exact)
+        })
+        .collect();
+    let verified = facilitator.verify(&payments[0].1).await;
+    assert!(verified.is_valid, "{verified:?}");
+
+    let outcomes: Vec<SettleResponse> = futures::stream::iter(payments.iter().map(|(_, r, _)| {
+        let facilitator = facilitator.clone();
+        let r = r.clone();
+        async move { facilitator.settle(&r).await }
+    }))
+    .buffered(COUNT)
+    .collect()
+    .await;
+    let mut transactions = BTreeSet::new();
+    for ((pay_to, _, exact), outcome) in payments.iter().zip(&outcomes) {
+        assert!(outcome.success, "{outcome:?}");
+        transactions.insert(outcome.transaction.clone());
+        assert_eq!(
+            setup.fixture.token.balance_of(*pay_to).await.unwrap(),
+            U256::from(PRICE)
+        );
+        let row = env
+            .ledger
+            .get(&ledger_key(&setup, exact))
+            .await
+            .unwrap()
+            .expect("a ledger row per payment");
+        assert_eq!(row.state, SettlementState::Confirmed);
+    }
+    let mut gas_used = 0;
+    for hash in &transactions {
+        let receipt = chain
+            .receipt(hash.parse::<B256>().unwrap())
+            .await
+            .unwrap()
+            .expect("mined");
+        assert!(receipt.success);
+        gas_used += receipt.gas_used;
+        assert!(
+            receipt.logs.iter().any(|log| log.address == setup.settler),
+            "{hash} went through the batch settler"
+        );
+    }
+    assert_eq!(
+        setup
+            .fixture
+            .token
+            .balance_of(payer.address())
+            .await
+            .unwrap(),
+        U256::ZERO,
+        "the payer paid for exactly {COUNT} payments"
+    );
+    eprintln!(
+        "{COUNT} payments in {} batches, {} gas per payment",
+        transactions.len(),
+        gas_used / COUNT as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eip3009_only_token_batched_embedded() {
+    eip3009_only_token_settles_in_batches(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eip3009_only_token_batched_anvil() {
+    eip3009_only_token_settles_in_batches(Backend::Anvil).await;
 }
 
 // ---------------------------------------------------------------------------------------------

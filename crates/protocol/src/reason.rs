@@ -34,6 +34,9 @@ impl Reason {
     pub const NONCE_ALREADY_USED: Reason = Reason::known("invalid_exact_evm_nonce_already_used");
     pub const TOKEN_DOMAIN_MISMATCH: Reason =
         Reason::known("invalid_exact_evm_token_name_or_version");
+    /// The asset cannot be settled by an EIP-3009 facilitator: there is no contract at it, it has
+    /// no EIP-3009, or it lacks EIP-3009's own `transferWithAuthorization(..., v, r, s)`.
+    pub const UNSUPPORTED_TOKEN: Reason = Reason::known("invalid_exact_evm_unsupported_token");
     pub const SIMULATION_FAILED: Reason =
         Reason::known("invalid_exact_evm_transaction_simulation_failed");
     pub const SETTLEMENT_IN_PROGRESS: Reason = Reason::known("settlement_in_progress");

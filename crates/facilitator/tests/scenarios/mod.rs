@@ -6,8 +6,8 @@ use std::sync::Arc;
 use alloy_primitives::{Address, U256};
 use alloy_signer_local::PrivateKeySigner;
 use bursar_chain::DevChain;
-use bursar_chain::testkit::{self, Fixture, TOKEN_NAME};
-use bursar_facilitator::{FacilitatorConfig, LocalFacilitator, router};
+use bursar_chain::testkit::{self, Fixture, TOKEN_NAME, TokenKind};
+use bursar_facilitator::{FacilitatorConfig, LocalFacilitator, TokenSupport, router};
 use bursar_protocol::exact_evm::{self, Authorization, ExactEvmPayload};
 use bursar_protocol::{
     Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequirements, Reason, X402Version,
@@ -27,7 +27,12 @@ pub struct Harness {
 }
 
 pub async fn harness(chain: Arc<dyn DevChain>) -> Harness {
-    let fixture = testkit::fixture(chain.clone(), PAYER_BALANCE).await;
+    harness_with(chain, TokenKind::BursarUsd).await
+}
+
+/// A harness whose token is of `kind`.
+pub async fn harness_with(chain: Arc<dyn DevChain>, kind: TokenKind) -> Harness {
+    let fixture = testkit::fixture_with(chain.clone(), PAYER_BALANCE, kind).await;
     let settler = testkit::funded_account(&chain).await;
     let facilitator = LocalFacilitator::new(chain.clone(), settler, FacilitatorConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -73,7 +78,8 @@ impl Harness {
             .max(testkit::now_seconds())
     }
 
-    /// A correctly signed authorization for `requirements`, edited before signing by `edit`.
+    /// A correctly signed authorization for `requirements` (under the domain of its asset),
+    /// edited before signing by `edit`.
     pub async fn authorization(
         &self,
         requirements: &PaymentRequirements,
@@ -83,12 +89,10 @@ impl Harness {
         let mut authorization =
             exact_evm::authorization_for(requirements, signer.address(), self.now().await).unwrap();
         edit(&mut authorization);
-        let domain = exact_evm::token_domain(
-            TOKEN_NAME,
-            "2",
-            self.chain_id(),
-            self.fixture.token.address(),
-        );
+        // Signed for the requirement's asset, which is the fixture's token unless a case names
+        // another.
+        let asset = requirements.asset.parse().expect("an EVM asset");
+        let domain = exact_evm::token_domain(TOKEN_NAME, "2", self.chain_id(), asset);
         let signature = exact_evm::sign_authorization(signer, &authorization, &domain).unwrap();
         ExactEvmPayload {
             signature,
@@ -176,6 +180,13 @@ pub async fn settles_v1_and_v2(chain: Arc<dyn DevChain>) {
         assert_eq!(h.balance(h.pay_to).await, U256::from(paid));
         assert_eq!(h.balance(payer).await, U256::from(PAYER_BALANCE - paid));
     }
+    assert_eq!(
+        h.facilitator.token_support(h.fixture.token.address()),
+        Some(TokenSupport::Settles {
+            bytes_signatures: true
+        }),
+        "BursarUSD has both forms"
+    );
     let (status, supported) = {
         let response = h
             .http
@@ -523,6 +534,226 @@ pub async fn verified_then_drained_is_refused_without_a_transaction(chain: Arc<d
     );
 }
 
+/// A token with EIP-3009 exactly as the EIP writes it (only the `(v, r, s)` functions): /verify
+/// says valid and /settle settles through `transferWithAuthorization(..., v, r, s)`, also for a
+/// signature whose recovery byte is 0/1; exactly the price moves. A smart-wallet (non-65-byte)
+/// signature is refused at /verify and moves nothing.
+pub async fn eip3009_only_token_settles(chain: Arc<dyn DevChain>) {
+    let h = harness_with(chain.clone(), TokenKind::Eip3009Only).await;
+    let requirements = h.requirements();
+    let payer = h.fixture.payer.address();
+    let token = h.fixture.token.address();
+    assert_eq!(h.facilitator.token_support(token), None);
+    for round in 1..=2u64 {
+        let mut exact = h
+            .authorization(&requirements, &h.fixture.payer, |_| {})
+            .await;
+        if round == 2 {
+            // The same signature with the recovery byte as 0/1 (some signers produce it).
+            let mut signature = exact.signature.to_vec();
+            signature[64] -= 27;
+            exact.signature = signature.into();
+        }
+        let body = h.request(X402Version::V2, &requirements, &exact);
+        let (status, verified) = h.post("/verify", &body).await;
+        assert_eq!(status, 200, "{verified}");
+        assert_eq!(verified["isValid"], true, "round {round}: {verified}");
+        assert_eq!(verified["payer"], payer.to_checksum(None));
+        let (status, settled) = h.post("/settle", &body).await;
+        assert_eq!(status, 200, "{settled}");
+        assert_eq!(settled["success"], true, "round {round}: {settled}");
+        let tx = settled["transaction"].as_str().unwrap();
+        let receipt = h
+            .fixture
+            .chain
+            .receipt(tx.parse().unwrap())
+            .await
+            .unwrap()
+            .expect("mined");
+        assert!(receipt.success);
+        assert_eq!(receipt.logs.first().map(|log| log.address), Some(token));
+        assert_eq!(h.balance(h.pay_to).await, U256::from(PRICE * round));
+        assert_eq!(
+            h.balance(payer).await,
+            U256::from(PAYER_BALANCE - PRICE * round)
+        );
+    }
+    assert_eq!(
+        h.facilitator.token_support(token),
+        Some(TokenSupport::Settles {
+            bytes_signatures: false
+        })
+    );
+
+    // A smart wallet's signature (ERC-1271 / ERC-6492 data) could only go to the bytes overload,
+    // which this token lacks: refused at /verify and at /settle, nothing sent.
+    let mut smart = h
+        .authorization(&requirements, &h.fixture.payer, |_| {})
+        .await;
+    smart.signature = vec![0x5a; 96].into();
+    let body = h.request(X402Version::V2, &requirements, &smart);
+    let sender = h.facilitator.sender_address();
+    let nonce_before = chain.transaction_count(sender).await.unwrap();
+    let (_, verified) = h.post("/verify", &body).await;
+    assert_eq!(verified["isValid"], false, "{verified}");
+    assert_eq!(
+        verified["invalidReason"],
+        Reason::INVALID_SIGNATURE.as_str(),
+        "{verified}"
+    );
+    assert!(
+        verified["invalidMessage"]
+            .as_str()
+            .unwrap()
+            .contains("contract-wallet signatures are not supported"),
+        "{verified}"
+    );
+    let (_, settled) = h.post("/settle", &body).await;
+    assert_eq!(settled["success"], false, "{settled}");
+    assert_eq!(settled["transaction"], "");
+    assert_eq!(chain.transaction_count(sender).await.unwrap(), nonce_before);
+    assert_eq!(h.balance(h.pay_to).await, U256::from(2 * PRICE));
+}
+
+/// Payments in an ERC-20 without EIP-3009, or at an address without code, are refused at /verify
+/// (with and without grouped reads) and at /settle with `invalid_exact_evm_unsupported_token`,
+/// and nothing moves.
+pub async fn token_without_eip3009_is_refused(chain: Arc<dyn DevChain>) {
+    let h = harness_with(chain.clone(), TokenKind::PlainErc20).await;
+    let evm: Arc<dyn bursar_chain::EvmChain> = chain.clone();
+    let grouped = LocalFacilitator::new(
+        evm,
+        testkit::funded_account(&chain).await,
+        FacilitatorConfig {
+            group_reads: true,
+            ..Default::default()
+        },
+    );
+    let token = h.fixture.token.address();
+    let payer = h.fixture.payer.address();
+    let mut no_code = h.requirements();
+    no_code.asset = Address::repeat_byte(0x42).to_checksum(None);
+    let cases = [
+        (h.requirements(), "does not implement EIP-3009"),
+        (no_code, "there is no contract"),
+    ];
+    let sender = h.facilitator.sender_address();
+    let nonce_before = chain.transaction_count(sender).await.unwrap();
+    for (requirements, why) in &cases {
+        // Twice: learned on the first payment, answered from what was learned on the second.
+        for _ in 0..2 {
+            let exact = h
+                .authorization(requirements, &h.fixture.payer, |_| {})
+                .await;
+            let body = h.request(X402Version::V2, requirements, &exact);
+            let (status, verified) = h.post("/verify", &body).await;
+            assert_eq!(status, 200, "{verified}");
+            assert_eq!(verified["isValid"], false, "{verified}");
+            assert_eq!(
+                verified["invalidReason"],
+                Reason::UNSUPPORTED_TOKEN.as_str(),
+                "{verified}"
+            );
+            let message = verified["invalidMessage"].as_str().unwrap();
+            assert!(message.contains(why), "{message}");
+            assert!(message.contains("cannot settle"), "{message}");
+            assert_eq!(verified["payer"], payer.to_checksum(None));
+
+            let request = FacilitatorRequest::from_json(body.to_string().as_bytes()).unwrap();
+            let together = grouped.verify(&request).await;
+            assert!(!together.is_valid);
+            assert_eq!(together.invalid_reason, Some(Reason::UNSUPPORTED_TOKEN));
+            assert_eq!(together.invalid_message.as_deref(), Some(message));
+
+            let (status, settled) = h.post("/settle", &body).await;
+            assert_eq!(status, 200, "{settled}");
+            assert_eq!(settled["success"], false, "{settled}");
+            assert_eq!(
+                settled["errorReason"],
+                Reason::UNSUPPORTED_TOKEN.as_str(),
+                "{settled}"
+            );
+            assert_eq!(settled["transaction"], "");
+        }
+    }
+    assert!(matches!(
+        h.facilitator.token_support(token),
+        Some(TokenSupport::Unsupported { .. })
+    ));
+    assert!(matches!(
+        grouped.token_support(token),
+        Some(TokenSupport::Unsupported { .. })
+    ));
+    assert_eq!(
+        chain.transaction_count(sender).await.unwrap(),
+        nonce_before,
+        "nothing broadcast"
+    );
+    assert_eq!(h.balance(payer).await, U256::from(PAYER_BALANCE));
+    assert_eq!(h.balance(h.pay_to).await, U256::ZERO);
+}
+
+/// A token with only the `bytes signature` form of `transferWithAuthorization` (not EIP-3009's
+/// `(v, r, s)` one, through which this facilitator settles EOA signatures) is refused at /verify
+/// and /settle with `invalid_exact_evm_unsupported_token`, though the bytes form would take the
+/// payment; nothing moves.
+pub async fn bytes_only_token_is_refused(chain: Arc<dyn DevChain>) {
+    let h = harness_with(chain.clone(), TokenKind::BytesOnly).await;
+    let requirements = h.requirements();
+    let token = h.fixture.token.address();
+    let sender = h.facilitator.sender_address();
+    let nonce_before = chain.transaction_count(sender).await.unwrap();
+    for _ in 0..2 {
+        let exact = h
+            .authorization(&requirements, &h.fixture.payer, |_| {})
+            .await;
+        // The bytes form alone would settle it.
+        let bytes_form = chain
+            .call(bursar_chain::CallRequest {
+                from: Some(sender),
+                to: Some(token),
+                data: bursar_contracts::transfer_with_authorization_bytes_call(
+                    &exact.authorization,
+                    &exact.signature,
+                ),
+                value: U256::ZERO,
+            })
+            .await
+            .unwrap();
+        assert!(
+            matches!(bytes_form, bursar_chain::CallOutcome::Success(_)),
+            "{bytes_form:?}"
+        );
+        let body = h.request(X402Version::V2, &requirements, &exact);
+        let (_, verified) = h.post("/verify", &body).await;
+        assert_eq!(verified["isValid"], false, "{verified}");
+        assert_eq!(
+            verified["invalidReason"],
+            Reason::UNSUPPORTED_TOKEN.as_str(),
+            "{verified}"
+        );
+        let message = verified["invalidMessage"].as_str().unwrap();
+        assert!(
+            message.contains("lacks EIP-3009's transferWithAuthorization"),
+            "{message}"
+        );
+        let (_, settled) = h.post("/settle", &body).await;
+        assert_eq!(settled["success"], false, "{settled}");
+        assert_eq!(settled["errorReason"], Reason::UNSUPPORTED_TOKEN.as_str());
+        assert_eq!(settled["transaction"], "");
+    }
+    assert!(matches!(
+        h.facilitator.token_support(token),
+        Some(TokenSupport::Unsupported { .. })
+    ));
+    assert_eq!(chain.transaction_count(sender).await.unwrap(), nonce_before);
+    assert_eq!(
+        h.balance(h.fixture.payer.address()).await,
+        U256::from(PAYER_BALANCE)
+    );
+    assert_eq!(h.balance(h.pay_to).await, U256::ZERO);
+}
+
 #[macro_export]
 macro_rules! facilitator_scenarios {
     ($make:expr) => {
@@ -531,7 +762,10 @@ macro_rules! facilitator_scenarios {
             invalid_payments_get_their_reason_and_move_nothing,
             concurrent_identical_settles_make_one_transfer,
             malformed_requests_get_400,
-            verified_then_drained_is_refused_without_a_transaction
+            verified_then_drained_is_refused_without_a_transaction,
+            eip3009_only_token_settles,
+            token_without_eip3009_is_refused,
+            bytes_only_token_is_refused
         );
     };
     (@cases $make:expr; $($case:ident),*) => {
