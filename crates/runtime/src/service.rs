@@ -1,6 +1,7 @@
 //! The runtime service: wallets, grants, sessions and paying, on a store and a chain.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -185,6 +186,8 @@ struct Inner {
     token_key: TokenKey,
     /// Decrypted signers by wallet id, so scrypt runs once per wallet per process.
     signers: RwLock<HashMap<String, Arc<PrivateKeySigner>>>,
+    /// Wallet keys decrypted (scrypt runs) since the runtime opened.
+    key_decryptions: Arc<AtomicU64>,
     http: reqwest::Client,
     /// Paid requests in a row that an endpoint answered with 402 again, per (session,
     /// endpoint), with the time of the last: for the backoff rule. Kept in this process only.
@@ -239,6 +242,7 @@ impl Runtime {
                 passphrase,
                 token_key,
                 signers: RwLock::default(),
+                key_decryptions: Arc::default(),
                 http,
                 policy_file: Mutex::new(None),
                 rejections: Mutex::default(),
@@ -392,6 +396,12 @@ impl Runtime {
         Ok(Amount::from_atomic(balance))
     }
 
+    /// How many times this process decrypted a wallet's key to sign (each one scrypt, about
+    /// 256 MiB and a second of CPU at the standard parameters).
+    pub fn key_decryptions(&self) -> u64 {
+        self.inner.key_decryptions.load(Ordering::SeqCst)
+    }
+
     pub(crate) async fn signer(
         &self,
         wallet_id: &str,
@@ -408,8 +418,12 @@ impl Runtime {
         let record = self.wallet_record(wallet_id).await?;
         let keystore = Keystore::from_json(&record.keystore)?;
         let passphrase = self.inner.passphrase.clone();
-        let signer = tokio::task::spawn_blocking(move || keystore.decrypt(&passphrase))
-            .await
+        let counter = self.inner.key_decryptions.clone();
+        let signer = tokio::task::spawn_blocking(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            keystore.decrypt(&passphrase)
+        })
+        .await
             .map_err(|e| RuntimeError::Internal(format!("key decryption: {e}")))??;
         let expected: Address = record
             .address
