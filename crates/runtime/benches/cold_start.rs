@@ -52,7 +52,9 @@ fn mib(kib: Option<u64>) -> String {
 
 async fn open(store: Arc<dyn RuntimeStore>, network: &common::Network_) -> Runtime {
     // The standard key derivation, as `bursar runtime` uses.
-    let config = RuntimeConfig::new(network.currency());
+    let mut config = RuntimeConfig::new(network.currency());
+    // The seller runs on loopback.
+    config.egress = bursar_runtime::EgressPolicy::loopback();
     Runtime::open(
         store,
         network.chain.clone(),

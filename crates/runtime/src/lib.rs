@@ -36,6 +36,7 @@
 pub mod alerts;
 pub mod api;
 pub mod compensation;
+pub mod egress;
 mod error;
 pub mod proxy;
 pub mod reconcile;
@@ -43,6 +44,7 @@ mod service;
 pub mod tokens;
 
 pub use alerts::AlertWebhook;
+pub use egress::{EgressAllow, EgressPolicy};
 pub use error::RuntimeError;
 pub use service::{
     Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession, PaymentSummary,

@@ -172,6 +172,10 @@ impl IntoResponse for ProxyError {
                 if let RuntimeError::NotPayable { reasons } = &error {
                     extra.insert("reasons".into(), json!(reasons));
                 }
+                if let RuntimeError::EgressRefused { host, address, .. } = &error {
+                    extra.insert("host".into(), json!(host));
+                    extra.insert("address".into(), json!(address));
+                }
                 (
                     StatusCode::from_u16(error.status())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),

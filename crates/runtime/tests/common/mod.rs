@@ -217,6 +217,8 @@ pub async fn runtime(network: &Network_, store_url: &str) -> RuntimeUnderTest {
     let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut config = RuntimeConfig::new(network.currency());
     config.kdf = Kdf::light();
+    // Sellers in tests run on loopback.
+    config.egress = bursar_runtime::EgressPolicy::loopback();
     let runtime = Runtime::open(
         store.clone(),
         evm,
