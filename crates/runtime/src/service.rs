@@ -1,7 +1,7 @@
 //! The runtime service: wallets, grants, sessions and paying, on a store and a chain.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -214,7 +214,7 @@ struct Inner {
     /// Bounds the key derivations (scrypt) running at once, across wallets.
     kdf_slots: Arc<tokio::sync::Semaphore>,
     /// Wallet keys decrypted (scrypt runs) since the runtime opened.
-    key_decryptions: Arc<AtomicU64>,
+    key_decryptions: Arc<KeyDecryptions>,
     /// The egress guard: which destinations agents' requests may reach.
     egress: Arc<EgressGuard>,
     http: reqwest::Client,
@@ -460,7 +460,16 @@ impl Runtime {
     /// How many times this process decrypted a wallet's key to sign (each one scrypt, about
     /// 256 MiB and a second of CPU at the standard parameters).
     pub fn key_decryptions(&self) -> u64 {
-        self.inner.key_decryptions.load(Ordering::SeqCst)
+        self.inner.key_decryptions.started.load(Ordering::SeqCst)
+    }
+
+    /// The most wallet key decryptions that have run at the same time in this process (at most
+    /// [`RuntimeConfig::kdf_concurrency`]).
+    pub fn key_decryptions_concurrent_max(&self) -> usize {
+        self.inner
+            .key_decryptions
+            .running_max
+            .load(Ordering::SeqCst)
     }
 
     /// The wallet's signer. Its key is decrypted once per process: concurrent first callers
@@ -1805,6 +1814,14 @@ struct CachedResponse {
     transfer_id: String,
 }
 
+/// Counts of wallet key decryptions in this process.
+#[derive(Debug, Default)]
+struct KeyDecryptions {
+    started: AtomicU64,
+    running: AtomicUsize,
+    running_max: AtomicUsize,
+}
+
 /// A wallet's signer in the cache: decrypted, or being decrypted.
 #[derive(Clone)]
 enum SignerSlot {
@@ -1842,7 +1859,7 @@ async fn decrypt_signer(
     expected: Address,
     passphrase: Arc<Passphrase>,
     kdf_slots: Arc<tokio::sync::Semaphore>,
-    decryptions: Arc<AtomicU64>,
+    decryptions: Arc<KeyDecryptions>,
 ) -> Result<Arc<PrivateKeySigner>, KeyLoadError> {
     let permit = kdf_slots
         .acquire_owned()
@@ -1850,8 +1867,12 @@ async fn decrypt_signer(
         .map_err(|_| KeyLoadError::Failed("key derivation slots closed".into()))?;
     let decrypted = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        decryptions.fetch_add(1, Ordering::SeqCst);
-        keystore.decrypt(&passphrase)
+        decryptions.started.fetch_add(1, Ordering::SeqCst);
+        let running = decryptions.running.fetch_add(1, Ordering::SeqCst) + 1;
+        decryptions.running_max.fetch_max(running, Ordering::SeqCst);
+        let decrypted = keystore.decrypt(&passphrase);
+        decryptions.running.fetch_sub(1, Ordering::SeqCst);
+        decrypted
     })
     .await
     .map_err(|e| KeyLoadError::Failed(format!("key decryption: {e}")))?;
