@@ -18,6 +18,12 @@
 //! - **Refusals and failures** have the API's status and JSON body (`{"error": {"code",
 //!   "message"}}`: 403 `budget_exhausted`, 402 `no_payable_offer`, 502 `payment_rejected`, ...)
 //!   and the code again in [`HEADER_ERROR`].
+//! - **Destinations** are checked like the API's ([`crate::egress`]): a non-public address is
+//!   refused with `403 egress_refused` unless the runtime allows it.
+//! - **Refused bodies** are read and discarded up to [`PROXY_BODY_DRAIN_BYTES_MAX`] before the
+//!   answer, so a client still sending one reads the refusal (413, 407, ...) instead of a
+//!   reset connection; a body declared larger than that is refused from the headers and the
+//!   connection closed.
 //! - **`CONNECT`** (HTTPS tunnels) is refused with `405`: inside a TLS tunnel the proxy cannot see
 //!   a 402, so it could not pay. For HTTPS sellers use the API; for plain HTTP, send the request
 //!   through the proxy. A request that is not a proxy request (origin-form) gets `400`.
