@@ -528,12 +528,15 @@ impl From<EgressRefusal> for RuntimeError {
     }
 }
 
+/// A host name's addresses and when they were looked up.
+type Resolved = (Instant, Arc<[IpAddr]>);
+
 /// The guard: the policy, applied by the check before each request ([`EgressGuard::check`])
 /// and by the resolver of the runtime's HTTP client ([`EgressGuard::resolver`]).
 #[derive(Debug)]
 pub(crate) struct EgressGuard {
     policy: EgressPolicy,
-    resolved: Mutex<HashMap<String, (Instant, Arc<[IpAddr]>)>>,
+    resolved: Mutex<HashMap<String, Resolved>>,
 }
 
 impl EgressGuard {
