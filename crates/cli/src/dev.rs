@@ -283,6 +283,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         &args.data_dir,
         args.database_url.as_deref(),
         previous_operator_key,
+        dev_egress(api_listener.local_addr()?),
     )
     .await?;
 
@@ -335,6 +336,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.data_dir.display()
     );
     Ok(())
+}
+
+/// Where `bursar dev`'s runtime lets agents' requests go: public addresses and loopback, where
+/// the demo sellers run (and the demo API's own address when it listens elsewhere).
+fn dev_egress(api: SocketAddr) -> bursar_runtime::EgressPolicy {
+    let policy = bursar_runtime::EgressPolicy::loopback();
+    if api.ip().is_loopback() {
+        return policy;
+    }
+    policy.allowing([bursar_runtime::EgressAllow::Network {
+        network: bursar_runtime::egress::Cidr::host(api.ip()),
+        port: Some(api.port()),
+    }])
 }
 
 async fn print_banner(network: &DevNetwork, info: &DevInfo, ledger: &str) {

@@ -16,7 +16,7 @@ use alloy_primitives::Address;
 use anyhow::{Context, Result, anyhow, bail};
 use bursar_chain::EvmChain;
 use bursar_protocol::{AssetUnit, Network};
-use bursar_runtime::{Currency, Runtime, RuntimeConfig};
+use bursar_runtime::{Currency, EgressAllow, EgressPolicy, Runtime, RuntimeConfig};
 use bursar_wallet::{Kdf, Passphrase};
 use serde_json::{Value, json};
 
@@ -100,6 +100,44 @@ pub struct RuntimeArgs {
     /// cancelAuthorization when a failed step is compensated. Default: the paying wallet pays.
     #[arg(long, env = "BURSAR_CANCEL_GAS_KEY_FILE")]
     pub cancel_gas_key_file: Option<PathBuf>,
+    /// Let agents' requests reach this destination although it is not public: a network
+    /// (10.0.0.0/8, fd00::/8), an address (10.1.2.3), an address and port (10.1.2.3:8443) or a
+    /// host name with an optional port (api.internal:8443, *.corp.example). Repeatable. By
+    /// default loopback, private networks, link-local (cloud metadata) and other non-public
+    /// addresses are refused (403 egress_refused).
+    #[arg(
+        long = "egress-allow",
+        value_name = "ENTRY",
+        env = "BURSAR_EGRESS_ALLOW",
+        value_delimiter = ','
+    )]
+    pub egress_allow: Vec<EgressAllow>,
+    /// Turn the egress guard off: agents' requests may reach any address, including this
+    /// runtime's own API, private networks and cloud metadata endpoints.
+    #[arg(long, conflicts_with = "egress_allow")]
+    pub egress_allow_any: bool,
+}
+
+impl RuntimeArgs {
+    /// The egress policy the flags describe.
+    pub fn egress(&self) -> EgressPolicy {
+        if self.egress_allow_any {
+            EgressPolicy::allow_any()
+        } else {
+            EgressPolicy::public_only().allowing(self.egress_allow.iter().cloned())
+        }
+    }
+}
+
+/// Prints where agents' requests may go (and warns loudly when anywhere).
+pub fn print_egress(policy: &EgressPolicy) {
+    if policy.allow_any {
+        eprintln!(
+            "WARNING: --egress-allow-any: the egress guard is off; agents' requests may reach any \
+             address, including this runtime's API, private networks and cloud metadata endpoints"
+        );
+    }
+    println!("agents' requests may reach {}", policy.describe());
 }
 
 /// The gas account `bursar runtime` was given for cancels. Errors never show the key.
@@ -141,11 +179,13 @@ pub async fn open_runtime(
     policy_file: Option<PathBuf>,
     alert_webhook: Option<bursar_runtime::AlertWebhook>,
     cancel_gas_key: Option<alloy_signer_local::PrivateKeySigner>,
+    egress: EgressPolicy,
 ) -> Result<Runtime> {
     let store = bursar_store::open_runtime_store(database_url)
         .await
         .context("cannot open the runtime database")?;
     let mut config = RuntimeConfig::new(currency);
+    config.egress = egress;
     config.policy_file = policy_file;
     config.alert_webhook = alert_webhook;
     config.cancel_gas_account =
@@ -223,6 +263,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         args.policy.clone(),
         alert_webhook,
         cancel_gas_key,
+        args.egress(),
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -234,6 +275,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         runtime.currency().name,
         runtime.currency().network
     );
+    print_egress(runtime.egress());
     run_service(
         runtime,
         listener,
@@ -1353,6 +1395,7 @@ pub async fn dev_runtime(
     data_dir: &Path,
     database_url_arg: Option<&str>,
     previous_operator_key: Option<String>,
+    egress: EgressPolicy,
 ) -> Result<DevRuntime> {
     let (passphrase, passphrase_source) = dev_passphrase(data_dir)?;
     let url = database_url(database_url_arg, data_dir)?;
@@ -1366,6 +1409,7 @@ pub async fn dev_runtime(
         None,
         None,
         None,
+        egress,
     )
     .await?;
     let store = runtime.store().clone();
@@ -1426,6 +1470,11 @@ pub fn print_dev_banner(dev: &DevRuntime, runtime_url: &str, api_url: &str) {
         dev.grant_id, dev.session_id
     );
     println!("               session token {}", dev.session_token);
+    println!(
+        "               agents' requests may reach {} (the demo sellers run here; \
+         `bursar runtime` refuses non-public addresses unless --egress-allow)",
+        dev.runtime.egress().describe()
+    );
     println!(
         "\n  bursar pay {api_url}/weather --session {}",
         dev.session_token

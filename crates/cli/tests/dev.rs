@@ -916,6 +916,11 @@ fn wallet_grant_and_session_commands_never_reveal_a_key() {
         logged.contains("payment posted"),
         "the debug log was captured"
     );
+    // The banner says the dev runtime reaches loopback (its demo sellers), and why.
+    assert!(
+        logged.contains("agents' requests may reach public addresses and 127.0.0.0/8, ::1/128"),
+        "{logged}"
+    );
     for (what, text) in [("printed", &printed), ("logged", &logged)] {
         let lower = text.to_ascii_lowercase();
         assert!(!lower.contains(&key_hex), "the private key was {what}");
@@ -927,5 +932,36 @@ fn wallet_grant_and_session_commands_never_reveal_a_key() {
             !text.contains(IMPORT_PASSPHRASE),
             "the import passphrase was {what}"
         );
+    }
+}
+
+/// `bursar runtime`'s egress flags are checked before anything starts: a malformed entry and
+/// --egress-allow-any together with entries are refused with a message and exit code 2.
+#[test]
+fn runtime_egress_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, expected) in [
+        (
+            vec!["--egress-allow", "not a host"],
+            "is not an egress entry",
+        ),
+        (vec!["--egress-allow", "10.0.0.0/33"], "prefix length"),
+        (
+            vec!["--egress-allow-any", "--egress-allow", "10.0.0.0/8"],
+            "cannot be used with",
+        ),
+    ] {
+        let output = Command::new(BURSAR)
+            .arg("runtime")
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("BURSAR_PASSPHRASE", "unused passphrase")
+            .env_remove("BURSAR_EGRESS_ALLOW")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }

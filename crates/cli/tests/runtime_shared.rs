@@ -236,6 +236,9 @@ impl Stack {
                 "--data-dir",
                 &data_dir,
                 "--light-kdf",
+                // The seller runs on loopback.
+                "--egress-allow",
+                "127.0.0.0/8",
                 "--resolve-interval-ms",
                 "200",
             ],

@@ -100,6 +100,10 @@ impl IntoResponse for ApiError {
         if let RuntimeError::NotPayable { reasons } = &error {
             extra.insert("reasons".into(), json!(reasons));
         }
+        if let RuntimeError::EgressRefused { host, address, .. } = &error {
+            extra.insert("host".into(), json!(host));
+            extra.insert("address".into(), json!(address));
+        }
         error_body(
             error.status(),
             error.code(),

@@ -33,6 +33,16 @@ pub enum RuntimeError {
         reason: String,
         transfer_id: Option<String>,
     },
+    /// The destination is one the runtime does not connect to for agents (loopback, a private
+    /// network, link-local, ...; see [`crate::egress`]). Nothing was sent, reserved or paid.
+    #[error("{message}")]
+    EgressRefused {
+        /// The URL's host.
+        host: String,
+        /// The refused address it is or resolves to.
+        address: String,
+        message: String,
+    },
     /// The upstream request failed.
     #[error("upstream request failed: {message}")]
     Upstream {
@@ -74,6 +84,7 @@ impl RuntimeError {
             RuntimeError::NotPayable { .. } => "no_payable_offer",
             RuntimeError::PaymentRejected { .. } => "payment_rejected",
             RuntimeError::Upstream { .. } => "upstream_failed",
+            RuntimeError::EgressRefused { .. } => "egress_refused",
             RuntimeError::Wallet(WalletError::WrongPassphrase) => "wrong_passphrase",
             RuntimeError::Wallet(_) => "invalid_keystore",
             RuntimeError::Chain(_) => "chain_unavailable",
@@ -86,7 +97,9 @@ impl RuntimeError {
     pub fn status(&self) -> u16 {
         match self {
             RuntimeError::Unauthorized => 401,
-            RuntimeError::Forbidden(_) | RuntimeError::Denied { .. } => 403,
+            RuntimeError::Forbidden(_)
+            | RuntimeError::Denied { .. }
+            | RuntimeError::EgressRefused { .. } => 403,
             RuntimeError::NotFound(_) => 404,
             RuntimeError::Invalid(_) | RuntimeError::Wallet(_) => 400,
             RuntimeError::Conflict(_) => 409,

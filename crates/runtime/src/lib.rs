@@ -5,7 +5,10 @@
 //!
 //! - **Wallets**: signing keys held by Bursar, encrypted at rest as keystore v3 documents
 //!   ([`bursar_wallet`]) under the runtime's passphrase. Nothing returns a key; exports are the
-//!   encrypted document.
+//!   encrypted document. A wallet's key is decrypted once per process, when it first signs:
+//!   concurrent first payments share one decryption, a failed one is retried by the next
+//!   payment, and at most [`RuntimeConfig::kdf_concurrency`] key derivations (scrypt, about
+//!   256 MiB each at the standard parameters) run at once ([`Runtime::key_decryptions`]).
 //! - **Grants**: the wallet owner's time-bound authorization for a named agent (default
 //!   60 minutes); revoke one, or all (the kill switch). No live grant, no payment.
 //! - **Sessions**: one agent run under a grant, with a budget (`maxSpendAmount` in the runtime's
@@ -15,6 +18,11 @@
 //!   client ([`bursar_buyer`]) picks an offer and, before signing, the runtime reserves the price
 //!   against the session in one database transaction ([`bursar_store::RuntimeStore::reserve`]).
 //!   A refusal (budget, expiry, revoked grant, other currency) means nothing is signed.
+//! - **Egress** ([`egress`]): the runtime connects to public addresses only for agents, unless
+//!   the operator allows more ([`RuntimeConfig::egress`], `--egress-allow`): loopback, private
+//!   networks, link-local (cloud metadata) and other non-public addresses, in any IPv4 or IPv6
+//!   form, are refused with `egress_refused` before anything is sent, checked on the addresses
+//!   actually connected to; redirects are not followed and no ambient proxy is used.
 //! - **Two-phase accounting**: a reservation stays pending until the chain decides: posted when
 //!   the token shows the authorization used (with the transaction when a receipt proves it),
 //!   voided when it is proven unusable (never signed, or unused after `validBefore` on chain).
@@ -36,6 +44,7 @@
 pub mod alerts;
 pub mod api;
 pub mod compensation;
+pub mod egress;
 mod error;
 pub mod proxy;
 pub mod reconcile;
@@ -43,9 +52,10 @@ mod service;
 pub mod tokens;
 
 pub use alerts::AlertWebhook;
+pub use egress::{EgressAllow, EgressPolicy};
 pub use error::RuntimeError;
 pub use service::{
-    Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession, PaymentSummary,
-    RESOLVE_BATCH_MAX, Resolution, Runtime, RuntimeConfig, SessionRequest, UPSTREAM_TIMEOUT,
-    ValidationOutcome, WalletInfo,
+    Currency, Fetched, GRANT_DURATION_DEFAULT, GRANT_DURATION_MAX, IssuedSession,
+    KDF_CONCURRENCY_MAX_DEFAULT, PaymentSummary, RESOLVE_BATCH_MAX, Resolution, Runtime,
+    RuntimeConfig, SessionRequest, UPSTREAM_TIMEOUT, ValidationOutcome, WalletInfo,
 };

@@ -18,6 +18,12 @@
 //! - **Refusals and failures** have the API's status and JSON body (`{"error": {"code",
 //!   "message"}}`: 403 `budget_exhausted`, 402 `no_payable_offer`, 502 `payment_rejected`, ...)
 //!   and the code again in [`HEADER_ERROR`].
+//! - **Destinations** are checked like the API's ([`crate::egress`]): a non-public address is
+//!   refused with `403 egress_refused` unless the runtime allows it.
+//! - **Refused bodies** are read and discarded up to [`PROXY_BODY_DRAIN_BYTES_MAX`] before the
+//!   answer, so a client still sending one reads the refusal (413, 407, ...) instead of a
+//!   reset connection; a body declared larger than that is refused from the headers and the
+//!   connection closed.
 //! - **`CONNECT`** (HTTPS tunnels) is refused with `405`: inside a TLS tunnel the proxy cannot see
 //!   a 402, so it could not pay. For HTTPS sellers use the API; for plain HTTP, send the request
 //!   through the proxy. A request that is not a proxy request (origin-form) gets `400`.
@@ -41,6 +47,11 @@ use crate::tokens::is_session_token;
 /// Largest request body the proxy forwards (it is kept in memory to be sent again with a
 /// payment).
 pub const PROXY_BODY_BYTES_MAX: usize = bursar_buyer::REQUEST_BODY_BYTES_MAX;
+/// A request body the proxy refuses (too large, or sent with a request it refuses for another
+/// reason) is still read and discarded up to this many bytes in all, so that a client still
+/// sending it gets the refusal instead of a reset connection. Larger bodies are cut off: the
+/// connection is closed and the client may see a reset.
+pub const PROXY_BODY_DRAIN_BYTES_MAX: usize = 2 * PROXY_BODY_BYTES_MAX;
 /// Response header carrying the payment made for the request, as compact JSON.
 pub const HEADER_PAYMENT: &str = "x-bursar-payment";
 /// Response header carrying the error code when the proxy refused or failed.
@@ -172,6 +183,10 @@ impl IntoResponse for ProxyError {
                 if let RuntimeError::NotPayable { reasons } = &error {
                     extra.insert("reasons".into(), json!(reasons));
                 }
+                if let RuntimeError::EgressRefused { host, address, .. } = &error {
+                    extra.insert("host".into(), json!(host));
+                    extra.insert("address".into(), json!(address));
+                }
                 (
                     StatusCode::from_u16(error.status())
                         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -206,14 +221,25 @@ impl IntoResponse for ProxyError {
 }
 
 async fn handle(State(runtime): State<Runtime>, request: Request) -> Response {
-    match forward(&runtime, request).await {
+    let (parts, body) = request.into_parts();
+    let mut body = Some(body);
+    let result = forward(&runtime, parts, &mut body).await;
+    // Refused before its body was read: read what the client is still sending (bounded), so
+    // that it gets the answer rather than a reset.
+    if let Some(body) = body.take() {
+        drain(body.into_data_stream(), 0).await;
+    }
+    match result {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyError> {
-    let (parts, body) = request.into_parts();
+async fn forward(
+    runtime: &Runtime,
+    parts: http::request::Parts,
+    body: &mut Option<Body>,
+) -> Result<Response, ProxyError> {
     if parts.method == Method::CONNECT {
         return Err(ProxyError::Connect);
     }
@@ -236,7 +262,7 @@ async fn forward(runtime: &Runtime, request: Request) -> Result<Response, ProxyE
             Some(step.to_string())
         }
     };
-    let body = read_body(&parts.headers, body).await?;
+    let body = read_body(&parts.headers, body.take().unwrap_or_default()).await?;
 
     let mut spec = RequestSpec::new(parts.method.clone(), url.as_str())
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
@@ -396,31 +422,55 @@ fn phase(headers: &HeaderMap) -> Result<Option<String>, ProxyError> {
     Ok(Some(phase.to_string()))
 }
 
-/// The request body, refusing more than [`PROXY_BODY_BYTES_MAX`] bytes before reading it when
-/// `Content-Length` says so.
+/// The request body, refusing more than [`PROXY_BODY_BYTES_MAX`] bytes (at once when
+/// `Content-Length` says so). A refused body is drained up to [`PROXY_BODY_DRAIN_BYTES_MAX`].
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ProxyError> {
+    let mut stream = body.into_data_stream();
     if let Some(length) = headers.get(header::CONTENT_LENGTH) {
-        let length: u64 = length
+        let Some(length) = length
             .to_str()
             .ok()
-            .and_then(|text| text.trim().parse().ok())
-            .ok_or_else(|| ProxyError::BadRequest("Content-Length is not a number".into()))?;
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        else {
+            // hyper refuses such requests before they get here; never read a body of unknown
+            // length.
+            return Err(ProxyError::BadRequest(
+                "Content-Length is not a number".into(),
+            ));
+        };
         if length > PROXY_BODY_BYTES_MAX as u64 {
+            if length <= PROXY_BODY_DRAIN_BYTES_MAX as u64 {
+                drain(stream, 0).await;
+            }
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let mut stream = body.into_data_stream();
     let mut collected = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             ProxyError::BadRequest(format!("the request body could not be read: {e}"))
         })?;
         if collected.len() + chunk.len() > PROXY_BODY_BYTES_MAX {
+            drain(stream, collected.len() + chunk.len()).await;
             return Err(ProxyError::BodyTooLarge);
         }
         collected.extend_from_slice(&chunk);
     }
     Ok(collected.freeze())
+}
+
+/// Reads and discards the rest of a body, `read` bytes of which were read already, until it
+/// ends or [`PROXY_BODY_DRAIN_BYTES_MAX`] bytes were read in all. Whether it ended.
+async fn drain(mut stream: axum::body::BodyDataStream, read: usize) -> bool {
+    let mut read = read;
+    while read <= PROXY_BODY_DRAIN_BYTES_MAX {
+        match stream.next().await {
+            Some(Ok(chunk)) => read = read.saturating_add(chunk.len()),
+            Some(Err(_)) => return false,
+            None => return true,
+        }
+    }
+    false
 }
 
 /// Lowercased header names listed in `Connection` values.

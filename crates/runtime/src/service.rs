@@ -1,7 +1,8 @@
 //! The runtime service: wallets, grants, sessions and paying, on a store and a chain.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256};
@@ -20,9 +21,12 @@ use bursar_store::runtime::{
     SessionRecord, TransferRecord, TransferState, WalletRecord,
 };
 use bursar_store::{RuntimeStore, StoreError};
-use bursar_wallet::{Kdf, Keystore, Passphrase};
+use bursar_wallet::{Kdf, Keystore, Passphrase, WalletError};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use serde_json::{Value, json};
 
+use crate::egress::{EgressGuard, EgressPolicy};
 use crate::error::RuntimeError;
 use crate::tokens::TokenKey;
 
@@ -64,6 +68,23 @@ pub struct RuntimeConfig {
     /// Pays the gas of `cancelAuthorization` when a failed step is compensated (anyone may send
     /// the wallet's signed cancel). Without it, the paying wallet sends it itself.
     pub cancel_gas_account: Option<Arc<bursar_chain::Account>>,
+    /// Which destinations the runtime connects to for agents: public addresses only by
+    /// default; see [`crate::egress`].
+    pub egress: EgressPolicy,
+    /// Most key derivations (scrypt: about 256 MiB and a second of CPU each at the standard
+    /// parameters) running at once, across wallets. Default: the number of cores, at most
+    /// [`KDF_CONCURRENCY_MAX_DEFAULT`].
+    pub kdf_concurrency: usize,
+}
+
+/// The default bound on concurrent key derivations: the cores, at most 4 (about 1 GiB of
+/// scrypt memory at the standard parameters).
+pub const KDF_CONCURRENCY_MAX_DEFAULT: usize = 4;
+
+fn kdf_concurrency_default() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |cores| cores.get())
+        .clamp(1, KDF_CONCURRENCY_MAX_DEFAULT)
 }
 
 impl RuntimeConfig {
@@ -75,6 +96,8 @@ impl RuntimeConfig {
             upstream_timeout: UPSTREAM_TIMEOUT,
             alert_webhook: None,
             cancel_gas_account: None,
+            egress: EgressPolicy::default(),
+            kdf_concurrency: kdf_concurrency_default(),
         }
     }
 }
@@ -183,8 +206,17 @@ struct Inner {
     config: RuntimeConfig,
     passphrase: Arc<Passphrase>,
     token_key: TokenKey,
-    /// Decrypted signers by wallet id, so scrypt runs once per wallet per process.
-    signers: RwLock<HashMap<String, Arc<PrivateKeySigner>>>,
+    /// Signers by wallet id: decrypted, or being decrypted (one decryption per wallet per
+    /// process, whatever the concurrency; see [`Runtime::signer`]).
+    signers: Mutex<HashMap<String, SignerSlot>>,
+    /// Numbers the decryptions started, so a finished one only replaces its own slot.
+    signer_flights: AtomicU64,
+    /// Bounds the key derivations (scrypt) running at once, across wallets.
+    kdf_slots: Arc<tokio::sync::Semaphore>,
+    /// Wallet keys decrypted (scrypt runs) since the runtime opened.
+    key_decryptions: Arc<KeyDecryptions>,
+    /// The egress guard: which destinations agents' requests may reach.
+    egress: Arc<EgressGuard>,
     http: reqwest::Client,
     /// Paid requests in a row that an endpoint answered with 402 again, per (session,
     /// endpoint), with the time of the last: for the backoff rule. Kept in this process only.
@@ -226,9 +258,25 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let passphrase = Arc::new(passphrase);
         let token_key = TokenKey::load_or_create(store.as_ref(), &passphrase, config.kdf).await?;
+        let egress = EgressGuard::new(config.egress.clone());
+        let kdf_slots = Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency.max(1)));
+        if config.egress.allow_any {
+            tracing::warn!(
+                "egress guard off: the runtime will connect agents to any address, including \
+                 loopback, private networks and cloud metadata endpoints"
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(config.upstream_timeout)
+            // Never followed: a redirect goes back to the agent, and its next request is
+            // checked again (the allowlist's ports are enforced per request URL).
             .redirect(reqwest::redirect::Policy::none())
+            // No ambient HTTP_PROXY / HTTPS_PROXY: through a proxy, the destination could not
+            // be checked.
+            .no_proxy()
+            // Host names resolve to permitted addresses only (IP literals are checked per
+            // request, in `fetch_labelled`).
+            .dns_resolver(egress.resolver())
             .build()
             .map_err(|e| RuntimeError::Internal(format!("http client: {e}")))?;
         Ok(Runtime {
@@ -238,7 +286,11 @@ impl Runtime {
                 config,
                 passphrase,
                 token_key,
-                signers: RwLock::default(),
+                signers: Mutex::default(),
+                signer_flights: AtomicU64::new(0),
+                kdf_slots,
+                key_decryptions: Arc::default(),
+                egress,
                 http,
                 policy_file: Mutex::new(None),
                 rejections: Mutex::default(),
@@ -264,6 +316,11 @@ impl Runtime {
         self.inner.config.cancel_gas_account.as_ref()
     }
 
+    /// Which destinations the runtime connects to for agents.
+    pub fn egress(&self) -> &EgressPolicy {
+        self.inner.egress.policy()
+    }
+
     pub fn alert_webhook(&self) -> Option<&crate::alerts::AlertWebhook> {
         self.inner.config.alert_webhook.as_ref()
     }
@@ -278,10 +335,13 @@ impl Runtime {
     ) -> Result<Created<WalletInfo>, RuntimeError> {
         let passphrase = self.inner.passphrase.clone();
         let kdf = self.inner.config.kdf;
-        let (keystore, address) =
-            tokio::task::spawn_blocking(move || bursar_wallet::generate(kdf, &passphrase))
-                .await
-                .map_err(|e| RuntimeError::Internal(format!("key generation: {e}")))??;
+        let permit = self.kdf_permit().await?;
+        let (keystore, address) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bursar_wallet::generate(kdf, &passphrase)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("key generation: {e}")))??;
         self.insert_wallet(name, address, &keystore, idempotency_key)
             .await
     }
@@ -298,10 +358,13 @@ impl Runtime {
         let passphrase = self.inner.passphrase.clone();
         let kdf = self.inner.config.kdf;
         let address = signer.address();
-        let keystore =
-            tokio::task::spawn_blocking(move || Keystore::encrypt(&signer, &passphrase, kdf))
-                .await
-                .map_err(|e| RuntimeError::Internal(format!("key encryption: {e}")))??;
+        let permit = self.kdf_permit().await?;
+        let keystore = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            Keystore::encrypt(&signer, &passphrase, kdf)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("key encryption: {e}")))??;
         self.insert_wallet(name, address, &keystore, idempotency_key)
             .await
     }
@@ -319,7 +382,9 @@ impl Runtime {
         let theirs = keystore_passphrase;
         let ours = self.inner.passphrase.clone();
         let kdf = self.inner.config.kdf;
+        let permit = self.kdf_permit().await?;
         let (keystore, address) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let signer = imported.decrypt(&theirs)?;
             let keystore = Keystore::encrypt(&signer, &ours, kdf)?;
             Ok::<_, bursar_wallet::WalletError>((keystore, signer.address()))
@@ -392,41 +457,103 @@ impl Runtime {
         Ok(Amount::from_atomic(balance))
     }
 
+    /// How many times this process decrypted a wallet's key to sign (each one scrypt, about
+    /// 256 MiB and a second of CPU at the standard parameters).
+    pub fn key_decryptions(&self) -> u64 {
+        self.inner.key_decryptions.started.load(Ordering::SeqCst)
+    }
+
+    /// The most wallet key decryptions that have run at the same time in this process (at most
+    /// [`RuntimeConfig::kdf_concurrency`]).
+    pub fn key_decryptions_concurrent_max(&self) -> usize {
+        self.inner
+            .key_decryptions
+            .running_max
+            .load(Ordering::SeqCst)
+    }
+
+    /// The wallet's signer. Its key is decrypted once per process: concurrent first callers
+    /// share one decryption (a single flight per wallet), and at most
+    /// [`RuntimeConfig::kdf_concurrency`] key derivations run at once across wallets. A failed
+    /// decryption is not remembered: the callers that waited for it get its error, and the next
+    /// caller tries again.
     pub(crate) async fn signer(
         &self,
         wallet_id: &str,
     ) -> Result<Arc<PrivateKeySigner>, RuntimeError> {
-        if let Some(signer) = self
-            .inner
-            .signers
-            .read()
-            .expect("signer cache lock")
-            .get(wallet_id)
+        let (flight_id, flight) = match self.signer_slot(wallet_id) {
+            Some(SignerSlot::Ready(signer)) => return Ok(signer),
+            Some(SignerSlot::Loading { id, flight }) => (id, flight),
+            None => {
+                // Read outside the lock; whoever registers first starts the decryption.
+                let record = self.wallet_record(wallet_id).await?;
+                let keystore = Keystore::from_json(&record.keystore)?;
+                let expected: Address = record.address.parse().map_err(|_| {
+                    RuntimeError::Internal(format!("wallet {wallet_id}: bad address"))
+                })?;
+                let mut slots = self.inner.signers.lock().expect("signer cache lock");
+                match slots.get(wallet_id) {
+                    Some(SignerSlot::Ready(signer)) => return Ok(signer.clone()),
+                    Some(SignerSlot::Loading { id, flight }) => (*id, flight.clone()),
+                    None => {
+                        let id = self.inner.signer_flights.fetch_add(1, Ordering::SeqCst);
+                        let flight = decrypt_signer(
+                            wallet_id.to_string(),
+                            keystore,
+                            expected,
+                            self.inner.passphrase.clone(),
+                            self.inner.kdf_slots.clone(),
+                            self.inner.key_decryptions.clone(),
+                        )
+                        .boxed()
+                        .shared();
+                        slots.insert(
+                            wallet_id.to_string(),
+                            SignerSlot::Loading {
+                                id,
+                                flight: flight.clone(),
+                            },
+                        );
+                        (id, flight)
+                    }
+                }
+            }
+        };
+        let outcome = flight.await;
+        let mut slots = self.inner.signers.lock().expect("signer cache lock");
+        if matches!(slots.get(wallet_id), Some(SignerSlot::Loading { id, .. }) if *id == flight_id)
         {
-            return Ok(signer.clone());
+            match &outcome {
+                Ok(signer) => {
+                    slots.insert(wallet_id.to_string(), SignerSlot::Ready(signer.clone()));
+                }
+                Err(_) => {
+                    slots.remove(wallet_id);
+                }
+            }
         }
-        let record = self.wallet_record(wallet_id).await?;
-        let keystore = Keystore::from_json(&record.keystore)?;
-        let passphrase = self.inner.passphrase.clone();
-        let signer = tokio::task::spawn_blocking(move || keystore.decrypt(&passphrase))
-            .await
-            .map_err(|e| RuntimeError::Internal(format!("key decryption: {e}")))??;
-        let expected: Address = record
-            .address
-            .parse()
-            .map_err(|_| RuntimeError::Internal(format!("wallet {wallet_id}: bad address")))?;
-        if signer.address() != expected {
-            return Err(RuntimeError::Internal(format!(
-                "wallet {wallet_id}: the keystore holds another key than its recorded address"
-            )));
-        }
-        let signer = Arc::new(signer);
+        drop(slots);
+        outcome.map_err(RuntimeError::from)
+    }
+
+    fn signer_slot(&self, wallet_id: &str) -> Option<SignerSlot> {
         self.inner
             .signers
-            .write()
+            .lock()
             .expect("signer cache lock")
-            .insert(wallet_id.to_string(), signer.clone());
-        Ok(signer)
+            .get(wallet_id)
+            .cloned()
+    }
+
+    /// A permit to run one key derivation (scrypt), waiting while
+    /// [`RuntimeConfig::kdf_concurrency`] are running.
+    async fn kdf_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RuntimeError> {
+        self.inner
+            .kdf_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| RuntimeError::Internal("key derivation slots closed".into()))
     }
 
     // ----- grants -----
@@ -668,6 +795,14 @@ impl Runtime {
                 })
                 .await?;
             return Err(RuntimeError::Denied { code, message });
+        }
+        // Before anything is sent (and so before anything can be reserved or signed): a
+        // destination the runtime may not reach for agents is refused.
+        if let Err(error) = self.inner.egress.check(&request.url).await {
+            if let RuntimeError::EgressRefused { host, address, .. } = &error {
+                tracing::warn!(session = %session.id, %host, %address, "egress refused");
+            }
+            return Err(error);
         }
         // Read once per request: the approval, the cache and the response validation use them.
         let policies = Arc::new(self.policies_for(session).await);
@@ -1677,4 +1812,79 @@ struct CachedResponse {
     headers: Vec<(String, String)>,
     body: bytes::Bytes,
     transfer_id: String,
+}
+
+/// Counts of wallet key decryptions in this process.
+#[derive(Debug, Default)]
+struct KeyDecryptions {
+    started: AtomicU64,
+    running: AtomicUsize,
+    running_max: AtomicUsize,
+}
+
+/// A wallet's signer in the cache: decrypted, or being decrypted.
+#[derive(Clone)]
+enum SignerSlot {
+    Ready(Arc<PrivateKeySigner>),
+    /// The one decryption in flight, shared by every caller waiting for it.
+    Loading {
+        id: u64,
+        flight: SignerFlight,
+    },
+}
+
+type SignerFlight = Shared<BoxFuture<'static, Result<Arc<PrivateKeySigner>, KeyLoadError>>>;
+
+/// Why a wallet's key could not be decrypted, shared by the callers that waited for it.
+#[derive(Debug, Clone)]
+enum KeyLoadError {
+    WrongPassphrase,
+    Failed(String),
+}
+
+impl From<KeyLoadError> for RuntimeError {
+    fn from(error: KeyLoadError) -> Self {
+        match error {
+            KeyLoadError::WrongPassphrase => RuntimeError::Wallet(WalletError::WrongPassphrase),
+            KeyLoadError::Failed(message) => RuntimeError::Internal(message),
+        }
+    }
+}
+
+/// Decrypts one wallet's key under a key-derivation permit. The permit moves into the blocking
+/// task, so it is held until scrypt has finished even when every caller has gone.
+async fn decrypt_signer(
+    wallet_id: String,
+    keystore: Keystore,
+    expected: Address,
+    passphrase: Arc<Passphrase>,
+    kdf_slots: Arc<tokio::sync::Semaphore>,
+    decryptions: Arc<KeyDecryptions>,
+) -> Result<Arc<PrivateKeySigner>, KeyLoadError> {
+    let permit = kdf_slots
+        .acquire_owned()
+        .await
+        .map_err(|_| KeyLoadError::Failed("key derivation slots closed".into()))?;
+    let decrypted = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        decryptions.started.fetch_add(1, Ordering::SeqCst);
+        let running = decryptions.running.fetch_add(1, Ordering::SeqCst) + 1;
+        decryptions.running_max.fetch_max(running, Ordering::SeqCst);
+        let decrypted = keystore.decrypt(&passphrase);
+        decryptions.running.fetch_sub(1, Ordering::SeqCst);
+        decrypted
+    })
+    .await
+    .map_err(|e| KeyLoadError::Failed(format!("key decryption: {e}")))?;
+    let signer = decrypted.map_err(|error| match error {
+        WalletError::WrongPassphrase => KeyLoadError::WrongPassphrase,
+        other => KeyLoadError::Failed(format!("wallet {wallet_id}: {other}")),
+    })?;
+    if signer.address() != expected {
+        return Err(KeyLoadError::Failed(format!(
+            "wallet {wallet_id}: the keystore holds another key than its recorded address"
+        )));
+    }
+    tracing::debug!(wallet = %wallet_id, "wallet key decrypted");
+    Ok(Arc::new(signer))
 }

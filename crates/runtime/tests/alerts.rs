@@ -100,6 +100,8 @@ async fn runtime_with_webhook(
     let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut config = RuntimeConfig::new(network.currency());
     config.kdf = Kdf::light();
+    // Sellers in tests run on loopback.
+    config.egress = bursar_runtime::EgressPolicy::loopback();
     config.alert_webhook = Some(webhook);
     let runtime = Runtime::open(
         store.clone(),

@@ -129,7 +129,8 @@ async fn raw(proxy: std::net::SocketAddr, request: &str) -> (u16, String, String
 }
 
 /// Sends `head` and then `size` bytes as 64 KiB chunks (stopping quietly if the proxy stops
-/// reading), and reads the answer: its status and body.
+/// reading), and reads the answer: its status and body. The writing side stays open until the
+/// answer is read.
 async fn chunked_upload(proxy: std::net::SocketAddr, head: &str, size: usize) -> (u16, String) {
     let head = head.to_string();
     let exchange = async move {
@@ -147,7 +148,10 @@ async fn chunked_upload(proxy: std::net::SocketAddr, head: &str, size: usize) ->
                 writer.write_all(b"\r\n").await?;
                 sent += chunk.len();
             }
-            writer.write_all(b"0\r\n\r\n").await
+            writer.write_all(b"0\r\n\r\n").await?;
+            // Kept open until the answer is read: a client that shuts its side down is taken
+            // for gone, and the server does not answer it.
+            Ok::<_, std::io::Error>(writer)
         });
         let mut answer = Vec::new();
         let _ = reader.read_to_end(&mut answer).await;
@@ -421,8 +425,10 @@ pub async fn credentials_are_enforced(store_url: &str) {
 }
 
 /// What the proxy does not forward: CONNECT (405, with the way out in the message), requests that
-/// are not proxy requests (400), bodies over the bound (413), non-HTTP schemes (400), and requests
-/// that already passed through a Bursar proxy (508). None of them reaches the seller.
+/// are not proxy requests (400), bodies over the bound (413, also when declared far larger than
+/// sent), non-HTTP schemes (400), and requests that already passed through a Bursar proxy (508).
+/// A client still sending a refused body gets the answer, not a reset. None of them reaches the
+/// seller.
 pub async fn unforwardable_requests_are_refused(store_url: &str) {
     let network = network().await;
     let rt = runtime(&network, store_url).await;
@@ -476,6 +482,9 @@ pub async fn unforwardable_requests_are_refused(store_url: &str) {
     assert_eq!(status, 400, "{body}");
 
     let agent = agent_client(proxy, &token);
+    // Over the bound but within what the proxy drains: it reads the whole body before
+    // answering, so the client finishes writing and reads the 413 (never a reset, however
+    // loaded the machine).
     let huge = vec![b'x'; PROXY_BODY_BYTES_MAX + 1];
     let answer = Answer::of(
         agent
@@ -487,6 +496,44 @@ pub async fn unforwardable_requests_are_refused(store_url: &str) {
     )
     .await;
     answer.assert_error(413, "payload_too_large");
+    // Declared far beyond what the proxy drains, and never sent: refused from the headers
+    // alone, before any of the body, then the connection is closed.
+    let (status, head, body) = raw(
+        proxy,
+        &format!(
+            "POST {}/paid HTTP/1.1\r\nHost: {seller}\r\nProxy-Authorization: {credentials}\r\n\
+             Content-Length: {}\r\n\r\n",
+            network.seller_url,
+            1u64 << 30
+        ),
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(head.contains("x-bursar-error: payload_too_large"), "{head}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    // Requests refused before their body is read (origin-form, no credentials) get their
+    // answer too: the body is drained first.
+    let answer = Answer::of(
+        direct_client()
+            .post(format!("http://{proxy}/paid"))
+            .body(vec![b'z'; PROXY_BODY_BYTES_MAX])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    answer.assert_error(400, "not_a_proxy_request");
+    let answer = Answer::of(
+        proxied_client(reqwest::Proxy::http(format!("http://{proxy}")).unwrap())
+            .post(format!("{}/paid", network.seller_url))
+            .body(vec![b'z'; PROXY_BODY_BYTES_MAX])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    answer.assert_error(407, "unauthorized");
     // The same without Content-Length (chunked), so the bound applies while reading.
     let (status, body) = chunked_upload(
         proxy,

@@ -39,6 +39,8 @@ pub struct Network_ {
     pub seller_url: String,
     /// Requests that reached the seller carrying a payment header.
     pub payments_seen: Arc<AtomicUsize>,
+    /// Requests that reached the seller at all.
+    pub requests_seen: Arc<AtomicUsize>,
 }
 
 async fn serve(app: Router) -> String {
@@ -108,10 +110,14 @@ pub async fn network() -> Network_ {
         .build()
         .expect("paywall");
     let payments_seen = Arc::new(AtomicUsize::new(0));
+    let requests_seen = Arc::new(AtomicUsize::new(0));
     let seen = payments_seen.clone();
+    let requests = requests_seen.clone();
     let count_payments = move |request: Request, next: Next| {
         let seen = seen.clone();
+        let requests = requests.clone();
         async move {
+            requests.fetch_add(1, Ordering::SeqCst);
             let headers = request.headers();
             if headers.contains_key("payment-signature") || headers.contains_key("x-payment") {
                 seen.fetch_add(1, Ordering::SeqCst);
@@ -173,12 +179,22 @@ pub async fn network() -> Network_ {
         payee,
         seller_url,
         payments_seen,
+        requests_seen,
     }
 }
 
 impl Network_ {
     pub fn payments_seen(&self) -> usize {
         self.payments_seen.load(Ordering::SeqCst)
+    }
+
+    pub fn requests_seen(&self) -> usize {
+        self.requests_seen.load(Ordering::SeqCst)
+    }
+
+    /// The seller's port on 127.0.0.1.
+    pub fn seller_port(&self) -> u16 {
+        self.seller_url.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub async fn balance(&self, address: Address) -> U256 {
@@ -211,12 +227,25 @@ pub struct RuntimeUnderTest {
 }
 
 pub async fn runtime(network: &Network_, store_url: &str) -> RuntimeUnderTest {
+    runtime_with(network, store_url, |_| {}).await
+}
+
+/// [`runtime`] with its configuration changed by `configure` (which starts from light keys and
+/// loopback allowed).
+pub async fn runtime_with(
+    network: &Network_,
+    store_url: &str,
+    configure: impl FnOnce(&mut RuntimeConfig),
+) -> RuntimeUnderTest {
     let store: Arc<dyn RuntimeStore> = bursar_store::open_runtime_store(store_url)
         .await
         .expect("open store");
     let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut config = RuntimeConfig::new(network.currency());
     config.kdf = Kdf::light();
+    // Sellers in tests run on loopback.
+    config.egress = bursar_runtime::EgressPolicy::loopback();
+    configure(&mut config);
     let runtime = Runtime::open(
         store.clone(),
         evm,
