@@ -94,6 +94,7 @@ pub async fn network() -> Network_ {
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
         .route(PricedRoute::new(Method::GET, "/garbage").offer(offer(PRICE)))
+        .route(PricedRoute::new(Method::GET, "/garbage-json").offer(offer(PRICE)))
         // Both publish the schema of their response (v2: bazaar extension); the second breaks it.
         .route(
             PricedRoute::new(Method::GET, "/report")
@@ -161,6 +162,16 @@ pub async fn network() -> Network_ {
             "/garbage",
             get(|| async { "%%% not what you paid for %%%" }),
         )
+        // Paid, then answers garbage that calls itself JSON.
+        .route(
+            "/garbage-json",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    "%%% not JSON %%%",
+                )
+            }),
+        )
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
         .route("/rejects", get(rejecting))
@@ -211,12 +222,22 @@ pub struct RuntimeUnderTest {
 }
 
 pub async fn runtime(network: &Network_, store_url: &str) -> RuntimeUnderTest {
+    runtime_with(network, store_url, |_| {}).await
+}
+
+/// [`runtime`] with its configuration adjusted by `configure`.
+pub async fn runtime_with(
+    network: &Network_,
+    store_url: &str,
+    configure: impl FnOnce(&mut RuntimeConfig),
+) -> RuntimeUnderTest {
     let store: Arc<dyn RuntimeStore> = bursar_store::open_runtime_store(store_url)
         .await
         .expect("open store");
     let evm: Arc<dyn EvmChain> = network.chain.clone();
     let mut config = RuntimeConfig::new(network.currency());
     config.kdf = Kdf::light();
+    configure(&mut config);
     let runtime = Runtime::open(
         store.clone(),
         evm,
