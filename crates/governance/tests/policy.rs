@@ -932,3 +932,36 @@ fn pauses_deny_with_the_policy_that_paused() {
     assert!(!evaluation.rules[0].passed);
     assert!(evaluation.rules[1].passed, "an expired pause passes");
 }
+
+/// The ```toml blocks of `text` (lines with `prefix` stripped).
+fn toml_blocks(text: &str, prefix: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let Some(line) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let trimmed = line.trim();
+        match (&mut current, trimmed) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn documented_policies_parse() {
+    let readme = toml_blocks(include_str!("../../../README.md"), "");
+    assert!(readme.len() >= 3, "the README's policy examples");
+    let docs = toml_blocks(include_str!("../src/policy.rs"), "//! ");
+    assert_eq!(docs.len(), 1, "the format example in the crate docs");
+    for block in readme.iter().chain(&docs) {
+        Policy::parse(block, &usdc(), "docs").unwrap_or_else(|e| panic!("{e}:\n{block}"));
+    }
+}

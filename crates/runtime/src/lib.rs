@@ -15,6 +15,14 @@
 //!   client ([`bursar_buyer`]) picks an offer and, before signing, the runtime reserves the price
 //!   against the session in one database transaction ([`bursar_store::RuntimeStore::reserve`]).
 //!   A refusal (budget, expiry, revoked grant, other currency) means nothing is signed.
+//! - **Governance** ([`Runtime::policies_for`]): every payment is evaluated, before signing,
+//!   against the runtime's policy — the default policy
+//!   ([`bursar_governance::DEFAULT_POLICY_TOML`]) unless a policy file replaces it or
+//!   [`RuntimeConfig::default_policy`] switches it off — and the wallet's, grant's and
+//!   session's own; any failing rule denies, and the agent hears the most specific one. Every
+//!   decision, allowed or refused (also when nothing offered was payable or the session could
+//!   not pay), goes into the hash-chained decision trace. Validation pauses belong to the
+//!   policy that saw the failures; the 402 backoff count is kept in the database.
 //! - **Two-phase accounting**: a reservation stays pending until the chain decides: posted when
 //!   the token shows the authorization used (with the transaction when a receipt proves it),
 //!   voided when it is proven unusable (never signed, or unused after `validBefore` on chain).
