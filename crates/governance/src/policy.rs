@@ -459,9 +459,7 @@ fn declared_type_failure(
             "the seller declared {declared} in its 402 but answered {actual}"
         ));
     }
-    let Some(effective) = actual.or(declared) else {
-        return None;
-    };
+    let effective = actual.or(declared)?;
     if is_json_type(&effective)
         && let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(body)
     {
