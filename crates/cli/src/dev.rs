@@ -49,6 +49,10 @@ pub struct DevArgs {
     /// deployed on the dev chain at start (as `bursar facilitator --batch` does).
     #[arg(long)]
     pub batch: bool,
+    /// The runtime's policy: the default policy unless --policy FILE replaces it or
+    /// --no-default-policy switches it off.
+    #[command(flatten)]
+    pub policy: crate::runtime::PolicyFlags,
 }
 
 #[derive(clap::Args)]
@@ -283,6 +287,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         &args.data_dir,
         args.database_url.as_deref(),
         previous_operator_key,
+        &args.policy,
         dev_egress(api_listener.local_addr()?),
     )
     .await?;

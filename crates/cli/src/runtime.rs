@@ -81,10 +81,8 @@ pub struct RuntimeArgs {
     /// How often pending payments are checked on chain, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub resolve_interval_ms: u64,
-    /// A policy file (TOML) for every payment; re-read when it changes. While it cannot be read
-    /// or parsed, every payment is denied.
-    #[arg(long, env = "BURSAR_POLICY_FILE")]
-    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub policy: PolicyFlags,
     /// Encrypt new keys with scrypt's light parameters (fast, weaker; for tests).
     #[arg(long, hide = true)]
     pub light_kdf: bool,
@@ -140,6 +138,66 @@ pub fn print_egress(policy: &EgressPolicy) {
     println!("agents' requests may reach {}", policy.describe());
 }
 
+/// Which policy applies to every session: `bursar runtime` and `bursar dev` share these flags.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PolicyFlags {
+    /// A policy file (TOML) for every payment, replacing the default policy (start from
+    /// `bursar policy init`); re-read when it changes. While it cannot be read or parsed, every
+    /// payment is denied.
+    #[arg(long, env = "BURSAR_POLICY_FILE")]
+    pub policy: Option<PathBuf>,
+    /// Switch the default policy off: sessions without a policy of their own are then limited
+    /// only by their budget, pinned terms and the backoff after three rejected payments.
+    #[arg(long, conflicts_with = "policy")]
+    pub no_default_policy: bool,
+}
+
+impl PolicyFlags {
+    /// Checks the policy file (when given) before anything starts, so a typo stops the command
+    /// instead of denying every payment.
+    pub fn check(&self, unit: &AssetUnit) -> Result<()> {
+        if let Some(path) = &self.policy {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+            bursar_governance::Policy::parse(&text, unit, "file")
+                .with_context(|| format!("the policy file {} is invalid", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// What the runtime applies to every session, in one line; said loudly when nothing is.
+    pub fn describe(&self) -> String {
+        match (&self.policy, self.no_default_policy) {
+            (Some(path), _) => format!(
+                "{} on every session (replaces the default policy)",
+                path.display()
+            ),
+            (None, false) => "the default policy on every session: a call at most 25% of the \
+                 session's budget, 10 payments to one endpoint a minute, 100 per session, pinned \
+                 terms, a 1-minute backoff after a 402 to a paid request, paid responses held to \
+                 their declared type and schema (`bursar policy init` writes it out; --policy \
+                 FILE replaces it)"
+                .to_string(),
+            (None, true) => "NONE: the default policy is switched off (--no-default-policy); \
+                 sessions without a policy of their own are limited only by their budget, \
+                 pinned terms and the backoff after three rejected payments"
+                .to_string(),
+        }
+    }
+
+    /// Says what applies, on stdout, and warns on stderr when the default policy is off.
+    pub fn announce(&self, indent: &str) {
+        println!("{indent}{}", self.describe());
+        if self.policy.is_none() && self.no_default_policy {
+            eprintln!(
+                "WARNING: the default policy is switched off (--no-default-policy): a hostile \
+                 seller can take a session's whole budget unless each session carries its own policy"
+            );
+            tracing::warn!("the default policy is switched off (--no-default-policy)");
+        }
+    }
+}
+
 /// The gas account `bursar runtime` was given for cancels. Errors never show the key.
 fn cancel_gas_key(args: &RuntimeArgs) -> Result<Option<alloy_signer_local::PrivateKeySigner>> {
     let Some(path) = &args.cancel_gas_key_file else {
@@ -176,7 +234,7 @@ pub async fn open_runtime(
     currency: Currency,
     passphrase: Passphrase,
     light_kdf: bool,
-    policy_file: Option<PathBuf>,
+    policy: &PolicyFlags,
     alert_webhook: Option<bursar_runtime::AlertWebhook>,
     cancel_gas_key: Option<alloy_signer_local::PrivateKeySigner>,
     egress: EgressPolicy,
@@ -186,7 +244,8 @@ pub async fn open_runtime(
         .context("cannot open the runtime database")?;
     let mut config = RuntimeConfig::new(currency);
     config.egress = egress;
-    config.policy_file = policy_file;
+    config.policy_file = policy.policy.clone();
+    config.default_policy = !policy.no_default_policy;
     config.alert_webhook = alert_webhook;
     config.cancel_gas_account =
         cancel_gas_key.map(|key| Arc::new(bursar_chain::Account::new(chain.clone(), key)));
@@ -248,19 +307,14 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         }
     };
     let url = database_url(args.database_url.as_deref(), &args.data_dir)?;
-    if let Some(path) = &args.policy {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the policy file {}", path.display()))?;
-        bursar_governance::Policy::parse(&text, &currency.unit, "file")
-            .with_context(|| format!("the policy file {} is invalid", path.display()))?;
-    }
+    args.policy.check(&currency.unit)?;
     let runtime = open_runtime(
         &url,
         chain,
         currency,
         passphrase,
         args.light_kdf,
-        args.policy.clone(),
+        &args.policy,
         alert_webhook,
         cancel_gas_key,
         args.egress(),
@@ -276,6 +330,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         runtime.currency().network
     );
     print_egress(runtime.egress());
+    args.policy.announce("policy: ");
     run_service(
         runtime,
         listener,
@@ -1087,6 +1142,44 @@ fn url_component(text: &str) -> String {
         .collect()
 }
 
+/// `bursar policy init`: the default policy, commented, to a file (never over one unless
+/// `force`) or to stdout.
+fn policy_init(path: &Path, force: bool) -> Result<()> {
+    let document = bursar_governance::DEFAULT_POLICY_TOML;
+    if path == Path::new("-") {
+        print!("{document}");
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AlreadyExists {
+            failure(
+                exit::FAILURE,
+                format!(
+                    "{} exists; pass --force to overwrite it, or give another path",
+                    path.display()
+                ),
+            )
+        } else {
+            anyhow!("cannot write {}: {error}", path.display())
+        }
+    })?;
+    std::io::Write::write_all(&mut file, document.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "wrote the default policy to {}; edit it, then run `bursar runtime --policy {0}` \
+         (or `bursar dev --policy {0}`) to use it instead of the default",
+        path.display()
+    );
+    Ok(())
+}
+
 #[derive(clap::Args)]
 pub struct PolicyArgs {
     #[command(flatten)]
@@ -1125,6 +1218,16 @@ pub enum PolicyCommand {
     Show { scope: PolicyScope, id: String },
     /// Detach it.
     Remove { scope: PolicyScope, id: String },
+    /// Write the default policy out as a commented TOML file to start from (then pass it to
+    /// `bursar runtime --policy FILE` or `bursar dev --policy FILE`, or attach it).
+    Init {
+        /// Where to write it; `-` prints it.
+        #[arg(default_value = "bursar-policy.toml")]
+        path: PathBuf,
+        /// Overwrite the file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Propose an allowlist from the payments that settled in the last days.
     Learn {
         #[arg(long)]
@@ -1135,8 +1238,12 @@ pub enum PolicyCommand {
 }
 
 pub async fn policy(args: PolicyArgs) -> Result<()> {
+    if let PolicyCommand::Init { path, force } = &args.command {
+        return policy_init(path, *force);
+    }
     let api = args.remote.api();
     match args.command {
+        PolicyCommand::Init { .. } => unreachable!("handled above"),
         PolicyCommand::Set { scope, id, file } => {
             let document = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
@@ -1346,6 +1453,7 @@ pub struct DevRuntime {
     pub session_id: String,
     pub session_token: String,
     pub passphrase_source: String,
+    pub policy: PolicyFlags,
 }
 
 fn dev_passphrase(data_dir: &Path) -> Result<(Passphrase, String)> {
@@ -1395,21 +1503,16 @@ pub async fn dev_runtime(
     data_dir: &Path,
     database_url_arg: Option<&str>,
     previous_operator_key: Option<String>,
+    policy: &PolicyFlags,
     egress: EgressPolicy,
 ) -> Result<DevRuntime> {
     let (passphrase, passphrase_source) = dev_passphrase(data_dir)?;
     let url = database_url(database_url_arg, data_dir)?;
     let chain: Arc<dyn EvmChain> = network.chain.clone();
+    let currency = dev_currency(network);
+    policy.check(&currency.unit)?;
     let runtime = open_runtime(
-        &url,
-        chain,
-        dev_currency(network),
-        passphrase,
-        true,
-        None,
-        None,
-        None,
-        egress,
+        &url, chain, currency, passphrase, true, policy, None, None, egress,
     )
     .await?;
     let store = runtime.store().clone();
@@ -1454,6 +1557,7 @@ pub async fn dev_runtime(
         session_id: issued.session.id,
         session_token: issued.token,
         passphrase_source,
+        policy: policy.clone(),
     })
 }
 
@@ -1470,6 +1574,7 @@ pub fn print_dev_banner(dev: &DevRuntime, runtime_url: &str, api_url: &str) {
         dev.grant_id, dev.session_id
     );
     println!("               session token {}", dev.session_token);
+    dev.policy.announce("               policy: ");
     println!(
         "               agents' requests may reach {} (the demo sellers run here; \
          `bursar runtime` refuses non-public addresses unless --egress-allow)",

@@ -2,6 +2,15 @@
 //! any failing rule denies (deny wins). No policy at all allows (the session budget still
 //! applies); a policy that cannot be read denies (fail closed) — the caller turns a
 //! [`crate::PolicyError`] into a denial.
+//!
+//! When several rules fail, every failure is recorded (each [`RuleResult`] carries its code)
+//! and the agent is told the most specific one, by [`DenyCode`]'s order: who is paid, then on
+//! which network and in which asset, then whether the agent may spend at all, then what the
+//! endpoint did (paused, changed its terms, refused payments), then how often the agent calls
+//! it, then how much it costs (the narrowest price limit first). The reasoning: a fact about
+//! the counterparty is what the agent (and its operator) must act on, and it stays true
+//! whatever else changes; a price limit is the last thing to mention, because a cheaper offer
+//! from an untrusted payee would still be refused. Rules that tie keep evaluation order.
 
 use alloy_primitives::Address;
 use bursar_protocol::Amount;
@@ -20,6 +29,8 @@ pub struct Proposal {
     pub amount: Amount,
     /// The phase the agent declared, if any (`explore`, `execute`, ...).
     pub phase: Option<String>,
+    /// The session's whole budget, for `max_per_call_percent`; `None` outside a session.
+    pub session_budget: Option<Amount>,
 }
 
 /// The terms of an earlier payment to the same endpoint.
@@ -43,9 +54,92 @@ pub struct EndpointHistory {
     /// Paid requests in a row that the endpoint answered with 402 again, and when the last was.
     pub rejections: u32,
     pub last_rejection_ms: Option<i64>,
-    /// Payments to the endpoint are paused until then (failed response validations).
-    pub paused_until_ms: Option<i64>,
-    pub pause_reason: Option<String>,
+    /// Pauses of payments to the endpoint (failed response validations), one per policy that
+    /// observed the failures; only those of policies in force for the session belong here.
+    pub pauses: Vec<EndpointPause>,
+}
+
+/// Payments to an endpoint paused by one policy's response validations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPause {
+    /// The source of the policy whose validations paused it (`default policy`, `session ...`).
+    pub policy: String,
+    pub until_ms: i64,
+    pub reason: Option<String>,
+}
+
+/// Why a payment is denied, most specific first (see the module docs): when several rules
+/// fail, the agent is told the first of them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DenyCode {
+    /// The payee (host or payTo) is on a denylist.
+    PayeeDenied,
+    /// An allowlist is in force and the payee is not on it.
+    PayeeNotAllowed,
+    NetworkNotAllowed,
+    AssetNotAllowed,
+    /// The declared phase allows no payments.
+    PhaseNoSpend,
+    /// The endpoint failed response validations and is paused.
+    EndpointPaused,
+    /// The endpoint's payTo, asset or network changed, or its price rose, within the session.
+    TermsChanged,
+    /// The endpoint answered paid requests with 402 again; payments to it wait.
+    EndpointBackingOff,
+    /// The endpoint was paid too often within the loop window.
+    LoopDetected,
+    /// The endpoint was paid as often as a session may.
+    EndpointCallLimit,
+    /// The price is above a per-payee or per-asset limit.
+    PayeeLimitExceeded,
+    /// The price is above the declared phase's per-call maximum.
+    PhaseMaxPerCallExceeded,
+    /// The price is above the per-call maximum (absolute, or the share of the session budget).
+    MaxPerCallExceeded,
+}
+
+impl DenyCode {
+    /// Every code, most specific first.
+    pub const ALL: [DenyCode; 13] = [
+        DenyCode::PayeeDenied,
+        DenyCode::PayeeNotAllowed,
+        DenyCode::NetworkNotAllowed,
+        DenyCode::AssetNotAllowed,
+        DenyCode::PhaseNoSpend,
+        DenyCode::EndpointPaused,
+        DenyCode::TermsChanged,
+        DenyCode::EndpointBackingOff,
+        DenyCode::LoopDetected,
+        DenyCode::EndpointCallLimit,
+        DenyCode::PayeeLimitExceeded,
+        DenyCode::PhaseMaxPerCallExceeded,
+        DenyCode::MaxPerCallExceeded,
+    ];
+
+    /// The code the agent is told.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyCode::PayeeDenied => "payee_denied",
+            DenyCode::PayeeNotAllowed => "payee_not_allowed",
+            DenyCode::NetworkNotAllowed => "network_not_allowed",
+            DenyCode::AssetNotAllowed => "asset_not_allowed",
+            DenyCode::PhaseNoSpend => "phase_no_spend",
+            DenyCode::EndpointPaused => "endpoint_paused",
+            DenyCode::TermsChanged => "terms_changed",
+            DenyCode::EndpointBackingOff => "endpoint_backing_off",
+            DenyCode::LoopDetected => "loop_detected",
+            DenyCode::EndpointCallLimit => "endpoint_call_limit",
+            DenyCode::PayeeLimitExceeded => "payee_limit_exceeded",
+            DenyCode::PhaseMaxPerCallExceeded => "phase_max_per_call_exceeded",
+            DenyCode::MaxPerCallExceeded => "max_per_call_exceeded",
+        }
+    }
+}
+
+impl std::fmt::Display for DenyCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The first wait after `backoff_after_rejections` rejections in a row; it doubles with each
@@ -53,14 +147,22 @@ pub struct EndpointHistory {
 pub const BACKOFF_BASE_MS: i64 = 1_000;
 pub const BACKOFF_MAX_MS: i64 = 60 * 60 * 1_000;
 
-/// How long to wait after `rejections` in a row, once at least `after` of them happened.
+/// How long to wait after `rejections` in a row, once at least `after` of them happened, with
+/// the first wait [`BACKOFF_BASE_MS`].
 pub fn backoff_ms(rejections: u32, after: u32) -> Option<i64> {
+    backoff_ms_from(rejections, after, BACKOFF_BASE_MS)
+}
+
+/// [`backoff_ms`] with the first wait `first_ms` (it doubles with each further rejection, up
+/// to [`BACKOFF_MAX_MS`]).
+pub fn backoff_ms_from(rejections: u32, after: u32, first_ms: i64) -> Option<i64> {
     if after == 0 || rejections < after {
         return None;
     }
     let doublings = (rejections - after).min(32);
     Some(
-        BACKOFF_BASE_MS
+        first_ms
+            .max(1)
             .saturating_mul(1i64 << doublings)
             .min(BACKOFF_MAX_MS),
     )
@@ -76,17 +178,23 @@ pub struct RuleResult {
     pub input: Value,
     pub passed: bool,
     pub detail: String,
+    /// The code it denies with, when it failed.
+    pub code: Option<DenyCode>,
 }
 
 impl RuleResult {
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut document = json!({
             "rule": self.rule,
             "source": self.source,
             "input": self.input,
             "passed": self.passed,
             "detail": self.detail,
-        })
+        });
+        if let Some(code) = self.code {
+            document["code"] = json!(code.as_str());
+        }
+        document
     }
 }
 
@@ -96,7 +204,9 @@ pub struct Evaluation {
     pub rules: Vec<RuleResult>,
     /// Caps over rolling windows the store must enforce with the reservation.
     pub windows: Vec<WindowCap>,
-    /// The first failing rule's code and message; `None` when every rule passed.
+    /// The most specific failing rule's code and message (by [`DenyCode`]'s order; ties in
+    /// evaluation order), the message naming the other codes that refused too; `None` when
+    /// every rule passed.
     pub denial: Option<(String, String)>,
 }
 
@@ -105,24 +215,56 @@ impl Evaluation {
         self.denial.is_none()
     }
 
-    fn check(&mut self, rule: &str, source: &str, input: Value, failure: Option<(&str, String)>) {
+    /// The codes of every failing rule, in evaluation order.
+    pub fn failures(&self) -> Vec<DenyCode> {
+        self.rules.iter().filter_map(|rule| rule.code).collect()
+    }
+
+    fn check(
+        &mut self,
+        rule: &str,
+        source: &str,
+        input: Value,
+        failure: Option<(DenyCode, String)>,
+    ) {
         let passed = failure.is_none();
-        let detail = match &failure {
-            Some((_, message)) => message.clone(),
-            None => "ok".into(),
+        let (code, detail) = match failure {
+            Some((code, message)) => (Some(code), message),
+            None => (None, "ok".into()),
         };
-        if let Some((code, message)) = failure
-            && self.denial.is_none()
-        {
-            self.denial = Some((code.to_string(), message));
-        }
         self.rules.push(RuleResult {
             rule: rule.to_string(),
             source: source.to_string(),
             input,
             passed,
             detail,
+            code,
         });
+    }
+
+    /// Picks the denial once every rule ran.
+    fn decide(&mut self) {
+        let Some(chosen) = self
+            .rules
+            .iter()
+            .filter_map(|rule| rule.code.map(|code| (code, rule)))
+            .min_by_key(|(code, _)| *code)
+        else {
+            return;
+        };
+        let (code, rule) = chosen;
+        let mut others: Vec<&str> = Vec::new();
+        for other in self.failures() {
+            if other != code && !others.contains(&other.as_str()) {
+                others.push(other.as_str());
+            }
+        }
+        let message = if others.is_empty() {
+            rule.detail.clone()
+        } else {
+            format!("{} (also refused: {})", rule.detail, others.join(", "))
+        };
+        self.denial = Some((code.as_str().to_string(), message));
     }
 }
 
@@ -151,19 +293,19 @@ pub fn evaluate(
         .unwrap_or_default()
         .to_ascii_lowercase();
     let amount = proposal.amount;
-    if let Some(until) = history.paused_until_ms {
+    for pause in &history.pauses {
         evaluation.check(
             "endpoint_pause",
-            "response validation",
-            json!({"endpoint": endpoint_of(&proposal.url), "pausedUntilMs": until,
-                   "reason": history.pause_reason}),
-            (now_ms < until).then(|| {
+            &pause.policy,
+            json!({"endpoint": endpoint_of(&proposal.url), "pausedUntilMs": pause.until_ms,
+                   "reason": pause.reason}),
+            (now_ms < pause.until_ms).then(|| {
                 (
-                    "endpoint_paused",
+                    DenyCode::EndpointPaused,
                     format!(
                         "payments to this endpoint are paused after failed response validations ({}); \
                          an operator can lift the pause",
-                        history.pause_reason.as_deref().unwrap_or("no reason recorded")
+                        pause.reason.as_deref().unwrap_or("no reason recorded")
                     ),
                 )
             }),
@@ -178,8 +320,28 @@ pub fn evaluate(
                 json!({"amount": amount.to_string(), "max": max.to_string()}),
                 (amount > max).then(|| {
                     (
-                        "max_per_call_exceeded",
+                        DenyCode::MaxPerCallExceeded,
                         format!("the price {amount} is above the per-call maximum {max}"),
+                    )
+                }),
+            );
+        }
+        if let Some(percent) = policy.max_per_call_percent
+            && let Some(budget) = proposal.session_budget
+        {
+            let max = percent_of(budget, percent);
+            evaluation.check(
+                "max_per_call_percent",
+                source,
+                json!({"amount": amount.to_string(), "percent": percent,
+                       "sessionBudget": budget.to_string(), "max": max.to_string()}),
+                (amount > max).then(|| {
+                    (
+                        DenyCode::MaxPerCallExceeded,
+                        format!(
+                            "the price {amount} is above {percent}% of the session's budget \
+                             ({max} of {budget})"
+                        ),
                     )
                 }),
             );
@@ -194,7 +356,7 @@ pub fn evaluate(
                 json!({"network": proposal.network, "allowed": networks}),
                 (!allowed).then(|| {
                     (
-                        "network_not_allowed",
+                        DenyCode::NetworkNotAllowed,
                         format!("network {} is not allowed", proposal.network),
                     )
                 }),
@@ -208,7 +370,7 @@ pub fn evaluate(
                 json!({"asset": proposal.asset.to_string(), "allowed": assets.iter().map(|a| a.to_string()).collect::<Vec<_>>()}),
                 (!allowed).then(|| {
                     (
-                        "asset_not_allowed",
+                        DenyCode::AssetNotAllowed,
                         format!("asset {} is not allowed", proposal.asset),
                     )
                 }),
@@ -224,7 +386,12 @@ pub fn evaluate(
                 "payee_denylist",
                 source,
                 payee_input.clone(),
-                denied.map(|m| ("payee_denied", format!("payee is on the denylist ({m:?})"))),
+                denied.map(|m| {
+                    (
+                        DenyCode::PayeeDenied,
+                        format!("payee is on the denylist ({m:?})"),
+                    )
+                }),
             );
         }
         if let Some(allow) = &policy.allow_payees {
@@ -248,7 +415,7 @@ pub fn evaluate(
                 payee_input.clone(),
                 (!(host_ok && address_ok)).then(|| {
                     (
-                        "payee_not_allowed",
+                        DenyCode::PayeeNotAllowed,
                         if host_ok {
                             format!("payTo {} is not on the allowlist", proposal.pay_to)
                         } else {
@@ -272,7 +439,7 @@ pub fn evaluate(
                            "payee": format!("{:?}", limit.payee), "asset": limit.asset.map(|a| a.to_string())}),
                     (amount > limit.max_per_call).then(|| {
                         (
-                            "payee_limit_exceeded",
+                            DenyCode::PayeeLimitExceeded,
                             format!(
                                 "the price {amount} is above this payee's per-call maximum {}",
                                 limit.max_per_call
@@ -289,13 +456,13 @@ pub fn evaluate(
                                "max": phase.max_per_call.map(|m| m.to_string()), "amount": amount.to_string()});
             let failure = if !phase.spend {
                 Some((
-                    "phase_no_spend",
+                    DenyCode::PhaseNoSpend,
                     format!("no payments during the {phase_name} phase"),
                 ))
             } else {
                 phase.max_per_call.filter(|max| amount > *max).map(|max| {
                     (
-                        "phase_max_per_call_exceeded",
+                        DenyCode::PhaseMaxPerCallExceeded,
                         format!(
                             "the price {amount} is above the {phase_name} phase's maximum {max}"
                         ),
@@ -311,7 +478,7 @@ pub fn evaluate(
                 json!({"endpoint": endpoint_of(&proposal.url), "paid": history.paid_in_session, "max": max}),
                 (history.paid_in_session >= max).then(|| {
                     (
-                        "endpoint_call_limit",
+                        DenyCode::EndpointCallLimit,
                         format!(
                             "this endpoint was already paid {} times in this session (limit {max})",
                             history.paid_in_session
@@ -331,7 +498,7 @@ pub fn evaluate(
                        "count": count, "withinSeconds": within_seconds}),
                 (recent >= count as usize).then(|| {
                     (
-                        "loop_detected",
+                        DenyCode::LoopDetected,
                         format!(
                             "this endpoint was paid {recent} times in the last {within_seconds} s: a loop"
                         ),
@@ -364,11 +531,17 @@ pub fn evaluate(
                                   "asset": first.asset.to_string(), "network": first.network},
                        "now": {"payTo": proposal.pay_to.to_string(), "amount": amount.to_string(),
                                "asset": proposal.asset.to_string(), "network": proposal.network}}),
-                changed.map(|message| ("terms_changed", format!("{message} for this endpoint"))),
+                changed.map(|message| (DenyCode::TermsChanged, format!("{message} for this endpoint"))),
             );
         }
+        let first_wait_ms =
+            i64::try_from(policy.backoff_wait_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
         if let (Some(wait_ms), Some(last)) = (
-            backoff_ms(history.rejections, policy.backoff_after_rejections),
+            backoff_ms_from(
+                history.rejections,
+                policy.backoff_after_rejections,
+                first_wait_ms,
+            ),
             history.last_rejection_ms,
         ) {
             let retry_at = last.saturating_add(wait_ms);
@@ -379,7 +552,7 @@ pub fn evaluate(
                        "after": policy.backoff_after_rejections, "waitMs": wait_ms}),
                 (now_ms < retry_at).then(|| {
                     (
-                        "endpoint_backing_off",
+                        DenyCode::EndpointBackingOff,
                         format!(
                             "this endpoint refused {} paid requests in a row; next try allowed in {} ms",
                             history.rejections,
@@ -391,7 +564,17 @@ pub fn evaluate(
         }
         evaluation.windows.extend(policy.windows.iter().cloned());
     }
+    evaluation.decide();
     evaluation
+}
+
+/// `percent`% of `budget`, rounded down (integer arithmetic on atomic units).
+pub fn percent_of(budget: Amount, percent: u8) -> Amount {
+    let atomic = budget.atomic();
+    let hundred = alloy_primitives::U256::from(100u8);
+    let percent = alloy_primitives::U256::from(percent);
+    // (budget / 100) * percent + (budget % 100) * percent / 100: never overflows.
+    Amount::from_atomic((atomic / hundred) * percent + (atomic % hundred) * percent / hundred)
 }
 
 /// Whether `host` matches `pattern` (exported for callers that filter by domain).

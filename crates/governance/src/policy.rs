@@ -2,6 +2,7 @@
 //!
 //! ```toml
 //! max_per_call = "0.10"                 # in the runtime's currency
+//! max_per_call_percent = 25              # and at most this share of the session's budget
 //! networks = ["eip155:8453"]             # allowed networks (CAIP-2); omit for any
 //! assets = ["0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"]   # allowed tokens; omit for any
 //!
@@ -27,6 +28,7 @@
 //! pin_terms = true                       # payTo, asset and network fixed, price never rising
 //! backoff_after_rejections = 3           # paid but answered 402 again this often in a row:
 //!                                        # wait 1 s, 2 s, 4 s, ... (at most 1 h) between tries
+//! backoff_wait = "1s"                    # the first of those waits (then doubling)
 //!
 //! [validation]                           # what a paid response must look like
 //! status = [200]                         # default: any 2xx
@@ -34,6 +36,9 @@
 //! json_schema = { type = "object", required = ["content"] }
 //! seller_schema = true                   # also check the body against the schema the seller
 //!                                        # published in its 402 (v1 outputSchema, v2 bazaar)
+//! declared_type = true                   # the body must be what its type says: the response's
+//!                                        # Content-Type must agree with the mimeType the seller
+//!                                        # declared in its 402, and a JSON type must parse
 //! failures_before_pause = 3              # failures in a row before payments pause
 //! cooldown = "24h"                       # how long the pause lasts (an operator can lift it)
 //!
@@ -74,6 +79,10 @@ pub const PIN_TERMS_DEFAULT: bool = true;
 /// The default of `endpoints.backoff_after_rejections`: after this many paid requests in a row
 /// that an endpoint answered with 402 again, payments to it back off exponentially.
 pub const BACKOFF_AFTER_REJECTIONS_DEFAULT: u32 = 3;
+/// The default of `endpoints.backoff_wait`, the first wait of a backoff: 1 second.
+pub const BACKOFF_WAIT_SECONDS_DEFAULT: u64 = 1;
+/// The longest first wait of a backoff: 1 hour (no wait is longer, see [`crate::BACKOFF_MAX_MS`]).
+pub const BACKOFF_WAIT_SECONDS_MAX: u64 = 60 * 60;
 
 /// A policy that could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +106,7 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> PolicyError 
 #[serde(deny_unknown_fields)]
 struct Document {
     max_per_call: Option<String>,
+    max_per_call_percent: Option<i64>,
     networks: Option<Vec<String>>,
     assets: Option<Vec<String>>,
     #[serde(default)]
@@ -137,6 +147,7 @@ struct ValidationDocument {
     content_type: Option<String>,
     json_schema: Option<toml::Value>,
     seller_schema: Option<bool>,
+    declared_type: Option<bool>,
     failures_before_pause: Option<u32>,
     cooldown: Option<String>,
 }
@@ -176,6 +187,7 @@ struct EndpointsDocument {
     loop_window: Option<String>,
     pin_terms: Option<bool>,
     backoff_after_rejections: Option<u32>,
+    backoff_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +303,10 @@ pub struct Validation {
     /// The body must be JSON valid against the schema the seller published for it, when the
     /// seller published one.
     pub seller_schema: bool,
+    /// The body must be what its type says: the response's Content-Type must agree with the
+    /// type the seller declared in its 402 (`mimeType`) when it declared one, and a JSON type
+    /// (`application/json`, `*/*+json`) must parse as JSON.
+    pub declared_type: bool,
     /// For `[[validators]]`: the endpoints these checks apply to (see [`Validation::applies_to`]);
     /// `None` for `[validation]`, which applies to every endpoint.
     pub endpoint: Option<String>,
@@ -334,6 +350,24 @@ impl Validation {
         body: &[u8],
         published: Option<&serde_json::Value>,
     ) -> Option<String> {
+        self.check_response(&PaidResponse {
+            status,
+            content_type,
+            body,
+            published_schema: published,
+            declared_type: None,
+        })
+    }
+
+    /// Why a paid response fails these rules, or `None` when it passes.
+    pub fn check_response(&self, response: &PaidResponse<'_>) -> Option<String> {
+        let PaidResponse {
+            status,
+            content_type,
+            body,
+            published_schema,
+            declared_type,
+        } = *response;
         match &self.status {
             Some(allowed) if !allowed.contains(&status) => {
                 return Some(format!("status {status} is not one of {allowed:?}"));
@@ -352,19 +386,88 @@ impl Validation {
                 return Some(format!("content type {actual:?} is not {expected:?}"));
             }
         }
+        if self.declared_type
+            && let Some(failure) = declared_type_failure(content_type, declared_type, body)
+        {
+            return Some(failure);
+        }
         if let Some(schema) = &self.json_schema
             && let Some(failure) = schema_failure(schema, body, "the schema")
         {
             return Some(failure);
         }
         if self.seller_schema
-            && let Some(schema) = published
+            && let Some(schema) = published_schema
             && let Some(failure) = schema_failure(schema, body, "the seller's published schema")
         {
             return Some(failure);
         }
         None
     }
+}
+
+/// What is known about a paid response when it is validated.
+#[derive(Debug, Clone, Copy)]
+pub struct PaidResponse<'a> {
+    pub status: u16,
+    /// The response's `Content-Type` header.
+    pub content_type: Option<&'a str>,
+    pub body: &'a [u8],
+    /// The JSON Schema the seller published in its 402, if it published one.
+    pub published_schema: Option<&'a serde_json::Value>,
+    /// The content type the seller declared in its 402 (`mimeType`), if it declared one.
+    pub declared_type: Option<&'a str>,
+}
+
+/// A media type without its parameters, lowercased: `application/json; charset=utf-8` →
+/// `application/json`. `None` for an empty one.
+fn media_type_essence(text: &str) -> Option<String> {
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    (!essence.is_empty()).then(|| essence.to_ascii_lowercase())
+}
+
+/// Whether a media type essence is JSON: `application/json` or any `+json` type.
+fn is_json_type(essence: &str) -> bool {
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Whether `actual` is what `declared` allows: the same type, or any type under a wildcard
+/// (`*/*`, `text/*`).
+fn media_type_allows(declared: &str, actual: &str) -> bool {
+    if declared == "*/*" || declared == actual {
+        return true;
+    }
+    match declared.strip_suffix("/*") {
+        Some(main) => actual.split('/').next() == Some(main),
+        None => false,
+    }
+}
+
+/// Why a body is not what its type says: the response's type disagrees with what the seller
+/// declared in its 402, or a JSON type (the response's, else the declared one) does not parse.
+fn declared_type_failure(
+    content_type: Option<&str>,
+    declared: Option<&str>,
+    body: &[u8],
+) -> Option<String> {
+    let actual = content_type.and_then(media_type_essence);
+    let declared = declared.and_then(media_type_essence);
+    if let (Some(actual), Some(declared)) = (&actual, &declared)
+        && !media_type_allows(declared, actual)
+    {
+        return Some(format!(
+            "the seller declared {declared} in its 402 but answered {actual}"
+        ));
+    }
+    let effective = actual.or(declared)?;
+    if is_json_type(&effective)
+        && let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(body)
+    {
+        return Some(format!(
+            "the body is declared {effective} but is not JSON: {error}"
+        ));
+    }
+    None
 }
 
 /// Why `body` is not JSON valid against `schema`, if it is not.
@@ -410,6 +513,8 @@ pub struct Policy {
     /// Where it comes from (`file /etc/bursar/policy.toml`, `wallet wal_...`), for traces.
     pub source: String,
     pub max_per_call: Option<Amount>,
+    /// At most this percentage (1..=100) of the session's budget per call.
+    pub max_per_call_percent: Option<u8>,
     pub networks: Option<Vec<String>>,
     pub assets: Option<Vec<Address>>,
     pub allow_payees: Option<Vec<PayeeMatch>>,
@@ -422,6 +527,9 @@ pub struct Policy {
     pub pin_terms: bool,
     /// After this many rejected payments in a row to one endpoint, back off (0 = never).
     pub backoff_after_rejections: u32,
+    /// The first wait of a backoff (it doubles with each further rejection, up to
+    /// [`crate::BACKOFF_MAX_MS`]).
+    pub backoff_wait_seconds: u64,
     pub phases: BTreeMap<String, PhaseRule>,
     pub validation: Option<Validation>,
     /// `[[validators]]`: checks for particular endpoints.
@@ -484,13 +592,29 @@ fn bounded<T>(items: &[T], field: &str) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// The default policy as a commented TOML document: what `bursar runtime` and `bursar dev`
+/// apply to every session unless it is replaced or switched off, and what `bursar policy init`
+/// writes out. Its comments justify each number.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("default_policy.toml");
+
+/// The source name of the default policy in decision traces and pauses.
+pub const DEFAULT_POLICY_SOURCE: &str = "default policy";
+
 impl Policy {
-    /// What applies when no policy file is configured: only the defaults (terms pinned per
-    /// endpoint and session).
+    /// The default policy ([`DEFAULT_POLICY_TOML`]), with amounts in `unit`.
+    pub fn default_policy(unit: &AssetUnit) -> Policy {
+        Policy::parse(DEFAULT_POLICY_TOML, unit, DEFAULT_POLICY_SOURCE)
+            .expect("the default policy is a valid policy (checked by the crate's tests)")
+    }
+
+    /// The rules every policy has unless it says otherwise (terms pinned per endpoint and
+    /// session, backoff after three rejected payments in a row), and nothing else: what
+    /// applies when the default policy is switched off and no policy file is given.
     pub fn defaults(source: &str) -> Policy {
         Policy {
             source: source.to_string(),
             max_per_call: None,
+            max_per_call_percent: None,
             networks: None,
             assets: None,
             allow_payees: None,
@@ -501,6 +625,7 @@ impl Policy {
             loop_limit: None,
             pin_terms: PIN_TERMS_DEFAULT,
             backoff_after_rejections: BACKOFF_AFTER_REJECTIONS_DEFAULT,
+            backoff_wait_seconds: BACKOFF_WAIT_SECONDS_DEFAULT,
             phases: BTreeMap::new(),
             validation: None,
             validators: Vec::new(),
@@ -755,6 +880,31 @@ impl Policy {
                 Some(percents)
             }
         };
+        let max_per_call_percent = match document.max_per_call_percent {
+            None => None,
+            Some(percent) => match u8::try_from(percent) {
+                Ok(percent) if (1..=100).contains(&percent) => Some(percent),
+                _ => {
+                    return Err(invalid(
+                        "max_per_call_percent",
+                        format!(
+                            "{percent} is not a whole percentage of the session's budget from 1 to 100"
+                        ),
+                    ));
+                }
+            },
+        };
+        let backoff_wait_seconds = match &document.endpoints.backoff_wait {
+            None => BACKOFF_WAIT_SECONDS_DEFAULT,
+            Some(text) => parse_period(text)
+                .filter(|seconds| *seconds <= BACKOFF_WAIT_SECONDS_MAX)
+                .ok_or_else(|| {
+                    invalid(
+                        "endpoints.backoff_wait",
+                        format!("{text:?}: expected a duration from 1s to 1h, such as 30s or 1m"),
+                    )
+                })?,
+        };
         Ok(Policy {
             alert_thresholds,
             cache,
@@ -766,6 +916,7 @@ impl Policy {
                 .as_deref()
                 .map(|m| amount(m, "max_per_call"))
                 .transpose()?,
+            max_per_call_percent,
             networks,
             assets,
             allow_payees,
@@ -779,6 +930,7 @@ impl Policy {
                 .endpoints
                 .backoff_after_rejections
                 .unwrap_or(BACKOFF_AFTER_REJECTIONS_DEFAULT),
+            backoff_wait_seconds,
             phases,
         })
     }
@@ -817,6 +969,7 @@ fn compile_validation(
         content_type: validation.content_type,
         json_schema,
         seller_schema: validation.seller_schema.unwrap_or(false),
+        declared_type: validation.declared_type.unwrap_or(false),
         endpoint,
         failures_before_pause: validation
             .failures_before_pause

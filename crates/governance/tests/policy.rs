@@ -3,7 +3,8 @@
 
 use alloy_primitives::Address;
 use bursar_governance::{
-    EndpointHistory, Policy, PolicyError, Proposal, Terms, WindowScope, evaluate, parse_period,
+    DEFAULT_POLICY_SOURCE, DEFAULT_POLICY_TOML, DenyCode, EndpointHistory, EndpointPause,
+    PaidResponse, Policy, PolicyError, Proposal, Terms, WindowScope, evaluate, parse_period,
 };
 use bursar_protocol::{Amount, AssetUnit};
 
@@ -29,6 +30,7 @@ fn proposal(url: &str, atomic: u64) -> Proposal {
         pay_to: payee(),
         amount: Amount::from(atomic),
         phase: None,
+        session_budget: None,
     }
 }
 
@@ -539,5 +541,427 @@ fn cache_rules() {
     match Policy::parse("[cache]\nscope = \"galaxy\"", &usdc(), "t") {
         Err(PolicyError::Invalid { field, .. }) => assert_eq!(field, "cache.scope"),
         other => panic!("{other:?}"),
+    }
+}
+
+fn in_session(url: &str, atomic: u64, budget: u64) -> Proposal {
+    let mut proposal = proposal(url, atomic);
+    proposal.session_budget = Some(Amount::from(budget));
+    proposal
+}
+
+#[test]
+fn the_default_policy_has_the_documented_numbers() {
+    let default = Policy::default_policy(&usdc());
+    assert_eq!(default.source, DEFAULT_POLICY_SOURCE);
+    assert_eq!(default.max_per_call_percent, Some(25));
+    assert_eq!(default.max_per_call, None);
+    assert_eq!(default.loop_limit, Some((10, 60)));
+    assert_eq!(default.max_calls_per_session, Some(100));
+    assert!(default.pin_terms);
+    assert_eq!(default.backoff_after_rejections, 1);
+    assert_eq!(default.backoff_wait_seconds, 60);
+    let validation = default.validation.as_ref().expect("[validation]");
+    assert!(validation.declared_type && validation.seller_schema);
+    assert_eq!(validation.status, None, "any 2xx");
+    assert_eq!(validation.failures_before_pause, 3);
+    assert_eq!(validation.cooldown_seconds, 24 * 60 * 60);
+    assert!(default.allow_payees.is_none() && default.windows.is_empty());
+    // The document is commented for people who start from it.
+    assert!(
+        DEFAULT_POLICY_TOML
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .count()
+            > 20
+    );
+    // Amounts do not depend on the currency's unit: the same policy in an 18-decimal token.
+    let eighteen = AssetUnit {
+        symbol: "DAI".into(),
+        decimals: 18,
+    };
+    assert_eq!(
+        Policy::default_policy(&eighteen).max_per_call_percent,
+        Some(25)
+    );
+}
+
+#[test]
+fn the_default_policy_refuses_each_hostile_pattern() {
+    let default = Policy::default_policy(&usdc());
+    let slice = std::slice::from_ref(&default);
+    let budget = 1_000_000; // 1.00
+    let fresh = EndpointHistory::default();
+    // A price just under the budget; a quarter of it passes.
+    assert_eq!(
+        denial(
+            slice,
+            &in_session("http://a.test/x", 999_999, budget),
+            &fresh
+        )
+        .as_deref(),
+        Some("max_per_call_exceeded")
+    );
+    assert_eq!(
+        denial(
+            slice,
+            &in_session("http://a.test/x", 250_000, budget),
+            &fresh
+        ),
+        None
+    );
+    // The eleventh payment to one endpoint within a minute.
+    let ten = EndpointHistory {
+        paid_in_session: 10,
+        paid_at_ms: (1..=10).map(|i| NOW_MS - i * 1_000).collect(),
+        ..EndpointHistory::default()
+    };
+    assert_eq!(
+        denial(slice, &in_session("http://a.test/x", 5_000, budget), &ten).as_deref(),
+        Some("loop_detected")
+    );
+    // A slow drain: 100 payments, none in the last minute.
+    let slow = EndpointHistory {
+        paid_in_session: 100,
+        ..EndpointHistory::default()
+    };
+    assert_eq!(
+        denial(slice, &in_session("http://a.test/x", 5_000, budget), &slow).as_deref(),
+        Some("endpoint_call_limit")
+    );
+    // One 402 after a payment: a minute's wait.
+    let rejected = |ago_ms: i64| EndpointHistory {
+        rejections: 1,
+        last_rejection_ms: Some(NOW_MS - ago_ms),
+        ..EndpointHistory::default()
+    };
+    assert_eq!(
+        denial(
+            slice,
+            &in_session("http://a.test/x", 5_000, budget),
+            &rejected(59_000)
+        )
+        .as_deref(),
+        Some("endpoint_backing_off")
+    );
+    assert_eq!(
+        denial(
+            slice,
+            &in_session("http://a.test/x", 5_000, budget),
+            &rejected(60_001)
+        ),
+        None
+    );
+    // Garbage declared as JSON fails its validation.
+    let validation = default.validation.as_ref().unwrap();
+    let garbage = PaidResponse {
+        status: 200,
+        content_type: Some("application/json"),
+        body: b"%%% garbage",
+        published_schema: None,
+        declared_type: None,
+    };
+    assert!(
+        validation
+            .check_response(&garbage)
+            .unwrap()
+            .contains("not JSON")
+    );
+}
+
+#[test]
+fn per_call_share_of_the_session_budget() {
+    let p = policy("max_per_call_percent = 10");
+    assert_eq!(p.max_per_call_percent, Some(10));
+    let slice = std::slice::from_ref(&p);
+    let history = EndpointHistory::default();
+    // 10% of 0.50 is 0.05.
+    assert_eq!(
+        denial(
+            slice,
+            &in_session("http://a.test/x", 50_000, 500_000),
+            &history
+        ),
+        None
+    );
+    let evaluation = evaluate(
+        slice,
+        &in_session("http://a.test/x", 50_001, 500_000),
+        &history,
+        NOW_MS,
+    );
+    assert_eq!(
+        evaluation.denial.as_ref().unwrap().0,
+        "max_per_call_exceeded"
+    );
+    assert_eq!(evaluation.rules[0].rule, "max_per_call_percent");
+    assert_eq!(evaluation.rules[0].input["max"], "50000");
+    assert_eq!(evaluation.rules[0].input["sessionBudget"], "500000");
+    assert_eq!(evaluation.rules[0].code, Some(DenyCode::MaxPerCallExceeded));
+    // Rounded down, in atomic units: 10% of 9 atomic units is 0.
+    assert_eq!(
+        denial(slice, &in_session("http://a.test/x", 1, 9), &history).as_deref(),
+        Some("max_per_call_exceeded")
+    );
+    // Outside a session there is no budget to take a share of: the rule does not run.
+    let evaluation = evaluate(
+        slice,
+        &proposal("http://a.test/x", 9_000_000),
+        &history,
+        NOW_MS,
+    );
+    assert!(evaluation.allowed() && evaluation.rules.is_empty());
+    // The largest budget does not overflow.
+    let max = Amount::from_atomic(alloy_primitives::U256::MAX);
+    assert_eq!(bursar_governance::percent_of(max, 100), max);
+    assert!(bursar_governance::percent_of(max, 50) < max);
+    for text in [
+        "max_per_call_percent = 0",
+        "max_per_call_percent = 101",
+        "max_per_call_percent = -5",
+    ] {
+        match Policy::parse(text, &usdc(), "t") {
+            Err(PolicyError::Invalid { field, .. }) => assert_eq!(field, "max_per_call_percent"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        Policy::parse("max_per_call_percent = \"25%\"", &usdc(), "t"),
+        Err(PolicyError::Syntax(_))
+    ));
+}
+
+#[test]
+fn the_most_specific_failure_is_reported_and_every_failure_recorded() {
+    // A seller that moved its payTo to an address off the allowlist and raised its price past
+    // the per-call maximum: terms_changed, payee_not_allowed and max_per_call_exceeded all fail.
+    let p = policy(&format!(
+        "max_per_call = \"0.01\"\n[payees]\nallow_addresses = [\"{}\"]",
+        payee()
+    ));
+    let first = Terms {
+        network: "eip155:31337".into(),
+        asset: asset(),
+        pay_to: payee(),
+        amount: Amount::from(5_000u64),
+    };
+    let history = EndpointHistory {
+        paid_in_session: 1,
+        paid_at_ms: vec![NOW_MS - 100_000],
+        first_terms: Some(first),
+        ..EndpointHistory::default()
+    };
+    let mut moved = proposal("http://a.test/x", 20_000);
+    moved.pay_to = Address::repeat_byte(0xcc);
+    let evaluation = evaluate(std::slice::from_ref(&p), &moved, &history, NOW_MS);
+    let (code, message) = evaluation.denial.clone().unwrap();
+    assert_eq!(code, "payee_not_allowed");
+    assert!(message.contains("also refused"), "{message}");
+    assert!(
+        message.contains("terms_changed") && message.contains("max_per_call_exceeded"),
+        "{message}"
+    );
+    // In evaluation order, every failure with its code.
+    assert_eq!(
+        evaluation.failures(),
+        vec![
+            DenyCode::MaxPerCallExceeded,
+            DenyCode::PayeeNotAllowed,
+            DenyCode::TermsChanged
+        ]
+    );
+    let failing: Vec<_> = evaluation
+        .rules
+        .iter()
+        .filter(|r| !r.passed)
+        .map(|r| r.to_json()["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        failing,
+        [
+            "max_per_call_exceeded",
+            "payee_not_allowed",
+            "terms_changed"
+        ]
+    );
+    // Passing rules carry no code.
+    assert!(
+        evaluation
+            .rules
+            .iter()
+            .filter(|r| r.passed)
+            .all(|r| r.to_json().get("code").is_none())
+    );
+    // Only terms changed: that is what the agent hears, without an "also".
+    let mut raised = proposal("http://a.test/x", 6_000);
+    raised.pay_to = payee();
+    let only = evaluate(&[policy("")], &raised, &history, NOW_MS);
+    assert_eq!(only.denial.clone().unwrap().0, "terms_changed");
+    assert!(!only.denial.unwrap().1.contains("also"));
+    // The order itself: ALL lists every code once, most specific first.
+    let mut sorted = DenyCode::ALL.to_vec();
+    sorted.sort();
+    assert_eq!(sorted, DenyCode::ALL.to_vec());
+    assert_eq!(DenyCode::ALL[0].as_str(), "payee_denied");
+    assert_eq!(DenyCode::ALL[12].as_str(), "max_per_call_exceeded");
+}
+
+#[test]
+fn backoff_wait_sets_the_first_wait() {
+    let p = policy("[endpoints]\nbackoff_after_rejections = 2\nbackoff_wait = \"30s\"");
+    assert_eq!(p.backoff_wait_seconds, 30);
+    let slice = std::slice::from_ref(&p);
+    let history = |rejections, ago_ms: i64| EndpointHistory {
+        rejections,
+        last_rejection_ms: Some(NOW_MS - ago_ms),
+        ..EndpointHistory::default()
+    };
+    let url = "http://a.test/x";
+    assert_eq!(denial(slice, &proposal(url, 1), &history(1, 0)), None);
+    assert_eq!(
+        denial(slice, &proposal(url, 1), &history(2, 29_000)).as_deref(),
+        Some("endpoint_backing_off")
+    );
+    assert_eq!(denial(slice, &proposal(url, 1), &history(2, 30_001)), None);
+    assert_eq!(
+        denial(slice, &proposal(url, 1), &history(3, 59_000)).as_deref(),
+        Some("endpoint_backing_off"),
+        "doubled to 60 s"
+    );
+    assert_eq!(
+        bursar_governance::backoff_ms_from(30, 1, 60_000),
+        Some(bursar_governance::BACKOFF_MAX_MS)
+    );
+    for text in [
+        "backoff_wait = \"0s\"",
+        "backoff_wait = \"2h\"",
+        "backoff_wait = \"soon\"",
+    ] {
+        match Policy::parse(&format!("[endpoints]\n{text}"), &usdc(), "t") {
+            Err(PolicyError::Invalid { field, .. }) => assert_eq!(field, "endpoints.backoff_wait"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn declared_type_holds_the_body_to_what_it_says() {
+    let rule = policy("[validation]\ndeclared_type = true")
+        .validation
+        .unwrap();
+    assert!(rule.declared_type);
+    let check = |content_type: Option<&str>, declared: Option<&str>, body: &[u8]| {
+        rule.check_response(&PaidResponse {
+            status: 200,
+            content_type,
+            body,
+            published_schema: None,
+            declared_type: declared,
+        })
+    };
+    // JSON that parses, whoever declared it.
+    assert_eq!(
+        check(Some("application/json; charset=utf-8"), None, b"{\"a\": 1}"),
+        None
+    );
+    assert_eq!(check(None, Some("application/json"), b"[1, 2]"), None);
+    assert_eq!(check(Some("application/problem+json"), None, b"{}"), None);
+    // Declared JSON, garbage sent.
+    assert!(
+        check(Some("application/json"), None, b"%%% garbage")
+            .unwrap()
+            .contains("not JSON")
+    );
+    assert!(
+        check(None, Some("application/json"), b"")
+            .unwrap()
+            .contains("not JSON")
+    );
+    assert!(
+        check(Some("application/vnd.api+json"), None, b"<html>")
+            .unwrap()
+            .contains("not JSON")
+    );
+    // The 402 promised JSON; the response is something else.
+    let failure = check(Some("text/html"), Some("application/json"), b"<html>").unwrap();
+    assert!(
+        failure.contains("declared application/json in its 402 but answered text/html"),
+        "{failure}"
+    );
+    // Parameters and case do not matter; wildcards allow.
+    assert_eq!(
+        check(
+            Some("Application/JSON"),
+            Some("application/json; charset=utf-8"),
+            b"1"
+        ),
+        None
+    );
+    assert_eq!(check(Some("text/csv"), Some("text/*"), b"a,b"), None);
+    assert_eq!(check(Some("image/png"), Some("*/*"), b"\x89PNG"), None);
+    // Nothing declared anywhere, or a type that is not JSON: nothing to hold the body to.
+    assert_eq!(check(None, None, b"%%%"), None);
+    assert_eq!(check(Some("text/plain"), None, b"%%% garbage"), None);
+    // Off (the language's default): a garbage "JSON" body passes.
+    let off = policy("[validation]").validation.unwrap();
+    assert!(!off.declared_type);
+    assert_eq!(off.check(200, Some("application/json"), b"%%%"), None);
+}
+
+#[test]
+fn pauses_deny_with_the_policy_that_paused() {
+    let history = EndpointHistory {
+        pauses: vec![
+            EndpointPause {
+                policy: "session ses_1".into(),
+                until_ms: NOW_MS + 1_000,
+                reason: Some("content type \"text/plain\" is not \"application/json\"".into()),
+            },
+            EndpointPause {
+                policy: DEFAULT_POLICY_SOURCE.into(),
+                until_ms: NOW_MS - 1,
+                reason: None,
+            },
+        ],
+        ..EndpointHistory::default()
+    };
+    let evaluation = evaluate(&[], &proposal("http://a.test/x", 1), &history, NOW_MS);
+    assert_eq!(evaluation.denial.as_ref().unwrap().0, "endpoint_paused");
+    assert_eq!(evaluation.rules.len(), 2);
+    assert_eq!(evaluation.rules[0].source, "session ses_1");
+    assert!(!evaluation.rules[0].passed);
+    assert!(evaluation.rules[1].passed, "an expired pause passes");
+}
+
+/// The ```toml blocks of `text` (lines with `prefix` stripped).
+fn toml_blocks(text: &str, prefix: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        let Some(line) = line.strip_prefix(prefix) else {
+            continue;
+        };
+        let trimmed = line.trim();
+        match (&mut current, trimmed) {
+            (None, "```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.push(current.take().unwrap()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn documented_policies_parse() {
+    let readme = toml_blocks(include_str!("../../../README.md"), "");
+    assert!(readme.len() >= 3, "the README's policy examples");
+    let docs = toml_blocks(include_str!("../src/policy.rs"), "//! ");
+    assert_eq!(docs.len(), 1, "the format example in the crate docs");
+    for block in readme.iter().chain(&docs) {
+        Policy::parse(block, &usdc(), "docs").unwrap_or_else(|e| panic!("{e}:\n{block}"));
     }
 }

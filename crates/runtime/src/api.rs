@@ -419,7 +419,8 @@ struct CreateSession {
     grant_id: String,
     /// In the currency's units, as a decimal string (`"5.00"`).
     max_spend_amount: String,
-    currency: String,
+    /// The runtime's currency (the only one); optional, refused when it names another.
+    currency: Option<String>,
     expires_in_seconds: Option<u64>,
     client_token: Option<String>,
 }
@@ -455,10 +456,12 @@ async fn create_session(
     operator(&runtime, &headers).await?;
     let request: CreateSession = parse_json(&body)?;
     let currency = runtime.currency();
-    if !request.currency.eq_ignore_ascii_case(&currency.name) {
+    if let Some(named) = &request.currency
+        && !named.eq_ignore_ascii_case(&currency.name)
+    {
         return Err(RuntimeError::Invalid(format!(
-            "this runtime budgets sessions in {}, not {:?}",
-            currency.name, request.currency
+            "this runtime budgets sessions in {}, not {named:?}; omit currency or give {0}",
+            currency.name
         ))
         .into());
     }
@@ -981,9 +984,22 @@ async fn delete_policy(
 // ----- paused endpoints -----
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct PauseFilter {
-    wallet_id: Option<String>,
+    /// A policy's source (`default policy`, `session ses_...`, ...).
+    policy: Option<String>,
+}
+
+fn pause_json(health: &bursar_store::runtime::EndpointHealth) -> Value {
+    json!({
+        "policy": health.policy,
+        "endpoint": health.endpoint,
+        "consecutiveFailures": health.consecutive_failures,
+        "reason": health.last_failure,
+        "pausedUntilMs": health.paused_until_ms,
+        "walletId": health.wallet_id,
+        "sessionId": health.session_id,
+    })
 }
 
 async fn list_pauses(
@@ -992,25 +1008,13 @@ async fn list_pauses(
     Query(filter): Query<PauseFilter>,
 ) -> ApiResult {
     operator(&runtime, &headers).await?;
-    let wallet_id = match &filter.wallet_id {
-        Some(wallet) => Some(runtime.wallet(wallet).await?.id),
-        None => None,
-    };
     let pauses: Vec<Value> = runtime
         .store()
-        .paused_endpoints(wallet_id.as_deref())
+        .paused_endpoints(filter.policy.as_deref())
         .await
         .map_err(RuntimeError::from)?
         .iter()
-        .map(|health| {
-            json!({
-                "walletId": health.wallet_id,
-                "endpoint": health.endpoint,
-                "consecutiveFailures": health.consecutive_failures,
-                "reason": health.last_failure,
-                "pausedUntilMs": health.paused_until_ms,
-            })
-        })
+        .map(pause_json)
         .collect();
     Ok(axum::Json(json!({ "pauses": pauses })).into_response())
 }
@@ -1018,23 +1022,23 @@ async fn list_pauses(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct LiftPause {
-    wallet_id: String,
+    /// The source of the policy that paused the endpoint, as `GET /v1/pauses` lists it.
+    policy: String,
     endpoint: String,
 }
 
 async fn lift_pause(State(runtime): State<Runtime>, headers: HeaderMap, body: Bytes) -> ApiResult {
     operator(&runtime, &headers).await?;
     let request: LiftPause = parse_json(&body)?;
-    let wallet = runtime.wallet(&request.wallet_id).await?;
     let lifted = runtime
         .store()
-        .lift_pause(&wallet.id, &request.endpoint)
+        .lift_pause(&request.policy, &request.endpoint)
         .await
         .map_err(RuntimeError::from)?;
-    Ok(
-        axum::Json(json!({"walletId": wallet.id, "endpoint": request.endpoint, "lifted": lifted}))
-            .into_response(),
+    Ok(axum::Json(
+        json!({"policy": request.policy, "endpoint": request.endpoint, "lifted": lifted}),
     )
+    .into_response())
 }
 
 #[derive(Deserialize)]

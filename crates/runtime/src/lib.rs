@@ -23,6 +23,14 @@
 //!   networks, link-local (cloud metadata) and other non-public addresses, in any IPv4 or IPv6
 //!   form, are refused with `egress_refused` before anything is sent, checked on the addresses
 //!   actually connected to; redirects are not followed and no ambient proxy is used.
+//! - **Governance** ([`Runtime::policies_for`]): every payment is evaluated, before signing,
+//!   against the runtime's policy — the default policy
+//!   ([`bursar_governance::DEFAULT_POLICY_TOML`]) unless a policy file replaces it or
+//!   [`RuntimeConfig::default_policy`] switches it off — and the wallet's, grant's and
+//!   session's own; any failing rule denies, and the agent hears the most specific one. Every
+//!   decision, allowed or refused (also when nothing offered was payable or the session could
+//!   not pay), goes into the hash-chained decision trace. Validation pauses belong to the
+//!   policy that saw the failures; the 402 backoff count is kept in the database.
 //! - **Two-phase accounting**: a reservation stays pending until the chain decides: posted when
 //!   the token shows the authorization used (with the transaction when a receipt proves it),
 //!   voided when it is proven unusable (never signed, or unused after `validBefore` on chain).

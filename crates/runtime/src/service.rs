@@ -1,8 +1,8 @@
 //! The runtime service: wallets, grants, sessions and paying, on a store and a chain.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256};
@@ -13,7 +13,9 @@ use bursar_buyer::{
 };
 use bursar_chain::{EvmChain, Token};
 use bursar_contracts::BursarUSD;
-use bursar_governance::{EndpointHistory, Policy, Proposal, Terms, WindowScope, endpoint_of};
+use bursar_governance::{
+    EndpointHistory, EndpointPause, PaidResponse, Policy, Proposal, Terms, WindowScope, endpoint_of,
+};
 use bursar_protocol::{Amount, AssetUnit, Network};
 use bursar_store::runtime::SpendCap;
 use bursar_store::runtime::{
@@ -58,8 +60,13 @@ pub struct Currency {
 pub struct RuntimeConfig {
     pub currency: Currency,
     /// A policy file (TOML) that applies to every payment; re-read when it changes. A file
-    /// that cannot be read or parsed denies every payment until it is fixed (fail closed).
+    /// that cannot be read or parsed denies every payment until it is fixed (fail closed). It
+    /// replaces the default policy.
     pub policy_file: Option<std::path::PathBuf>,
+    /// Whether the default policy ([`bursar_governance::DEFAULT_POLICY_TOML`]) applies to every
+    /// session when no policy file is given (on unless switched off). Off, only the rules every
+    /// policy has by default apply (pinned terms, backoff after three rejected payments).
+    pub default_policy: bool,
     /// The key derivation for wallets Bursar encrypts (standard scrypt by default).
     pub kdf: Kdf,
     pub upstream_timeout: Duration,
@@ -92,6 +99,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             currency,
             policy_file: None,
+            default_policy: true,
             kdf: Kdf::standard(),
             upstream_timeout: UPSTREAM_TIMEOUT,
             alert_webhook: None,
@@ -174,7 +182,8 @@ pub struct Fetched {
 pub struct ValidationOutcome {
     /// Why it failed; `None` when it passed.
     pub failure: Option<String>,
-    /// Failed validations in a row for this wallet and endpoint.
+    /// Failed validations in a row for this endpoint, under the policy that has seen the most
+    /// (each policy with validation rules counts its own; see [`Runtime::policies_for`]).
     pub consecutive_failures: u64,
     /// Set when this failure paused payments to the endpoint.
     pub paused_until_ms: Option<i64>,
@@ -218,9 +227,6 @@ struct Inner {
     /// The egress guard: which destinations agents' requests may reach.
     egress: Arc<EgressGuard>,
     http: reqwest::Client,
-    /// Paid requests in a row that an endpoint answered with 402 again, per (session,
-    /// endpoint), with the time of the last: for the backoff rule. Kept in this process only.
-    rejections: Mutex<HashMap<(String, String), (u32, i64)>>,
     /// Paid GET responses kept for policies with `[cache]`, by (scope id, URL). In this
     /// process's memory, bounded by [`PAID_CACHE_ENTRIES_MAX`].
     paid_cache: Mutex<HashMap<(String, String), CachedResponse>>,
@@ -293,7 +299,6 @@ impl Runtime {
                 egress,
                 http,
                 policy_file: Mutex::new(None),
-                rejections: Mutex::default(),
                 paid_cache: Mutex::default(),
             }),
         })
@@ -788,12 +793,27 @@ impl Runtime {
                 .store
                 .deny(Denial {
                     session_id: Some(session.id.clone()),
-                    resource: Some(resource),
+                    resource: Some(resource.clone()),
                     reason: code.clone(),
                     message: message.clone(),
                     ..Denial::default()
                 })
                 .await?;
+            let rule = json!({"rule": "session_live", "source": "runtime",
+                              "input": {"sessionId": session.id, "grantId": session.grant_id},
+                              "passed": false, "code": code, "detail": message});
+            self.record_decision(
+                session,
+                DecisionSubject {
+                    resource,
+                    payee: None,
+                    amount: None,
+                },
+                None,
+                Some(&code),
+                vec![rule],
+            )
+            .await;
             return Err(RuntimeError::Denied { code, message });
         }
         // Before anything is sent (and so before anything can be reserved or signed): a
@@ -832,6 +852,8 @@ impl Runtime {
             phase,
             reserved: Mutex::new(None),
             published_schema: Mutex::new(None),
+            declared_type: Mutex::new(None),
+            had_rejections: AtomicBool::new(false),
         });
         let client = PayingClient::new(self.inner.http.clone(), signer)
             // The budget is enforced by the reservation, atomically; the client's own
@@ -859,7 +881,14 @@ impl Runtime {
         )
         .await;
         let published_schema = reserve.published_schema.lock().expect("schema slot").take();
-        self.note_outcome(&session.id, &endpoint, &outcome);
+        let declared_type = reserve.declared_type.lock().expect("type slot").take();
+        self.note_outcome(
+            &session.id,
+            &endpoint,
+            reserve.had_rejections.load(Ordering::SeqCst),
+            &outcome,
+        )
+        .await;
         match outcome {
             Ok(response) => {
                 let payment = match (&response.payment, reserved) {
@@ -887,6 +916,7 @@ impl Runtime {
                         &endpoint,
                         &response,
                         published_schema.as_ref(),
+                        declared_type.as_deref(),
                     )
                     .await
                 } else {
@@ -919,17 +949,44 @@ impl Runtime {
             }
             Err(BuyerError::NoPayableRequirement { offered, reasons }) => {
                 let offer = offered.first();
+                let code = "no_payable_offer";
+                let message = reasons.join("; ");
                 self.inner
                     .store
                     .deny(Denial {
                         session_id: Some(session.id.clone()),
                         amount: offer.map(|offer| offer.amount),
                         payee: offer.map(|offer| offer.pay_to.to_ascii_lowercase()),
-                        resource: Some(resource),
-                        reason: "no_payable_offer".into(),
-                        message: reasons.join("; "),
+                        resource: Some(resource.clone()),
+                        reason: code.into(),
+                        message: message.clone(),
                     })
                     .await?;
+                let offers: Vec<Value> = offered
+                    .iter()
+                    .map(|offer| {
+                        json!({"scheme": offer.scheme, "network": offer.network.caip2(),
+                               "asset": offer.asset, "payTo": offer.pay_to,
+                               "amount": offer.amount.to_string()})
+                    })
+                    .collect();
+                let rule = json!({"rule": "payable_offer", "source": "runtime",
+                                  "input": {"offered": offers,
+                                            "network": currency.network.caip2(),
+                                            "asset": currency.asset.to_string()},
+                                  "passed": false, "code": code, "detail": message});
+                self.record_decision(
+                    session,
+                    DecisionSubject {
+                        resource,
+                        payee: offer.map(|offer| offer.pay_to.to_ascii_lowercase()),
+                        amount: offer.map(|offer| offer.amount),
+                    },
+                    None,
+                    Some(code),
+                    vec![rule],
+                )
+                .await;
                 Err(RuntimeError::NotPayable { reasons })
             }
             Err(BuyerError::Signer(message)) => {
@@ -1023,13 +1080,22 @@ impl Runtime {
 
     // ----- governance -----
 
-    /// The policies that apply to a session: the runtime's file (or, without one, the
-    /// defaults), then the wallet's, the grant's and the session's own. A policy that cannot be read is an error (the payment is denied).
+    /// The policies that apply to a session, all of them evaluated for every payment (any
+    /// failing rule denies): the runtime's own — its policy file when one is given, else the
+    /// default policy ([`bursar_governance::DEFAULT_POLICY_TOML`]), else (switched off) only
+    /// the rules every policy has by default — then the wallet's, the grant's and the
+    /// session's own. A policy that cannot be read is an error (the payment is denied).
+    ///
+    /// Each policy's source (`default policy`, `file <path>`, `wallet <id>`, `grant <id>`,
+    /// `session <id>`) also names the validation pauses it causes: a pause applies to the
+    /// sessions its policy covers, and to none once the policy is detached.
     pub async fn policies_for(&self, session: &SessionRecord) -> Result<Vec<Policy>, String> {
         let mut policies = Vec::new();
         match self.file_policy()? {
             Some(policy) => policies.push(policy),
-            // Without a file, the defaults apply (terms pinned per endpoint).
+            None if self.inner.config.default_policy => {
+                policies.push(Policy::default_policy(&self.currency().unit))
+            }
             None => policies.push(Policy::defaults("runtime defaults")),
         }
         let unit = &self.currency().unit;
@@ -1089,12 +1155,13 @@ impl Runtime {
         parsed.map(Some)
     }
 
-    /// Appends a decision to the hash-chained trace. A trace write that fails is logged loudly;
-    /// the ledger entry (reserve or deny) was already written in the same step.
+    /// Appends a decision to the hash-chained trace: every payment allowed and every refusal
+    /// (policy, budget, session state, nothing payable). A trace write that fails is logged
+    /// loudly; the ledger entry (reserve or deny) was already written in the same step.
     async fn record_decision(
         &self,
         session: &SessionRecord,
-        proposal: &PaymentProposal<'_>,
+        subject: DecisionSubject,
         transfer_id: Option<&str>,
         denial: Option<&str>,
         rules: Vec<Value>,
@@ -1104,9 +1171,9 @@ impl Runtime {
             wallet_id: Some(session.wallet_id.clone()),
             agent: Some(session.agent.clone()),
             transfer_id: transfer_id.map(str::to_string),
-            resource: Some(proposal.request.url.to_string()),
-            payee: Some(proposal.authorization.to.to_string().to_ascii_lowercase()),
-            amount: Some(proposal.authorization.value),
+            resource: Some(subject.resource),
+            payee: subject.payee,
+            amount: subject.amount,
             allowed: denial.is_none(),
             reason: denial.map(str::to_string),
             rules: Value::Array(rules),
@@ -1192,7 +1259,9 @@ impl Runtime {
     }
 
     /// Checks a paid response against every validation rule of the session's policies and
-    /// records the outcome; enough failures in a row pause payments to the endpoint.
+    /// records the outcome per policy: each policy with rules for this endpoint counts its own
+    /// failures in a row, and enough of them pause payments to the endpoint for the sessions
+    /// that policy covers.
     async fn validate_paid_response(
         &self,
         session: &SessionRecord,
@@ -1200,6 +1269,7 @@ impl Runtime {
         endpoint: &str,
         response: &bursar_buyer::PaidResponse,
         published_schema: Option<&Value>,
+        declared_type: Option<&str>,
     ) -> Option<ValidationOutcome> {
         let policies = match policies {
             Ok(policies) => policies,
@@ -1208,66 +1278,76 @@ impl Runtime {
                 return None;
             }
         };
-        let rules: Vec<_> = policies
-            .iter()
-            .flat_map(|p| p.validations_for(endpoint))
-            .collect();
-        if rules.is_empty() {
-            return None;
-        }
-        let content_type = response
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok());
-        let failure = rules.iter().find_map(|rule| {
-            rule.check_against(
-                response.status.as_u16(),
-                content_type,
-                &response.body,
-                published_schema,
-            )
-        });
-        let pause_after = rules
-            .iter()
-            .map(|rule| u64::from(rule.failures_before_pause))
-            .min()
-            .unwrap_or(1);
-        let cooldown_ms = rules
-            .iter()
-            .map(|rule| rule.cooldown_seconds.saturating_mul(1000))
-            .max()
-            .unwrap_or(0);
-        let recorded = self
-            .inner
-            .store
-            .record_validation(
-                &session.wallet_id,
-                endpoint,
-                failure.as_deref(),
-                pause_after,
-                i64::try_from(cooldown_ms).unwrap_or(i64::MAX),
-            )
-            .await;
-        match recorded {
-            Ok(health) => {
-                if let Some(reason) = &failure {
-                    tracing::warn!(%endpoint, %reason, failures = health.consecutive_failures, "paid response failed validation");
+        let facts = PaidResponse {
+            status: response.status.as_u16(),
+            content_type: response
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok()),
+            body: &response.body,
+            published_schema,
+            declared_type,
+        };
+        let mut outcome: Option<ValidationOutcome> = None;
+        let observed = bursar_store::runtime::Observed {
+            wallet_id: &session.wallet_id,
+            session_id: &session.id,
+        };
+        for policy in policies {
+            let rules: Vec<_> = policy.validations_for(endpoint).collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let failure = rules.iter().find_map(|rule| rule.check_response(&facts));
+            let pause_after = rules
+                .iter()
+                .map(|rule| u64::from(rule.failures_before_pause))
+                .min()
+                .unwrap_or(1);
+            let cooldown_ms = rules
+                .iter()
+                .map(|rule| rule.cooldown_seconds.saturating_mul(1000))
+                .max()
+                .unwrap_or(0);
+            let recorded = self
+                .inner
+                .store
+                .record_validation(
+                    &policy.source,
+                    endpoint,
+                    observed,
+                    failure.as_deref(),
+                    pause_after,
+                    i64::try_from(cooldown_ms).unwrap_or(i64::MAX),
+                )
+                .await;
+            let (failures, paused_until_ms) = match recorded {
+                Ok(health) => {
+                    if let Some(reason) = &failure {
+                        tracing::warn!(%endpoint, policy = %policy.source, %reason, failures = health.consecutive_failures, "paid response failed validation");
+                    }
+                    (
+                        health.consecutive_failures,
+                        health.paused_until_ms.filter(|until| *until > now_ms()),
+                    )
                 }
-                Some(ValidationOutcome {
-                    failure,
-                    consecutive_failures: health.consecutive_failures,
-                    paused_until_ms: health.paused_until_ms.filter(|until| *until > now_ms()),
-                })
+                Err(error) => {
+                    tracing::error!(%error, policy = %policy.source, "could not record a response validation");
+                    (0, None)
+                }
+            };
+            let merged = outcome.get_or_insert(ValidationOutcome {
+                failure: None,
+                consecutive_failures: 0,
+                paused_until_ms: None,
+            });
+            if merged.failure.is_none() {
+                merged.failure = failure;
             }
-            Err(error) => {
-                tracing::error!(%error, "could not record a response validation");
-                Some(ValidationOutcome {
-                    failure,
-                    consecutive_failures: 0,
-                    paused_until_ms: None,
-                })
-            }
+            merged.consecutive_failures = merged.consecutive_failures.max(failures);
+            merged.paused_until_ms = merged.paused_until_ms.max(paused_until_ms);
         }
+        outcome
     }
 
     /// The cache key and lifetime when a policy opts into the paid-response cache for this GET.
@@ -1345,59 +1425,64 @@ impl Runtime {
         );
     }
 
-    /// Counts paid requests that the endpoint answered with 402 again; a paid success resets.
-    fn note_outcome(
+    /// Counts paid requests that the endpoint answered with 402 again, in the database (so the
+    /// backoff holds across processes sharing it); a paid success starts the count again.
+    async fn note_outcome(
         &self,
         session_id: &str,
         endpoint: &str,
+        had_rejections: bool,
         outcome: &Result<bursar_buyer::PaidResponse, BuyerError>,
     ) {
-        let key = (session_id.to_string(), endpoint.to_string());
-        let mut rejections = self.inner.rejections.lock().expect("rejections lock");
-        match outcome {
-            Err(BuyerError::PaymentRejected { .. }) => {
-                let entry = rejections.entry(key).or_insert((0, 0));
-                entry.0 = entry.0.saturating_add(1);
-                entry.1 = now_ms();
+        let store = &self.inner.store;
+        let result = match outcome {
+            Err(BuyerError::PaymentRejected { .. }) => store
+                .note_rejection(session_id, endpoint, now_ms())
+                .await
+                .map(|_| ()),
+            Ok(response) if response.payment.is_some() && had_rejections => {
+                store.clear_rejections(session_id, endpoint).await
             }
-            Ok(response) if response.payment.is_some() => {
-                rejections.remove(&key);
-            }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, session = %session_id, %endpoint, "could not record a paid request's outcome for the backoff rule");
         }
     }
 
-    /// What this session already paid (reserved or settled) the endpoint of `url`, and whether
-    /// the wallet's payments to it are paused. Payment times are read from `since_ms` on (the
-    /// longest loop window of the policies in force).
+    /// What this session already paid (reserved or settled) the endpoint of `url`, the paid
+    /// requests in a row it answered with 402 again, and the pauses of payments to it under
+    /// `policies` (those in force for the session). Payment times are read from `since_ms` on
+    /// (the longest loop window of the policies in force).
     async fn endpoint_history(
         &self,
         session: &SessionRecord,
+        policies: &[Policy],
         url: &url::Url,
         since_ms: i64,
     ) -> Result<EndpointHistory, RuntimeError> {
         let session_id = session.id.as_str();
         let endpoint = endpoint_of(url);
         let mut history = EndpointHistory::default();
-        if let Some(health) = self
+        let sources: Vec<String> = policies.iter().map(|p| p.source.clone()).collect();
+        let now = now_ms();
+        for health in self
             .inner
             .store
-            .endpoint_health(&session.wallet_id, &endpoint)
+            .endpoint_pauses(&sources, &endpoint)
             .await?
-            && health.is_paused(now_ms())
         {
-            history.paused_until_ms = health.paused_until_ms;
-            history.pause_reason = health.last_failure;
+            if let Some(until_ms) = health.paused_until_ms.filter(|until| *until > now) {
+                history.pauses.push(EndpointPause {
+                    policy: health.policy,
+                    until_ms,
+                    reason: health.last_failure,
+                });
+            }
         }
-        if let Some((count, at)) = self
-            .inner
-            .rejections
-            .lock()
-            .expect("rejections lock")
-            .get(&(session_id.to_string(), endpoint.clone()))
-        {
-            history.rejections = *count;
-            history.last_rejection_ms = Some(*at);
+        if let Some(rejections) = self.inner.store.rejections(session_id, &endpoint).await? {
+            history.rejections = rejections.count;
+            history.last_rejection_ms = Some(rejections.last_at_ms);
         }
         let paid = self
             .inner
@@ -1625,6 +1710,27 @@ struct Reserve {
     reserved: Mutex<Option<TransferRecord>>,
     /// The JSON Schema the seller published for the response it was paid for.
     published_schema: Mutex<Option<Value>>,
+    /// The content type the seller declared in its 402 for the response it was paid for.
+    declared_type: Mutex<Option<String>>,
+    /// Whether the endpoint had answered paid requests of this session with 402 again.
+    had_rejections: AtomicBool,
+}
+
+/// What a decision in the trace is about.
+struct DecisionSubject {
+    resource: String,
+    payee: Option<String>,
+    amount: Option<Amount>,
+}
+
+impl DecisionSubject {
+    fn of(proposal: &PaymentProposal<'_>) -> DecisionSubject {
+        DecisionSubject {
+            resource: proposal.request.url.to_string(),
+            payee: Some(proposal.authorization.to.to_string().to_ascii_lowercase()),
+            amount: Some(proposal.authorization.value),
+        }
+    }
 }
 
 impl Reserve {
@@ -1648,7 +1754,13 @@ impl Reserve {
             tracing::error!(%error, "could not record a denial");
         }
         self.runtime
-            .record_decision(&self.session, proposal, None, Some(code), rules)
+            .record_decision(
+                &self.session,
+                DecisionSubject::of(proposal),
+                None,
+                Some(code),
+                rules,
+            )
             .await;
         Refusal::new(code, message)
     }
@@ -1683,7 +1795,7 @@ impl PaymentApproval for Reserve {
             Ok(policies) => policies,
             Err(message) => {
                 let rule = json!({"rule": "load_policies", "source": "runtime", "input": {},
-                                  "passed": false, "detail": message});
+                                  "passed": false, "code": "policy_unavailable", "detail": message});
                 return Err(self
                     .deny(proposal, "policy_unavailable", message, vec![rule])
                     .await);
@@ -1700,10 +1812,14 @@ impl PaymentApproval for Reserve {
             None => i64::MAX,
         };
         let history = match runtime
-            .endpoint_history(&self.session, &proposal.request.url, since_ms)
+            .endpoint_history(&self.session, policies, &proposal.request.url, since_ms)
             .await
         {
-            Ok(history) => history,
+            Ok(history) => {
+                self.had_rejections
+                    .store(history.rejections > 0, Ordering::SeqCst);
+                history
+            }
             Err(error) => {
                 let message = format!("the payment history could not be read: {error}");
                 return Err(self
@@ -1720,6 +1836,7 @@ impl PaymentApproval for Reserve {
                 pay_to: authorization.to,
                 amount: authorization.value,
                 phase: self.phase.clone(),
+                session_budget: Some(self.session.max_spend),
             },
             &history,
             now_ms(),
@@ -1762,23 +1879,31 @@ impl PaymentApproval for Reserve {
                                   "input": budget_input, "passed": true, "detail": "reserved"}),
                 );
                 runtime
-                    .record_decision(&self.session, proposal, Some(&record.id), None, rules)
+                    .record_decision(
+                        &self.session,
+                        DecisionSubject::of(proposal),
+                        Some(&record.id),
+                        None,
+                        rules,
+                    )
                     .await;
                 crate::alerts::after_reservation(runtime, &self.session, policies, &caps, &record)
                     .await;
                 *self.reserved.lock().expect("reservation slot") = Some(*record);
-                // Kept only when some policy validates against it.
-                let wanted = policies.iter().any(|policy| {
-                    policy
-                        .validation
+                // Kept only when some policy validates against them.
+                let validations = || {
+                    policies
                         .iter()
-                        .chain(&policy.validators)
-                        .any(|validation| validation.seller_schema)
-                });
-                if wanted {
+                        .flat_map(|policy| policy.validation.iter().chain(&policy.validators))
+                };
+                if validations().any(|validation| validation.seller_schema) {
                     *self.published_schema.lock().expect("schema slot") =
                         bursar_protocol::bazaar::published_output_schema(proposal.required)
                             .cloned();
+                }
+                if validations().any(|validation| validation.declared_type) {
+                    *self.declared_type.lock().expect("type slot") =
+                        proposal.required.resource.mime_type.clone();
                 }
                 Ok(())
             }
@@ -1786,19 +1911,33 @@ impl PaymentApproval for Reserve {
                 // The store wrote the deny entry; record the decision.
                 rules.push(
                     json!({"rule": "session_budget_and_windows", "source": "runtime",
-                                  "input": budget_input, "passed": false, "detail": message}),
+                                  "input": budget_input, "passed": false, "code": reason.code(),
+                                  "detail": message}),
                 );
                 runtime
-                    .record_decision(&self.session, proposal, None, Some(reason.code()), rules)
+                    .record_decision(
+                        &self.session,
+                        DecisionSubject::of(proposal),
+                        None,
+                        Some(reason.code()),
+                        rules,
+                    )
                     .await;
                 Err(Refusal::new(reason.code(), message))
             }
             Err(error) => {
                 tracing::error!(%error, "reservation failed; refusing to pay");
-                Err(Refusal::new(
-                    "ledger_unavailable",
-                    format!("the budget could not be checked, so nothing was paid: {error}"),
-                ))
+                let message =
+                    format!("the budget could not be checked, so nothing was paid: {error}");
+                rules.push(
+                    json!({"rule": "session_budget_and_windows", "source": "runtime",
+                           "input": budget_input, "passed": false, "code": "ledger_unavailable",
+                           "detail": message}),
+                );
+                // Recorded where the database still allows it.
+                Err(self
+                    .deny(proposal, "ledger_unavailable", &message, rules)
+                    .await)
             }
         }
     }

@@ -1,6 +1,10 @@
 //! Hostile sellers against policies, end to end over the runtime's API on the embedded chain,
 //! on SQLite and PostgreSQL. For each: what was denied (before anything was signed), the decision
 //! trace, and that the chain moved exactly what policy allowed.
+//!
+//! The runtime applies the default policy to every session (as `bursar runtime` does); the
+//! policies these tests attach compose with it (any failing rule denies), which is the
+//! documented rule. Tests of the language's own defaults switch the default policy off.
 
 #[macro_use]
 mod common;
@@ -23,7 +27,7 @@ use bursar_protocol::{
     Resource, X402Version,
 };
 use bursar_store::runtime::{EntryKind, TransferState};
-use common::{Network_, PRICE, RuntimeUnderTest, network, runtime};
+use common::{Network_, PRICE, RuntimeUnderTest, network, runtime, runtime_with};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -448,11 +452,12 @@ pub async fn second_402_is_not_paid_again(store_url: &str) {
     assert!(trace[0].0, "the payment itself was allowed");
 }
 
-/// An endpoint that keeps answering 402 to paid requests: after three in a row, payments to it
-/// back off (1 s, then doubling) — refused before signing while the backoff lasts.
+/// An endpoint that keeps answering 402 to paid requests: after three in a row (the language's
+/// own default, with the default policy switched off), payments to it back off (1 s, then
+/// doubling) — refused before signing while the backoff lasts.
 pub async fn repeated_402_backs_off(store_url: &str) {
     let network = network().await;
-    let rt = runtime(&network, store_url).await;
+    let rt = runtime_with(&network, store_url, |config| config.default_policy = false).await;
     let agent = agent(&rt, &network, "1", "").await;
     let url = format!("{}/rejects", network.seller_url);
     for _ in 0..3 {
@@ -532,13 +537,20 @@ pub async fn garbage_after_payment_pauses_the_endpoint(store_url: &str) {
             .contains("content type"),
         "{pauses:?}"
     );
+    // The session's policy saw the failures: the pause is that policy's.
+    assert_eq!(
+        pauses[0]["policy"],
+        format!("session {}", agent.session),
+        "{pauses:?}"
+    );
+    assert_eq!(pauses[0]["sessionId"], agent.session.as_str());
     let endpoint = pauses[0]["endpoint"].as_str().unwrap().to_string();
-    let wallet = pauses[0]["walletId"].as_str().unwrap().to_string();
+    let policy = pauses[0]["policy"].as_str().unwrap().to_string();
     let (status, lifted) = rt
         .operator(
             Method::POST,
             "/v1/pauses/lift",
-            Some(json!({"walletId": wallet, "endpoint": endpoint})),
+            Some(json!({"policy": policy, "endpoint": endpoint})),
         )
         .await;
     assert_eq!(
@@ -701,7 +713,298 @@ pub async fn learn_proposes_an_allowlist(store_url: &str) {
     assert_eq!(body["error"]["code"], "payee_not_allowed", "{body}");
 }
 
+/// Several rules refuse one payment: a seller that moved its payTo off the session's allowlist
+/// (pinned terms and the allowlist both fail). The agent hears the most specific reason,
+/// `payee_not_allowed`; the trace records both failures with their codes.
+pub async fn the_most_specific_refusal_is_reported(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (url, payees) = shifty_seller(&network, true).await;
+    let policy = format!("[payees]\nallow_addresses = [\"{}\"]", payees[0]);
+    let agent = agent(&rt, &network, "1", &policy).await;
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "payee_not_allowed", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("also refused: terms_changed"), "{message}");
+    assert_eq!(agent.spent(&network).await, PRICE);
+    let store = rt.runtime.store().decision_store();
+    let decisions = store.decisions_for(&agent.session).await.unwrap();
+    assert_eq!(decisions.len(), 2);
+    let refused = &decisions[1];
+    assert_eq!(refused.reason.as_deref(), Some("payee_not_allowed"));
+    let mut failing: Vec<(String, String)> = refused
+        .rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule["passed"] == false)
+        .map(|rule| {
+            (
+                rule["rule"].as_str().unwrap().to_string(),
+                rule["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    failing.sort();
+    // The default policy pins terms too: two pin_terms failures, one allowlist failure.
+    assert_eq!(
+        failing,
+        [
+            (
+                "payee_allowlist".to_string(),
+                "payee_not_allowed".to_string()
+            ),
+            ("pin_terms".to_string(), "terms_changed".to_string()),
+            ("pin_terms".to_string(), "terms_changed".to_string()),
+        ]
+    );
+}
+
+/// Refusals that happen before any policy runs are in the decision trace too: nothing the
+/// seller offered is payable (another network), and a closed session.
+pub async fn every_refusal_is_in_the_trace(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let elsewhere = foreign_seller().await;
+    let agent = agent(&rt, &network, "1", "").await;
+    let (status, body) = agent.fetch(&rt, &elsewhere, None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "no_payable_offer", "{body}");
+    let (status, closed) = rt
+        .operator(
+            Method::POST,
+            &format!("/v1/sessions/{}/close", agent.session),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{closed}");
+    let (status, body) = agent
+        .fetch(&rt, &format!("{}/paid", network.seller_url), None)
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "session_closed", "{body}");
+    assert_eq!(network.payments_seen(), 0);
+
+    let store = rt.runtime.store().decision_store();
+    let decisions = store.decisions_for(&agent.session).await.unwrap();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    let not_payable = &decisions[0];
+    assert!(!not_payable.allowed);
+    assert_eq!(not_payable.reason.as_deref(), Some("no_payable_offer"));
+    assert_eq!(not_payable.resource.as_deref(), Some(elsewhere.as_str()));
+    assert_eq!(not_payable.amount, Some(Amount::from(PRICE)));
+    let rule = &not_payable.rules[0];
+    assert_eq!(rule["rule"], "payable_offer");
+    assert_eq!(rule["code"], "no_payable_offer");
+    assert_eq!(rule["input"]["offered"][0]["network"], "eip155:8453");
+    let closed = &decisions[1];
+    assert_eq!(closed.reason.as_deref(), Some("session_closed"));
+    assert_eq!(closed.rules[0]["rule"], "session_live");
+    // The ledger has the same two denials.
+    let denials: Vec<_> = rt
+        .runtime
+        .store()
+        .entries(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::Deny && e.session_id.as_deref() == Some(&agent.session))
+        .filter_map(|e| Some(e.reason?.split(':').next()?.to_string()))
+        .collect();
+    // Each reason is the code, then the message.
+    assert_eq!(denials, ["no_payable_offer", "session_closed"]);
+    assert!(
+        store.verify_decisions().await.unwrap().broken.is_none(),
+        "the chain of decisions verifies"
+    );
+}
+
+/// A seller that asks to be paid on Base mainnet, which this runtime does not pay.
+async fn foreign_seller() -> String {
+    let requirement = PaymentRequirements {
+        scheme: "exact".into(),
+        network: Network::Eip155(8453),
+        amount: Amount::from(PRICE),
+        asset: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
+        pay_to: PrivateKeySigner::random().address().to_checksum(None),
+        max_timeout_seconds: 60,
+        extra: Some(json!({"name": "USD Coin", "version": "2"})),
+    };
+    let header = PaymentRequired {
+        version: X402Version::V2,
+        error: Some("payment required".into()),
+        resource: Resource::default(),
+        accepts: vec![requirement],
+        extensions: None,
+    }
+    .to_v2_header();
+    let handler = move || {
+        let header = header.clone();
+        async move {
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                [("payment-required", header)],
+                "",
+            )
+                .into_response()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/base-only", listener.local_addr().unwrap());
+    let app = Router::new().route("/base-only", get(handler));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// A validation pause covers what its policy covers. A session's own validation rule pauses
+/// /garbage for that session only: another session of the same wallet still pays it. The
+/// default policy covers every session: garbage calling itself JSON, three times in a row,
+/// pauses it for all of them, of any wallet, until an operator lifts it.
+pub async fn pauses_cover_what_their_policy_covers(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let (wallet, _) = rt.funded_wallet(&network, "shared", 1_000_000).await;
+    let grant = rt.grant(&wallet, "agent", None).await;
+    let strict = rt.session(&grant, "1", None).await;
+    let lenient = rt.session(&grant, "1", None).await;
+    let response = rt
+        .http
+        .put(format!("{}/v1/sessions/{}/policy", rt.url, strict.0))
+        .bearer_auth(&rt.operator_key)
+        .body("[validation]\ncontent_type = \"application/json\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let garbage = format!("{}/garbage", network.seller_url);
+    for _ in 0..3 {
+        let (status, body) = rt.fetch(&strict.0, &strict.1, &garbage).await;
+        assert_eq!(
+            (status, &body["validation"]["passed"]),
+            (200, &json!(false)),
+            "{body}"
+        );
+    }
+    let (status, body) = rt.fetch(&strict.0, &strict.1, &garbage).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("endpoint_paused")),
+        "{body}"
+    );
+    // The other session of the same wallet is not under that policy: it pays, and the
+    // default policy finds nothing wrong (text that says it is text).
+    let (status, body) = rt.fetch(&lenient.0, &lenient.1, &garbage).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payment"]["state"], "posted", "{body}");
+    assert_eq!(body["validation"]["passed"], true, "{body}");
+    assert_eq!(network.payments_seen(), 4);
+
+    // Garbage that calls itself JSON fails the default policy, whichever session sees it.
+    let lying = format!("{}/garbage-json", network.seller_url);
+    for (session, token) in [&lenient, &strict, &lenient] {
+        let (status, body) = rt.fetch(session, token, &lying).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body["validation"]["failure"]
+                .as_str()
+                .unwrap()
+                .contains("not JSON"),
+            "{body}"
+        );
+    }
+    let (other_wallet, _) = rt.funded_wallet(&network, "other", 1_000_000).await;
+    let other_grant = rt.grant(&other_wallet, "agent", None).await;
+    let other = rt.session(&other_grant, "1", None).await;
+    for (session, token) in [&lenient, &strict, &other] {
+        let (status, body) = rt.fetch(session, token, &lying).await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "endpoint_paused", "{body}");
+    }
+    assert_eq!(network.payments_seen(), 7, "nothing signed while paused");
+    let (status, pauses) = rt
+        .operator(Method::GET, "/v1/pauses?policy=default%20policy", None)
+        .await;
+    assert_eq!(status, 200, "{pauses}");
+    let pauses = pauses["pauses"].as_array().unwrap();
+    assert_eq!(pauses.len(), 1, "{pauses:?}");
+    assert!(
+        pauses[0]["endpoint"]
+            .as_str()
+            .unwrap()
+            .ends_with("/garbage-json")
+    );
+    let (status, lifted) = rt
+        .operator(
+            Method::POST,
+            "/v1/pauses/lift",
+            Some(json!({"policy": "default policy", "endpoint": pauses[0]["endpoint"]})),
+        )
+        .await;
+    assert_eq!((status, &lifted["lifted"]), (200, &json!(true)), "{lifted}");
+    let (status, body) = rt.fetch(&other.0, &other.1, &lying).await;
+    assert_eq!(status, 200, "paid again after the lift: {body}");
+    // The old request shape is refused with a clear error.
+    let (status, body) = rt
+        .operator(
+            Method::POST,
+            "/v1/pauses/lift",
+            Some(json!({"walletId": wallet, "endpoint": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+/// The default policy's backoff after a 402 to a paid request is kept in the database: a
+/// second runtime sharing it refuses the next payment to that endpoint before signing.
+pub async fn backoff_is_shared_by_runtimes(store_url: &str) {
+    let network = network().await;
+    let first = runtime(&network, store_url).await;
+    let second = runtime(&network, store_url).await;
+    let agent = agent(&first, &network, "1", "").await;
+    let url = format!("{}/rejects", network.seller_url);
+    let (status, body) = agent.fetch(&first, &url, None).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "payment_rejected");
+    // The same session through the other runtime: within the minute's wait.
+    let (status, body) = agent.fetch(&second, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "endpoint_backing_off", "{body}");
+    let (status, body) = agent.fetch(&first, &url, None).await;
+    assert_eq!(
+        body["error"]["code"], "endpoint_backing_off",
+        "{status} {body}"
+    );
+    assert_eq!(network.payments_seen(), 1, "one signed payment, then none");
+    let rejections = second
+        .runtime
+        .store()
+        .rejections(&agent.session, &url)
+        .await
+        .unwrap()
+        .expect("recorded");
+    assert_eq!(rejections.count, 1);
+    // Another session starts with a clean slate.
+    let fresh = agent_in_new_session(&second, &network, "").await;
+    let (status, body) = fresh.fetch(&second, &url, None).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(network.payments_seen(), 2);
+    let trace = decisions(&first, &agent.session).await;
+    assert_eq!(trace.len(), 3);
+    assert!(trace[0].0);
+    assert!(trace[1..].iter().all(|(allowed, reason, rule)| !allowed
+        && reason.as_deref() == Some("endpoint_backing_off")
+        && rule.as_deref() == Some("rejection_backoff")));
+}
+
 on_both_databases!(
+    the_most_specific_refusal_is_reported,
+    every_refusal_is_in_the_trace,
+    pauses_cover_what_their_policy_covers,
+    backoff_is_shared_by_runtimes,
     drain_by_repetition_is_stopped,
     shifting_terms_are_refused,
     policy_refusals_sign_nothing,

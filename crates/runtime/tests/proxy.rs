@@ -272,7 +272,10 @@ pub async fn pays_through_the_proxy(store_url: &str) {
 /// A price above what is left after paying is refused the same way.
 pub async fn budget_refusals_move_nothing(store_url: &str) {
     let network = network().await;
-    let rt = runtime(&network, store_url).await;
+    // The budget alone: the default policy (a call at most a quarter of the budget) would
+    // refuse these prices before the budget is consulted.
+    let rt =
+        common::runtime_with(&network, store_url, |config| config.default_policy = false).await;
     let start = 1_000_000u64;
     let (wallet, payer) = rt.funded_wallet(&network, "w", start).await;
     let grant = rt.grant(&wallet, "frugal", None).await;

@@ -276,12 +276,14 @@ pub async fn refusals_sign_nothing(store_url: &str) {
         "{body}"
     );
 
-    // A price above the whole budget: denied by the budget, nothing signed.
+    // A price above the whole budget: the default policy refuses it (a call may take at most
+    // a quarter of the budget) before the budget is consulted; nothing signed. (The budget's
+    // own refusal: concurrent_sessions_never_overspend, and the proxy's budget test.)
     let grant = rt.grant(&wallet, "a4", None).await;
     let (session, token) = rt.session(&grant, "0.005", None).await;
     let (status, body) = rt.fetch(&session, &token, &url).await;
     assert_eq!(status, 403, "{body}");
-    assert_eq!(body["error"]["code"], "budget_exhausted", "{body}");
+    assert_eq!(body["error"]["code"], "max_per_call_exceeded", "{body}");
 
     assert_eq!(
         network.payments_seen(),
@@ -496,6 +498,37 @@ pub async fn creates_are_idempotent(store_url: &str) {
         .operator(Method::POST, "/v1/wallets", Some(json!({"name": "w"})))
         .await;
     assert_eq!(status, 409, "duplicate wallet name");
+
+    // The currency may be left out (there is one); named, it must be the runtime's.
+    for body in [
+        json!({"grantId": grant, "maxSpendAmount": "0.75"}),
+        json!({"grantId": grant, "maxSpendAmount": "0.75", "currency": "usdc"}),
+    ] {
+        let (status, session) = rt
+            .operator(Method::POST, "/v1/sessions", Some(body.clone()))
+            .await;
+        assert_eq!(status, 201, "{body} -> {session}");
+        assert_eq!(session["currency"], "USDC");
+        assert_eq!(session["maxSpendAtomic"], "750000");
+        assert_eq!(
+            session["asset"],
+            network.token.address().to_string().to_ascii_lowercase()
+        );
+    }
+    let (status, refused) = rt
+        .operator(
+            Method::POST,
+            "/v1/sessions",
+            Some(json!({"grantId": grant, "maxSpendAmount": "1", "currency": "EUR"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_request");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("USDC") && message.contains("EUR"),
+        "{message}"
+    );
 }
 
 /// A seller that answers 402 again after receiving the signed payment is not paid twice; the
@@ -575,4 +608,20 @@ async fn openapi_names_every_route() {
         paths.len(),
         "openapi.json documents routes the API does not serve"
     );
+    // Request shapes the API accepts: a session's currency is optional; a pause is lifted by
+    // the policy that paused it.
+    let create = &document["components"]["schemas"]["CreateSession"];
+    let required: Vec<&str> = create["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, ["grantId", "maxSpendAmount"]);
+    assert!(create["properties"]["currency"].is_object());
+    let lift =
+        &paths["/v1/pauses/lift"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(lift["required"], json!(["policy", "endpoint"]));
+    let listed = &paths["/v1/pauses"]["get"];
+    assert_eq!(listed["parameters"][0]["name"], "policy");
 }

@@ -33,6 +33,9 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 200;
 pub const RESOURCE_BYTES_MAX: usize = 2048;
 /// Most rows one listing returns.
 pub const LIST_ROWS_MAX: usize = 10_000;
+/// Most policies [`RuntimeStore::endpoint_pauses`] looks at in one query (a session has at
+/// most four: the runtime's, the wallet's, the grant's and its own).
+pub const POLICIES_PER_QUERY_MAX: usize = 16;
 /// Prefix of operator API keys.
 pub const OPERATOR_KEY_PREFIX: &str = "bok_";
 /// Random bytes in an operator key.
@@ -411,16 +414,37 @@ pub struct LedgerEntry {
     pub at_ms: i64,
 }
 
-/// The validation record of one endpoint for one wallet.
+/// The validation record of one endpoint under one policy: the failures in a row that the
+/// policy's response validations found, and the pause they caused. A pause applies only to the
+/// sessions the policy covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointHealth {
-    pub wallet_id: String,
+    /// The policy's source: `default policy`, `file <path>`, `wallet <id>`, `grant <id>`,
+    /// `session <id>`.
+    pub policy: String,
     pub endpoint: String,
     pub consecutive_failures: u64,
     pub last_failure: Option<String>,
     /// Payments to the endpoint are refused until then (unix ms).
     pub paused_until_ms: Option<i64>,
+    /// Where the last validation was made.
+    pub wallet_id: Option<String>,
+    pub session_id: Option<String>,
     pub updated_at_ms: i64,
+}
+
+/// Where a validation of a paid response was made.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed<'a> {
+    pub wallet_id: &'a str,
+    pub session_id: &'a str,
+}
+
+/// Paid requests in a row that an endpoint answered with 402 again, within one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejections {
+    pub count: u32,
+    pub last_at_ms: i64,
 }
 
 impl EndpointHealth {
@@ -557,28 +581,53 @@ pub trait RuntimeStore: Send + Sync + 'static {
     /// Detaches a policy; returns whether there was one.
     async fn delete_policy(&self, scope: &str, subject_id: &str) -> Result<bool, StoreError>;
 
-    /// Records one validation of a paid response: a pass resets the count of failures; a failure
-    /// adds one, and the `pause_after`-th in a row pauses the endpoint for `cooldown_ms`.
+    /// Records one validation of a paid response under `policy`: a pass resets the count of
+    /// failures; a failure adds one, and the `pause_after`-th in a row pauses the endpoint for
+    /// `cooldown_ms` (for the sessions `policy` covers).
     async fn record_validation(
         &self,
-        wallet_id: &str,
+        policy: &str,
         endpoint: &str,
+        observed: Observed<'_>,
         failure: Option<&str>,
         pause_after: u64,
         cooldown_ms: i64,
     ) -> Result<EndpointHealth, StoreError>;
     async fn endpoint_health(
         &self,
-        wallet_id: &str,
+        policy: &str,
         endpoint: &str,
     ) -> Result<Option<EndpointHealth>, StoreError>;
-    /// Endpoints paused now (of one wallet, or all).
+    /// The pauses of `endpoint` in force now under any of `policies` (at most
+    /// [`POLICIES_PER_QUERY_MAX`] are looked at).
+    async fn endpoint_pauses(
+        &self,
+        policies: &[String],
+        endpoint: &str,
+    ) -> Result<Vec<EndpointHealth>, StoreError>;
+    /// Endpoints paused now (under one policy, or all).
     async fn paused_endpoints(
         &self,
-        wallet_id: Option<&str>,
+        policy: Option<&str>,
     ) -> Result<Vec<EndpointHealth>, StoreError>;
     /// Lifts a pause and forgets the failures; returns whether the endpoint was paused.
-    async fn lift_pause(&self, wallet_id: &str, endpoint: &str) -> Result<bool, StoreError>;
+    async fn lift_pause(&self, policy: &str, endpoint: &str) -> Result<bool, StoreError>;
+
+    /// Counts one more paid request of `session_id` that `endpoint` answered with 402 again, at
+    /// `at_ms`; returns the count in a row (atomic: concurrent callers and processes add up).
+    async fn note_rejection(
+        &self,
+        session_id: &str,
+        endpoint: &str,
+        at_ms: i64,
+    ) -> Result<Rejections, StoreError>;
+    /// A paid request the endpoint accepted: the count starts again.
+    async fn clear_rejections(&self, session_id: &str, endpoint: &str) -> Result<(), StoreError>;
+    async fn rejections(
+        &self,
+        session_id: &str,
+        endpoint: &str,
+    ) -> Result<Option<Rejections>, StoreError>;
 
     /// The decision trace in the same database.
     fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore>;
@@ -789,13 +838,28 @@ where
 {
     let failures: i64 = row_get!(row, "consecutive_failures");
     Ok(EndpointHealth {
-        wallet_id: row_get!(row, "wallet_id"),
+        policy: row_get!(row, "policy"),
         endpoint: row_get!(row, "endpoint"),
         consecutive_failures: u64::try_from(failures)
             .map_err(|_| StoreError::Corrupt("negative consecutive_failures".into()))?,
         last_failure: row_get!(row, "last_failure"),
         paused_until_ms: row_get!(row, "paused_until_ms"),
+        wallet_id: row_get!(row, "wallet_id"),
+        session_id: row_get!(row, "session_id"),
         updated_at_ms: row_get!(row, "updated_at_ms"),
+    })
+}
+
+fn rejections_from_row<R>(row: &R) -> Result<Rejections, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let count: i64 = row_get!(row, "rejections");
+    Ok(Rejections {
+        count: u32::try_from(count.max(0)).unwrap_or(u32::MAX),
+        last_at_ms: row_get!(row, "last_rejection_ms"),
     })
 }
 
@@ -822,6 +886,8 @@ const SESSION_COLUMNS: &str = "id, grant_id, wallet_id, agent, network, asset, c
 const TRANSFER_COLUMNS: &str = "id, session_id, grant_id, wallet_id, agent, network, asset, \
      payer, payee, amount, nonce, valid_before_s, resource, state, tx_hash, void_reason, \
      created_at_ms, resolved_at_ms";
+const PAUSE_COLUMNS: &str = "policy, endpoint, consecutive_failures, last_failure, \
+     paused_until_ms, wallet_id, session_id, updated_at_ms";
 const ENTRY_COLUMNS: &str = "seq, kind, transfer_id, session_id, grant_id, wallet_id, agent, \
      network, asset, amount, payee, resource, tx_hash, reason, at_ms";
 const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (kind, transfer_id, session_id, grant_id, \
@@ -1810,8 +1876,9 @@ macro_rules! runtime_store_impl {
 
             async fn record_validation(
                 &self,
-                wallet_id: &str,
+                policy: &str,
                 endpoint: &str,
+                observed: Observed<'_>,
                 failure: Option<&str>,
                 pause_after: u64,
                 cooldown_ms: i64,
@@ -1820,10 +1887,10 @@ macro_rules! runtime_store_impl {
                 let now = now_ms();
                 let mut tx = pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO endpoint_health (wallet_id, endpoint, consecutive_failures, \
-                     updated_at_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (wallet_id, endpoint) DO NOTHING",
+                    "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
+                     updated_at_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (policy, endpoint) DO NOTHING",
                 )
-                .bind(wallet_id)
+                .bind(policy)
                 .bind(endpoint)
                 .bind(now)
                 .execute(&mut *tx)
@@ -1831,31 +1898,36 @@ macro_rules! runtime_store_impl {
                 match failure {
                     None => {
                         sqlx::query(
-                            "UPDATE endpoint_health SET consecutive_failures = 0, updated_at_ms = $3 \
-                             WHERE wallet_id = $1 AND endpoint = $2",
+                            "UPDATE endpoint_pauses SET consecutive_failures = 0, updated_at_ms = $3, \
+                             wallet_id = $4, session_id = $5 WHERE policy = $1 AND endpoint = $2",
                         )
-                        .bind(wallet_id)
+                        .bind(policy)
                         .bind(endpoint)
                         .bind(now)
+                        .bind(observed.wallet_id)
+                        .bind(observed.session_id)
                         .execute(&mut *tx)
                         .await?;
                     }
                     Some(reason) => {
                         sqlx::query(
-                            "UPDATE endpoint_health SET consecutive_failures = consecutive_failures + 1, \
-                             last_failure = $3, updated_at_ms = $4 WHERE wallet_id = $1 AND endpoint = $2",
+                            "UPDATE endpoint_pauses SET consecutive_failures = consecutive_failures + 1, \
+                             last_failure = $3, updated_at_ms = $4, wallet_id = $5, session_id = $6 \
+                             WHERE policy = $1 AND endpoint = $2",
                         )
-                        .bind(wallet_id)
+                        .bind(policy)
                         .bind(endpoint)
                         .bind(truncate(reason, RESOURCE_BYTES_MAX))
                         .bind(now)
+                        .bind(observed.wallet_id)
+                        .bind(observed.session_id)
                         .execute(&mut *tx)
                         .await?;
                         sqlx::query(
-                            "UPDATE endpoint_health SET paused_until_ms = $3 \
-                             WHERE wallet_id = $1 AND endpoint = $2 AND consecutive_failures >= $4",
+                            "UPDATE endpoint_pauses SET paused_until_ms = $3 \
+                             WHERE policy = $1 AND endpoint = $2 AND consecutive_failures >= $4",
                         )
-                        .bind(wallet_id)
+                        .bind(policy)
                         .bind(endpoint)
                         .bind(now.saturating_add(cooldown_ms))
                         .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX))
@@ -1863,11 +1935,10 @@ macro_rules! runtime_store_impl {
                         .await?;
                     }
                 }
-                let row = sqlx::query(
-                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
-                     updated_at_ms FROM endpoint_health WHERE wallet_id = $1 AND endpoint = $2",
-                )
-                .bind(wallet_id)
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses WHERE policy = $1 AND endpoint = $2"
+                )))
+                .bind(policy)
                 .bind(endpoint)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -1877,52 +1948,128 @@ macro_rules! runtime_store_impl {
 
             async fn endpoint_health(
                 &self,
-                wallet_id: &str,
+                policy: &str,
                 endpoint: &str,
             ) -> Result<Option<EndpointHealth>, StoreError> {
                 let pool = self.ready().await?;
-                let row = sqlx::query(
-                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
-                     updated_at_ms FROM endpoint_health WHERE wallet_id = $1 AND endpoint = $2",
-                )
-                .bind(wallet_id)
+                let row = sqlx::query(AssertSqlSafe(format!(
+                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses WHERE policy = $1 AND endpoint = $2"
+                )))
+                .bind(policy)
                 .bind(endpoint)
                 .fetch_optional(pool)
                 .await?;
                 row.as_ref().map(health_from_row).transpose()
             }
 
+            async fn endpoint_pauses(
+                &self,
+                policies: &[String],
+                endpoint: &str,
+            ) -> Result<Vec<EndpointHealth>, StoreError> {
+                let policies = &policies[..policies.len().min(POLICIES_PER_QUERY_MAX)];
+                if policies.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let pool = self.ready().await?;
+                // Placeholders only: the policies are bound, never written into the statement.
+                let placeholders: Vec<String> =
+                    (3..3 + policies.len()).map(|n| format!("${n}")).collect();
+                let statement = format!(
+                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses WHERE endpoint = $1 \
+                     AND paused_until_ms > $2 AND policy IN ({}) ORDER BY policy",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(AssertSqlSafe(statement))
+                    .bind(endpoint)
+                    .bind(now_ms());
+                for policy in policies {
+                    query = query.bind(policy);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(health_from_row).collect()
+            }
+
             async fn paused_endpoints(
                 &self,
-                wallet_id: Option<&str>,
+                policy: Option<&str>,
             ) -> Result<Vec<EndpointHealth>, StoreError> {
                 let pool = self.ready().await?;
                 let rows = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT wallet_id, endpoint, consecutive_failures, last_failure, paused_until_ms, \
-                     updated_at_ms FROM endpoint_health WHERE paused_until_ms > $1 \
-                     AND ($2 IS NULL OR wallet_id = $2) ORDER BY updated_at_ms LIMIT {LIST_ROWS_MAX}"
+                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses WHERE paused_until_ms > $1 \
+                     AND ($2 IS NULL OR policy = $2) ORDER BY updated_at_ms LIMIT {LIST_ROWS_MAX}"
                 )))
                 .bind(now_ms())
-                .bind(wallet_id)
+                .bind(policy)
                 .fetch_all(pool)
                 .await?;
                 rows.iter().map(health_from_row).collect()
             }
 
-            async fn lift_pause(&self, wallet_id: &str, endpoint: &str) -> Result<bool, StoreError> {
+            async fn lift_pause(&self, policy: &str, endpoint: &str) -> Result<bool, StoreError> {
                 let pool = self.ready().await?;
+                let now = now_ms();
                 let updated = sqlx::query(
-                    "UPDATE endpoint_health SET paused_until_ms = NULL, consecutive_failures = 0, \
-                     updated_at_ms = $4 WHERE wallet_id = $1 AND endpoint = $2 AND paused_until_ms > $3",
+                    "UPDATE endpoint_pauses SET paused_until_ms = NULL, consecutive_failures = 0, \
+                     updated_at_ms = $3 WHERE policy = $1 AND endpoint = $2 AND paused_until_ms > $3",
                 )
-                .bind(wallet_id)
+                .bind(policy)
                 .bind(endpoint)
-                .bind(now_ms())
-                .bind(now_ms())
+                .bind(now)
                 .execute(pool)
                 .await?
                 .rows_affected();
                 Ok(updated == 1)
+            }
+
+            async fn note_rejection(
+                &self,
+                session_id: &str,
+                endpoint: &str,
+                at_ms: i64,
+            ) -> Result<Rejections, StoreError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(
+                    "INSERT INTO endpoint_rejections (session_id, endpoint, rejections, last_rejection_ms) \
+                     VALUES ($1, $2, 1, $3) ON CONFLICT (session_id, endpoint) DO UPDATE SET \
+                     rejections = endpoint_rejections.rejections + 1, \
+                     last_rejection_ms = CASE WHEN endpoint_rejections.last_rejection_ms > excluded.last_rejection_ms \
+                     THEN endpoint_rejections.last_rejection_ms ELSE excluded.last_rejection_ms END \
+                     RETURNING rejections, last_rejection_ms",
+                )
+                .bind(session_id)
+                .bind(endpoint)
+                .bind(at_ms)
+                .fetch_one(pool)
+                .await?;
+                rejections_from_row(&row)
+            }
+
+            async fn clear_rejections(&self, session_id: &str, endpoint: &str) -> Result<(), StoreError> {
+                let pool = self.ready().await?;
+                sqlx::query("DELETE FROM endpoint_rejections WHERE session_id = $1 AND endpoint = $2")
+                    .bind(session_id)
+                    .bind(endpoint)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn rejections(
+                &self,
+                session_id: &str,
+                endpoint: &str,
+            ) -> Result<Option<Rejections>, StoreError> {
+                let pool = self.ready().await?;
+                let row = sqlx::query(
+                    "SELECT rejections, last_rejection_ms FROM endpoint_rejections \
+                     WHERE session_id = $1 AND endpoint = $2",
+                )
+                .bind(session_id)
+                .bind(endpoint)
+                .fetch_optional(pool)
+                .await?;
+                row.as_ref().map(rejections_from_row).transpose()
             }
 
             fn decision_store(&self) -> std::sync::Arc<dyn crate::decisions::DecisionStore> {

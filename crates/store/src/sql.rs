@@ -74,6 +74,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "transfer endpoints",
         include_str!("../migrations/sqlite/0011_transfer_endpoints.sql"),
     ),
+    (
+        13,
+        "policy state",
+        include_str!("../migrations/sqlite/0013_policy_state.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -130,6 +135,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "transfer endpoints",
         include_str!("../migrations/postgres/0011_transfer_endpoints.sql"),
+    ),
+    (
+        13,
+        "policy state",
+        include_str!("../migrations/postgres/0013_policy_state.sql"),
     ),
 ];
 

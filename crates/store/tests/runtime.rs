@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bursar_protocol::Amount;
 use bursar_store::runtime::{
-    Created, DenyReason, EntryKind, NewGrant, NewSession, NewTransfer, NewWallet, Reservation,
-    SpendCap, TransferState,
+    Created, DenyReason, EntryKind, NewGrant, NewSession, NewTransfer, NewWallet, Observed,
+    Reservation, SpendCap, TransferState,
 };
 use bursar_store::{KeyDigest, RuntimeStore, StoreError, open_runtime_store};
 
@@ -587,6 +587,11 @@ pub async fn endpoint_payments_are_per_session_and_endpoint(url: &str) {
 
 /// The statement of `migration` that starts with `UPDATE` (comments dropped).
 fn update_statement(migration: &str) -> String {
+    statement_starting(migration, "UPDATE")
+}
+
+/// The statement of `migration` that starts with `prefix` (comments dropped).
+fn statement_starting(migration: &str, prefix: &str) -> String {
     let code: String = migration
         .lines()
         .filter(|line| !line.trim_start().starts_with("--"))
@@ -594,9 +599,247 @@ fn update_statement(migration: &str) -> String {
         .join("\n");
     code.split(';')
         .map(str::trim)
-        .find(|statement| statement.starts_with("UPDATE"))
-        .expect("the migration has an UPDATE")
+        .find(|statement| statement.starts_with(prefix))
+        .unwrap_or_else(|| panic!("the migration has a statement starting {prefix}"))
         .to_string()
+}
+
+/// Runs `statements` on the database at `url`, outside the store.
+async fn run_sql(url: &str, statements: &[String]) {
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone()))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Validation pauses belong to the policy that observed the failures: three failures in a row
+/// under one policy pause the endpoint for that policy only; a pass starts the count again; an
+/// operator lifts a pause by policy and endpoint.
+pub async fn pauses_are_per_policy(url: &str) {
+    let store = store(url).await;
+    let (wallet, _, session) = session_with(store.as_ref(), 1_000).await;
+    let observed = Observed {
+        wallet_id: &wallet,
+        session_id: &session,
+    };
+    let endpoint = "http://127.0.0.1:9/garbage";
+    let mine = format!("session {session}");
+    let policies = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    for attempt in 1..=2u64 {
+        let health = store
+            .record_validation(&mine, endpoint, observed, Some("not JSON"), 3, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(health.consecutive_failures, attempt);
+        assert_eq!(health.paused_until_ms, None);
+    }
+    // A pass starts again.
+    let health = store
+        .record_validation(&mine, endpoint, observed, None, 3, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(health.consecutive_failures, 0);
+    let before = now_ms();
+    for _ in 0..3 {
+        store
+            .record_validation(&mine, endpoint, observed, Some("not JSON"), 3, 60_000)
+            .await
+            .unwrap();
+    }
+    let health = store
+        .endpoint_health(&mine, endpoint)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(health.consecutive_failures, 3);
+    assert!(health.paused_until_ms.unwrap() >= before + 60_000);
+    assert_eq!(health.wallet_id.as_deref(), Some(wallet.as_str()));
+    assert_eq!(health.session_id.as_deref(), Some(session.as_str()));
+    assert_eq!(health.last_failure.as_deref(), Some("not JSON"));
+    // Another policy's failures are counted apart and pause nothing yet.
+    store
+        .record_validation(
+            "default policy",
+            endpoint,
+            observed,
+            Some("schema"),
+            3,
+            60_000,
+        )
+        .await
+        .unwrap();
+    let found = store
+        .endpoint_pauses(
+            &policies(&["default policy", &mine, "wallet other"]),
+            endpoint,
+        )
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].policy, mine);
+    assert!(
+        store
+            .endpoint_pauses(&policies(&["default policy", "session other"]), endpoint)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a session under other policies is not paused"
+    );
+    assert!(
+        store
+            .endpoint_pauses(&policies(&[&mine]), "http://127.0.0.1:9/other")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .endpoint_pauses(&[], endpoint)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.paused_endpoints(None).await.unwrap().len(), 1);
+    assert_eq!(store.paused_endpoints(Some(&mine)).await.unwrap().len(), 1);
+    assert!(
+        store
+            .paused_endpoints(Some("default policy"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!store.lift_pause("default policy", endpoint).await.unwrap());
+    assert!(store.lift_pause(&mine, endpoint).await.unwrap());
+    assert!(
+        !store.lift_pause(&mine, endpoint).await.unwrap(),
+        "lifted once"
+    );
+    assert!(
+        store
+            .endpoint_pauses(&policies(&[&mine]), endpoint)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .endpoint_health(&mine, endpoint)
+            .await
+            .unwrap()
+            .unwrap()
+            .consecutive_failures,
+        0
+    );
+}
+
+/// The backoff's count of 402s to paid requests is in the database: increments from two
+/// handles on one database (as from two runtimes) add up, per session and endpoint, and a
+/// clear starts again.
+pub async fn rejections_add_up_across_handles(url: &str) {
+    let one = store(url).await;
+    let two = store(url).await;
+    let (_, _, session) = session_with(one.as_ref(), 1_000).await;
+    let (_, _, other) = session_with(one.as_ref(), 1_000).await;
+    let endpoint = "http://127.0.0.1:9/rejects";
+    assert_eq!(one.rejections(&session, endpoint).await.unwrap(), None);
+    let base = now_ms();
+    let mut tasks = Vec::new();
+    for i in 0..20i64 {
+        let handle = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let session = session.clone();
+        tasks.push(tokio::spawn(async move {
+            handle
+                .note_rejection(&session, endpoint, base + i)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap().count);
+    }
+    counts.sort_unstable();
+    assert_eq!(
+        counts,
+        (1..=20).collect::<Vec<u32>>(),
+        "each increment seen once"
+    );
+    let seen = two.rejections(&session, endpoint).await.unwrap().unwrap();
+    assert_eq!(seen.count, 20);
+    assert_eq!(seen.last_at_ms, base + 19, "the latest time is kept");
+    assert_eq!(one.rejections(&other, endpoint).await.unwrap(), None);
+    assert_eq!(
+        one.rejections(&session, "http://127.0.0.1:9/else")
+            .await
+            .unwrap(),
+        None
+    );
+    two.clear_rejections(&session, endpoint).await.unwrap();
+    assert_eq!(one.rejections(&session, endpoint).await.unwrap(), None);
+    let again = one.note_rejection(&session, endpoint, base).await.unwrap();
+    assert_eq!(again.count, 1);
+}
+
+/// Migration 0013 keeps the pauses of the old per-wallet table as pauses of the wallet's policy.
+async fn wallet_pauses_are_kept(url: &str, old_table: &str, migration: &str) {
+    let store = store(url).await;
+    let until = now_ms() + 3_600_000;
+    let statements = [
+        statement_starting(old_table, "CREATE TABLE"),
+        format!(
+            "INSERT INTO endpoint_health (wallet_id, endpoint, consecutive_failures, \
+             last_failure, paused_until_ms, updated_at_ms) \
+             VALUES ('wal_old', 'http://127.0.0.1:9/x', 3, 'not JSON', {until}, 1)"
+        ),
+        statement_starting(migration, "INSERT INTO endpoint_pauses"),
+        statement_starting(migration, "DROP TABLE"),
+    ];
+    run_sql(url, &statements).await;
+    let kept = store
+        .endpoint_health("wallet wal_old", "http://127.0.0.1:9/x")
+        .await
+        .unwrap()
+        .expect("kept");
+    assert_eq!(kept.consecutive_failures, 3);
+    assert_eq!(kept.paused_until_ms, Some(until));
+    assert_eq!(kept.last_failure.as_deref(), Some("not JSON"));
+    assert_eq!(kept.wallet_id.as_deref(), Some("wal_old"));
+    assert_eq!(kept.session_id, None);
+}
+
+#[tokio::test]
+async fn sqlite_wallet_pauses_are_kept() {
+    let database = bursar_store::testkit::TempSqlite::new();
+    wallet_pauses_are_kept(
+        &database.url(),
+        include_str!("../migrations/sqlite/0006_endpoint_health.sql"),
+        include_str!("../migrations/sqlite/0013_policy_state.sql"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_wallet_pauses_are_kept() {
+    let database = bursar_store::testkit::TempPostgres::create().await;
+    wallet_pauses_are_kept(
+        database.url(),
+        include_str!("../migrations/postgres/0006_endpoint_health.sql"),
+        include_str!("../migrations/postgres/0013_policy_state.sql"),
+    )
+    .await;
 }
 
 /// Migration 0011 gives transfers written before it the endpoint of their resource: the URL
@@ -696,7 +939,9 @@ macro_rules! conformance {
                 ledger_is_append_only,
                 window_caps_span_sessions,
                 transfers_page_through_everything,
-                endpoint_payments_are_per_session_and_endpoint
+                endpoint_payments_are_per_session_and_endpoint,
+                pauses_are_per_policy,
+                rejections_add_up_across_handles
             );
         }
     };

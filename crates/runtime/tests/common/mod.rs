@@ -96,6 +96,7 @@ pub async fn network() -> Network_ {
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
         .route(PricedRoute::new(Method::GET, "/garbage").offer(offer(PRICE)))
+        .route(PricedRoute::new(Method::GET, "/garbage-json").offer(offer(PRICE)))
         // Both publish the schema of their response (v2: bazaar extension); the second breaks it.
         .route(
             PricedRoute::new(Method::GET, "/report")
@@ -166,6 +167,16 @@ pub async fn network() -> Network_ {
         .route(
             "/garbage",
             get(|| async { "%%% not what you paid for %%%" }),
+        )
+        // Paid, then answers garbage that calls itself JSON.
+        .route(
+            "/garbage-json",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    "%%% not JSON %%%",
+                )
+            }),
         )
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
