@@ -115,6 +115,7 @@ pub mod batch;
 mod hooks;
 pub mod limit;
 pub mod metrics;
+pub mod paid;
 pub mod reads;
 mod server;
 mod service;
@@ -129,7 +130,7 @@ pub use server::{
 };
 pub use service::{
     FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, PAYMENT_ID_CONFLICT,
-    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECEIVED_ABANDONED_AFTER,
+    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, CLAIM_HOLD_DEFAULT, HELD_CLAIM_WAIT,
     RECOVERY_INTERVAL_DEFAULT, Recovered, RecoveryOutcome, SETTLE_GAS_LIMIT,
     SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
     payment_fingerprint, payment_identifier,
