@@ -697,7 +697,10 @@ impl LocalFacilitator {
                 Err(error) => return (ledger_failure(error, payer, network), false),
             };
             let record = match claim {
-                Claim::Claimed => match self.settle_claimed(request, &ledger_key, network.clone()).await {
+                Claim::Claimed => match self
+                    .settle_claimed(request, &ledger_key, network.clone())
+                    .await
+                {
                     Settled::Done(outcome, remember) => return (outcome, remember),
                     // Another process took the claim over before the broadcast was recorded:
                     // nothing was sent; follow the new holder.
@@ -715,7 +718,12 @@ impl LocalFacilitator {
                     self.refuse_reused_nonce(request, network).await
                 } else if record.state == SettlementState::Received
                     && self.abandoned(&record)
-                    && matches!(self.ledger.release(&record.key, record.holder.as_deref()).await, Ok(true))
+                    && matches!(
+                        self.ledger
+                            .release(&record.key, record.holder.as_deref())
+                            .await,
+                        Ok(true)
+                    )
                 {
                     // Its holder stopped before broadcasting anything: free it and claim again.
                     continue;
@@ -730,7 +738,10 @@ impl LocalFacilitator {
                 Ok(Followed::Released) => continue,
                 // Its holder died before recording a broadcast; the claim is now ours.
                 Ok(Followed::TakenOver) => {
-                    match self.settle_claimed(request, &ledger_key, network.clone()).await {
+                    match self
+                        .settle_claimed(request, &ledger_key, network.clone())
+                        .await
+                    {
                         Settled::Done(outcome, remember) => return (outcome, remember),
                         Settled::ClaimLost => continue,
                     }
@@ -802,7 +813,28 @@ impl LocalFacilitator {
                 }
                 SettlementState::Received => {
                     if self.abandoned(&record) {
-                        if self.ledger.take_over(&record, &self.holder).await? {
+                        // Nothing was broadcast for it, so an authorization the chain shows used
+                        // was used by another transaction: answer from the chain, as recovery
+                        // does, rather than take the claim over only to be refused for a used
+                        // nonce.
+                        let token = Token::new(self.chain.clone(), authorization.token);
+                        if let Ok(true) = token
+                            .authorization_state(authorization.payer, authorization.nonce)
+                            .await
+                        {
+                            let mut judged = record.clone();
+                            judged.pay_to.get_or_insert(terms.pay_to);
+                            judged
+                                .amount
+                                .get_or_insert(Amount::from_atomic(terms.value));
+                            let network = self.network().caip2();
+                            if let RecoveryOutcome::Confirmed | RecoveryOutcome::Failed { .. } =
+                                self.finish_used(&judged, authorization, network).await
+                                && let Some(finished) = self.ledger.get(&record.key).await?
+                            {
+                                return Ok(Followed::Finished(self.recorded_response(&finished)));
+                            }
+                        } else if self.ledger.take_over(&record, &self.holder).await? {
                             return Ok(Followed::TakenOver);
                         }
                     } else if started.elapsed() >= HELD_CLAIM_WAIT {
@@ -887,15 +919,23 @@ impl LocalFacilitator {
         };
         let paid = paid_response(authorization.payer, hash, recorded.network.clone());
         match self.ledger.correct_to_paid(key, &paid).await {
-            Ok(_) => tracing::warn!(%key, tx = %hash, "a settlement recorded as failed was paid on chain; corrected"),
-            Err(error) => tracing::error!(%error, %key, "could not correct a settlement paid on chain"),
+            Ok(_) => {
+                tracing::warn!(%key, tx = %hash, "a settlement recorded as failed was paid on chain; corrected")
+            }
+            Err(error) => {
+                tracing::error!(%error, %key, "could not correct a settlement paid on chain")
+            }
         }
         paid
     }
 
     /// The transaction that used `authorization` to pay `terms`, when the token says it is used;
     /// `None` when unused, used otherwise, or the chain could not be read.
-    async fn used_to_pay(&self, authorization: AuthorizationKey, terms: Option<Terms>) -> Option<B256> {
+    async fn used_to_pay(
+        &self,
+        authorization: AuthorizationKey,
+        terms: Option<Terms>,
+    ) -> Option<B256> {
         let token = Token::new(self.chain.clone(), authorization.token);
         match token
             .authorization_state(authorization.payer, authorization.nonce)
@@ -1000,7 +1040,11 @@ impl LocalFacilitator {
                     };
                     let (recorded, ledger_error) = (&recorded, &ledger_error);
                     async move {
-                        match self.ledger.mark_submitted(key, &self.holder, &submission).await {
+                        match self
+                            .ledger
+                            .mark_submitted(key, &self.holder, &submission)
+                            .await
+                        {
                             Ok(()) => {
                                 *recorded.lock().expect("lock") = Some(hash);
                                 Ok(())
@@ -1027,7 +1071,11 @@ impl LocalFacilitator {
             }
             // The answer to the broadcast was lost: it may be in a mempool. The row stays
             // `submitted`; wait for the receipt as if it had been sent.
-            (Err(error @ (ChainError::Transport(_) | ChainError::Timeout(_))), Some(hash), None) => {
+            (
+                Err(error @ (ChainError::Transport(_) | ChainError::Timeout(_))),
+                Some(hash),
+                None,
+            ) => {
                 tracing::warn!(%error, tx = %hash, "settlement broadcast answer lost; waiting for its receipt");
                 hash
             }
@@ -1040,7 +1088,11 @@ impl LocalFacilitator {
                         .release_unsent(std::slice::from_ref(key), &hash.to_string())
                         .await
                         .map(|_| ()),
-                    None => self.ledger.release(key, Some(&self.holder)).await.map(|_| ()),
+                    None => self
+                        .ledger
+                        .release(key, Some(&self.holder))
+                        .await
+                        .map(|_| ()),
                 };
                 if let Err(release_error) = released {
                     tracing::error!(%release_error, %key, "could not release a refused settlement");
@@ -1318,7 +1370,10 @@ impl LocalFacilitator {
                             .filter(|r| !matches!(r.outcome, RecoveryOutcome::Pending { .. }))
                             .count();
                         if finished > 0 {
-                            tracing::info!(finished, "background recovery finished or released settlements");
+                            tracing::info!(
+                                finished,
+                                "background recovery finished or released settlements"
+                            );
                         }
                     }
                     Err(error) => {
@@ -1331,7 +1386,10 @@ impl LocalFacilitator {
 
     /// Recovery over abandoned `received` claims and the `submitted` rows (all of them, or those
     /// untouched for `idle_for`).
-    async fn recover_rows(&self, idle_for: Option<Duration>) -> Result<Vec<Recovered>, LedgerError> {
+    async fn recover_rows(
+        &self,
+        idle_for: Option<Duration>,
+    ) -> Result<Vec<Recovered>, LedgerError> {
         let network = self.network().caip2();
         let idle_cutoff_ms = idle_for.map(|idle| now_ms().saturating_sub(duration_ms(idle)));
         let mut recovered = Vec::new();
@@ -1459,7 +1517,11 @@ impl LocalFacilitator {
     /// (`abandoned`) and its transaction provably never reached the chain: no receipt, and the
     /// sending account's nonce either never reached the recorded one (not even pending) or moved
     /// past it with another transaction. Otherwise it may still be in a mempool: left pending.
-    async fn recover_submitted(&self, record: &SettlementRecord, abandoned: bool) -> RecoveryOutcome {
+    async fn recover_submitted(
+        &self,
+        record: &SettlementRecord,
+        abandoned: bool,
+    ) -> RecoveryOutcome {
         let pending = |why: String| RecoveryOutcome::Pending { why };
         let Some((hash, pending_response)) = submitted_transaction(record) else {
             return pending("the row has no readable transaction hash or response".into());
