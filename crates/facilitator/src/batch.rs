@@ -149,6 +149,7 @@ struct Shared {
 }
 
 impl Batcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         chain: Arc<dyn EvmChain>,
         ledger: Arc<dyn SettlementLedger>,
@@ -519,9 +520,14 @@ pub(crate) async fn item_response(
         .await;
     if let Ok(true) = used
         && item.terms.is_some()
-        && let Ok(Some(paid_by)) =
-            paid::transaction_that_paid(chain.as_ref(), item.token, item.payer, item.nonce, item.terms)
-                .await
+        && let Ok(Some(paid_by)) = paid::transaction_that_paid(
+            chain.as_ref(),
+            item.token,
+            item.payer,
+            item.nonce,
+            item.terms,
+        )
+        .await
     {
         let mut response = pending.clone();
         response.transaction = paid_by.to_string();

@@ -104,6 +104,9 @@ mod tests {
             AUTHORIZATION_USED_TOPIC,
             keccak256("AuthorizationUsed(address,bytes32)")
         );
-        assert_eq!(TRANSFER_TOPIC, keccak256("Transfer(address,address,uint256)"));
+        assert_eq!(
+            TRANSFER_TOPIC,
+            keccak256("Transfer(address,address,uint256)")
+        );
     }
 }

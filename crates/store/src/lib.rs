@@ -295,11 +295,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// Takes over a `received` claim exactly as `seen` shows it (same holder, same update time):
     /// its holder died or stalled before recording a broadcast, so nothing was broadcast for it.
     /// Returns whether `holder` now holds it; `false` when the row changed in between.
-    async fn take_over(
-        &self,
-        seen: &SettlementRecord,
-        holder: &str,
-    ) -> Result<bool, LedgerError>;
+    async fn take_over(&self, seen: &SettlementRecord, holder: &str) -> Result<bool, LedgerError>;
 
     /// The row holding `payment_id`, if any.
     async fn get_by_payment_id(

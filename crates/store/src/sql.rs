@@ -463,13 +463,16 @@ macro_rules! ledger_impl {
                 let mut transaction = pool.begin().await?;
                 let now = now_ms();
                 for (key, submission) in items {
-                    let updated = bind_submission(sqlx::query(MARK_SUBMITTED), key, holder, submission, now)
-                        .execute(&mut *transaction)
-                        .await?
-                        .rows_affected();
+                    let updated =
+                        bind_submission(sqlx::query(MARK_SUBMITTED), key, holder, submission, now)
+                            .execute(&mut *transaction)
+                            .await?
+                            .rows_affected();
                     if updated != 1 {
                         transaction.rollback().await?;
-                        return self.check_transition(key, 0, SettlementState::Submitted).await;
+                        return self
+                            .check_transition(key, 0, SettlementState::Submitted)
+                            .await;
                     }
                 }
                 transaction.commit().await?;
@@ -545,11 +548,16 @@ macro_rules! ledger_impl {
                 submission: &Submission,
             ) -> Result<(), LedgerError> {
                 let pool = self.ready().await?;
-                let updated =
-                    bind_submission(sqlx::query(MARK_SUBMITTED), key, holder, submission, now_ms())
-                        .execute(pool)
-                        .await?
-                        .rows_affected();
+                let updated = bind_submission(
+                    sqlx::query(MARK_SUBMITTED),
+                    key,
+                    holder,
+                    submission,
+                    now_ms(),
+                )
+                .execute(pool)
+                .await?
+                .rows_affected();
                 self.check_transition(key, updated, SettlementState::Submitted)
                     .await
             }
