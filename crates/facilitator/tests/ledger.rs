@@ -1048,6 +1048,66 @@ async fn a_live_claim_answers_in_progress_until_its_hold_lapses() {
     assert_paid_once(&h).await;
 }
 
+/// What an earlier settlement attempt left in the ledger for a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// Recorded failed (`failure` as its response) by a process that is gone.
+    Failed,
+    /// Claimed by a crashed earlier life of [`INSTANCE`], nothing recorded.
+    Received,
+    /// Recorded `submitted` by a crashed earlier life of [`INSTANCE`], never broadcast.
+    Submitted,
+}
+
+async fn leave_row(
+    h: &Harness,
+    ledger: &dyn SettlementLedger,
+    request: &FacilitatorRequest,
+    left: Left,
+    failure: &SettleResponse,
+) {
+    let k = ledger_key(h, request);
+    let valid_before_s = u64::try_from(exact(request).authorization.valid_before).unwrap();
+    let never_sent = B256::random();
+    match left {
+        Left::Failed => {
+            record_unsent(
+                ledger,
+                &k,
+                &claimant(request, DEAD),
+                never_sent,
+                valid_before_s,
+                &paid_by(h, never_sent),
+            )
+            .await;
+            ledger
+                .finish(&k, failure, SettlementState::Failed)
+                .await
+                .unwrap();
+        }
+        Left::Received => {
+            assert_eq!(
+                ledger
+                    .claim(&k, &claimant(request, EARLIER_LIFE))
+                    .await
+                    .unwrap(),
+                Claim::Claimed
+            );
+        }
+        Left::Submitted => {
+            record_unsent(
+                ledger,
+                &k,
+                &claimant(request, EARLIER_LIFE),
+                never_sent,
+                valid_before_s,
+                &paid_by(h, never_sent),
+            )
+            .await;
+        }
+    }
+}
+
 /// An authorization used on chain by another transaction (a front-runner submitting it directly
 /// to the token) that moved exactly what the payment names is paid: a duplicate /settle answers
 /// success with that transaction and the row becomes confirmed with it, whether the row was
@@ -1070,97 +1130,58 @@ async fn a_paid_authorization_answers_success_with_the_transaction_that_paid() {
         payer.clone(),
         network.clone(),
     );
-    let ghost = |n: u8| B256::repeat_byte(n);
 
     // Three rows: one recorded failed, two left by a crashed earlier life of this instance
-    // (claimed only; recorded but never broadcast). Each authorization is then front-run.
-    let rows = |request: &FacilitatorRequest, n: u8, how: &'static str| {
-        let ledger = ledger.clone();
-        let request = request.clone();
-        let h = &h;
-        let reverted = reverted.clone();
-        async move {
-            let k = ledger_key(h, &request);
-            let valid_before_s = u64::try_from(exact(&request).authorization.valid_before).unwrap();
-            match how {
-                "failed" => {
-                    record_unsent(
-                        &*ledger,
-                        &k,
-                        &claimant(&request, DEAD),
-                        ghost(n),
-                        valid_before_s,
-                        &paid_by(h, ghost(n)),
-                    )
-                    .await;
-                    ledger
-                        .finish(&k, &reverted, SettlementState::Failed)
-                        .await
-                        .unwrap();
-                }
-                "received" => {
-                    ledger
-                        .claim(&k, &claimant(&request, EARLIER_LIFE))
-                        .await
-                        .unwrap();
-                }
-                _ => {
-                    record_unsent(
-                        &*ledger,
-                        &k,
-                        &claimant(&request, EARLIER_LIFE),
-                        ghost(n),
-                        valid_before_s,
-                        &paid_by(h, ghost(n)),
-                    )
-                    .await;
-                }
-            }
-        }
-    };
+    // (claimed only; recorded but never broadcast). Each authorization is then used on chain.
     let serving = facilitator_with(&chain, &key, ledger.clone(), named());
-    for (n, how) in [(0x61, "failed"), (0x62, "received"), (0x63, "submitted")] {
+    for how in [Left::Failed, Left::Received, Left::Submitted] {
         let request = signed_request(&h).await;
-        rows(&request, n, how).await;
+        leave_row(&h, &*ledger, &request, how, &reverted).await;
         let paid = front_run(&h, front, &exact(&request)).await;
         let answer = serving.settle(&request).await;
         assert_eq!(
             answer,
             paid_by(&h, paid),
-            "{how}: success with the transaction that paid"
+            "{how:?}: success with the transaction that paid"
         );
         let row = ledger
             .get(&ledger_key(&h, &request))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(row.state, SettlementState::Confirmed, "{how}");
-        assert_eq!(row.tx_hash, Some(paid.to_string()), "{how}");
-        assert_eq!(row.response, Some(paid_by(&h, paid)), "{how}");
-        assert_eq!(serving.settle(&request).await, answer, "{how}: duplicates");
+        assert_eq!(row.state, SettlementState::Confirmed, "{how:?}");
+        assert_eq!(row.tx_hash, Some(paid.to_string()), "{how:?}");
+        assert_eq!(row.response, Some(paid_by(&h, paid)), "{how:?}");
+        assert_eq!(
+            serving.settle(&request).await,
+            answer,
+            "{how:?}: duplicates"
+        );
     }
     assert_eq!(h.balance(h.pay_to).await, U256::from(3 * PRICE));
 
-    for (n, how) in [(0x71, "failed"), (0x72, "received"), (0x73, "submitted")] {
+    // The payer's other authorization with the same nonce (another value) is used instead: this
+    // payment was never made, whatever the row says.
+    for how in [Left::Failed, Left::Received, Left::Submitted] {
         let request = signed_request(&h).await;
-        rows(&request, n, how).await;
+        leave_row(&h, &*ledger, &request, how, &reverted).await;
         let other = same_nonce_other_value(&h, &request).await;
         front_run(&h, front, &other).await;
         let answer = serving.settle(&request).await;
-        assert!(!answer.success, "{how}: {answer:?}");
-        assert_eq!(answer.transaction, "", "{how}");
+        assert!(!answer.success, "{how:?}: {answer:?}");
+        assert_eq!(answer.transaction, "", "{how:?}");
         let row = ledger.get(&ledger_key(&h, &request)).await.unwrap();
-        if how == "failed" {
+        if how == Left::Failed {
             assert_eq!(answer, reverted, "the recorded failure");
             assert_eq!(row.unwrap().state, SettlementState::Failed);
         } else {
             assert_eq!(
                 answer.error_reason,
                 Some(Reason::NONCE_ALREADY_USED),
-                "{how}: {answer:?}"
+                "{how:?}: {answer:?}"
             );
             let row = row.expect("recorded, not released: the nonce can never be used again");
-            assert_eq!(row.state, SettlementState::Failed, "{how}");
+            assert_eq!(row.state, SettlementState::Failed, "{how:?}");
             assert_eq!(
                 row.error_reason.as_deref(),
                 Some(Reason::NONCE_ALREADY_USED.as_str())
