@@ -289,7 +289,8 @@ async fn sigkill_trials(mode: Mode, db: Db) {
             .max(testkit::now_seconds());
         let first_fresh = payments.len();
         payments.extend(
-            (0..PAYMENTS_PER_TRIAL).map(|_| Arc::new(payment(chain_id, token, &fixture.payer, now))),
+            (0..PAYMENTS_PER_TRIAL)
+                .map(|_| Arc::new(payment(chain_id, token, &fixture.payer, now))),
         );
         answered.resize(payments.len(), None);
         // Fresh payments, plus duplicates of earlier trials' payments.

@@ -142,8 +142,8 @@ pub use server::{
     RouterOptions, metrics_router, protected_router, protected_router_with, router, router_with,
 };
 pub use service::{
-    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, PAYMENT_ID_CONFLICT,
-    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, CLAIM_HOLD_DEFAULT, HELD_CLAIM_WAIT,
+    CLAIM_HOLD_DEFAULT, FacilitatorConfig, HELD_CLAIM_WAIT, LEDGER_POLL_INTERVAL, LocalFacilitator,
+    PAYMENT_ID_CONFLICT, PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION,
     RECOVERY_INTERVAL_DEFAULT, Recovered, RecoveryOutcome, SETTLE_GAS_LIMIT,
     SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
     payment_fingerprint, payment_identifier,

@@ -43,7 +43,7 @@ pub const LEDGER_POLL_INTERVAL: Duration = Duration::from_millis(100);
 pub const CLAIM_HOLD_DEFAULT: Duration = Duration::from_secs(15);
 /// How long a duplicate `/settle` waits on a claim another live process holds and has broadcast
 /// nothing for, before answering `settlement_in_progress` with when the claim lapses.
-pub const HELD_CLAIM_WAIT: Duration = Duration::from_secs(2);
+pub const HELD_CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// How often a running facilitator recovers again ([`LocalFacilitator::spawn_recovery`]).
 pub const RECOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
