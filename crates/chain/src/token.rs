@@ -113,13 +113,44 @@ impl Token {
         signature: &[u8],
         gas_limit: Option<u64>,
     ) -> Result<B256, ChainError> {
+        self.submit_transfer_with_authorization_recorded(
+            sender,
+            authorization,
+            signature,
+            gas_limit,
+            |_, _| async { Ok(()) },
+        )
+        .await
+    }
+
+    /// [`Token::submit_transfer_with_authorization`], calling `before_broadcast` with the signed
+    /// transaction's hash and account nonce before it is handed to the node (see
+    /// [`Account::send_recorded`]): the caller records it durably there.
+    pub async fn submit_transfer_with_authorization_recorded<F, Fut>(
+        &self,
+        sender: &Account,
+        authorization: &Authorization,
+        signature: &[u8],
+        gas_limit: Option<u64>,
+        before_broadcast: F,
+    ) -> Result<B256, ChainError>
+    where
+        F: FnMut(B256, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ChainError>>,
+    {
         sender
-            .send(TxRequest {
-                to: Some(self.address),
-                data: bursar_contracts::transfer_with_authorization_call(authorization, signature),
-                value: U256::ZERO,
-                gas_limit,
-            })
+            .send_recorded(
+                TxRequest {
+                    to: Some(self.address),
+                    data: bursar_contracts::transfer_with_authorization_call(
+                        authorization,
+                        signature,
+                    ),
+                    value: U256::ZERO,
+                    gas_limit,
+                },
+                before_broadcast,
+            )
             .await
     }
 

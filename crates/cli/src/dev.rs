@@ -126,6 +126,61 @@ pub struct FacilitatorArgs {
     /// confirmed; 1 answers once it is mined (at most 64).
     #[arg(long, default_value_t = 1)]
     pub confirmations: u64,
+    /// This facilitator's name in the settlement ledger, the same across restarts and unique
+    /// among the processes sharing the ledger. Default: one kept in <data-dir>/facilitator.instance
+    /// (give each process its own --data-dir or --instance). After a restart, what the previous
+    /// run left unfinished is recovered at once.
+    #[arg(long, env = "BURSAR_INSTANCE")]
+    pub instance: Option<String>,
+    /// Seconds a settlement claim nothing was broadcast for stays its holder's before a retry
+    /// (or recovery) may take it over: covers verifying, simulating and recording a broadcast.
+    #[arg(long, default_value_t = bursar_facilitator::CLAIM_HOLD_DEFAULT.as_secs())]
+    pub claim_hold_secs: u64,
+}
+
+/// The instance name file in the data dir.
+pub const INSTANCE_FILE_NAME: &str = "facilitator.instance";
+/// The longest instance name accepted.
+pub const INSTANCE_NAME_CHARS_MAX: usize = 64;
+
+/// The facilitator's instance name: `given`, or the one kept in `data_dir` (created on first
+/// use).
+pub fn instance_name(given: Option<&str>, data_dir: &Path) -> Result<String> {
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name.len() <= INSTANCE_NAME_CHARS_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    };
+    if let Some(name) = given {
+        anyhow::ensure!(
+            valid(name),
+            "--instance must be 1 to {INSTANCE_NAME_CHARS_MAX} characters from A-Z a-z 0-9 . _ -"
+        );
+        return Ok(name.to_string());
+    }
+    let path = data_dir.join(INSTANCE_FILE_NAME);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let name = text.trim();
+            anyhow::ensure!(
+                valid(name),
+                "{} does not hold a valid instance name; delete it to make a new one",
+                path.display()
+            );
+            Ok(name.to_string())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create {}", data_dir.display()))?;
+            let name = format!("f{:016x}", rand::random::<u64>());
+            std::fs::write(&path, format!("{name}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(name)
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
+    }
 }
 
 /// The prefix of the facilitator's rate-limit keys in Redis.
@@ -180,10 +235,7 @@ async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
             settlement.tx_hash
         );
     }
-    facilitator.spawn_recovery(
-        bursar_facilitator::RECOVERY_INTERVAL_DEFAULT,
-        bursar_facilitator::RECEIVED_ABANDONED_AFTER,
-    );
+    facilitator.spawn_recovery(bursar_facilitator::RECOVERY_INTERVAL_DEFAULT);
     Ok(())
 }
 
@@ -259,6 +311,7 @@ pub async fn run(args: DevArgs) -> Result<()> {
         FacilitatorConfig {
             assets: Some(vec![network.token.address()]),
             batch,
+            instance: Some(instance_name(None, &args.data_dir)?),
             ..Default::default()
         },
         ledger,
@@ -546,6 +599,8 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
             confirmations: args.confirmations,
             // Against a node, one eth_call answers many payments' balance and nonce reads.
             group_reads: args.rpc_url.is_some(),
+            instance: Some(instance_name(args.instance.as_deref(), &args.data_dir)?),
+            claim_hold: Some(std::time::Duration::from_secs(args.claim_hold_secs)),
         },
         ledger,
     );

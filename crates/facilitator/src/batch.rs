@@ -31,6 +31,7 @@ use bursar_store::{LedgerKey, SettlementLedger, SettlementState, Submission};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::metrics::FacilitatorMetrics;
+use crate::paid::{self, Terms};
 
 /// Deployment code of the BursarBatchSettler, for dev chains (see `bursar-contracts`).
 pub use bursar_contracts::batch_settler_creation_code;
@@ -139,6 +140,8 @@ pub(crate) struct Batcher {
 struct Shared {
     chain: Arc<dyn EvmChain>,
     ledger: Arc<dyn SettlementLedger>,
+    /// The facilitator process holding the queued items' claims.
+    holder: String,
     settler: Address,
     confirmations: u64,
     receipt_timeout: Duration,
@@ -146,11 +149,13 @@ struct Shared {
 }
 
 impl Batcher {
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         chain: Arc<dyn EvmChain>,
         ledger: Arc<dyn SettlementLedger>,
         config: BatchConfig,
         senders: Vec<Arc<Account>>,
+        holder: String,
         confirmations: u64,
         receipt_timeout: Duration,
         metrics: FacilitatorMetrics,
@@ -162,6 +167,7 @@ impl Batcher {
         let shared = Arc::new(Shared {
             chain,
             ledger,
+            holder,
             settler: config.settler,
             confirmations,
             receipt_timeout,
@@ -279,7 +285,7 @@ async fn submit(
         gas_limit: Some(gas_limit),
     };
     let result = sender
-        .send_recorded(request, |hash, _nonce| {
+        .send_recorded(request, |hash, nonce| {
             let submissions: Vec<(LedgerKey, Submission)> = batch
                 .iter()
                 .map(|q| {
@@ -289,6 +295,8 @@ async fn submit(
                         q.key.clone(),
                         Submission {
                             tx_hash: hash.to_string(),
+                            sender: sender.address(),
+                            sender_nonce: nonce,
                             valid_before_s: q.valid_before_s,
                             pending_response: pending,
                         },
@@ -296,10 +304,11 @@ async fn submit(
                 })
                 .collect();
             let ledger = shared.ledger.clone();
+            let holder = shared.holder.as_str();
             let recorded = &recorded;
             let ledger_error = &ledger_error;
             async move {
-                match ledger.mark_batch_submitted(&submissions).await {
+                match ledger.mark_batch_submitted(holder, &submissions).await {
                     Ok(()) => {
                         *recorded.lock().expect("lock") = Some(hash);
                         Ok(())
@@ -338,13 +347,16 @@ async fn submit(
                     .release_unsent(&keys, &hash.to_string())
                     .await
                     .map(|_| ()),
-                None => release_all(shared.ledger.as_ref(), &keys).await,
+                None => release_all(shared.ledger.as_ref(), &shared.holder, &keys).await,
             };
             if let Err(release_error) = released {
                 tracing::error!(%release_error, "could not release a refused batch");
             }
             let message = match ledger_error {
-                Some(ledger) => format!("the settlement ledger is unavailable: {ledger}"),
+                Some(ledger) => format!(
+                    "the batch was not recorded before its broadcast, so nothing was sent \
+                     (retry): {ledger}"
+                ),
                 None => format!("the batch transaction was refused: {error}"),
             };
             tracing::warn!(%message, items = batch.len(), "batch not broadcast");
@@ -356,10 +368,11 @@ async fn submit(
 
 async fn release_all(
     ledger: &dyn SettlementLedger,
+    holder: &str,
     keys: &[LedgerKey],
 ) -> Result<(), bursar_store::LedgerError> {
     for key in keys {
-        ledger.release(key).await?;
+        ledger.release(key, Some(holder)).await?;
     }
     Ok(())
 }
@@ -440,14 +453,18 @@ async fn confirm(shared: &Shared, hash: B256, batch: Vec<Queued>) {
     };
     let mut finished = Vec::with_capacity(batch.len());
     for (queued, outcome) in batch.iter().zip(outcomes) {
-        let (response, state) = item_response(
-            shared.chain.clone(),
-            &queued.pending,
-            &queued.item,
-            hash,
-            outcome,
-        )
-        .await;
+        let authorization = &queued.item.authorization;
+        let item = ItemRef {
+            token: queued.item.token,
+            payer: authorization.from,
+            nonce: authorization.nonce,
+            terms: Some(Terms {
+                pay_to: authorization.to,
+                value: authorization.value.atomic(),
+            }),
+        };
+        let (response, state) =
+            item_response(shared.chain.clone(), &queued.pending, &item, hash, outcome).await;
         finished.push((queued.key.clone(), response, state));
     }
     let settled = finished
@@ -464,11 +481,21 @@ async fn confirm(shared: &Shared, hash: B256, batch: Vec<Queued>) {
     }
 }
 
-/// The final response and state of one item of a mined batch.
+/// One batch item's authorization and what it pays (when known).
+pub(crate) struct ItemRef {
+    pub token: Address,
+    pub payer: Address,
+    pub nonce: B256,
+    pub terms: Option<Terms>,
+}
+
+/// The final response and state of one item of a mined batch. An item that failed because
+/// another transaction used its authorization first is answered with that transaction when it
+/// paid exactly what the item names: a paid authorization is never answered with an error.
 pub(crate) async fn item_response(
     chain: Arc<dyn EvmChain>,
     pending: &SettleResponse,
-    item: &BatchItem,
+    item: &ItemRef,
     hash: B256,
     outcome: ItemOutcome,
 ) -> (SettleResponse, SettlementState) {
@@ -483,12 +510,31 @@ pub(crate) async fn item_response(
             SettlementState::Failed,
         )
     };
+    if let ItemOutcome::Settled = outcome {
+        let mut response = pending.clone();
+        response.transaction = hash.to_string();
+        return (response, SettlementState::Confirmed);
+    }
+    let used = Token::new(chain.clone(), item.token)
+        .authorization_state(item.payer, item.nonce)
+        .await;
+    if let Ok(true) = used
+        && item.terms.is_some()
+        && let Ok(Some(paid_by)) = paid::transaction_that_paid(
+            chain.as_ref(),
+            item.token,
+            item.payer,
+            item.nonce,
+            item.terms,
+        )
+        .await
+    {
+        let mut response = pending.clone();
+        response.transaction = paid_by.to_string();
+        return (response, SettlementState::Confirmed);
+    }
     match outcome {
-        ItemOutcome::Settled => {
-            let mut response = pending.clone();
-            response.transaction = hash.to_string();
-            (response, SettlementState::Confirmed)
-        }
+        ItemOutcome::Settled => unreachable!("answered above"),
         ItemOutcome::Failed(data) => failed(
             revert_reason(&data).unwrap_or(Reason::TRANSACTION_FAILED),
             format!(
@@ -496,26 +542,20 @@ pub(crate) async fn item_response(
                 describe_revert(&data)
             ),
         ),
-        ItemOutcome::Unknown => {
-            // The transaction reverted as a whole: nothing in it moved. Say whether the
-            // authorization was used elsewhere.
-            let token = Token::new(chain, item.token);
-            match token
-                .authorization_state(item.authorization.from, item.authorization.nonce)
-                .await
-            {
-                Ok(true) => failed(
-                    Reason::NONCE_ALREADY_USED,
-                    format!(
-                        "transaction {hash} did not settle this authorization; another transaction used it"
-                    ),
+        // The transaction reverted as a whole: nothing in it moved. Say whether the
+        // authorization was used elsewhere.
+        ItemOutcome::Unknown => match used {
+            Ok(true) => failed(
+                Reason::NONCE_ALREADY_USED,
+                format!(
+                    "transaction {hash} did not settle this authorization; another transaction used it"
                 ),
-                _ => failed(
-                    Reason::TRANSACTION_FAILED,
-                    format!("transaction {hash} reverted; nothing was transferred"),
-                ),
-            }
-        }
+            ),
+            _ => failed(
+                Reason::TRANSACTION_FAILED,
+                format!("transaction {hash} reverted; nothing was transferred"),
+            ),
+        },
     }
 }
 

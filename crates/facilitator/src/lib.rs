@@ -54,17 +54,32 @@
 //! any). Identical concurrent calls inside one process still share one in-memory settlement; the
 //! ledger adds durability and exactly-once across processes:
 //!
-//! 1. Before anything else, the authorization (network, token, payer, nonce) is claimed. The
-//!    database's UNIQUE constraint decides who owns it, so two facilitators sharing one database
-//!    never both settle it.
-//! 2. A claim already held for the same payment returns the recorded response, or, while the
-//!    holder is still at work, waits (polling the ledger and the transaction's receipt, at most
-//!    [`SETTLED_ELSEWHERE_WAIT_TIMEOUT`]). Held for a different payment: refused with the reason
-//!    verification gives (typically the nonce is used) or `settlement_in_progress`.
-//! 3. A refusal before broadcast deletes the claim, so the payer may fix the problem and retry.
-//! 4. The transaction hash is recorded (`submitted`) before waiting for the receipt; then the
-//!    outcome (`confirmed` / `failed`) with the response every later duplicate receives, also
-//!    after a restart.
+//! 1. Before anything else, the authorization (network, token, payer, nonce) is claimed, with the
+//!    payee and amount it pays and the claiming process as its holder. The database's UNIQUE
+//!    constraint decides who owns it, so two facilitators sharing one database never both settle
+//!    it.
+//! 2. The owner verifies and simulates, signs the transaction, and records it (`submitted`: hash,
+//!    sending account, account nonce) **before** broadcasting it; only the holder may record.
+//!    A crash at any moment therefore leaves either a `received` claim, for which nothing was
+//!    broadcast, or a `submitted` row naming the one transaction that may be on chain.
+//! 3. Then it waits for the receipt and records the outcome (`confirmed` / `failed`) with the
+//!    response every later duplicate receives, also after a restart.
+//! 4. A claim already held for the same payment returns the recorded response, or, while the
+//!    holder is at work, waits: for a broadcast transaction, until it is mined (at most
+//!    [`SETTLED_ELSEWHERE_WAIT_TIMEOUT`]); for a claim nothing was broadcast for, at most
+//!    [`HELD_CLAIM_WAIT`], then answers `settlement_in_progress` saying when the claim lapses.
+//!    A claim lapses after [`FacilitatorConfig::claim_hold`] ([`CLAIM_HOLD_DEFAULT`], 15 s):
+//!    the next retry takes it over and settles. Held for a different payment: refused with the
+//!    reason verification gives (typically the nonce is used) or `settlement_in_progress`.
+//! 5. A refusal before broadcast deletes the claim, so the payer may fix the problem and retry.
+//!
+//! **A paid authorization is never answered with an error.** When the facilitator's own
+//! transaction did not use the authorization (it reverted because another transaction was first;
+//! a crash lost track of it; an older row recorded a failure) but the token reports it used, the
+//! transaction that used it is found from the token's `AuthorizationUsed` event ([`paid`]), and,
+//! if it moved exactly the payee and amount the payment names, the answer is success with that
+//! transaction and the row is recorded (or corrected) as confirmed. A different authorization
+//! with the same nonce used instead is a failure (`invalid_exact_evm_nonce_already_used`).
 //!
 //! ## Batched settlement
 //!
@@ -89,29 +104,27 @@
 //!
 //! ## Crash recovery
 //!
-//! [`LocalFacilitator::recover`] (the `bursar` command runs it at startup) looks at every
-//! `submitted` settlement on this facilitator's chain. It never broadcasts anything:
+//! [`LocalFacilitator::recover`] (the `bursar` command runs it at startup, before serving) and
+//! [`LocalFacilitator::spawn_recovery`] (every [`RECOVERY_INTERVAL_DEFAULT`] while running, over
+//! rows untouched that long) never broadcast anything. A row's holder is *gone* when the row is
+//! older than the claim hold, or when it was left by an earlier life of the same instance
+//! ([`FacilitatorConfig::instance`]; the `bursar` command keeps one per data dir): after a
+//! restart, everything the previous life left is judged at once.
 //!
-//! - the transaction is mined → recorded as confirmed (or failed, if it reverted) with the same
-//!   response a live settle would have given; for a batch, each item from its own
-//!   `ItemSettled` / `ItemFailed` event (a used authorization whose item failed was spent by
-//!   another transaction: failed, `invalid_exact_evm_nonce_already_used`);
-//! - not mined, and the token reports the authorization used → failed: it was spent by another
-//!   transaction (`invalid_exact_evm_nonce_already_used`);
-//! - not mined, unused, and `validBefore` has passed on the chain → failed: it can never settle
-//!   and nothing moved (`invalid_exact_evm_payload_authorization_valid_before`);
-//! - not mined, unused and still valid (the transaction may still be in a mempool) → left
-//!   `submitted` and logged; duplicates keep waiting on it and a later recovery looks again.
-//!
-//! A `received` claim older than [`RECEIVED_ABANDONED_AFTER`] belonged to a facilitator that
-//! stopped between claiming and recording a broadcast. If the token reports the authorization
-//! used, it is recorded as failed (the transaction's hash is unknown); if unused, the claim is
-//! released so the payer may retry; the token's nonce still allows one transfer at most.
-//!
-//! A running facilitator recovers again in the background ([`LocalFacilitator::spawn_recovery`],
-//! every [`RECOVERY_INTERVAL_DEFAULT`] in the `bursar` command), over rows untouched for
-//! [`RECEIVED_ABANDONED_AFTER`]: what a crash left `submitted` finishes once its transaction is
-//! mined or its authorization expires, and abandoned claims are released, without a restart.
+//! - `received`, holder gone: nothing was broadcast. Unused on chain → released, so the payer's
+//!   retry settles it; used → paid by someone else's transaction: confirmed with it (see above).
+//! - `submitted`, mined → recorded as confirmed (or failed, if it reverted and nothing paid the
+//!   authorization) with the same response a live settle would have given; for a batch, each
+//!   item from its own `ItemSettled` / `ItemFailed` event.
+//! - `submitted`, not mined, authorization used → confirmed with the transaction that used it.
+//! - `submitted`, not mined, unused, and `validBefore` has passed → failed: it can never settle
+//!   and nothing moved (`invalid_exact_evm_payload_authorization_valid_before`).
+//! - `submitted`, not mined, unused, valid, holder gone, and the recorded transaction provably
+//!   never reached the chain — the sending account's pending nonce never reached the recorded
+//!   one (the process died between recording and broadcasting), or its mined nonce passed it
+//!   with another transaction — → released, so the payer's retry settles it.
+//! - otherwise (the transaction may be in a mempool) → left `submitted`; duplicates wait on it
+//!   and a later pass looks again.
 //!
 //! ## Observability
 //!
@@ -142,6 +155,7 @@ pub mod batch;
 mod hooks;
 pub mod limit;
 pub mod metrics;
+pub mod paid;
 pub mod reads;
 mod server;
 mod service;
@@ -156,8 +170,8 @@ pub use server::{
     RouterOptions, metrics_router, protected_router, protected_router_with, router, router_with,
 };
 pub use service::{
-    FacilitatorConfig, LEDGER_POLL_INTERVAL, LocalFacilitator, PAYMENT_ID_CONFLICT,
-    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECEIVED_ABANDONED_AFTER,
+    CLAIM_HOLD_DEFAULT, FacilitatorConfig, HELD_CLAIM_WAIT, LEDGER_POLL_INTERVAL, LocalFacilitator,
+    PAYMENT_ID_CONFLICT, PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION,
     RECOVERY_INTERVAL_DEFAULT, Recovered, RecoveryOutcome, SETTLE_GAS_LIMIT,
     SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
     payment_fingerprint, payment_identifier,

@@ -11,11 +11,11 @@ use bursar_contracts::{describe_revert, revert_reason};
 use bursar_protocol::exact_evm::{self, CheckedPayment, ExactEvmPayload, Invalid, SCHEME_EXACT};
 use bursar_protocol::facilitator::network_name;
 use bursar_protocol::{
-    FacilitatorRequest, Network, Reason, SettleResponse, SupportedKind, SupportedResponse,
+    Amount, FacilitatorRequest, Network, Reason, SettleResponse, SupportedKind, SupportedResponse,
     VerifyResponse,
 };
 use bursar_store::{
-    Claim, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
+    Claim, Claimant, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
     SqliteLedger, Submission,
 };
 use tokio::sync::{oneshot, watch};
@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::batch::{self, BatchConfig, Batcher, Queued};
 use crate::hooks::{FacilitatorHooks, NoHooks, payer_of};
 use crate::metrics::FacilitatorMetrics;
+use crate::paid::{self, Terms};
 use crate::tokens::{self, ProbeFailure, TokenSupport, TokenSupportCache};
 
 /// Gas limit for one `transferWithAuthorization`; an EOA-signed one uses about 60-90k.
@@ -36,9 +37,15 @@ pub const SETTLED_REMEMBERED_MAX: usize = 100_000;
 pub const SETTLED_ELSEWHERE_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often that wait re-reads the ledger and the chain.
 pub const LEDGER_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How old a `received` claim must be for recovery to treat its holder as dead. Far longer than
-/// verifying, simulating and broadcasting take.
-pub const RECEIVED_ABANDONED_AFTER: Duration = Duration::from_secs(300);
+/// How long a claim is its holder's alone ([`FacilitatorConfig::claim_hold`]) unless configured
+/// otherwise: far longer than verifying, simulating and recording a broadcast take (milliseconds
+/// to a second or two against a remote node), far shorter than an authorization lives (typically
+/// a minute or more). A holder that takes longer loses nothing: its claim is taken over only
+/// when someone retries, and it then broadcasts nothing.
+pub const CLAIM_HOLD_DEFAULT: Duration = Duration::from_secs(15);
+/// How long a duplicate `/settle` waits on a claim another live process holds and has broadcast
+/// nothing for, before answering `settlement_in_progress` with when the claim lapses.
+pub const HELD_CLAIM_WAIT: Duration = Duration::from_secs(5);
 /// How often a running facilitator recovers again ([`LocalFacilitator::spawn_recovery`]).
 pub const RECOVERY_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
 
@@ -69,6 +76,14 @@ pub struct FacilitatorConfig {
     /// [`crate::reads`]) instead of two calls each. Worth it against a JSON-RPC node; the embedded
     /// chain answers single reads in microseconds.
     pub group_reads: bool,
+    /// This facilitator's name, the same across restarts and different from every other process
+    /// sharing its ledger (the `bursar` command keeps one in its data dir). Claims an earlier
+    /// life of the same instance left unfinished are recovered at once after a restart instead
+    /// of after [`FacilitatorConfig::claim_hold`]. `None`: each life is anonymous.
+    pub instance: Option<String>,
+    /// How long a claim nothing was recorded as broadcast for stays its holder's before another
+    /// process may take it over or release it; `None` is [`CLAIM_HOLD_DEFAULT`].
+    pub claim_hold: Option<Duration>,
 }
 
 /// One authorization, as the token identifies it.
@@ -127,6 +142,12 @@ pub struct Inner {
     senders: Vec<Arc<Account>>,
     /// Grouped chain reads, when configured.
     reads: Option<crate::reads::ReadGroup>,
+    /// This process's name in the ledger's `holder` column: `<instance>/<life>`.
+    holder: String,
+    /// `<instance>/` when the instance is named: the prefix of the claims earlier lives left.
+    instance_prefix: Option<String>,
+    /// See [`FacilitatorConfig::claim_hold`].
+    claim_hold: Duration,
 }
 
 impl std::fmt::Debug for LocalFacilitator {
@@ -195,6 +216,12 @@ impl LocalFacilitator {
             .map(Arc::new)
             .collect();
         config.confirmations = config.confirmations.min(batch::CONFIRMATIONS_MAX);
+        let life = format!("{:016x}", rand::random::<u64>());
+        let (holder, instance_prefix) = match &config.instance {
+            Some(instance) => (format!("{instance}/{life}"), Some(format!("{instance}/"))),
+            None => (life, None),
+        };
+        let claim_hold = config.claim_hold.unwrap_or(CLAIM_HOLD_DEFAULT);
         let metrics = FacilitatorMetrics::new();
         let batcher = config.batch.clone().map(|batch_config| {
             Batcher::start(
@@ -202,6 +229,7 @@ impl LocalFacilitator {
                 ledger.clone(),
                 batch_config,
                 senders.clone(),
+                holder.clone(),
                 config.confirmations,
                 SETTLE_RECEIPT_TIMEOUT,
                 metrics.clone(),
@@ -224,6 +252,9 @@ impl LocalFacilitator {
                 metrics,
                 batcher,
                 senders,
+                holder,
+                instance_prefix,
+                claim_hold,
             }),
         }
     }
@@ -549,7 +580,7 @@ impl LocalFacilitator {
     pub async fn settle(&self, request: &FacilitatorRequest) -> SettleResponse {
         let started = Instant::now();
         let hooks = self.hooks();
-        let response = match hooks.before_settle(request).await {
+        let mut response = match hooks.before_settle(request).await {
             Ok(()) => self.settle_unhooked(request).await,
             Err(refusal) => SettleResponse::failed(
                 refusal.reason,
@@ -558,6 +589,9 @@ impl LocalFacilitator {
                 request.network_name(),
             ),
         };
+        // A recorded outcome (or one recovery derived) may name the network in the other x402
+        // version's form; the caller gets its own.
+        response.network = request.network_name();
         hooks.after_settle(request, &response).await;
         self.metrics.settled(&response, started.elapsed());
         response
@@ -588,6 +622,10 @@ impl LocalFacilitator {
             nonce: exact.authorization.nonce,
         };
         let fingerprint = payment_fingerprint(request);
+        let terms = Terms {
+            pay_to: exact.authorization.to,
+            value: exact.authorization.value.atomic(),
+        };
         let payer = Some(exact.authorization.from.to_checksum(None));
         match payment_identifier(request) {
             Err(message) => {
@@ -667,7 +705,7 @@ impl LocalFacilitator {
         let request = request.clone();
         let task = tokio::spawn(tracing::Instrument::in_current_span(async move {
             let (outcome, remember) = this
-                .settle_durably(&request, key, fingerprint, request.network_name())
+                .settle_durably(&request, key, fingerprint, terms, request.network_name())
                 .await;
             this.finish(key, fingerprint, &outcome, remember);
             let _ = publisher.send(Some(outcome.clone()));
@@ -733,6 +771,7 @@ impl LocalFacilitator {
         request: &FacilitatorRequest,
         key: AuthorizationKey,
         fingerprint: B256,
+        terms: Terms,
         network: String,
     ) -> (SettleResponse, bool) {
         let ledger_key = self.ledger_key(key);
@@ -740,81 +779,284 @@ impl LocalFacilitator {
         let payer = Some(key.payer.to_checksum(None));
         let deadline = Instant::now() + SETTLED_ELSEWHERE_WAIT_TIMEOUT;
         let payment_id = payment_identifier(request).ok().flatten();
+        let claimant = Claimant {
+            fingerprint: fingerprint.clone(),
+            holder: self.holder.clone(),
+            payment_id: payment_id.clone(),
+            pay_to: terms.pay_to,
+            amount: Amount::from_atomic(terms.value),
+        };
         loop {
-            let claim = match &payment_id {
-                Some(id) => {
-                    self.ledger
-                        .claim_identified(&ledger_key, &fingerprint, id)
-                        .await
-                }
-                None => self.ledger.claim(&ledger_key, &fingerprint).await,
-            };
-            let claim = match claim {
+            let claim = match self.ledger.claim(&ledger_key, &claimant).await {
                 Ok(claim) => claim,
                 Err(error) => return (ledger_failure(error, payer, network), false),
             };
-            match claim {
-                Claim::Claimed => return self.settle_claimed(request, &ledger_key, network).await,
+            let record = match claim {
+                Claim::Claimed => match self
+                    .settle_claimed(request, &ledger_key, network.clone())
+                    .await
+                {
+                    Settled::Done(outcome, remember) => return (outcome, remember),
+                    // Another process took the claim over before the broadcast was recorded:
+                    // nothing was sent; follow the new holder.
+                    Settled::ClaimLost => continue,
+                },
                 Claim::PaymentIdConflict { .. } => {
                     let id = payment_id.as_deref().unwrap_or_default();
                     return (payment_id_conflict(id, payer, network), false);
                 }
-                Claim::Existing {
-                    state,
-                    fingerprint: held,
-                    ..
-                } if held != fingerprint => {
-                    let outcome = if state.is_final() {
-                        self.refuse_reused_nonce(request, network).await
-                    } else {
-                        in_progress(payer, network)
-                    };
-                    return (outcome, false);
-                }
-                Claim::Existing { .. } => {
-                    match self.follow(&ledger_key, deadline).await {
-                        Ok(Followed::Finished(outcome)) => return (outcome, true),
-                        // Released by its holder before broadcast: claim it again.
-                        Ok(Followed::Released) => continue,
-                        Ok(Followed::StillRunning) => return (in_progress(payer, network), false),
-                        Err(error) => return (ledger_failure(error, payer, network), false),
+                Claim::Existing(record) => record,
+            };
+            if record.fingerprint != fingerprint {
+                // Another payment holds this authorization.
+                let outcome = if record.state.is_final() {
+                    self.refuse_reused_nonce(request, network).await
+                } else if record.state == SettlementState::Received
+                    && self.abandoned(&record)
+                    && matches!(
+                        self.ledger
+                            .release(&record.key, record.holder.as_deref())
+                            .await,
+                        Ok(true)
+                    )
+                {
+                    // Its holder stopped before broadcasting anything: free it and claim again.
+                    continue;
+                } else {
+                    in_progress(payer, network)
+                };
+                return (outcome, false);
+            }
+            match self.follow(*record, deadline, key, terms).await {
+                Ok(Followed::Finished(outcome)) => return (outcome, true),
+                // Released before broadcast (by its holder or by recovery): claim it again.
+                Ok(Followed::Released) => continue,
+                // Its holder died before recording a broadcast; the claim is now ours.
+                Ok(Followed::TakenOver) => {
+                    match self
+                        .settle_claimed(request, &ledger_key, network.clone())
+                        .await
+                    {
+                        Settled::Done(outcome, remember) => return (outcome, remember),
+                        Settled::ClaimLost => continue,
                     }
                 }
+                Ok(Followed::Held { message }) => {
+                    return (
+                        SettleResponse::failed(
+                            Reason::SETTLEMENT_IN_PROGRESS,
+                            message,
+                            payer,
+                            network,
+                        ),
+                        false,
+                    );
+                }
+                Ok(Followed::StillRunning) => return (in_progress(payer, network), false),
+                Err(error) => return (ledger_failure(error, payer, network), false),
             }
         }
     }
 
-    /// Waits for a settlement of this same payment held elsewhere (another process, or this one
-    /// before a restart) to finish, finishing it itself once its transaction is mined.
-    async fn follow(&self, key: &LedgerKey, deadline: Instant) -> Result<Followed, LedgerError> {
-        loop {
-            let Some(record) = self.ledger.get(key).await? else {
-                return Ok(Followed::Released);
-            };
-            if record.state.is_final() {
-                return Ok(Followed::Finished(record.response.unwrap_or_else(|| {
-                    SettleResponse::failed(
-                        Reason::UNEXPECTED_SETTLE_ERROR,
-                        format!("the ledger holds no response for settlement {key}"),
-                        None,
-                        self.network().caip2(),
-                    )
-                })));
+    /// Whether the holder of an unfinished row is gone, so that its claim may be taken over or
+    /// released, and an unmined transaction it recorded may be judged from the chain: the row is
+    /// older than the claim hold, or was left by an earlier life of this instance. Rows this
+    /// process holds are its own settlements at work, unless older than any of them can take.
+    fn abandoned(&self, record: &SettlementRecord) -> bool {
+        let age_ms = now_ms().saturating_sub(record.updated_at_ms);
+        let hold_ms = duration_ms(self.claim_hold);
+        match record.holder.as_deref() {
+            Some(holder) if holder == self.holder => {
+                age_ms > hold_ms.saturating_add(duration_ms(SETTLE_RECEIPT_TIMEOUT))
             }
-            if record.state == SettlementState::Submitted
-                && let Some((hash, pending)) = submitted_transaction(&record)
-                && let Ok(Some(receipt)) = self.chain.receipt(hash).await
+            Some(holder)
+                if self
+                    .instance_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| holder.starts_with(prefix)) =>
             {
-                let (outcome, state) = self
-                    .mined_row_outcome(&record, &pending, hash, &receipt)
-                    .await;
-                self.record_finish(key, &outcome, state).await;
-                return Ok(Followed::Finished(outcome));
+                true
+            }
+            _ => age_ms > hold_ms,
+        }
+    }
+
+    /// Follows a settlement of this same payment held elsewhere (another process, an earlier
+    /// life of this one): finishes it from the chain once its transaction is mined, takes over
+    /// or releases what its dead holder left, and otherwise waits, at most until `deadline` for a
+    /// broadcast transaction and [`HELD_CLAIM_WAIT`] for a claim nothing was broadcast for.
+    async fn follow(
+        &self,
+        mut record: SettlementRecord,
+        deadline: Instant,
+        authorization: AuthorizationKey,
+        terms: Terms,
+    ) -> Result<Followed, LedgerError> {
+        let started = Instant::now();
+        let mut examined = false;
+        loop {
+            match record.state {
+                SettlementState::Confirmed => {
+                    return Ok(Followed::Finished(self.recorded_response(&record)));
+                }
+                SettlementState::Failed => {
+                    let recorded = self.recorded_response(&record);
+                    return Ok(Followed::Finished(
+                        self.paid_after_all(&record.key, authorization, terms, recorded)
+                            .await,
+                    ));
+                }
+                SettlementState::Received => {
+                    if self.abandoned(&record) {
+                        // Nothing was broadcast for it, so an authorization the chain shows used
+                        // was used by another transaction: answer from the chain, as recovery
+                        // does, rather than take the claim over only to be refused for a used
+                        // nonce.
+                        let token = Token::new(self.chain.clone(), authorization.token);
+                        if let Ok(true) = token
+                            .authorization_state(authorization.payer, authorization.nonce)
+                            .await
+                        {
+                            let mut judged = record.clone();
+                            judged.pay_to.get_or_insert(terms.pay_to);
+                            judged
+                                .amount
+                                .get_or_insert(Amount::from_atomic(terms.value));
+                            let network = self.network().caip2();
+                            if let RecoveryOutcome::Confirmed | RecoveryOutcome::Failed { .. } =
+                                self.finish_used(&judged, authorization, network).await
+                                && let Some(finished) = self.ledger.get(&record.key).await?
+                            {
+                                return Ok(Followed::Finished(self.recorded_response(&finished)));
+                            }
+                        } else if self.ledger.take_over(&record, &self.holder).await? {
+                            return Ok(Followed::TakenOver);
+                        }
+                    } else if started.elapsed() >= HELD_CLAIM_WAIT {
+                        let lapses_in_ms = duration_ms(self.claim_hold)
+                            .saturating_sub(now_ms().saturating_sub(record.updated_at_ms))
+                            .max(0);
+                        return Ok(Followed::Held {
+                            message: format!(
+                                "another facilitator process claimed this authorization and has not \
+                                 broadcast it yet; if that process stopped, its claim lapses in {} s: \
+                                 retry then",
+                                (lapses_in_ms + 999) / 1_000
+                            ),
+                        });
+                    }
+                }
+                SettlementState::Submitted => {
+                    if let Some((hash, pending)) = submitted_transaction(&record)
+                        && let Ok(Some(receipt)) = self.chain.receipt(hash).await
+                    {
+                        let (outcome, state) = self
+                            .mined_row_outcome(&record, &pending, hash, &receipt)
+                            .await;
+                        self.record_finish(&record.key, &outcome, state).await;
+                        return Ok(Followed::Finished(outcome));
+                    }
+                    if !examined && self.abandoned(&record) {
+                        examined = true;
+                        match self.recover_submitted(&record, true).await {
+                            RecoveryOutcome::Released => return Ok(Followed::Released),
+                            RecoveryOutcome::Pending { .. } => {}
+                            RecoveryOutcome::Confirmed | RecoveryOutcome::Failed { .. } => {
+                                if let Some(finished) = self.ledger.get(&record.key).await? {
+                                    return Ok(Followed::Finished(
+                                        self.recorded_response(&finished),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
             }
             if Instant::now() >= deadline {
                 return Ok(Followed::StillRunning);
             }
             tokio::time::sleep(LEDGER_POLL_INTERVAL).await;
+            match self.ledger.get(&record.key).await? {
+                Some(again) => record = again,
+                None => return Ok(Followed::Released),
+            }
+        }
+    }
+
+    /// The response a final row recorded.
+    fn recorded_response(&self, record: &SettlementRecord) -> SettleResponse {
+        record.response.clone().unwrap_or_else(|| {
+            SettleResponse::failed(
+                Reason::UNEXPECTED_SETTLE_ERROR,
+                format!("the ledger holds no response for settlement {}", record.key),
+                None,
+                self.network().caip2(),
+            )
+        })
+    }
+
+    /// A recorded failure, unless the chain shows the payment made after all (another
+    /// transaction used the authorization and moved exactly what it names): then the row is
+    /// corrected and the answer is success with that transaction. A paid authorization is never
+    /// answered with an error.
+    async fn paid_after_all(
+        &self,
+        key: &LedgerKey,
+        authorization: AuthorizationKey,
+        terms: Terms,
+        recorded: SettleResponse,
+    ) -> SettleResponse {
+        if recorded.success {
+            return recorded;
+        }
+        let Some(hash) = self.used_to_pay(authorization, Some(terms)).await else {
+            return recorded;
+        };
+        let paid = paid_response(authorization.payer, hash, recorded.network.clone());
+        match self.ledger.correct_to_paid(key, &paid).await {
+            Ok(_) => {
+                tracing::warn!(%key, tx = %hash, "a settlement recorded as failed was paid on chain; corrected")
+            }
+            Err(error) => {
+                tracing::error!(%error, %key, "could not correct a settlement paid on chain")
+            }
+        }
+        paid
+    }
+
+    /// The transaction that used `authorization` to pay `terms`, when the token says it is used;
+    /// `None` when unused, used otherwise, or the chain could not be read.
+    async fn used_to_pay(
+        &self,
+        authorization: AuthorizationKey,
+        terms: Option<Terms>,
+    ) -> Option<B256> {
+        let token = Token::new(self.chain.clone(), authorization.token);
+        match token
+            .authorization_state(authorization.payer, authorization.nonce)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read an authorization's state");
+                return None;
+            }
+        }
+        match paid::transaction_that_paid(
+            self.chain.as_ref(),
+            authorization.token,
+            authorization.payer,
+            authorization.nonce,
+            terms,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "cannot search the chain for the transaction that used an authorization");
+                None
+            }
         }
     }
 
@@ -842,31 +1084,28 @@ impl LocalFacilitator {
         }
     }
 
-    /// Verifies, simulates, submits, records the submission, waits, records the outcome.
-    /// The caller owns `key` in the ledger. Returns the outcome and whether it is final.
+    /// Verifies, simulates, records the transaction, broadcasts it, waits, records the outcome.
+    /// The caller holds `key` in the ledger.
     async fn settle_claimed(
         &self,
         request: &FacilitatorRequest,
         key: &LedgerKey,
         network: String,
-    ) -> (SettleResponse, bool) {
+    ) -> Settled {
         if let Some(batcher) = &self.batcher {
-            return self.settle_batched(batcher, request, key, network).await;
+            let (outcome, remember) = self.settle_batched(batcher, request, key, network).await;
+            return Settled::Done(outcome, remember);
         }
-        let (checked, submitted) = match self.submit(request, network.clone()).await {
-            Ok(submitted) => submitted,
+        let checked = match self.prepare(request, network.clone()).await {
+            Ok(checked) => checked,
             Err(refusal) => {
-                // Nothing was broadcast: free the authorization so the payer may try again.
-                if let Err(error) = self.ledger.release(key).await {
-                    tracing::error!(%error, %key, "could not release a refused settlement");
-                }
-                return (refusal, false);
+                self.release_claim(key).await;
+                return Settled::Done(refusal, false);
             }
         };
-        let hash = submitted;
         let payer = checked.payer.to_checksum(None);
         let authorization = &checked.payload.authorization;
-        let pending = SettleResponse {
+        let pending = |hash: B256| SettleResponse {
             success: true,
             error_reason: None,
             error_message: None,
@@ -874,14 +1113,97 @@ impl LocalFacilitator {
             transaction: hash.to_string(),
             network: network.clone(),
         };
-        let submission = Submission {
-            tx_hash: hash.to_string(),
-            valid_before_s: u64::try_from(authorization.valid_before).unwrap_or(u64::MAX),
-            pending_response: pending.clone(),
+        let valid_before_s = u64::try_from(authorization.valid_before).unwrap_or(u64::MAX);
+        // The transaction is recorded before it is broadcast: a crash at any point leaves either
+        // a `received` claim (nothing was sent) or a `submitted` row naming the transaction.
+        let recorded: std::sync::Mutex<Option<B256>> = std::sync::Mutex::new(None);
+        let ledger_error: std::sync::Mutex<Option<LedgerError>> = std::sync::Mutex::new(None);
+        let token = Token::new(self.chain.clone(), checked.token);
+        let sent = token
+            .submit_transfer_with_authorization_recorded(
+                &self.sender,
+                authorization,
+                &checked.payload.signature,
+                Some(SETTLE_GAS_LIMIT),
+                |hash, nonce| {
+                    let submission = Submission {
+                        tx_hash: hash.to_string(),
+                        sender: self.sender.address(),
+                        sender_nonce: nonce,
+                        valid_before_s,
+                        pending_response: pending(hash),
+                    };
+                    let (recorded, ledger_error) = (&recorded, &ledger_error);
+                    async move {
+                        match self
+                            .ledger
+                            .mark_submitted(key, &self.holder, &submission)
+                            .await
+                        {
+                            Ok(()) => {
+                                *recorded.lock().expect("lock") = Some(hash);
+                                Ok(())
+                            }
+                            Err(error) => {
+                                *ledger_error.lock().expect("lock") = Some(error);
+                                Err(ChainError::Rejected(
+                                    "the settlement ledger did not record the transaction".into(),
+                                ))
+                            }
+                        }
+                    }
+                },
+            )
+            .await;
+        let recorded = *recorded.lock().expect("lock");
+        let ledger_error = ledger_error.lock().expect("lock").take();
+        let hash = match (sent, recorded, ledger_error) {
+            (Ok(hash), _, _) => hash,
+            (Err(_), _, Some(LedgerError::Transition { .. })) => return Settled::ClaimLost,
+            (Err(_), _, Some(error)) => {
+                self.release_claim(key).await;
+                return Settled::Done(ledger_failure(error, Some(payer), network), false);
+            }
+            // The answer to the broadcast was lost: it may be in a mempool. The row stays
+            // `submitted`; wait for the receipt as if it had been sent.
+            (
+                Err(error @ (ChainError::Transport(_) | ChainError::Timeout(_))),
+                Some(hash),
+                None,
+            ) => {
+                tracing::warn!(%error, tx = %hash, "settlement broadcast answer lost; waiting for its receipt");
+                hash
+            }
+            (Err(error), recorded, None) => {
+                // The node definitively refused it (or it was never signed): nothing was
+                // broadcast; free the authorization so the payer may retry.
+                let released = match recorded {
+                    Some(hash) => self
+                        .ledger
+                        .release_unsent(std::slice::from_ref(key), &hash.to_string())
+                        .await
+                        .map(|_| ()),
+                    None => self
+                        .ledger
+                        .release(key, Some(&self.holder))
+                        .await
+                        .map(|_| ()),
+                };
+                if let Err(release_error) = released {
+                    tracing::error!(%release_error, %key, "could not release a refused settlement");
+                }
+                tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
+                return Settled::Done(
+                    SettleResponse::failed(
+                        Reason::UNEXPECTED_SETTLE_ERROR,
+                        error.to_string(),
+                        Some(payer),
+                        network,
+                    ),
+                    false,
+                );
+            }
         };
-        if let Err(error) = self.ledger.mark_submitted(key, &submission).await {
-            tracing::error!(%error, %key, tx = %hash, "could not record a broadcast settlement");
-        }
         match batch::confirmed_receipt(
             self.chain.as_ref(),
             hash,
@@ -893,16 +1215,34 @@ impl LocalFacilitator {
             Ok(receipt) => {
                 self.metrics
                     .gas_spent(receipt.gas_used, receipt.effective_gas_price);
-                let (outcome, state) = mined_outcome(&pending, hash, receipt.success);
+                let (mut outcome, mut state) = mined_outcome(&pending(hash), hash, receipt.success);
                 if receipt.success {
                     tracing::info!(tx = %hash, payer = %payer, value = %authorization.value, "settled");
+                } else if let Some(paid_by) = self
+                    .used_to_pay(
+                        AuthorizationKey {
+                            token: checked.token,
+                            payer: checked.payer,
+                            nonce: authorization.nonce,
+                        },
+                        Some(Terms {
+                            pay_to: authorization.to,
+                            value: authorization.value.atomic(),
+                        }),
+                    )
+                    .await
+                {
+                    // Another transaction used the authorization first and paid exactly this.
+                    tracing::warn!(tx = %hash, %paid_by, "settlement transaction reverted; the authorization was paid by another transaction");
+                    outcome = paid_response(checked.payer, paid_by, network.clone());
+                    state = SettlementState::Confirmed;
                 }
                 self.record_finish(key, &outcome, state).await;
-                (outcome, true)
+                Settled::Done(outcome, true)
             }
             // Broadcast but not seen mined: the ledger keeps it `submitted`, so a retry waits on
-            // the chain rather than sending again, and recovery finishes it after a restart.
-            Err(error) => (
+            // the chain rather than sending again, and recovery finishes it.
+            Err(error) => Settled::Done(
                 SettleResponse::failed(
                     Reason::UNEXPECTED_SETTLE_ERROR,
                     format!("transaction {hash} was sent but not confirmed: {error}"),
@@ -911,6 +1251,13 @@ impl LocalFacilitator {
                 ),
                 false,
             ),
+        }
+    }
+
+    /// Gives up this process's claim on `key` (nothing was broadcast for it).
+    async fn release_claim(&self, key: &LedgerKey) {
+        if let Err(error) = self.ledger.release(key, Some(&self.holder)).await {
+            tracing::error!(%error, %key, "could not release a refused settlement");
         }
     }
 
@@ -950,9 +1297,7 @@ impl LocalFacilitator {
         let checked = match prepared {
             Ok(checked) => checked,
             Err(refusal) => {
-                if let Err(error) = self.ledger.release(key).await {
-                    tracing::error!(%error, %key, "could not release a refused settlement");
-                }
+                self.release_claim(key).await;
                 return (refusal, false);
             }
         };
@@ -978,9 +1323,7 @@ impl LocalFacilitator {
             reply,
         };
         if !batcher.enqueue(queued) {
-            if let Err(error) = self.ledger.release(key).await {
-                tracing::error!(%error, %key, "could not release a refused settlement");
-            }
+            self.release_claim(key).await;
             return (
                 SettleResponse::failed(
                     Reason::UNEXPECTED_SETTLE_ERROR,
@@ -1008,7 +1351,9 @@ impl LocalFacilitator {
         }
     }
 
-    /// The outcome a mined transaction gives a `submitted` row: per item for a batch.
+    /// The outcome a mined transaction gives a `submitted` row: per item for a batch. A
+    /// transaction that did not use the row's authorization because another one did first gives
+    /// success with that one, if it paid what the row's payment names.
     async fn mined_row_outcome(
         &self,
         record: &SettlementRecord,
@@ -1016,63 +1361,37 @@ impl LocalFacilitator {
         hash: B256,
         receipt: &bursar_chain::Receipt,
     ) -> (SettleResponse, SettlementState) {
-        let parsed = (
-            record.key.asset().parse::<Address>(),
-            record.key.payer().parse::<Address>(),
-            record.key.nonce().parse::<B256>(),
-        );
-        if let (Ok(token), Ok(payer), Ok(nonce)) = parsed
-            && receipt.success
-            && let Some(outcome) = batch::receipt_item_outcome(receipt, token, payer, nonce)
+        let Some(authorization) = authorization_of(&record.key) else {
+            return mined_outcome(pending, hash, receipt.success);
+        };
+        let terms = record_terms(record);
+        if receipt.success
+            && let Some(outcome) = batch::receipt_item_outcome(
+                receipt,
+                authorization.token,
+                authorization.payer,
+                authorization.nonce,
+            )
         {
-            let item = bursar_contracts::BatchItem {
-                token,
-                authorization: exact_evm::Authorization {
-                    from: payer,
-                    to: Address::ZERO,
-                    value: Default::default(),
-                    valid_after: Default::default(),
-                    valid_before: Default::default(),
-                    nonce,
-                },
-                signature: Default::default(),
+            let item = batch::ItemRef {
+                token: authorization.token,
+                payer: authorization.payer,
+                nonce: authorization.nonce,
+                terms,
             };
             return batch::item_response(self.chain.clone(), pending, &item, hash, outcome).await;
         }
-        mined_outcome(pending, hash, receipt.success)
-    }
-
-    /// Verifies, simulates and submits. `Err` is a refusal before anything was broadcast.
-    async fn submit(
-        &self,
-        request: &FacilitatorRequest,
-        network: String,
-    ) -> Result<(CheckedPayment, B256), SettleResponse> {
-        let checked = self.prepare(request, network.clone()).await?;
-        let payer = checked.payer.to_checksum(None);
-        let authorization = &checked.payload.authorization;
-        let signature = &checked.payload.signature;
-        let token = Token::new(self.chain.clone(), checked.token);
-        match token
-            .submit_transfer_with_authorization(
-                &self.sender,
-                authorization,
-                signature,
-                Some(SETTLE_GAS_LIMIT),
-            )
-            .await
+        let (outcome, state) = mined_outcome(pending, hash, receipt.success);
+        if state == SettlementState::Failed
+            && terms.is_some()
+            && let Some(paid_by) = self.used_to_pay(authorization, terms).await
         {
-            Ok(hash) => Ok((checked, hash)),
-            Err(error) => {
-                tracing::warn!(%error, payer = %payer, "settlement transaction was not accepted");
-                Err(SettleResponse::failed(
-                    Reason::UNEXPECTED_SETTLE_ERROR,
-                    error.to_string(),
-                    Some(payer),
-                    network,
-                ))
-            }
+            return (
+                paid_response(authorization.payer, paid_by, pending.network.clone()),
+                SettlementState::Confirmed,
+            );
         }
+        (outcome, state)
     }
 
     /// Verifies and simulates. `Err` is a refusal.
@@ -1121,35 +1440,19 @@ impl LocalFacilitator {
         Ok(checked)
     }
 
-    /// Finishes the settlements a previous life of this facilitator (or another process sharing
-    /// its ledger) broadcast but did not see mined. Call it at startup; see the crate docs for
+    /// Finishes or releases what a previous life of this facilitator (or another process sharing
+    /// its ledger) left unfinished. Call it at startup, before serving; see the crate docs for
     /// the rules. Never broadcasts anything.
     pub async fn recover(&self) -> Result<Vec<Recovered>, LedgerError> {
-        self.recover_with(RECEIVED_ABANDONED_AFTER).await
-    }
-
-    /// [`LocalFacilitator::recover`], treating `received` claims older than
-    /// `received_abandoned_after` as abandoned by a facilitator that stopped before recording a
-    /// broadcast: used authorization → failed (the hash is unknown); unused → released, so the
-    /// payer may retry (the token's nonce still allows one transfer at most).
-    pub async fn recover_with(
-        &self,
-        received_abandoned_after: Duration,
-    ) -> Result<Vec<Recovered>, LedgerError> {
-        self.recover_rows(received_abandoned_after, None).await
+        self.recover_rows(None).await
     }
 
     /// Recovers again every `every`, for as long as the process runs, in a task of its own:
     /// what a crash (of this process or of another sharing the ledger) left behind is finished
-    /// without waiting for the next restart. Each pass is [`LocalFacilitator::recover_with`]
-    /// `received_abandoned_after`, limited to `submitted` rows untouched for that long too, so
-    /// settlements this process is still confirming (at most [`SETTLE_RECEIPT_TIMEOUT`] plus the
-    /// confirmation depth) are left to it. Like recovery at startup, it never broadcasts.
-    pub fn spawn_recovery(
-        &self,
-        every: Duration,
-        received_abandoned_after: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    /// or released without waiting for the next restart. Each pass is [`LocalFacilitator::recover`]
+    /// over rows untouched for `every` (rows being worked on are left to their holders). Like
+    /// recovery at startup, it never broadcasts.
+    pub fn spawn_recovery(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);
@@ -1158,17 +1461,17 @@ impl LocalFacilitator {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                match this
-                    .recover_rows(received_abandoned_after, Some(received_abandoned_after))
-                    .await
-                {
+                match this.recover_rows(Some(every)).await {
                     Ok(recovered) => {
                         let finished = recovered
                             .iter()
                             .filter(|r| !matches!(r.outcome, RecoveryOutcome::Pending { .. }))
                             .count();
                         if finished > 0 {
-                            tracing::info!(finished, "background recovery finished settlements");
+                            tracing::info!(
+                                finished,
+                                "background recovery finished or released settlements"
+                            );
                         }
                     }
                     Err(error) => {
@@ -1179,25 +1482,20 @@ impl LocalFacilitator {
         })
     }
 
-    /// Recovery over `received` claims older than `received_abandoned_after` and the `submitted`
-    /// rows (all of them, or those untouched for `submitted_idle_for`).
+    /// Recovery over abandoned `received` claims and the `submitted` rows (all of them, or those
+    /// untouched for `idle_for`).
     async fn recover_rows(
         &self,
-        received_abandoned_after: Duration,
-        submitted_idle_for: Option<Duration>,
+        idle_for: Option<Duration>,
     ) -> Result<Vec<Recovered>, LedgerError> {
         let network = self.network().caip2();
+        let idle_cutoff_ms = idle_for.map(|idle| now_ms().saturating_sub(duration_ms(idle)));
         let mut recovered = Vec::new();
-        let age_ms = i64::try_from(received_abandoned_after.as_millis()).unwrap_or(i64::MAX);
-        let cutoff_ms = now_ms().saturating_sub(age_ms);
-        let idle_cutoff_ms = submitted_idle_for.map(|idle| {
-            now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX))
-        });
-        for record in self.ledger.received_before(cutoff_ms).await? {
-            if record.key.network() != network {
+        for record in self.ledger.received_before(i64::MAX).await? {
+            if record.key.network() != network || !self.abandoned(&record) {
                 continue;
             }
-            let outcome = self.recover_abandoned(&record).await;
+            let outcome = self.recover_received(&record).await;
             tracing::warn!(key = %record.key, outcome = ?outcome, "abandoned settlement claim");
             recovered.push(Recovered {
                 tx_hash: String::new(),
@@ -1211,7 +1509,8 @@ impl LocalFacilitator {
             {
                 continue;
             }
-            let outcome = self.recover_one(&record).await;
+            let abandoned = self.abandoned(&record);
+            let outcome = self.recover_submitted(&record, abandoned).await;
             match &outcome {
                 RecoveryOutcome::Pending { why } => {
                     tracing::warn!(key = %record.key, why = %why, "settlement left unfinished")
@@ -1227,112 +1526,77 @@ impl LocalFacilitator {
         Ok(recovered)
     }
 
-    async fn recover_abandoned(&self, record: &SettlementRecord) -> RecoveryOutcome {
+    /// An abandoned `received` claim: nothing was broadcast for it (the broadcast is recorded
+    /// first). Unused on chain → released, so the payer may retry at once. Used → paid by a
+    /// transaction of someone else's (or of a version of this facilitator that recorded after
+    /// broadcasting): confirmed with that transaction if it moved what the payment names.
+    async fn recover_received(&self, record: &SettlementRecord) -> RecoveryOutcome {
         let pending = |why: String| RecoveryOutcome::Pending { why };
-        let (Ok(token), Ok(payer), Ok(nonce)) = (
-            record.key.asset().parse::<Address>(),
-            record.key.payer().parse::<Address>(),
-            record.key.nonce().parse::<B256>(),
-        ) else {
+        let Some(authorization) = authorization_of(&record.key) else {
             return pending("the row's key is not an EVM authorization".into());
         };
-        let token = Token::new(self.chain.clone(), token);
-        match token.authorization_state(payer, nonce).await {
+        let token = Token::new(self.chain.clone(), authorization.token);
+        match token
+            .authorization_state(authorization.payer, authorization.nonce)
+            .await
+        {
             Err(error) => pending(format!("cannot read the authorization state: {error}")),
-            Ok(true) => {
-                let outcome = SettleResponse::failed(
-                    Reason::UNEXPECTED_SETTLE_ERROR,
-                    "the authorization was used, but the facilitator stopped before recording the \
-                     transaction that used it",
-                    Some(payer.to_checksum(None)),
-                    record.key.network().to_string(),
-                );
-                match self
-                    .ledger
-                    .finish(&record.key, &outcome, SettlementState::Failed)
-                    .await
-                {
-                    Ok(()) => RecoveryOutcome::Failed {
-                        reason: Reason::UNEXPECTED_SETTLE_ERROR,
-                        message: outcome.error_message.unwrap_or_default(),
-                    },
-                    Err(error) => pending(format!("cannot record the outcome: {error}")),
-                }
-            }
-            Ok(false) => match self.ledger.release(&record.key).await {
-                Ok(_) => RecoveryOutcome::Released,
+            Ok(false) => match self
+                .ledger
+                .release(&record.key, record.holder.as_deref())
+                .await
+            {
+                Ok(true) => RecoveryOutcome::Released,
+                Ok(false) => pending("the claim changed while it was being released".into()),
                 Err(error) => pending(format!("cannot release the claim: {error}")),
             },
+            Ok(true) => {
+                let network = record
+                    .response
+                    .as_ref()
+                    .map_or_else(|| self.network().caip2(), |r| r.network.clone());
+                self.finish_used(record, authorization, network).await
+            }
         }
     }
 
-    async fn recover_one(&self, record: &SettlementRecord) -> RecoveryOutcome {
-        let pending = |why: String| RecoveryOutcome::Pending { why };
-        let Some((hash, pending_response)) = submitted_transaction(record) else {
-            return pending("the row has no readable transaction hash or response".into());
+    /// Records the outcome of a row whose authorization the chain shows used, with no receipt of
+    /// its own transaction: confirmed with the transaction that paid, or failed when another
+    /// authorization with the same nonce was used.
+    async fn finish_used(
+        &self,
+        record: &SettlementRecord,
+        authorization: AuthorizationKey,
+        network: String,
+    ) -> RecoveryOutcome {
+        let (outcome, state) = match self.used_to_pay(authorization, record_terms(record)).await {
+            Some(hash) => (
+                paid_response(authorization.payer, hash, network),
+                SettlementState::Confirmed,
+            ),
+            None => (
+                SettleResponse::failed(
+                    Reason::NONCE_ALREADY_USED,
+                    "the authorization nonce was used by a transaction that did not make this payment",
+                    Some(authorization.payer.to_checksum(None)),
+                    network,
+                ),
+                SettlementState::Failed,
+            ),
         };
-        let (Ok(token), Ok(payer), Ok(nonce)) = (
-            record.key.asset().parse::<Address>(),
-            record.key.payer().parse::<Address>(),
-            record.key.nonce().parse::<B256>(),
-        ) else {
-            return pending("the row's key is not an EVM authorization".into());
-        };
-        let receipt = match self.chain.receipt(hash).await {
-            Ok(receipt) => receipt,
-            Err(error) => return pending(format!("cannot read the receipt of {hash}: {error}")),
-        };
-        let (outcome, state) = match receipt {
-            Some(receipt) => {
-                self.mined_row_outcome(record, &pending_response, hash, &receipt)
-                    .await
-            }
-            None => {
-                let token = Token::new(self.chain.clone(), token);
-                let used = match token.authorization_state(payer, nonce).await {
-                    Ok(used) => used,
-                    Err(error) => {
-                        return pending(format!("cannot read the authorization state: {error}"));
-                    }
-                };
-                let chain_now = match self.chain.latest_block().await {
-                    Ok(block) => block.timestamp,
-                    Err(_) => now_seconds(),
-                };
-                let valid_before = record.valid_before_s.unwrap_or(u64::MAX);
-                let failed = |reason: Reason, message: String| {
-                    SettleResponse::failed(
-                        reason,
-                        message,
-                        pending_response.payer.clone(),
-                        pending_response.network.clone(),
-                    )
-                };
-                if used {
-                    let message = format!(
-                        "transaction {hash} was never mined; the authorization was used by another transaction"
-                    );
-                    (
-                        failed(Reason::NONCE_ALREADY_USED, message),
-                        SettlementState::Failed,
-                    )
-                } else if chain_now >= valid_before {
-                    let message = format!(
-                        "transaction {hash} was never mined and the authorization expired at {valid_before}; nothing was transferred"
-                    );
-                    (
-                        failed(Reason::VALID_BEFORE, message),
-                        SettlementState::Failed,
-                    )
-                } else {
-                    return pending(format!(
-                        "transaction {hash} is not mined and the authorization is unused and valid until {valid_before}; not re-broadcast"
-                    ));
-                }
-            }
-        };
+        self.finish_recovered(record, outcome, state).await
+    }
+
+    async fn finish_recovered(
+        &self,
+        record: &SettlementRecord,
+        outcome: SettleResponse,
+        state: SettlementState,
+    ) -> RecoveryOutcome {
         if let Err(error) = self.ledger.finish(&record.key, &outcome, state).await {
-            return pending(format!("cannot record the outcome: {error}"));
+            return RecoveryOutcome::Pending {
+                why: format!("cannot record the outcome: {error}"),
+            };
         }
         match state {
             SettlementState::Confirmed => RecoveryOutcome::Confirmed,
@@ -1345,6 +1609,108 @@ impl LocalFacilitator {
             },
         }
     }
+
+    /// A `submitted` row: finished from its receipt when mined; from the chain when the
+    /// authorization was used elsewhere or expired unused; released when its holder is gone
+    /// (`abandoned`) and its transaction provably never reached the chain: no receipt, and the
+    /// sending account's nonce either never reached the recorded one (not even pending) or moved
+    /// past it with another transaction. Otherwise it may still be in a mempool: left pending.
+    async fn recover_submitted(
+        &self,
+        record: &SettlementRecord,
+        abandoned: bool,
+    ) -> RecoveryOutcome {
+        let pending = |why: String| RecoveryOutcome::Pending { why };
+        let Some((hash, pending_response)) = submitted_transaction(record) else {
+            return pending("the row has no readable transaction hash or response".into());
+        };
+        let Some(authorization) = authorization_of(&record.key) else {
+            return pending("the row's key is not an EVM authorization".into());
+        };
+        match self.chain.receipt(hash).await {
+            Err(error) => return pending(format!("cannot read the receipt of {hash}: {error}")),
+            Ok(Some(receipt)) => {
+                let (outcome, state) = self
+                    .mined_row_outcome(record, &pending_response, hash, &receipt)
+                    .await;
+                return self.finish_recovered(record, outcome, state).await;
+            }
+            Ok(None) => {}
+        }
+        let token = Token::new(self.chain.clone(), authorization.token);
+        match token
+            .authorization_state(authorization.payer, authorization.nonce)
+            .await
+        {
+            Err(error) => return pending(format!("cannot read the authorization state: {error}")),
+            Ok(true) => {
+                return self
+                    .finish_used(record, authorization, pending_response.network.clone())
+                    .await;
+            }
+            Ok(false) => {}
+        }
+        let chain_now = match self.chain.latest_block().await {
+            Ok(block) => block.timestamp,
+            Err(_) => now_seconds(),
+        };
+        let valid_before = record.valid_before_s.unwrap_or(u64::MAX);
+        if chain_now >= valid_before {
+            let outcome = SettleResponse::failed(
+                Reason::VALID_BEFORE,
+                format!(
+                    "transaction {hash} was never mined and the authorization expired at {valid_before}; nothing was transferred"
+                ),
+                pending_response.payer.clone(),
+                pending_response.network.clone(),
+            );
+            return self
+                .finish_recovered(record, outcome, SettlementState::Failed)
+                .await;
+        }
+        if !abandoned {
+            return pending(format!(
+                "transaction {hash} is not mined yet and its holder is at work"
+            ));
+        }
+        let (Some(sender), Some(nonce)) = (record.sender, record.sender_nonce) else {
+            return pending(format!(
+                "transaction {hash} is not mined and the authorization is unused and valid until {valid_before}; the row does not name its sending account, so it waits"
+            ));
+        };
+        let (pending_count, mined_count) = match tokio::try_join!(
+            self.chain.transaction_count(sender),
+            self.chain.mined_transaction_count(sender)
+        ) {
+            Ok(counts) => counts,
+            Err(error) => return pending(format!("cannot read the nonce of {sender}: {error}")),
+        };
+        if pending_count > nonce && mined_count <= nonce {
+            return pending(format!(
+                "transaction {hash} (nonce {nonce} of {sender}) may be in a mempool; the authorization is unused and valid until {valid_before}"
+            ));
+        }
+        // Never reached the node, or its nonce went to another mined transaction: it can
+        // never be mined. Free the authorization so the payer's retry settles it.
+        match self
+            .ledger
+            .release_unsent(std::slice::from_ref(&record.key), &hash.to_string())
+            .await
+        {
+            Ok(1) => RecoveryOutcome::Released,
+            Ok(_) => pending("the row changed while it was being released".into()),
+            Err(error) => pending(format!("cannot release the settlement: {error}")),
+        }
+    }
+}
+
+/// How [`LocalFacilitator::settle_claimed`] ended.
+enum Settled {
+    /// The outcome, and whether it is final (to be remembered).
+    Done(SettleResponse, bool),
+    /// The claim was taken over by another process before the broadcast was recorded; nothing
+    /// was sent.
+    ClaimLost,
 }
 
 /// Where a settlement held elsewhere stands after following it.
@@ -1353,11 +1719,15 @@ enum Followed {
     Finished(SettleResponse),
     /// Its row was released before broadcast: the authorization is free to claim.
     Released,
-    /// Still `received` or unmined when the wait ran out.
+    /// Its holder was gone before recording a broadcast; this process holds the claim now.
+    TakenOver,
+    /// A live holder has claimed it and broadcast nothing yet.
+    Held { message: String },
+    /// Still unmined when the wait ran out.
     StillRunning,
 }
 
-/// What [`LocalFacilitator::recover`] did with one `submitted` settlement.
+/// What [`LocalFacilitator::recover`] did with one unfinished settlement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recovered {
     pub key: LedgerKey,
@@ -1367,14 +1737,50 @@ pub struct Recovered {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecoveryOutcome {
-    /// Mined and successful: recorded as confirmed with the response a live settle gives.
+    /// Paid on chain (by its transaction or by the one that used its authorization): recorded
+    /// as confirmed with the response a live settle gives.
     Confirmed,
-    /// Mined and reverted, superseded, or expired unmined: recorded as failed.
+    /// Mined and reverted with nothing paid, superseded by another authorization with the same
+    /// nonce, or expired unmined: recorded as failed.
     Failed { reason: Reason, message: String },
-    /// Left as it was (still valid and unmined, or the chain could not be read).
+    /// Left as it was (its transaction may still be mined, or the chain could not be read).
     Pending { why: String },
-    /// An abandoned `received` claim whose authorization is unused: deleted, so it may be retried.
+    /// Nothing was or can ever be broadcast for it and its authorization is unused: deleted, so
+    /// the payer's retry settles it.
     Released,
+}
+
+/// The authorization a ledger key names.
+fn authorization_of(key: &LedgerKey) -> Option<AuthorizationKey> {
+    Some(AuthorizationKey {
+        token: key.asset().parse().ok()?,
+        payer: key.payer().parse().ok()?,
+        nonce: key.nonce().parse().ok()?,
+    })
+}
+
+/// What a row's payment pays, when the row recorded it.
+fn record_terms(record: &SettlementRecord) -> Option<Terms> {
+    Some(Terms {
+        pay_to: record.pay_to?,
+        value: record.amount?.atomic(),
+    })
+}
+
+/// The answer for an authorization that `hash` used to pay.
+fn paid_response(payer: Address, hash: B256, network: String) -> SettleResponse {
+    SettleResponse {
+        success: true,
+        error_reason: None,
+        error_message: None,
+        payer: Some(payer.to_checksum(None)),
+        transaction: hash.to_string(),
+        network,
+    }
+}
+
+fn duration_ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The transaction and the response it will give, of a `submitted` row.

@@ -23,7 +23,7 @@ use bursar_protocol::{
     SettleResponse, X402Version,
 };
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{LedgerKey, SettlementLedger, SettlementState, Submission};
+use bursar_store::{Claimant, LedgerKey, SettlementLedger, SettlementState, Submission};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -748,22 +748,51 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
     let now = chain_now(&chain).await;
     let good = signed(&setup, &requirements, &f.payer, now);
     let spent = signed(&setup, &requirements, &f.payer, now);
-    // `spent` is used by someone else before the batch.
+    // `spent` is used by someone else before the batch (paying exactly what it names).
     let hash = f
         .token
         .submit_transfer_with_authorization(&f.sender, &spent.authorization, &spent.signature, None)
         .await
         .unwrap();
     testkit::mined(chain.as_ref(), hash).await;
+    // `superseded`'s nonce is used before the batch by another authorization of the payer
+    // (another value): that payment is never made.
+    let superseded = signed(&setup, &requirements, &f.payer, now);
+    let mut other = superseded.authorization.clone();
+    other.value = Amount::from(PRICE + 1);
+    let domain = exact_evm::token_domain(TOKEN_NAME, "2", chain.chain_id(), f.token.address());
+    let superseding = ExactEvmPayload {
+        signature: exact_evm::sign_authorization(&f.payer, &other, &domain).unwrap(),
+        authorization: other,
+    };
+    let superseding_hash = f
+        .token
+        .submit_transfer_with_authorization(
+            &f.sender,
+            &superseding.authorization,
+            &superseding.signature,
+            None,
+        )
+        .await
+        .unwrap();
+    testkit::mined(chain.as_ref(), superseding_hash).await;
     // What a facilitator does before it dies: claim, record submitted, broadcast.
     let network = format!("eip155:{}", chain.chain_id());
+    let crashed = "crashed-facilitator/0000000000000001";
     let mut submissions = Vec::new();
-    for exact in [&good, &spent] {
+    for exact in [&good, &spent, &superseded] {
         let key = ledger_key(&setup, exact);
-        env.ledger.claim(&key, "0xfingerprint").await.unwrap();
+        let claimant = Claimant {
+            fingerprint: "0xfingerprint".into(),
+            holder: crashed.into(),
+            payment_id: None,
+            pay_to,
+            amount: Amount::from(PRICE),
+        };
+        env.ledger.claim(&key, &claimant).await.unwrap();
         submissions.push((key, exact.authorization.valid_before));
     }
-    let items: Vec<BatchItem> = [&good, &spent]
+    let items: Vec<BatchItem> = [&good, &spent, &superseded]
         .iter()
         .map(|exact| BatchItem {
             token: f.token.address(),
@@ -772,6 +801,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         })
         .collect();
     let sender = accounts.remove(0);
+    let sender_address = sender.address();
     let ledger = env.ledger.clone();
     let batch_hash = sender
         .send_recorded(
@@ -781,7 +811,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                 value: U256::ZERO,
                 gas_limit: Some(1_000_000),
             },
-            |hash, _| {
+            |hash, sender_nonce| {
                 let rows: Vec<(LedgerKey, Submission)> = submissions
                     .iter()
                     .map(|(key, valid_before)| {
@@ -789,6 +819,8 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                             key.clone(),
                             Submission {
                                 tx_hash: hash.to_string(),
+                                sender: sender_address,
+                                sender_nonce,
                                 valid_before_s: valid_before.to::<u64>(),
                                 pending_response: SettleResponse {
                                     success: true,
@@ -805,7 +837,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                 let ledger = ledger.clone();
                 async move {
                     ledger
-                        .mark_batch_submitted(&rows)
+                        .mark_batch_submitted(crashed, &rows)
                         .await
                         .map_err(|e| bursar_chain::ChainError::Transport(e.to_string()))
                 }
@@ -814,7 +846,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         .await
         .unwrap();
     testkit::mined(chain.as_ref(), batch_hash).await;
-    assert_eq!(env.ledger.unfinished().await.unwrap().len(), 2);
+    assert_eq!(env.ledger.unfinished().await.unwrap().len(), 3);
 
     // A new life of the facilitator recovers without broadcasting anything.
     let nonce_before = chain.transaction_count(sender.address()).await.unwrap();
@@ -825,15 +857,17 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         env.ledger.clone(),
     );
     let recovered = facilitator.recover().await.unwrap();
-    assert_eq!(recovered.len(), 2);
+    assert_eq!(recovered.len(), 3);
     let good_key = ledger_key(&setup, &good);
     let spent_key = ledger_key(&setup, &spent);
+    let superseded_key = ledger_key(&setup, &superseded);
     for entry in &recovered {
         assert_eq!(entry.tx_hash, batch_hash.to_string());
-        if entry.key == good_key {
+        if entry.key == good_key || entry.key == spent_key {
+            // `spent` was paid by the front-runner's transaction: confirmed with it.
             assert_eq!(entry.outcome, RecoveryOutcome::Confirmed);
         } else {
-            assert_eq!(entry.key, spent_key);
+            assert_eq!(entry.key, superseded_key);
             assert!(
                 matches!(&entry.outcome, RecoveryOutcome::Failed { reason, .. } if *reason == Reason::NONCE_ALREADY_USED),
                 "{:?}",
@@ -847,9 +881,20 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         good_row.response.unwrap().transaction,
         batch_hash.to_string()
     );
+    assert_eq!(good_row.tx_hash, Some(batch_hash.to_string()));
+    let spent_row = env.ledger.get(&spent_key).await.unwrap().unwrap();
+    assert_eq!(spent_row.state, SettlementState::Confirmed);
     assert_eq!(
-        env.ledger.get(&spent_key).await.unwrap().unwrap().state,
-        SettlementState::Failed
+        spent_row.response.unwrap().transaction,
+        hash.to_string(),
+        "the transaction that paid"
+    );
+    assert_eq!(spent_row.tx_hash, Some(hash.to_string()));
+    let superseded_row = env.ledger.get(&superseded_key).await.unwrap().unwrap();
+    assert_eq!(superseded_row.state, SettlementState::Failed);
+    assert_eq!(
+        superseded_row.error_reason.as_deref(),
+        Some(Reason::NONCE_ALREADY_USED.as_str())
     );
     assert!(env.ledger.unfinished().await.unwrap().is_empty());
     assert_eq!(
@@ -860,10 +905,11 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         nonce_before,
         "recovery broadcast nothing"
     );
-    // Ledger == chain: the payee got both payments (one by the front-runner, one by the batch).
+    // Ledger == chain: the payee got both payments (one by the front-runner, one by the batch)
+    // and the payer's other authorization (PRICE + 1), not the superseded payment.
     assert_eq!(
         f.token.balance_of(pay_to).await.unwrap(),
-        U256::from(2 * PRICE)
+        U256::from(3 * PRICE + 1)
     );
 }
 

@@ -22,9 +22,22 @@ use bursar_facilitator::{
 };
 use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{LedgerKey, SettlementLedger, SettlementState, SqliteLedger};
+use bursar_store::{Claimant, LedgerKey, SettlementLedger, SettlementState, SqliteLedger};
 use scenarios::Harness;
 use serde_json::Value;
+
+/// The process that claims in these cases.
+const HOLDER: &str = "metrics-test/0000000000000001";
+
+fn claimant(fingerprint: &str) -> Claimant {
+    Claimant {
+        fingerprint: fingerprint.into(),
+        holder: HOLDER.into(),
+        payment_id: None,
+        pay_to: PrivateKeySigner::random().address(),
+        amount: bursar_protocol::Amount::from(1_000u64),
+    }
+}
 
 const VALID_VERIFIES: u64 = 3;
 const INVALID_VERIFIES: u64 = 2;
@@ -288,7 +301,7 @@ async fn counts_verifications_settlements_gas_and_pending() {
         &broke.address().to_string(),
         &format!("0x{}", "07".repeat(32)),
     );
-    ledger.claim(&key, "0x01").await.unwrap();
+    ledger.claim(&key, &claimant("0x01")).await.unwrap();
     tokio::time::sleep(PENDING_REFRESH_INTERVAL + std::time::Duration::from_millis(100)).await;
     let samples = scrape_samples(&h).await;
     assert_eq!(
@@ -447,7 +460,7 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
     let count = || async { ledger.count_unfinished().await.unwrap() };
     assert_eq!(count().await, 0);
     for n in 1..=3 {
-        ledger.claim(&key(n), "0xf1").await.unwrap();
+        ledger.claim(&key(n), &claimant("0xf1")).await.unwrap();
     }
     assert_eq!(count().await, 3);
     let pending = SettleResponse {
@@ -460,11 +473,19 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
     };
     let submission = bursar_store::Submission {
         tx_hash: pending.transaction.clone(),
+        sender: PrivateKeySigner::random().address(),
+        sender_nonce: 0,
         valid_before_s: u64::MAX >> 1,
         pending_response: pending.clone(),
     };
-    ledger.mark_submitted(&key(1), &submission).await.unwrap();
-    ledger.mark_submitted(&key(2), &submission).await.unwrap();
+    ledger
+        .mark_submitted(&key(1), HOLDER, &submission)
+        .await
+        .unwrap();
+    ledger
+        .mark_submitted(&key(2), HOLDER, &submission)
+        .await
+        .unwrap();
     assert_eq!(count().await, 3, "received and submitted both count");
     ledger
         .finish(&key(1), &pending, SettlementState::Confirmed)
@@ -475,7 +496,7 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
         .finish(&key(2), &pending, SettlementState::Failed)
         .await
         .unwrap();
-    assert!(ledger.release(&key(3)).await.unwrap());
+    assert!(ledger.release(&key(3), Some(HOLDER)).await.unwrap());
     assert_eq!(count().await, 0, "finished and released rows do not count");
 }
 

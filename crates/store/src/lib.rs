@@ -13,7 +13,12 @@
 //!   NOTHING`, then read. Whoever inserted the row owns the settlement.
 //! - States move one way: `received` → `submitted` → `confirmed` | `failed`; a `received` row
 //!   refused before anything was broadcast is deleted ([`SettlementLedger::release`]) so the payer
-//!   may try again.
+//!   may try again. The one way back: a `failed` row becomes `confirmed` when the chain shows the
+//!   payment made after all ([`SettlementLedger::correct_to_paid`]).
+//! - Every row names its holder, the facilitator process that claimed it. Only the holder records
+//!   a transaction, and it records it (hash, sending account and account nonce) before the
+//!   broadcast, so a row still `received` was never broadcast: a claim whose holder died can be
+//!   taken over ([`SettlementLedger::take_over`]) or released at once.
 //! - [`KeyStore`] (same implementations, same database, [`open_key_store`]) holds the
 //!   facilitator's API keys: per seller, stored only as SHA-256 digests, revocable, each with a
 //!   rate limit and an optional daily settlement quota.
@@ -41,7 +46,8 @@ pub mod testkit;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bursar_protocol::SettleResponse;
+use alloy_primitives::Address;
+use bursar_protocol::{Amount, SettleResponse};
 
 pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
 pub use compensation::{
@@ -163,23 +169,31 @@ impl std::fmt::Display for SettlementState {
     }
 }
 
+/// Who claims an authorization, for which payment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimant {
+    /// The payment (see the facilitator's `payment_fingerprint`): a different one holding the
+    /// same authorization is another payment reusing the nonce.
+    pub fingerprint: String,
+    /// The facilitator process claiming it (`<instance>/<life>`). Only the holder records a
+    /// broadcast or releases the claim.
+    pub holder: String,
+    /// The client's x402 `payment-identifier`, already validated with [`valid_payment_id`].
+    pub payment_id: Option<String>,
+    /// The payee and amount the payment names: what a transfer found on chain is checked against
+    /// when the request is not at hand (recovery).
+    pub pay_to: Address,
+    pub amount: Amount,
+}
+
 /// The outcome of [`SettlementLedger::claim`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The caller inserted the row (as `received`) and owns the settlement.
     Claimed,
-    /// Someone already holds this authorization.
-    Existing {
-        state: SettlementState,
-        /// The fingerprint of the payment that holds it; a different one is another payment
-        /// reusing the nonce.
-        fingerprint: String,
-        /// The transaction, once `submitted`.
-        tx_hash: Option<String>,
-        /// The recorded response: final once `confirmed`/`failed`; while `submitted`, the
-        /// response the settlement will give if its transaction succeeds.
-        response: Option<SettleResponse>,
-    },
+    /// Someone already holds this authorization: the row as it stands. A different
+    /// fingerprint is another payment reusing the nonce.
+    Existing(Box<SettlementRecord>),
     /// The x402 `payment-identifier` is already taken by another authorization or another
     /// payload: a conflict (HTTP 409 in the extension). Nothing was inserted.
     PaymentIdConflict {
@@ -188,11 +202,15 @@ pub enum Claim {
     },
 }
 
-/// What [`SettlementLedger::mark_submitted`] records about a broadcast transaction.
+/// What [`SettlementLedger::mark_submitted`] records about a transaction, before it is broadcast.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
     /// The transaction hash, 0x hex.
     pub tx_hash: String,
+    /// The account that signed it and the account nonce it carries: if the chain has no receipt
+    /// and the account's nonce has not reached this one, the transaction never reached the chain.
+    pub sender: Address,
+    pub sender_nonce: u64,
     /// The authorization's `validBefore` (unix seconds): after it, an unmined transaction can
     /// never succeed. Used by recovery.
     pub valid_before_s: u64,
@@ -208,13 +226,23 @@ pub struct SettlementRecord {
     pub state: SettlementState,
     pub tx_hash: Option<String>,
     pub valid_before_s: Option<u64>,
-    /// See [`Claim::Existing::response`].
+    /// The recorded response: final once `confirmed`/`failed`; while `submitted`, the response
+    /// the settlement will give if its transaction succeeds.
     pub response: Option<SettleResponse>,
     pub error_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     /// The x402 `payment-identifier` the client sent, if any.
     pub payment_id: Option<String>,
+    /// The process holding the claim ([`Claimant::holder`]); `None` on rows written before
+    /// holders were recorded.
+    pub holder: Option<String>,
+    /// The account and account nonce of the recorded transaction ([`Submission`]).
+    pub sender: Option<Address>,
+    pub sender_nonce: Option<u64>,
+    /// What the payment pays ([`Claimant`]); `None` on rows written before it was recorded.
+    pub pay_to: Option<Address>,
+    pub amount: Option<Amount>,
 }
 
 /// The shortest and longest x402 `payment-identifier` accepted, in characters.
@@ -256,21 +284,18 @@ pub enum LedgerError {
 /// processes sharing the database.
 #[async_trait::async_trait]
 pub trait SettlementLedger: Send + Sync + 'static {
-    /// Takes the authorization `key` for the payment `fingerprint`: [`Claim::Claimed`] if no row
-    /// existed (one is inserted as `received`), else what the existing row says.
-    async fn claim(&self, key: &LedgerKey, fingerprint: &str) -> Result<Claim, LedgerError>;
+    /// Takes the authorization `key` for `claimant`: [`Claim::Claimed`] if no row existed (one is
+    /// inserted as `received`, held by `claimant.holder`), else what the existing row says.
+    ///
+    /// With a `payment_id`, the id names one payment forever: if a row holds it for another
+    /// authorization or another fingerprint the answer is [`Claim::PaymentIdConflict`] and
+    /// nothing is inserted; if a row holds it for this same payment, the answer is that row.
+    async fn claim(&self, key: &LedgerKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
 
-    /// [`claim`](Self::claim), also recording the client's `payment-identifier` (already
-    /// validated with [`valid_payment_id`]). The id names one payment forever: if a row holds it
-    /// for another authorization or another fingerprint the answer is
-    /// [`Claim::PaymentIdConflict`] and nothing is inserted; if a row holds it for this same
-    /// payment, the answer is that row ([`Claim::Existing`]).
-    async fn claim_identified(
-        &self,
-        key: &LedgerKey,
-        fingerprint: &str,
-        payment_id: &str,
-    ) -> Result<Claim, LedgerError>;
+    /// Takes over a `received` claim exactly as `seen` shows it (same holder, same update time):
+    /// its holder died or stalled before recording a broadcast, so nothing was broadcast for it.
+    /// Returns whether `holder` now holds it; `false` when the row changed in between.
+    async fn take_over(&self, seen: &SettlementRecord, holder: &str) -> Result<bool, LedgerError>;
 
     /// The row holding `payment_id`, if any.
     async fn get_by_payment_id(
@@ -282,13 +307,17 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// or none). A row already `submitted` takes the new hash: the batch was signed again after
     /// the node refused the earlier transaction's nonce, so the earlier one can never be mined.
     /// Called before the transaction is broadcast.
+    /// Only rows `holder` holds move; if any does not, nothing is recorded
+    /// ([`LedgerError::Transition`] names it).
     async fn mark_batch_submitted(
         &self,
+        holder: &str,
         items: &[(LedgerKey, Submission)],
     ) -> Result<(), LedgerError>;
 
     /// Finishes many settlements in one database transaction. Rows already final are left as
     /// they are (another process finished them from the same receipt); returns how many changed.
+    /// A confirmed outcome records its response's transaction as the row's.
     async fn finish_many(
         &self,
         items: &[(LedgerKey, SettleResponse, SettlementState)],
@@ -299,15 +328,19 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// deleted.
     async fn release_unsent(&self, keys: &[LedgerKey], tx_hash: &str) -> Result<u64, LedgerError>;
 
-    /// `received` → `submitted`, recording the broadcast transaction. Must be called before
-    /// waiting for the receipt, so a crash after broadcast is recoverable.
+    /// `received` → `submitted`, recording the transaction before it is broadcast, so a crash
+    /// at any point after is recoverable. Only the row's holder may; a row it already moved to
+    /// `submitted` takes the new transaction (signed again after the node refused the earlier
+    /// one's nonce, which can therefore never be mined).
     async fn mark_submitted(
         &self,
         key: &LedgerKey,
+        holder: &str,
         submission: &Submission,
     ) -> Result<(), LedgerError>;
 
-    /// `received`/`submitted` → `confirmed`/`failed`, recording the response given to callers.
+    /// `received`/`submitted` → `confirmed`/`failed`, recording the response given to callers
+    /// (and, when confirmed, its transaction as the row's).
     async fn finish(
         &self,
         key: &LedgerKey,
@@ -315,15 +348,24 @@ pub trait SettlementLedger: Send + Sync + 'static {
         state: SettlementState,
     ) -> Result<(), LedgerError>;
 
-    /// Deletes a `received` row refused before anything was broadcast, so the payer may retry.
-    /// Returns whether a row was deleted; rows in any other state are left alone.
-    async fn release(&self, key: &LedgerKey) -> Result<bool, LedgerError>;
+    /// `failed` → `confirmed`: the chain shows the payment made after all (by a transaction the
+    /// row did not know, such as one that front-ran its own). Returns whether the row changed.
+    async fn correct_to_paid(
+        &self,
+        key: &LedgerKey,
+        response: &SettleResponse,
+    ) -> Result<bool, LedgerError>;
+
+    /// Deletes a `received` row held by `holder` (`None`: a row written without a holder), refused
+    /// or abandoned before anything was broadcast, so the payer may retry. Returns whether a row
+    /// was deleted; rows in any other state or held by another are left alone.
+    async fn release(&self, key: &LedgerKey, holder: Option<&str>) -> Result<bool, LedgerError>;
 
     /// Every `submitted` row, oldest first: what crash recovery must look at.
     async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
 
     /// `received` rows created before `created_before_ms` (unix ms), oldest first: claims whose
-    /// holder most likely died before recording a broadcast.
+    /// holder may have died before recording a broadcast.
     async fn received_before(
         &self,
         created_before_ms: i64,

@@ -4,7 +4,8 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use bursar_protocol::SettleResponse;
+use alloy_primitives::Address;
+use bursar_protocol::{Amount, SettleResponse};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -12,7 +13,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use tokio::sync::OnceCell;
 
 use crate::{
-    CLAIM_ATTEMPTS_MAX, Claim, LedgerError, LedgerKey, POOL_ACQUIRE_TIMEOUT,
+    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, LedgerKey, POOL_ACQUIRE_TIMEOUT,
     POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX,
     SettlementLedger, SettlementRecord, SettlementState, Submission, now_ms,
 };
@@ -73,6 +74,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         11,
         "transfer endpoints",
         include_str!("../migrations/sqlite/0011_transfer_endpoints.sql"),
+    ),
+    (
+        12,
+        "settlement holders",
+        include_str!("../migrations/sqlite/0012_settlement_holders.sql"),
     ),
     (
         13,
@@ -137,6 +143,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/postgres/0011_transfer_endpoints.sql"),
     ),
     (
+        12,
+        "settlement holders",
+        include_str!("../migrations/postgres/0012_settlement_holders.sql"),
+    ),
+    (
         13,
         "policy state",
         include_str!("../migrations/postgres/0013_policy_state.sql"),
@@ -161,38 +172,45 @@ fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrato
 }
 
 const COLUMNS: &str = "network, asset, payer, nonce, fingerprint, state, tx_hash, valid_before_s, \
-                       response, error_reason, created_at_ms, updated_at_ms, payment_id";
+                       response, error_reason, created_at_ms, updated_at_ms, payment_id, holder, \
+                       sender, sender_nonce, pay_to, amount";
 
-const INSERT_RECEIVED_IDENTIFIED: &str = "INSERT INTO settlements \
-     (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms, payment_id) \
-     VALUES ($1, $2, $3, $4, $5, 'received', $6, $6, $7) \
+/// Either unique constraint (the authorization, the payment id) stops it.
+const INSERT_RECEIVED: &str = "INSERT INTO settlements \
+     (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms, payment_id, \
+      holder, pay_to, amount) \
+     VALUES ($1, $2, $3, $4, $5, 'received', $6, $6, $7, $8, $9, $10) \
      ON CONFLICT DO NOTHING";
 
-const MARK_BATCH_SUBMITTED: &str = "UPDATE settlements \
-     SET state = 'submitted', tx_hash = $5, valid_before_s = $6, response = $7, updated_at_ms = $8 \
+const TAKE_OVER: &str = "UPDATE settlements SET holder = $5, updated_at_ms = $6 \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received' \
+     AND holder IS NOT DISTINCT FROM $7 AND updated_at_ms = $8";
+
+/// A row already `submitted` by the same holder takes the new transaction (signed again after a
+/// nonce resynchronization).
+const MARK_SUBMITTED: &str = "UPDATE settlements \
+     SET state = 'submitted', tx_hash = $5, valid_before_s = $6, response = $7, updated_at_ms = $8, \
+     sender = $9, sender_nonce = $10 \
      WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
-     AND state IN ('received', 'submitted')";
+     AND state IN ('received', 'submitted') AND holder = $11";
 
 const RELEASE_UNSENT: &str = "DELETE FROM settlements \
      WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
      AND state = 'submitted' AND tx_hash = $5";
 
-const INSERT_RECEIVED: &str = "INSERT INTO settlements \
-     (network, asset, payer, nonce, fingerprint, state, created_at_ms, updated_at_ms) \
-     VALUES ($1, $2, $3, $4, $5, 'received', $6, $6) \
-     ON CONFLICT (network, asset, payer, nonce) DO NOTHING";
-
-const MARK_SUBMITTED: &str = "UPDATE settlements \
-     SET state = 'submitted', tx_hash = $5, valid_before_s = $6, response = $7, updated_at_ms = $8 \
-     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received'";
-
 const FINISH: &str = "UPDATE settlements \
-     SET state = $5, response = $6, error_reason = $7, updated_at_ms = $8 \
+     SET state = $5, response = $6, error_reason = $7, updated_at_ms = $8, \
+     tx_hash = COALESCE($9, tx_hash) \
      WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 \
      AND state IN ('received', 'submitted')";
 
+const CORRECT_TO_PAID: &str = "UPDATE settlements \
+     SET state = 'confirmed', response = $5, error_reason = NULL, tx_hash = $6, updated_at_ms = $7 \
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'failed'";
+
 const RELEASE: &str = "DELETE FROM settlements \
-     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received'";
+     WHERE network = $1 AND asset = $2 AND payer = $3 AND nonce = $4 AND state = 'received' \
+     AND holder IS NOT DISTINCT FROM $5";
 
 fn select_one() -> String {
     format!(
@@ -252,6 +270,28 @@ where
         .map(u64::try_from)
         .transpose()
         .map_err(|_| corrupt("negative valid_before_s".into()))?;
+    let sender_nonce: Option<i64> = row.try_get("sender_nonce")?;
+    let sender_nonce = sender_nonce
+        .map(u64::try_from)
+        .transpose()
+        .map_err(|_| corrupt("negative sender_nonce".into()))?;
+    let address = |column: &str| -> Result<Option<Address>, LedgerError> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|text| {
+            text.parse::<Address>()
+                .map_err(|_| corrupt(format!("{column} {text:?} is not an address")))
+        })
+        .transpose()
+    };
+    let sender = address("sender")?;
+    let pay_to = address("pay_to")?;
+    let amount: Option<String> = row.try_get("amount")?;
+    let amount = amount
+        .map(|text| {
+            Amount::parse_atomic(&text)
+                .map_err(|_| corrupt(format!("amount {text:?} is not an amount")))
+        })
+        .transpose()?;
     Ok(SettlementRecord {
         fingerprint: row.try_get("fingerprint")?,
         state,
@@ -262,8 +302,53 @@ where
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         payment_id: row.try_get("payment_id")?,
+        holder: row.try_get("holder")?,
+        sender,
+        sender_nonce,
+        pay_to,
+        amount,
         key,
     })
+}
+
+/// Addresses are stored as lowercase 0x hex, like the key's.
+fn lower_hex(address: &Address) -> String {
+    format!("{address:#x}")
+}
+
+/// The transaction a confirmed outcome records as the row's (it may be another than the one the
+/// row recorded, when another transaction used the authorization).
+fn confirmed_transaction(response: &SettleResponse, state: SettlementState) -> Option<String> {
+    (state == SettlementState::Confirmed && !response.transaction.is_empty())
+        .then(|| response.transaction.clone())
+}
+
+/// Binds [`MARK_SUBMITTED`]'s parameters.
+fn bind_submission<'q, DB>(
+    query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
+    key: &'q LedgerKey,
+    holder: &'q str,
+    submission: &'q Submission,
+    now: i64,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .bind(key.network.as_str())
+        .bind(key.asset.as_str())
+        .bind(key.payer.as_str())
+        .bind(key.nonce.as_str())
+        .bind(submission.tx_hash.as_str())
+        .bind(i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX))
+        .bind(response_json(&submission.pending_response))
+        .bind(now)
+        .bind(lower_hex(&submission.sender))
+        .bind(i64::try_from(submission.sender_nonce).unwrap_or(i64::MAX))
+        .bind(holder)
 }
 
 fn response_json(response: &SettleResponse) -> String {
@@ -296,31 +381,45 @@ macro_rules! ledger_impl {
             async fn claim(
                 &self,
                 key: &LedgerKey,
-                fingerprint: &str,
+                claimant: &Claimant,
             ) -> Result<Claim, LedgerError> {
                 let pool = self.ready().await?;
                 for _ in 0..CLAIM_ATTEMPTS_MAX {
+                    if let Some(id) = &claimant.payment_id
+                        && let Some(holder) = self.get_by_payment_id(id).await?
+                    {
+                        if holder.key != *key || holder.fingerprint != claimant.fingerprint {
+                            return Ok(Claim::PaymentIdConflict {
+                                held_by: holder.key,
+                            });
+                        }
+                        return Ok(Claim::Existing(Box::new(holder)));
+                    }
                     let inserted = sqlx::query(INSERT_RECEIVED)
                         .bind(&key.network)
                         .bind(&key.asset)
                         .bind(&key.payer)
                         .bind(&key.nonce)
-                        .bind(fingerprint)
+                        .bind(&claimant.fingerprint)
                         .bind(now_ms())
+                        .bind(claimant.payment_id.as_deref())
+                        .bind(&claimant.holder)
+                        .bind(lower_hex(&claimant.pay_to))
+                        .bind(claimant.amount.to_string())
                         .execute(pool)
                         .await?
                         .rows_affected();
                     if inserted == 1 {
                         return Ok(Claim::Claimed);
                     }
+                    if let Some(id) = &claimant.payment_id
+                        && self.get_by_payment_id(id).await?.is_some()
+                    {
+                        continue; // report who holds the id
+                    }
                     // The row exists; unless it was released since, report it.
                     if let Some(record) = self.get(key).await? {
-                        return Ok(Claim::Existing {
-                            state: record.state,
-                            fingerprint: record.fingerprint,
-                            tx_hash: record.tx_hash,
-                            response: record.response,
-                        });
+                        return Ok(Claim::Existing(Box::new(record)));
                     }
                 }
                 Err(LedgerError::ClaimContended {
@@ -329,58 +428,28 @@ macro_rules! ledger_impl {
                 })
             }
 
-            async fn claim_identified(
+            async fn take_over(
                 &self,
-                key: &LedgerKey,
-                fingerprint: &str,
-                payment_id: &str,
-            ) -> Result<Claim, LedgerError> {
+                seen: &SettlementRecord,
+                holder: &str,
+            ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
-                for _ in 0..CLAIM_ATTEMPTS_MAX {
-                    if let Some(holder) = self.get_by_payment_id(payment_id).await? {
-                        if holder.key != *key || holder.fingerprint != fingerprint {
-                            return Ok(Claim::PaymentIdConflict {
-                                held_by: holder.key,
-                            });
-                        }
-                        return Ok(Claim::Existing {
-                            state: holder.state,
-                            fingerprint: holder.fingerprint,
-                            tx_hash: holder.tx_hash,
-                            response: holder.response,
-                        });
-                    }
-                    // Either unique constraint (the authorization, the payment id) stops it.
-                    let inserted = sqlx::query(INSERT_RECEIVED_IDENTIFIED)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
-                        .bind(fingerprint)
-                        .bind(now_ms())
-                        .bind(payment_id)
-                        .execute(pool)
-                        .await?
-                        .rows_affected();
-                    if inserted == 1 {
-                        return Ok(Claim::Claimed);
-                    }
-                    if self.get_by_payment_id(payment_id).await?.is_some() {
-                        continue; // report who holds the id
-                    }
-                    if let Some(record) = self.get(key).await? {
-                        return Ok(Claim::Existing {
-                            state: record.state,
-                            fingerprint: record.fingerprint,
-                            tx_hash: record.tx_hash,
-                            response: record.response,
-                        });
-                    }
-                }
-                Err(LedgerError::ClaimContended {
-                    key: key.clone(),
-                    attempts: CLAIM_ATTEMPTS_MAX,
-                })
+                let key = &seen.key;
+                let updated = sqlx::query(TAKE_OVER)
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .bind(holder)
+                    // Strictly later than what was seen, so a second take-over of the row as
+                    // seen cannot match again.
+                    .bind(now_ms().max(seen.updated_at_ms + 1))
+                    .bind(seen.holder.as_deref())
+                    .bind(seen.updated_at_ms)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                Ok(updated == 1)
             }
 
             async fn get_by_payment_id(
@@ -397,37 +466,23 @@ macro_rules! ledger_impl {
 
             async fn mark_batch_submitted(
                 &self,
+                holder: &str,
                 items: &[(LedgerKey, Submission)],
             ) -> Result<(), LedgerError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
                 let now = now_ms();
                 for (key, submission) in items {
-                    let valid_before_s =
-                        i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX);
-                    let updated = sqlx::query(MARK_BATCH_SUBMITTED)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
-                        .bind(&submission.tx_hash)
-                        .bind(valid_before_s)
-                        .bind(response_json(&submission.pending_response))
-                        .bind(now)
-                        .execute(&mut *transaction)
-                        .await?
-                        .rows_affected();
+                    let updated =
+                        bind_submission(sqlx::query(MARK_SUBMITTED), key, holder, submission, now)
+                            .execute(&mut *transaction)
+                            .await?
+                            .rows_affected();
                     if updated != 1 {
                         transaction.rollback().await?;
-                        let reason = match self.get(key).await? {
-                            Some(record) => format!("it is {}", record.state),
-                            None => "there is no such settlement".to_string(),
-                        };
-                        return Err(LedgerError::Transition {
-                            key: key.clone(),
-                            to: SettlementState::Submitted,
-                            reason,
-                        });
+                        return self
+                            .check_transition(key, 0, SettlementState::Submitted)
+                            .await;
                     }
                 }
                 transaction.commit().await?;
@@ -464,6 +519,7 @@ macro_rules! ledger_impl {
                         .bind(response_json(response))
                         .bind(error_reason)
                         .bind(now)
+                        .bind(confirmed_transaction(response, *state))
                         .execute(&mut *transaction)
                         .await?
                         .rows_affected();
@@ -498,22 +554,20 @@ macro_rules! ledger_impl {
             async fn mark_submitted(
                 &self,
                 key: &LedgerKey,
+                holder: &str,
                 submission: &Submission,
             ) -> Result<(), LedgerError> {
                 let pool = self.ready().await?;
-                let valid_before_s = i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX);
-                let updated = sqlx::query(MARK_SUBMITTED)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
-                    .bind(&submission.tx_hash)
-                    .bind(valid_before_s)
-                    .bind(response_json(&submission.pending_response))
-                    .bind(now_ms())
-                    .execute(pool)
-                    .await?
-                    .rows_affected();
+                let updated = bind_submission(
+                    sqlx::query(MARK_SUBMITTED),
+                    key,
+                    holder,
+                    submission,
+                    now_ms(),
+                )
+                .execute(pool)
+                .await?
+                .rows_affected();
                 self.check_transition(key, updated, SettlementState::Submitted)
                     .await
             }
@@ -545,19 +599,45 @@ macro_rules! ledger_impl {
                     .bind(response_json(response))
                     .bind(error_reason)
                     .bind(now_ms())
+                    .bind(confirmed_transaction(response, state))
                     .execute(pool)
                     .await?
                     .rows_affected();
                 self.check_transition(key, updated, state).await
             }
 
-            async fn release(&self, key: &LedgerKey) -> Result<bool, LedgerError> {
+            async fn correct_to_paid(
+                &self,
+                key: &LedgerKey,
+                response: &SettleResponse,
+            ) -> Result<bool, LedgerError> {
+                let pool = self.ready().await?;
+                let updated = sqlx::query(CORRECT_TO_PAID)
+                    .bind(&key.network)
+                    .bind(&key.asset)
+                    .bind(&key.payer)
+                    .bind(&key.nonce)
+                    .bind(response_json(response))
+                    .bind(&response.transaction)
+                    .bind(now_ms())
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                Ok(updated == 1)
+            }
+
+            async fn release(
+                &self,
+                key: &LedgerKey,
+                holder: Option<&str>,
+            ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
                 let deleted = sqlx::query(RELEASE)
                     .bind(&key.network)
                     .bind(&key.asset)
                     .bind(&key.payer)
                     .bind(&key.nonce)
+                    .bind(holder)
                     .execute(pool)
                     .await?
                     .rows_affected();

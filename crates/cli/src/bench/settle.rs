@@ -315,6 +315,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
             batch,
             confirmations: 1,
             group_reads: !args.single_reads,
+            ..Default::default()
         },
         Arc::new(bursar_store::SqliteLedger::memory()),
     );

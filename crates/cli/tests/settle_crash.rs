@@ -1,8 +1,12 @@
-//! `bursar facilitator --batch` killed with SIGKILL at random moments while it settles, then
-//! restarted, repeatedly, against one anvil (the chain outlives every kill) and one settlement
-//! ledger (SQLite, then PostgreSQL). After the last restart (whose recovery finishes what the kills left behind) every
-//! authorization must be either confirmed exactly once, on chain and in the ledger, or unused on
-//! chain and not confirmed in the ledger; payees hold exactly what the ledger says they were paid.
+//! `bursar facilitator` killed with SIGKILL at random moments while it settles, then restarted,
+//! repeatedly, against one anvil (the chain outlives every kill) and one settlement ledger: one
+//! transaction per settlement and batched, each on SQLite and on PostgreSQL.
+//!
+//! After the last restart every payment is presented once more, and every one must be answered
+//! success at once: an authorization the chain shows used is answered with the transaction that
+//! used it (the one the ledger records), and one a kill left unused was released by the restart's
+//! recovery and settles now. Nothing is paid twice: each payee holds exactly its price, the payer
+//! lost exactly the sum, and a success answered before a kill is never contradicted.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -27,7 +31,7 @@ const TRIALS: usize = 10;
 const PAYMENTS_PER_TRIAL: usize = 60;
 const PRICE: u64 = 1_000;
 /// The kill lands this long after the trial's settlements start, chosen at random.
-const KILL_AFTER_MS_MAX: u64 = 600;
+const KILL_AFTER_MS_MAX: u64 = 500;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(20);
 /// A running `bursar facilitator`; SIGKILLed on drop if still running.
 struct Facilitator {
@@ -57,6 +61,11 @@ impl Facilitator {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
+                if line.starts_with("recovered settlement") {
+                    let outcome = line.rsplit("): ").next().unwrap_or_default();
+                    let word = outcome.split_whitespace().next().unwrap_or_default();
+                    eprintln!("  recovery at start: {word}");
+                }
                 if let Some(rest) = line.strip_prefix("Bursar facilitator on ") {
                     let address = rest.split_whitespace().next().unwrap_or_default();
                     let _ = found.send(address.to_string());
@@ -160,16 +169,32 @@ enum Db {
     Postgres,
 }
 
-/// SQLite, then PostgreSQL: one after the other, so two anvils and two facilitators never share
-/// the two cores (kills land at random moments either way).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
-    sigkill_trials(Db::Sqlite).await;
-    sigkill_trials(Db::Postgres).await;
+/// How the facilitator settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One transferWithAuthorization per settlement, from one sender (the default).
+    Unbatched,
+    /// BursarBatchSettler batches from three senders (`--batch`).
+    Batched,
 }
 
-async fn sigkill_trials(db: Db) {
-    eprintln!("--- settlement ledger on {db:?}");
+// One test per mode; each runs SQLite, then PostgreSQL, one after the other, so two anvils and
+// two facilitators never share the two cores (kills land at random moments either way).
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_settlement_loses_and_doubles_nothing() {
+    sigkill_trials(Mode::Unbatched, Db::Sqlite).await;
+    sigkill_trials(Mode::Unbatched, Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_batch_submission_loses_and_doubles_nothing() {
+    sigkill_trials(Mode::Batched, Db::Sqlite).await;
+    sigkill_trials(Mode::Batched, Db::Postgres).await;
+}
+
+async fn sigkill_trials(mode: Mode, db: Db) {
+    eprintln!("--- {mode:?} settlement, ledger on {db:?}");
     let started = Instant::now();
     let anvil = bursar_chain_rpc::AnvilInstance::spawn().unwrap_or_else(|e| panic!("{e}"));
     let rpc_url = anvil.url().to_string();
@@ -181,13 +206,9 @@ async fn sigkill_trials(db: Db) {
     let total = (TRIALS * PAYMENTS_PER_TRIAL) as u64;
     let fixture = testkit::fixture(chain.clone(), PRICE * total).await;
     let token = fixture.token.address();
-    let settler = fixture
-        .owner
-        .deploy(bursar_facilitator::batch::batch_settler_creation_code())
-        .await
-        .expect("deploy the batch settler");
 
-    // Three sender keys: one in the environment, two in a key file.
+    // Batches go out from three sender keys (one in the environment, two in a key file); single
+    // transactions from the first.
     let data_dir = tempfile::tempdir().unwrap();
     let keys: Vec<PrivateKeySigner> = (0..3).map(|_| PrivateKeySigner::random()).collect();
     for key in &keys {
@@ -197,27 +218,33 @@ async fn sigkill_trials(db: Db) {
             .unwrap();
     }
     let hex = |key: &PrivateKeySigner| alloy_primitives::hex::encode_prefixed(key.to_bytes());
-    let keys_file = data_dir.path().join("senders.keys");
-    std::fs::write(
-        &keys_file,
-        format!("{}\n{}\n", hex(&keys[1]), hex(&keys[2])),
-    )
-    .unwrap();
-    let args: Vec<String> = vec![
-        "--batch".into(),
-        "--batch-contract".into(),
-        settler.to_string(),
-        "--batch-items-max".into(),
-        "16".into(),
-        "--batch-wait-ms".into(),
-        "30".into(),
-        "--senders".into(),
-        "3".into(),
-        "--sender-keys-file".into(),
-        keys_file.display().to_string(),
-        "--asset".into(),
-        token.to_string(),
-    ];
+    let mut args: Vec<String> = vec!["--asset".into(), token.to_string()];
+    if mode == Mode::Batched {
+        let settler = fixture
+            .owner
+            .deploy(bursar_facilitator::batch::batch_settler_creation_code())
+            .await
+            .expect("deploy the batch settler");
+        let keys_file = data_dir.path().join("senders.keys");
+        std::fs::write(
+            &keys_file,
+            format!("{}\n{}\n", hex(&keys[1]), hex(&keys[2])),
+        )
+        .unwrap();
+        args.extend([
+            "--batch".into(),
+            "--batch-contract".into(),
+            settler.to_string(),
+            "--batch-items-max".into(),
+            "16".into(),
+            "--batch-wait-ms".into(),
+            "30".into(),
+            "--senders".into(),
+            "3".into(),
+            "--sender-keys-file".into(),
+            keys_file.display().to_string(),
+        ]);
+    }
     let primary_key = hex(&keys[0]);
 
     let (ledger_url, _postgres) = match db {
@@ -230,7 +257,6 @@ async fn sigkill_trials(db: Db) {
             (database.url().to_string(), Some(database))
         }
     };
-    let mut args = args;
     args.extend(["--ledger-url".to_string(), ledger_url.clone()]);
     let key_store = bursar_store::open_key_store(&ledger_url).await.unwrap();
     let api_key = key_store
@@ -251,6 +277,8 @@ async fn sigkill_trials(db: Db) {
         .unwrap();
     let chain_id = chain.chain_id();
     let mut payments: Vec<Arc<Payment>> = Vec::new();
+    // Every success answered before a kill, by payment.
+    let mut answered: Vec<Option<String>> = Vec::new();
     for trial in 0..TRIALS {
         let mut facilitator = Facilitator::start(&rpc_url, &primary_key, data_dir.path(), &args);
         let now = chain
@@ -259,43 +287,49 @@ async fn sigkill_trials(db: Db) {
             .unwrap()
             .timestamp
             .max(testkit::now_seconds());
-        let fresh: Vec<Arc<Payment>> = (0..PAYMENTS_PER_TRIAL)
-            .map(|_| Arc::new(payment(chain_id, token, &fixture.payer, now)))
-            .collect();
-        payments.extend(fresh.iter().cloned());
+        let first_fresh = payments.len();
+        payments.extend(
+            (0..PAYMENTS_PER_TRIAL)
+                .map(|_| Arc::new(payment(chain_id, token, &fixture.payer, now))),
+        );
+        answered.resize(payments.len(), None);
         // Fresh payments, plus duplicates of earlier trials' payments.
+        let mut chosen: Vec<usize> = (first_fresh..payments.len()).collect();
+        chosen.extend((0..first_fresh.min(10)).map(|_| random_below(first_fresh as u64) as usize));
         let mut calls = Vec::new();
-        let earlier = payments.len() - fresh.len();
-        let duplicates: Vec<Arc<Payment>> = (0..earlier.min(10))
-            .map(|_| payments[random_below(earlier as u64) as usize].clone())
-            .collect();
-        for p in fresh.iter().chain(duplicates.iter()) {
+        for index in chosen {
             let (http, url, p, key) = (
                 http.clone(),
                 facilitator.url.clone(),
-                p.clone(),
+                payments[index].clone(),
                 api_key.clone(),
             );
             calls.push(tokio::spawn(async move {
-                settle(&http, &url, &key, &p.body).await
+                (index, settle(&http, &url, &key, &p.body).await)
             }));
         }
         let kill_after = Duration::from_millis(random_below(KILL_AFTER_MS_MAX + 1));
         tokio::time::sleep(kill_after).await;
         facilitator.kill();
-        let mut answered = 0;
+        let mut successes = 0;
         for call in calls {
-            if let Some(answer) = call.await.unwrap()
+            let (index, answer) = call.await.unwrap();
+            if let Some(answer) = answer
                 && answer["success"] == true
             {
-                answered += 1;
+                let hash = answer["transaction"].as_str().unwrap().to_string();
+                if let Some(earlier) = &answered[index] {
+                    assert_eq!(earlier, &hash, "one payment, two transactions answered");
+                }
+                answered[index] = Some(hash);
+                successes += 1;
             }
         }
-        eprintln!("trial {trial}: killed after {kill_after:?}, {answered} successes answered");
+        eprintln!("trial {trial}: killed after {kill_after:?}, {successes} successes answered");
     }
 
-    // The last restart recovers; then every payment whose row is confirmed or gone is posted
-    // once more: confirmed ones must answer their recorded transaction, gone ones settle now.
+    // The last restart recovers; then every payment is presented once more and must settle (or
+    // answer its transaction) at once.
     let ledger = bursar_store::open(&ledger_url).await.unwrap();
     let network = format!("eip155:{chain_id}");
     let key_of = |p: &Payment| {
@@ -306,95 +340,95 @@ async fn sigkill_trials(db: Db) {
             &p.exact.authorization.nonce.to_string(),
         )
     };
+    let mut used_before = Vec::with_capacity(payments.len());
+    for p in &payments {
+        used_before.push(
+            fixture
+                .token
+                .authorization_state(fixture.payer.address(), p.exact.authorization.nonce)
+                .await
+                .unwrap(),
+        );
+    }
     let mut facilitator = Facilitator::start(&rpc_url, &primary_key, data_dir.path(), &args);
     let mut retried = 0;
-    for p in &payments {
-        let row = ledger.get(&key_of(p)).await.unwrap();
-        let recorded = match &row {
-            None => None,
-            Some(row) if row.state == SettlementState::Confirmed => row.tx_hash.clone(),
-            Some(_) => continue,
-        };
+    let mut final_answers = Vec::with_capacity(payments.len());
+    for (index, p) in payments.iter().enumerate() {
         let answer = settle(&http, &facilitator.url, &api_key, &p.body)
             .await
             .expect("the restarted facilitator answers");
-        assert_eq!(answer["success"], true, "{answer}");
-        if let Some(hash) = recorded {
-            assert_eq!(answer["transaction"].as_str(), Some(hash.as_str()));
-        } else {
+        assert_eq!(
+            answer["success"], true,
+            "after the restart every payment settles at once (used before: {}): {answer}",
+            used_before[index]
+        );
+        let hash = answer["transaction"].as_str().unwrap().to_string();
+        if let Some(earlier) = &answered[index] {
+            assert_eq!(earlier, &hash, "a success answered before a kill is kept");
+        }
+        if !used_before[index] {
             retried += 1;
         }
+        final_answers.push(hash);
     }
     facilitator.kill();
 
-    // Ledger == chain, payment by payment.
+    // Ledger == chain == answers, payment by payment.
     let transfer_topic = keccak256("Transfer(address,address,uint256)");
-    let (mut confirmed, mut unused_pending, mut paid_total) = (0u64, 0u64, U256::ZERO);
-    for p in &payments {
-        let used = fixture
-            .token
-            .authorization_state(fixture.payer.address(), p.exact.authorization.nonce)
+    for (p, answer) in payments.iter().zip(&final_answers) {
+        assert!(
+            fixture
+                .token
+                .authorization_state(fixture.payer.address(), p.exact.authorization.nonce)
+                .await
+                .unwrap(),
+            "every authorization is used"
+        );
+        assert_eq!(
+            fixture.token.balance_of(p.pay_to).await.unwrap(),
+            U256::from(PRICE),
+            "paid exactly once"
+        );
+        let row = ledger
+            .get(&key_of(p))
             .await
-            .unwrap();
-        let balance = fixture.token.balance_of(p.pay_to).await.unwrap();
-        paid_total += balance;
-        let row = ledger.get(&key_of(p)).await.unwrap();
-        let state = row.as_ref().map(|row| row.state);
-        if used {
-            let row = row.expect("a used authorization has a ledger row: none lost");
-            assert_eq!(
-                row.state,
-                SettlementState::Confirmed,
-                "a used authorization is confirmed in the ledger: {row:?}"
-            );
-            assert_eq!(balance, U256::from(PRICE), "paid exactly once");
-            let hash: B256 = row.tx_hash.as_deref().unwrap().parse().unwrap();
-            let receipt = evm.receipt(hash).await.unwrap().expect("mined");
-            assert!(receipt.success);
-            let pay_to_topic = B256::left_padding_from(p.pay_to.as_slice());
-            assert!(
-                receipt.logs.iter().any(|log| log.address == token
-                    && log.topics.first() == Some(&transfer_topic)
-                    && log.topics.get(2) == Some(&pay_to_topic)),
-                "the recorded transaction is the one that paid {}",
-                p.pay_to
-            );
-            confirmed += 1;
-        } else {
-            assert_eq!(balance, U256::ZERO);
-            assert_ne!(
-                state,
-                Some(SettlementState::Confirmed),
-                "confirmed but unused"
-            );
-            if state.is_some() {
-                unused_pending += 1;
-            }
-        }
+            .unwrap()
+            .expect("a used authorization has a ledger row: none lost");
+        assert_eq!(row.state, SettlementState::Confirmed, "{row:?}");
+        assert_eq!(row.tx_hash.as_deref(), Some(answer.as_str()));
+        let hash: B256 = answer.parse().unwrap();
+        let receipt = evm.receipt(hash).await.unwrap().expect("mined");
+        assert!(receipt.success);
+        let pay_to_topic = B256::left_padding_from(p.pay_to.as_slice());
+        assert!(
+            receipt.logs.iter().any(|log| log.address == token
+                && log.topics.first() == Some(&transfer_topic)
+                && log.topics.get(2) == Some(&pay_to_topic)),
+            "the answered transaction is the one that paid {}",
+            p.pay_to
+        );
     }
-    assert_eq!(paid_total, U256::from(PRICE * confirmed));
     assert_eq!(
         fixture
             .token
             .balance_of(fixture.payer.address())
             .await
             .unwrap(),
-        U256::from(PRICE * (total - confirmed))
+        U256::ZERO,
+        "the payer paid every payment once"
     );
-    assert!(confirmed > 0);
-    // Nothing was broadcast beyond the batches: every sender transaction is a mined batch.
     let mut sent = 0;
     for key in &keys {
         sent += chain.transaction_count(key.address()).await.unwrap();
     }
-    assert!(
-        sent <= confirmed,
-        "{sent} transactions for {confirmed} settlements"
-    );
+    match mode {
+        // Every transaction sent settled exactly one authorization: none was sent twice.
+        Mode::Unbatched => assert_eq!(sent, total, "{sent} transactions for {total} payments"),
+        Mode::Batched => assert!(sent <= total, "{sent} transactions for {total} payments"),
+    }
     eprintln!(
-        "{} payments: {confirmed} confirmed, {retried} settled after the last restart, \
-         {unused_pending} unused and held (claimed or recorded but never broadcast), in {:?}",
-        payments.len(),
+        "{total} payments settled exactly once in {sent} transactions; {retried} were unused \
+         after the kills and settled on the retry after the last restart; {:?}",
         started.elapsed()
     );
 }
