@@ -4,11 +4,12 @@
 //! backends implement — the embedded in-process EVM (`bursar-chain-revm`) and any JSON-RPC node
 //! (`bursar-chain-rpc`) — and [`DevChain`] adds the controls local chains offer (funding, time).
 //! On top of it, written once: [`Account`] (signing, nonce management, receipts) and [`Token`]
-//! (EIP-3009 token access). With the `testkit` feature, [`testkit`] is the conformance suite every
+//! (EIP-3009 token access), and [`events`] reads what a token emitted. With the `testkit` feature, [`testkit`] is the conformance suite every
 //! backend runs.
 
 mod account;
 mod api;
+pub mod events;
 mod token;
 
 #[cfg(feature = "testkit")]

@@ -1021,8 +1021,11 @@ pub async fn ledger(args: LedgerArgs) -> Result<()> {
                 .call(reqwest::Method::GET, "/v1/ledger/reconcile", None)
                 .await?;
             println!(
-                "checked {} entries, {} transfers, {} sessions",
-                report["entriesChecked"], report["transfersChecked"], report["sessionsChecked"]
+                "checked {} entries, {} transfers, {} sessions, {} authorizations used on chain",
+                report["entriesChecked"],
+                report["transfersChecked"],
+                report["sessionsChecked"],
+                report["chainUsesChecked"]
             );
             println!(
                 "posted {} / pending {} / voided {} (atomic units)",

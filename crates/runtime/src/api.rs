@@ -883,6 +883,7 @@ async fn reconcile(State(runtime): State<Runtime>, headers: HeaderMap) -> ApiRes
         "entriesChecked": report.entries_checked,
         "transfersChecked": report.transfers_checked,
         "sessionsChecked": report.sessions_checked,
+        "chainUsesChecked": report.chain_uses_checked,
         "postedAtomic": report.posted_total.to_string(),
         "pendingAtomic": report.pending_total.to_string(),
         "voidedAtomic": report.voided_total.to_string(),

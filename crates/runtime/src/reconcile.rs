@@ -6,11 +6,21 @@
 //! by the runtime's recorded `cancelAuthorization`; a pending one is neither used, cancelled nor
 //! expired). For every session: `posted` and `reserved` equal the sums of its
 //! posted and pending transfers, and never exceed `max_spend` together.
+//!
+//! Then the chain against the ledger: every authorization of the runtime's wallets that the
+//! token marked used since the runtime ledger began ([`LEDGER_FIRST_BLOCK_SETTING`]) must be a
+//! transfer in the ledger, posted (or still pending), and the transaction that used it must move
+//! exactly the transfer's amount to its payee.
 
 use std::collections::HashMap;
 
+use alloy_primitives::{Address, B256};
+use bursar_chain::EvmChain;
+use bursar_chain::events::{self, TransferEvent};
 use bursar_protocol::Amount;
-use bursar_store::runtime::{EntryKind, LIST_ROWS_MAX, TransferState};
+use bursar_store::runtime::{
+    EntryKind, LIST_ROWS_MAX, RuntimeStore, TransferRecord, TransferState,
+};
 
 use crate::error::RuntimeError;
 use crate::service::{ChainEvidence, Runtime};
@@ -29,6 +39,8 @@ pub struct Report {
     pub entries_checked: usize,
     pub transfers_checked: usize,
     pub sessions_checked: usize,
+    /// Authorizations of the runtime's wallets found used on chain.
+    pub chain_uses_checked: usize,
     /// Sum of posted transfers (atomic units of the runtime's currency).
     pub posted_total: Amount,
     pub pending_total: Amount,
@@ -46,13 +58,7 @@ impl Report {
 pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
     let store = runtime.store();
     let mut report = Report::default();
-    let differ = |subject: &str, problem: String| {
-        report_difference(subject, &problem);
-        Difference {
-            subject: subject.to_string(),
-            problem,
-        }
-    };
+    let differ = difference;
 
     // Ledger entries per transfer: kind -> amount.
     let mut entries: HashMap<String, Vec<(EntryKind, Option<Amount>)>> = HashMap::new();
@@ -231,8 +237,119 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
         }
     }
     report.sessions_checked = sessions.len();
+    report.chain_uses_checked = check_chain_uses(runtime, &transfers, &mut differences).await?;
     report.differences = differences;
     Ok(report)
+}
+
+/// The meta setting holding the chain block at which the runtime ledger began (written once, by
+/// [`note_first_block`] when the runtime first opens its database). A database from before the
+/// setting existed gets the head at its first open since: older history is not scanned.
+pub const LEDGER_FIRST_BLOCK_SETTING: &str = "ledger.first_block";
+
+/// Records the chain's head as the block the runtime ledger began at, unless one is recorded.
+pub(crate) async fn note_first_block(
+    store: &dyn RuntimeStore,
+    chain: &dyn EvmChain,
+) -> Result<(), RuntimeError> {
+    let head = chain.latest_block().await?.number;
+    store
+        .put_meta_if_absent(LEDGER_FIRST_BLOCK_SETTING, &head.to_string())
+        .await?;
+    Ok(())
+}
+
+/// Compares the authorizations of the runtime's wallets used on chain since the runtime ledger
+/// began with the ledger's transfers (see the module doc); returns how many uses it checked.
+async fn check_chain_uses(
+    runtime: &Runtime,
+    transfers: &[TransferRecord],
+    differences: &mut Vec<Difference>,
+) -> Result<usize, RuntimeError> {
+    let store = runtime.store();
+    let chain = runtime.chain().as_ref();
+    let asset = runtime.currency().asset;
+    let first_block = match store.meta(LEDGER_FIRST_BLOCK_SETTING).await? {
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            RuntimeError::Internal(format!(
+                "the {LEDGER_FIRST_BLOCK_SETTING} setting {text:?} is not a block number"
+            ))
+        })?,
+        None => 0,
+    };
+    let head = chain.latest_block().await?.number;
+    let mut by_authorization: HashMap<(Address, B256), &TransferRecord> = HashMap::new();
+    for transfer in transfers {
+        let (payer, transfer_asset, nonce) = crate::service::authorization_key(transfer)?;
+        if transfer_asset == asset {
+            by_authorization.insert((payer, nonce), transfer);
+        }
+    }
+    let mut checked = 0;
+    for wallet in runtime.wallets().await? {
+        let uses =
+            events::authorizations_used(chain, asset, wallet.address, first_block, head).await?;
+        for used in uses {
+            checked += 1;
+            let tx = used.transaction_hash;
+            let Some(transfer) = by_authorization.get(&(wallet.address, used.nonce)) else {
+                differences.push(difference(
+                    &format!("wallet {}", wallet.address),
+                    format!(
+                        "authorization {} was used on chain in {tx} (block {}) but the ledger \
+                         has no transfer for it: money left the wallet unrecorded",
+                        used.nonce, used.block_number
+                    ),
+                ));
+                continue;
+            };
+            if transfer.state == TransferState::Voided {
+                continue; // Reported above: voided, yet used on chain.
+            }
+            let Some(receipt) = chain.receipt(tx).await? else {
+                continue; // A reorganised block: the next reconciliation sees the new one.
+            };
+            let payee = transfer.payee.parse::<Address>().map_err(|_| {
+                RuntimeError::Internal(format!("transfer {} has an unreadable payee", transfer.id))
+            })?;
+            let expected = TransferEvent {
+                from: wallet.address,
+                to: payee,
+                value: transfer.amount.atomic(),
+            };
+            let moved: Vec<TransferEvent> = events::transfers_in(&receipt, asset)
+                .into_iter()
+                .filter(|event| event.from == wallet.address)
+                .collect();
+            if !moved.contains(&expected) {
+                let seen: Vec<String> = moved
+                    .iter()
+                    .map(|event| format!("{} to {}", event.value, event.to))
+                    .collect();
+                differences.push(difference(
+                    &transfer.id,
+                    format!(
+                        "records {} to {payee}, but {tx} moved {} from the wallet",
+                        transfer.amount,
+                        if seen.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            seen.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(checked)
+}
+
+fn difference(subject: &str, problem: String) -> Difference {
+    report_difference(subject, &problem);
+    Difference {
+        subject: subject.to_string(),
+        problem,
+    }
 }
 
 fn add(a: Amount, b: Amount) -> Result<Amount, RuntimeError> {

@@ -264,6 +264,7 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         let passphrase = Arc::new(passphrase);
         let token_key = TokenKey::load_or_create(store.as_ref(), &passphrase, config.kdf).await?;
+        crate::reconcile::note_first_block(store.as_ref(), chain.as_ref()).await?;
         let egress = EgressGuard::new(config.egress.clone());
         let kdf_slots = Arc::new(tokio::sync::Semaphore::new(config.kdf_concurrency.max(1)));
         if config.egress.allow_any {
