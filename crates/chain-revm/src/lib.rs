@@ -76,9 +76,9 @@
 //!
 //! - Whole state and all receipts are kept in memory (roughly 100 B per account and storage slot,
 //!   0.3–0.5 KB per receipt).
-//! - [`DEFAULT_BLOCK_GAS_LIMIT`]: 30,000,000 gas per block (so per transaction, capped further at
+//! - [`BLOCK_GAS_LIMIT_DEFAULT`]: 30,000,000 gas per block (so per transaction, capped further at
 //!   16,777,216 gas by Osaka's EIP-7825).
-//! - [`DEFAULT_BASE_FEE_PER_GAS`]: 1,000,000,000 wei (1 gwei) per gas.
+//! - [`BASE_FEE_PER_GAS_DEFAULT`]: 1,000,000,000 wei (1 gwei) per gas.
 //! - [`journal::RECORD_BYTES_MAX`]: 64 MiB per journal record.
 //! - One transaction per block; no pending pool, no reorgs, no logs filter, no blob or EIP-7702
 //!   transactions.
@@ -102,9 +102,9 @@ pub use bursar_chain::{DevChain, EvmChain};
 /// The EVM rules the embedded chain runs.
 pub const HARDFORK: revm::primitives::hardfork::SpecId = revm::primitives::hardfork::SpecId::OSAKA;
 /// Default base fee, in wei per gas (1 gwei).
-pub const DEFAULT_BASE_FEE_PER_GAS: u64 = 1_000_000_000;
+pub const BASE_FEE_PER_GAS_DEFAULT: u64 = 1_000_000_000;
 /// Default block gas limit, in gas.
-pub const DEFAULT_BLOCK_GAS_LIMIT: u64 = 30_000_000;
+pub const BLOCK_GAS_LIMIT_DEFAULT: u64 = 30_000_000;
 
 /// How to open an [`EmbeddedChain`].
 #[derive(Debug, Clone)]
@@ -131,8 +131,8 @@ impl Default for EmbeddedConfig {
             chain_id: bursar_protocol::DEV_CHAIN_ID,
             data_dir: None,
             genesis: Vec::new(),
-            base_fee_per_gas: DEFAULT_BASE_FEE_PER_GAS,
-            block_gas_limit: DEFAULT_BLOCK_GAS_LIMIT,
+            base_fee_per_gas: BASE_FEE_PER_GAS_DEFAULT,
+            block_gas_limit: BLOCK_GAS_LIMIT_DEFAULT,
             coinbase: Address::ZERO,
             sync_writes: true,
         }

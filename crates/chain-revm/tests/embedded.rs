@@ -17,7 +17,7 @@ use bursar_chain::{
     wait_for_receipt,
 };
 use bursar_chain_revm::{
-    DEFAULT_BASE_FEE_PER_GAS, EmbeddedChain, EmbeddedConfig, EmbeddedError, JOURNAL_FILE_NAME,
+    BASE_FEE_PER_GAS_DEFAULT, EmbeddedChain, EmbeddedConfig, EmbeddedError, JOURNAL_FILE_NAME,
     LOCK_FILE_NAME,
 };
 
@@ -282,7 +282,7 @@ async fn gas_is_paid_like_on_a_real_chain() {
     assert!(receipt.success);
     assert_eq!(receipt.block_number, head + 1, "mined in a new block");
     assert_eq!(receipt.gas_used, 21_000);
-    let price = u128::from(DEFAULT_BASE_FEE_PER_GAS) + tip;
+    let price = u128::from(BASE_FEE_PER_GAS_DEFAULT) + tip;
     assert_eq!(receipt.effective_gas_price, price);
     assert_eq!(
         chain.native_balance(recipient).await.unwrap(),
@@ -346,7 +346,7 @@ async fn gas_is_paid_like_on_a_real_chain() {
         .unwrap();
     assert_eq!(estimate, 21_000);
     let fees = chain.fees().await.unwrap();
-    assert!(fees.max_fee_per_gas >= u128::from(DEFAULT_BASE_FEE_PER_GAS));
+    assert!(fees.max_fee_per_gas >= u128::from(BASE_FEE_PER_GAS_DEFAULT));
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ pub const ARTIFACT_JSON: &str = include_str!("../../../contracts/artifacts/Bursa
 
 /// The longest token name the contract accepts, in bytes: OpenZeppelin's EIP712 keeps the domain
 /// name in a short string, and deployment reverts with `StringTooLong` beyond it.
-pub const MAX_NAME_BYTES: usize = 31;
+pub const NAME_BYTES_MAX: usize = 31;
 
 /// A compiled contract as written by `contracts/compile.mjs`.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +64,7 @@ pub fn artifact() -> &'static Artifact {
 /// arguments `(name, symbol, initialOwner)`. Send it as a contract-creation transaction.
 ///
 /// `name` is also the EIP-712 domain name, so buyers must sign with `extra.name == name` and
-/// `extra.version == "2"`. It must be at most [`MAX_NAME_BYTES`] bytes, or deployment reverts.
+/// `extra.version == "2"`. It must be at most [`NAME_BYTES_MAX`] bytes, or deployment reverts.
 /// `owner` may mint and transfer ownership; the zero address makes deployment revert.
 pub fn token_creation_code(name: &str, symbol: &str, owner: Address) -> Bytes {
     let arguments = BursarUSD::constructorCall {

@@ -48,7 +48,7 @@ pub mod reader;
 pub mod test_tokens;
 
 pub use artifact::{
-    ARTIFACT_JSON, Artifact, CompilerInfo, MAX_NAME_BYTES, artifact, token_creation_code,
+    ARTIFACT_JSON, Artifact, CompilerInfo, NAME_BYTES_MAX, artifact, token_creation_code,
 };
 pub use batch::{
     BATCH_ITEM_GAS_MAX, BATCH_ITEMS_MAX, BATCH_SETTLER_ARTIFACT_JSON, BatchItem,
