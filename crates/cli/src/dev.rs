@@ -294,28 +294,7 @@ async fn bind(address: SocketAddr, what: &str) -> Result<tokio::net::TcpListener
 
 pub async fn run(args: DevArgs) -> Result<()> {
     let network = Arc::new(DevNetwork::open(&args.data_dir).await?);
-    let evm: Arc<dyn EvmChain> = network.chain.clone();
-    let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
-    let sender = Account::new(network.chain.clone(), network.keys.facilitator.clone());
-    let batch = if args.batch {
-        Some(bursar_facilitator::BatchConfig::new(
-            deploy_batch_settler(&sender).await?,
-        ))
-    } else {
-        None
-    };
-    let batching = batch.as_ref().map(describe_batching);
-    let facilitator = LocalFacilitator::with_ledger(
-        evm,
-        sender,
-        FacilitatorConfig {
-            assets: Some(vec![network.token.address()]),
-            batch,
-            instance: Some(instance_name(None, &args.data_dir)?),
-            ..Default::default()
-        },
-        ledger,
-    );
+    let (facilitator, batching) = dev_facilitator(&network, &args).await?;
     recover(&facilitator).await?;
 
     let facilitator_listener = bind(
@@ -394,6 +373,37 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.data_dir.display()
     );
     Ok(())
+}
+
+/// The facilitator inside `bursar dev`: settling on the dev chain from the demo facilitator
+/// account, batched with `--batch`; and how it batches, for the banner.
+async fn dev_facilitator(
+    network: &DevNetwork,
+    args: &DevArgs,
+) -> Result<(LocalFacilitator, Option<String>)> {
+    let evm: Arc<dyn EvmChain> = network.chain.clone();
+    let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
+    let sender = Account::new(network.chain.clone(), network.keys.facilitator.clone());
+    let batch = if args.batch {
+        Some(bursar_facilitator::BatchConfig::new(
+            deploy_batch_settler(&sender).await?,
+        ))
+    } else {
+        None
+    };
+    let batching = batch.as_ref().map(describe_batching);
+    let facilitator = LocalFacilitator::with_ledger(
+        evm,
+        sender,
+        FacilitatorConfig {
+            assets: Some(vec![network.token.address()]),
+            batch,
+            instance: Some(instance_name(None, &args.data_dir)?),
+            ..Default::default()
+        },
+        ledger,
+    );
+    Ok((facilitator, batching))
 }
 
 /// Where `bursar dev`'s runtime lets agents' requests go: public addresses and loopback, where
@@ -540,53 +550,11 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
     } else {
         Some(args.assets.clone())
     };
-    let mut dev_chain: Option<Arc<dyn bursar_chain::DevChain>> = None;
-    let (chain, key): (Arc<dyn EvmChain>, PrivateKeySigner) = match &args.rpc_url {
-        Some(url) => {
-            let key = std::env::var(&args.key_env).with_context(|| {
-                format!(
-                    "set {} to the settlement account's private key (hex) to settle on {url}",
-                    args.key_env
-                )
-            })?;
-            let key: PrivateKeySigner = key.trim().parse().map_err(|_| {
-                anyhow::anyhow!("{} does not hold a valid private key", args.key_env)
-            })?;
-            let chain = bursar_chain_rpc::RpcChain::connect(url, args.chain_id)
-                .await
-                .with_context(|| format!("cannot use the node at {url}"))?;
-            (chain, key)
-        }
-        None => {
-            let network = DevNetwork::open(&args.data_dir).await?;
-            dev_chain = Some(network.chain.clone());
-            (network.chain.clone(), network.keys.facilitator.clone())
-        }
-    };
+    let (chain, key, dev_chain) = settlement_chain(&args).await?;
     let address = key.address();
     let (senders, batch) = settlement_senders(&args, &chain, dev_chain.as_ref(), key).await?;
     let ledger = open_ledger(args.ledger_url.as_deref(), &args.data_dir).await?;
-    let keys =
-        bursar_store::open_key_store(&ledger_url(args.ledger_url.as_deref(), &args.data_dir)?)
-            .await
-            .context("cannot open the api key store")?;
-    let limiter: Arc<dyn bursar_facilitator::RateLimiter> = match &args.redis_url {
-        Some(url) => Arc::new(
-            bursar_facilitator::RedisLimiter::connect(url, REDIS_KEY_PREFIX)
-                .await
-                .context("cannot reach Redis for rate limits (--redis-url)")?,
-        ),
-        None => Arc::new(bursar_facilitator::MemoryLimiter::new()),
-    };
-    let access = bursar_facilitator::Access {
-        policy: bursar_facilitator::AccessPolicy {
-            open_verify: args.open_verify,
-            open_settle: args.open_settle,
-            ..Default::default()
-        },
-        keys,
-        limiter,
-    };
+    let access = facilitator_access(&args).await?;
     let batching = batch
         .as_ref()
         .map(|config| format!("{}, ", describe_batching(config)));
@@ -654,6 +622,69 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         task.await??;
     }
     Ok(())
+}
+
+/// The chain `bursar facilitator` settles on and its settlement key: the node at `--rpc-url`
+/// with the key from `--key-env`, or the `bursar dev` chain (also returned as a dev chain) with
+/// its facilitator key.
+async fn settlement_chain(
+    args: &FacilitatorArgs,
+) -> Result<(
+    Arc<dyn EvmChain>,
+    PrivateKeySigner,
+    Option<Arc<dyn bursar_chain::DevChain>>,
+)> {
+    let mut dev_chain: Option<Arc<dyn bursar_chain::DevChain>> = None;
+    let (chain, key): (Arc<dyn EvmChain>, PrivateKeySigner) = match &args.rpc_url {
+        Some(url) => {
+            let key = std::env::var(&args.key_env).with_context(|| {
+                format!(
+                    "set {} to the settlement account's private key (hex) to settle on {url}",
+                    args.key_env
+                )
+            })?;
+            let key: PrivateKeySigner = key.trim().parse().map_err(|_| {
+                anyhow::anyhow!("{} does not hold a valid private key", args.key_env)
+            })?;
+            let chain = bursar_chain_rpc::RpcChain::connect(url, args.chain_id)
+                .await
+                .with_context(|| format!("cannot use the node at {url}"))?;
+            (chain, key)
+        }
+        None => {
+            let network = DevNetwork::open(&args.data_dir).await?;
+            dev_chain = Some(network.chain.clone());
+            (network.chain.clone(), network.keys.facilitator.clone())
+        }
+    };
+    Ok((chain, key, dev_chain))
+}
+
+/// Who may call `bursar facilitator`: its API keys (in the settlement ledger's database), the
+/// open flags, and rate limits in Redis (`--redis-url`) or in memory.
+async fn facilitator_access(args: &FacilitatorArgs) -> Result<bursar_facilitator::Access> {
+    let keys =
+        bursar_store::open_key_store(&ledger_url(args.ledger_url.as_deref(), &args.data_dir)?)
+            .await
+            .context("cannot open the api key store")?;
+    let limiter: Arc<dyn bursar_facilitator::RateLimiter> = match &args.redis_url {
+        Some(url) => Arc::new(
+            bursar_facilitator::RedisLimiter::connect(url, REDIS_KEY_PREFIX)
+                .await
+                .context("cannot reach Redis for rate limits (--redis-url)")?,
+        ),
+        None => Arc::new(bursar_facilitator::MemoryLimiter::new()),
+    };
+    let access = bursar_facilitator::Access {
+        policy: bursar_facilitator::AccessPolicy {
+            open_verify: args.open_verify,
+            open_settle: args.open_settle,
+            ..Default::default()
+        },
+        keys,
+        limiter,
+    };
+    Ok(access)
 }
 
 /// The sender accounts and the batch configuration `bursar facilitator` settles with.

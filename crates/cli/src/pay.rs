@@ -271,13 +271,13 @@ fn payer_key(key_env: &str, data_dir: &std::path::Path) -> Result<PrivateKeySign
 
 pub async fn pay(args: PayArgs) -> Result<()> {
     if let Some(token) = &args.session {
-        let mut headers = Vec::new();
-        for header in &args.headers {
-            let (name, value) = header
-                .split_once(':')
-                .ok_or_else(|| failure(2, format!("header {header:?} must be \"Name: value\"")))?;
-            headers.push((name.trim().to_string(), value.trim().to_string()));
-        }
+        let headers = args
+            .headers
+            .iter()
+            .map(|header| {
+                parse_header(header).map(|(name, value)| (name.to_string(), value.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let remote = crate::runtime::Remote {
             runtime_url: args.runtime_url.clone(),
             operator_key: None,
@@ -314,11 +314,9 @@ pub async fn pay(args: PayArgs) -> Result<()> {
     let mut request = RequestSpec::new(method, &args.url)
         .map_err(|e| failure(2, format!("{}: {e}", args.url)))?;
     for header in &args.headers {
-        let (name, value) = header
-            .split_once(':')
-            .ok_or_else(|| failure(2, format!("header {header:?} must be \"Name: value\"")))?;
+        let (name, value) = parse_header(header)?;
         request = request
-            .header(name.trim(), value.trim())
+            .header(name, value)
             .map_err(|e| failure(2, format!("header {header:?}: {e}")))?;
     }
     if let Some(data) = &args.data {
@@ -341,6 +339,31 @@ pub async fn pay(args: PayArgs) -> Result<()> {
             );
         }
     };
+    print_outcome(&response, payer, &usdc, args.json)?;
+    if !response.status.is_success() {
+        return Err(failure(
+            exit::FAILURE,
+            format!("the server answered HTTP {}", response.status),
+        ));
+    }
+    Ok(())
+}
+
+/// `"Name: value"` → (name, value), trimmed.
+fn parse_header(header: &str) -> Result<(&str, &str)> {
+    let (name, value) = header
+        .split_once(':')
+        .ok_or_else(|| failure(2, format!("header {header:?} must be \"Name: value\"")))?;
+    Ok((name.trim(), value.trim()))
+}
+
+/// Prints the response body, then the payment receipt (JSON with `--json`, else on stderr).
+fn print_outcome(
+    response: &bursar_buyer::PaidResponse,
+    payer: Address,
+    usdc: &AssetUnit,
+    json_output: bool,
+) -> Result<()> {
     let body = String::from_utf8_lossy(&response.body).to_string();
     let receipt = response.payment.as_ref().map(|payment| {
         let settlement = payment.settlement.as_ref();
@@ -356,7 +379,7 @@ pub async fn pay(args: PayArgs) -> Result<()> {
             "settled": settlement.map(|s| s.success),
         })
     });
-    if args.json {
+    if json_output {
         let document =
             json!({"status": response.status.as_u16(), "body": body, "receipt": receipt});
         println!("{}", serde_json::to_string_pretty(&document)?);
@@ -393,12 +416,6 @@ pub async fn pay(args: PayArgs) -> Result<()> {
                 response.status
             ),
         }
-    }
-    if !response.status.is_success() {
-        return Err(failure(
-            exit::FAILURE,
-            format!("the server answered HTTP {}", response.status),
-        ));
     }
     Ok(())
 }

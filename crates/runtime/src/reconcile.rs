@@ -54,14 +54,62 @@ impl Report {
     }
 }
 
+/// Ledger entries per transfer id: (kind, amount) in ledger order.
+type EntriesByTransfer = HashMap<String, Vec<(EntryKind, Option<Amount>)>>;
+/// Per session id: the sums of its posted and of its pending transfers.
+type SessionSums = HashMap<String, (Amount, Amount)>;
+
 /// Reconciles the whole ledger. Read-only: it never posts or voids.
 pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
-    let store = runtime.store();
     let mut report = Report::default();
-    let differ = difference;
+    let mut differences = Vec::new();
+    let mut entries = entries_by_transfer(runtime.store().as_ref(), &mut report).await?;
+    let transfers = runtime.store().transfers(None).await?;
+    report.transfers_checked = transfers.len();
+    let mut session_sums = SessionSums::new();
+    for transfer in &transfers {
+        let recorded = entries.remove(&transfer.id).unwrap_or_default();
+        check_entries(transfer, &recorded, &mut differences);
+        let evidence = runtime.chain_evidence(transfer).await?;
+        let sums = session_sums
+            .entry(transfer.session_id.clone())
+            .or_insert((Amount::ZERO, Amount::ZERO));
+        match transfer.state {
+            TransferState::Posted => {
+                report.posted_total = add(report.posted_total, transfer.amount)?;
+                sums.0 = add(sums.0, transfer.amount)?;
+            }
+            TransferState::Voided => {
+                report.voided_total = add(report.voided_total, transfer.amount)?;
+            }
+            TransferState::Pending => {
+                report.pending_total = add(report.pending_total, transfer.amount)?;
+                sums.1 = add(sums.1, transfer.amount)?;
+            }
+        }
+        check_evidence(transfer, &evidence, &mut differences);
+    }
+    for (transfer, recorded) in entries {
+        differences.push(difference(
+            &transfer,
+            format!(
+                "{} ledger entries name a transfer that does not exist",
+                recorded.len()
+            ),
+        ));
+    }
+    report.sessions_checked = check_sessions(runtime, session_sums, &mut differences).await?;
+    report.chain_uses_checked = check_chain_uses(runtime, &transfers, &mut differences).await?;
+    report.differences = differences;
+    Ok(report)
+}
 
-    // Ledger entries per transfer: kind -> amount.
-    let mut entries: HashMap<String, Vec<(EntryKind, Option<Amount>)>> = HashMap::new();
+/// Every ledger entry that names a transfer, read a page at a time.
+async fn entries_by_transfer(
+    store: &dyn RuntimeStore,
+    report: &mut Report,
+) -> Result<EntriesByTransfer, RuntimeError> {
+    let mut entries = EntriesByTransfer::new();
     let mut after = 0;
     loop {
         let page = store.entries(after, LIST_ROWS_MAX).await?;
@@ -77,123 +125,97 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
             }
         }
     }
+    Ok(entries)
+}
 
-    let transfers = store.transfers(None).await?;
-    report.transfers_checked = transfers.len();
-    let mut differences = Vec::new();
-    let mut session_sums: HashMap<String, (Amount, Amount)> = HashMap::new();
-    for transfer in &transfers {
-        let recorded = entries.remove(&transfer.id).unwrap_or_default();
-        let count = |kind: EntryKind| recorded.iter().filter(|(k, _)| *k == kind).count();
-        let (reserve, post, void) = (
-            count(EntryKind::Reserve),
-            count(EntryKind::Post),
-            count(EntryKind::Void),
-        );
-        let expected = match transfer.state {
-            TransferState::Pending => (1, 0, 0),
-            TransferState::Posted => (1, 1, 0),
-            TransferState::Voided => (1, 0, 1),
-        };
-        if (reserve, post, void) != expected {
-            differences.push(differ(
-                &transfer.id,
-                format!(
-                    "is {} but the ledger has {reserve} reserve, {post} post and {void} void entries",
-                    transfer.state
-                ),
-            ));
-        }
-        if recorded
-            .iter()
-            .any(|(_, amount)| *amount != Some(transfer.amount))
-        {
-            differences.push(differ(
-                &transfer.id,
-                format!(
-                    "ledger entries disagree with the transfer's amount {}",
-                    transfer.amount
-                ),
-            ));
-        }
-
-        let evidence = runtime.chain_evidence(transfer).await?;
-        let sums = session_sums
-            .entry(transfer.session_id.clone())
-            .or_insert((Amount::ZERO, Amount::ZERO));
-        match transfer.state {
-            TransferState::Posted => {
-                report.posted_total = add(report.posted_total, transfer.amount)?;
-                sums.0 = add(sums.0, transfer.amount)?;
-                match &evidence {
-                    ChainEvidence::Used { tx_hash } => {
-                        if transfer.tx_hash.is_some() && tx_hash.is_none() {
-                            differences.push(differ(
-                                &transfer.id,
-                                format!(
-                                    "recorded transaction {} does not show this authorization used",
-                                    transfer.tx_hash.as_deref().unwrap_or_default()
-                                ),
-                            ));
-                        }
-                    }
-                    ChainEvidence::Cancelled { tx_hash } => differences.push(differ(
-                        &transfer.id,
-                        format!(
-                            "is posted but the authorization was cancelled on chain in {tx_hash}"
-                        ),
-                    )),
-                    _ => differences.push(differ(
-                        &transfer.id,
-                        "is posted but the authorization is unused on chain".into(),
-                    )),
-                }
-            }
-            TransferState::Voided => {
-                report.voided_total = add(report.voided_total, transfer.amount)?;
-                if matches!(evidence, ChainEvidence::Used { .. }) {
-                    differences.push(differ(
-                        &transfer.id,
-                        "is voided but the authorization was used on chain: money moved".into(),
-                    ));
-                }
-            }
-            TransferState::Pending => {
-                report.pending_total = add(report.pending_total, transfer.amount)?;
-                sums.1 = add(sums.1, transfer.amount)?;
-                match evidence {
-                    ChainEvidence::Used { .. } => differences.push(differ(
-                        &transfer.id,
-                        "is pending but settled on chain (the resolver has not posted it yet)"
-                            .into(),
-                    )),
-                    ChainEvidence::Expired => differences.push(differ(
-                        &transfer.id,
-                        "is pending but expired unused on chain (the resolver has not voided it yet)"
-                            .into(),
-                    )),
-                    ChainEvidence::Cancelled { tx_hash } => differences.push(differ(
-                        &transfer.id,
-                        format!(
-                            "is pending but cancelled on chain in {tx_hash} (not voided yet)"
-                        ),
-                    )),
-                    ChainEvidence::Unused => {}
-                }
-            }
-        }
-    }
-    for (transfer, recorded) in entries {
-        differences.push(differ(
-            &transfer,
+/// One `reserve`, then exactly one `post` or `void` matching the transfer's state, each with
+/// the transfer's amount.
+fn check_entries(
+    transfer: &TransferRecord,
+    recorded: &[(EntryKind, Option<Amount>)],
+    differences: &mut Vec<Difference>,
+) {
+    let count = |kind: EntryKind| recorded.iter().filter(|(k, _)| *k == kind).count();
+    let (reserve, post, void) = (
+        count(EntryKind::Reserve),
+        count(EntryKind::Post),
+        count(EntryKind::Void),
+    );
+    let expected = match transfer.state {
+        TransferState::Pending => (1, 0, 0),
+        TransferState::Posted => (1, 1, 0),
+        TransferState::Voided => (1, 0, 1),
+    };
+    if (reserve, post, void) != expected {
+        differences.push(difference(
+            &transfer.id,
             format!(
-                "{} ledger entries name a transfer that does not exist",
-                recorded.len()
+                "is {} but the ledger has {reserve} reserve, {post} post and {void} void entries",
+                transfer.state
             ),
         ));
     }
+    if recorded
+        .iter()
+        .any(|(_, amount)| *amount != Some(transfer.amount))
+    {
+        differences.push(difference(
+            &transfer.id,
+            format!(
+                "ledger entries disagree with the transfer's amount {}",
+                transfer.amount
+            ),
+        ));
+    }
+}
 
-    // The newest sessions in one listing, then any other session that has transfers.
+/// The transfer's state against what the chain shows of its authorization.
+fn check_evidence(
+    transfer: &TransferRecord,
+    evidence: &ChainEvidence,
+    differences: &mut Vec<Difference>,
+) {
+    let problem = match (transfer.state, evidence) {
+        (TransferState::Posted, ChainEvidence::Used { tx_hash }) => {
+            if transfer.tx_hash.is_some() && tx_hash.is_none() {
+                format!(
+                    "recorded transaction {} does not show this authorization used",
+                    transfer.tx_hash.as_deref().unwrap_or_default()
+                )
+            } else {
+                return;
+            }
+        }
+        (TransferState::Posted, ChainEvidence::Cancelled { tx_hash }) => {
+            format!("is posted but the authorization was cancelled on chain in {tx_hash}")
+        }
+        (TransferState::Posted, _) => "is posted but the authorization is unused on chain".into(),
+        (TransferState::Voided, ChainEvidence::Used { .. }) => {
+            "is voided but the authorization was used on chain: money moved".into()
+        }
+        (TransferState::Voided, _) => return,
+        (TransferState::Pending, ChainEvidence::Used { .. }) => {
+            "is pending but settled on chain (the resolver has not posted it yet)".into()
+        }
+        (TransferState::Pending, ChainEvidence::Expired) => {
+            "is pending but expired unused on chain (the resolver has not voided it yet)".into()
+        }
+        (TransferState::Pending, ChainEvidence::Cancelled { tx_hash }) => {
+            format!("is pending but cancelled on chain in {tx_hash} (not voided yet)")
+        }
+        (TransferState::Pending, ChainEvidence::Unused) => return,
+    };
+    differences.push(difference(&transfer.id, problem));
+}
+
+/// Every session's totals against its transfers' sums and its budget: the newest sessions in
+/// one listing, then any other session that has transfers. Returns how many it checked.
+async fn check_sessions(
+    runtime: &Runtime,
+    mut session_sums: SessionSums,
+    differences: &mut Vec<Difference>,
+) -> Result<usize, RuntimeError> {
+    let store = runtime.store();
     let mut sessions = store.sessions(None).await?;
     let listed: std::collections::HashSet<String> =
         sessions.iter().map(|session| session.id.clone()).collect();
@@ -206,7 +228,7 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
     for id in others {
         match store.session(id).await? {
             Some(session) => unlisted.push(session),
-            None => differences.push(differ(
+            None => differences.push(difference(
                 id,
                 "transfers name a session that does not exist".into(),
             )),
@@ -218,7 +240,7 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
             .remove(&session.id)
             .unwrap_or((Amount::ZERO, Amount::ZERO));
         if session.posted != posted || session.reserved != reserved {
-            differences.push(differ(
+            differences.push(difference(
                 &session.id,
                 format!(
                     "records posted {} and reserved {}, its transfers add up to {posted} and {reserved}",
@@ -227,7 +249,7 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
             ));
         }
         if add(session.posted, session.reserved)? > session.max_spend {
-            differences.push(differ(
+            differences.push(difference(
                 &session.id,
                 format!(
                     "posted {} + reserved {} exceed the budget {}",
@@ -236,10 +258,7 @@ pub async fn reconcile(runtime: &Runtime) -> Result<Report, RuntimeError> {
             ));
         }
     }
-    report.sessions_checked = sessions.len();
-    report.chain_uses_checked = check_chain_uses(runtime, &transfers, &mut differences).await?;
-    report.differences = differences;
-    Ok(report)
+    Ok(sessions.len())
 }
 
 /// The meta setting holding the chain block at which the runtime ledger began (written once, by
