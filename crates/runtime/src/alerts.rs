@@ -32,7 +32,6 @@ use bursar_protocol::Amount;
 use bursar_store::runtime::{SessionRecord, SpendCap, TransferRecord};
 use bursar_store::{AlertRecord, AlertStore, AttemptOutcome, NewAlert};
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::error::RuntimeError;
@@ -227,43 +226,58 @@ pub fn reached(used: Amount, cap: Amount, threshold: u8) -> bool {
     used >= bar
 }
 
-/// The alert as JSON: the webhook body and the API's listing (which adds the delivery state).
-pub fn alert_json(alert: &AlertRecord) -> Value {
-    json!({
-        "id": alert.id,
-        "type": "budget.threshold",
-        "budget": alert.budget,
-        "threshold": alert.threshold,
-        "usedAtomic": alert.used.to_string(),
-        "capAtomic": alert.cap.to_string(),
-        "currency": alert.currency,
-        "network": alert.network,
-        "asset": alert.asset,
-        "sessionId": alert.session_id,
-        "grantId": alert.grant_id,
-        "walletId": alert.wallet_id,
-        "agent": alert.agent,
-        "transferId": alert.transfer_id,
-        "windowSeconds": alert.window_ms.map(|ms| ms / 1000),
-        "windowStartMs": alert.window_start_ms,
-        "reason": alert.reason,
-        "atMs": alert.created_at_ms,
-    })
+/// An alert as the webhook receives it (and `GET /v1/alerts` lists it, with its delivery).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertBody {
+    pub id: String,
+    /// Always `budget.threshold`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub budget: String,
+    /// Percent of the cap.
+    pub threshold: u8,
+    #[schema(value_type = String)]
+    pub used_atomic: Amount,
+    #[schema(value_type = String)]
+    pub cap_atomic: Amount,
+    pub currency: String,
+    pub network: String,
+    pub asset: String,
+    pub session_id: Option<String>,
+    pub grant_id: Option<String>,
+    pub wallet_id: Option<String>,
+    pub agent: Option<String>,
+    pub transfer_id: Option<String>,
+    pub window_seconds: Option<i64>,
+    pub window_start_ms: Option<i64>,
+    pub reason: String,
+    pub at_ms: i64,
 }
 
-/// [`alert_json`] with the delivery state, for `GET /v1/alerts`.
-pub fn alert_listing_json(alert: &AlertRecord) -> Value {
-    let mut value = alert_json(alert);
-    value["delivery"] = json!({
-        "state": alert.state.as_str(),
-        "attempts": alert.attempts,
-        "nextAttemptAtMs": (alert.state == bursar_store::DeliveryState::Pending)
-            .then_some(alert.next_attempt_at_ms),
-        "lastAttemptAtMs": alert.last_attempt_at_ms,
-        "lastError": alert.last_error,
-        "deliveredAtMs": alert.delivered_at_ms,
-    });
-    value
+impl From<&AlertRecord> for AlertBody {
+    fn from(alert: &AlertRecord) -> Self {
+        AlertBody {
+            id: alert.id.clone(),
+            kind: "budget.threshold",
+            budget: alert.budget.clone(),
+            threshold: alert.threshold,
+            used_atomic: alert.used,
+            cap_atomic: alert.cap,
+            currency: alert.currency.clone(),
+            network: alert.network.clone(),
+            asset: alert.asset.clone(),
+            session_id: alert.session_id.clone(),
+            grant_id: alert.grant_id.clone(),
+            wallet_id: alert.wallet_id.clone(),
+            agent: alert.agent.clone(),
+            transfer_id: alert.transfer_id.clone(),
+            window_seconds: alert.window_ms.map(|ms| ms / 1000),
+            window_start_ms: alert.window_start_ms,
+            reason: alert.reason.clone(),
+            at_ms: alert.created_at_ms,
+        }
+    }
 }
 
 /// One budget a reservation counts against.
@@ -499,7 +513,7 @@ async fn deliver(
     webhook: &AlertWebhook,
     alert: &AlertRecord,
 ) -> Result<(), String> {
-    let body = serde_json::to_vec(&alert_json(alert)).map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&AlertBody::from(alert)).map_err(|e| e.to_string())?;
     let signature = signature(&webhook.secret, now_s(), &body);
     let response = http
         .post(webhook.url.clone())

@@ -49,6 +49,7 @@
 //! - **Forward proxy** ([`proxy::proxy_router`]): the same paying for agents that set
 //!   `HTTP_PROXY` to it, with the session token as proxy credentials (no `CONNECT` tunnels).
 
+mod admin;
 pub mod alerts;
 pub mod api;
 pub mod compensation;
@@ -59,7 +60,8 @@ pub mod reconcile;
 mod service;
 pub mod tokens;
 
-pub use alerts::AlertWebhook;
+pub use admin::PolicyScope;
+pub use alerts::{AlertBody, AlertWebhook};
 pub use egress::{EgressAllow, EgressPolicy};
 pub use error::RuntimeError;
 pub use service::{

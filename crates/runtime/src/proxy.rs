@@ -311,7 +311,8 @@ async fn forward(
     }
     headers.append(header::VIA, HeaderValue::from_static(VIA_ENTRY));
     if let Some(payment) = &fetched.payment {
-        let document = crate::api::payment_json(runtime, payment).to_string();
+        let document = serde_json::to_string(&crate::api::PaymentBody::of(runtime, payment))
+            .unwrap_or_default();
         match HeaderValue::from_str(&document) {
             Ok(value) => {
                 headers.insert(HEADER_PAYMENT, value);

@@ -586,10 +586,10 @@ on_both_databases!(
 #[tokio::test]
 async fn openapi_names_every_route() {
     let document: serde_json::Value =
-        serde_json::from_str(bursar_runtime::api::OPENAPI).expect("openapi.json is JSON");
+        serde_json::from_str(bursar_runtime::api::openapi_json()).expect("openapi.json is JSON");
     assert_eq!(document["openapi"], "3.1.0");
     let paths = document["paths"].as_object().unwrap();
-    let source = include_str!("../src/api.rs");
+    let source = include_str!("../src/api/mod.rs");
     let mut routes = 0;
     for (index, _) in source.match_indices(".route(") {
         let rest = source[index + ".route(".len()..].trim_start();
@@ -621,7 +621,71 @@ async fn openapi_names_every_route() {
     assert!(create["properties"]["currency"].is_object());
     let lift =
         &paths["/v1/pauses/lift"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    let lift = match lift["$ref"].as_str() {
+        Some(reference) => document
+            .pointer(reference.trim_start_matches('#'))
+            .expect("the reference resolves"),
+        None => lift,
+    };
     assert_eq!(lift["required"], json!(["policy", "endpoint"]));
     let listed = &paths["/v1/pauses"]["get"];
     assert_eq!(listed["parameters"][0]["name"], "policy");
+}
+
+/// The check every test's calls go through catches an answer that differs from the served
+/// document: a wrong type, a missing field, an undeclared field, an undocumented status, an
+/// error body that is not one, a route the document does not have.
+#[tokio::test]
+async fn answers_that_differ_from_the_document_are_caught() {
+    let network = network().await;
+    let database = bursar_store::testkit::TempSqlite::new();
+    let rt = runtime(&network, &database.url()).await;
+    let (status, wallet) = rt
+        .operator(
+            Method::POST,
+            "/v1/wallets",
+            Some(json!({"name": "checked"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{wallet}");
+    let document = rt.openapi().await;
+    let check = |method: &str, path: &str, status: u16, body: &serde_json::Value| {
+        common::openapi::check(&document, method, path, status, body)
+    };
+    assert_eq!(check("POST", "/v1/wallets", 201, &wallet), Ok(()));
+    let id = wallet["id"].as_str().unwrap();
+    let (status, shown) = rt
+        .operator(Method::GET, &format!("/v1/wallets/{id}"), None)
+        .await;
+    assert_eq!(status, 200, "{shown}");
+
+    let mut wrong_type = wallet.clone();
+    wrong_type["createdAtMs"] = json!("yesterday");
+    let mut missing = wallet.clone();
+    missing.as_object_mut().unwrap().remove("address");
+    let mut undeclared = wallet.clone();
+    undeclared["secret"] = json!("0x00");
+    let mut balance_as_number = shown.clone();
+    balance_as_number["balance"]["atomic"] = json!(100);
+    let mut shown_undeclared = shown.clone();
+    shown_undeclared["key"] = json!("0x00");
+    let not_an_error = json!({"message": "no"});
+    for (method, path, status, body) in [
+        ("POST", "/v1/wallets", 201, &wrong_type),
+        ("POST", "/v1/wallets", 201, &missing),
+        ("POST", "/v1/wallets", 201, &undeclared),
+        ("GET", "/v1/wallets/w", 200, &balance_as_number),
+        ("GET", "/v1/wallets/w", 200, &shown_undeclared),
+        ("POST", "/v1/wallets", 202, &wallet),
+        ("POST", "/v1/wallets", 404, &not_an_error),
+        ("PATCH", "/v1/wallets", 200, &wallet),
+        ("GET", "/v1/nowhere/else/at/all", 200, &wallet),
+    ] {
+        let checked = check(method, path, status, body);
+        assert!(checked.is_err(), "{method} {path} {status} {body} passed");
+    }
+    assert_eq!(
+        check("GET", &format!("/v1/wallets/{id}"), 200, &shown),
+        Ok(())
+    );
 }

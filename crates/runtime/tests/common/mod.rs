@@ -4,8 +4,11 @@
 
 #![allow(dead_code, unused_macros)]
 
-use std::sync::Arc;
+pub mod openapi;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use alloy_primitives::{Address, U256};
 use alloy_signer_local::PrivateKeySigner;
@@ -284,7 +287,9 @@ impl RuntimeUnderTest {
         credential: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url));
         if let Some(credential) = credential {
             request = request.bearer_auth(credential);
         }
@@ -296,7 +301,37 @@ impl RuntimeUnderTest {
         let text = response.text().await.unwrap();
         let body = serde_json::from_str(&text)
             .unwrap_or_else(|_| panic!("runtime answered non-JSON ({status}): {text}"));
+        if path != "/openapi.json" {
+            let document = self.openapi().await;
+            if let Err(mismatch) = openapi::check(&document, method.as_str(), path, status, &body) {
+                panic!("{mismatch}\n{body:#}");
+            }
+        }
         (status, body)
+    }
+
+    /// The runtime's own `/openapi.json`, made strict ([`openapi::strict`]); fetched once per
+    /// runtime.
+    pub async fn openapi(&self) -> Arc<Value> {
+        static DOCUMENTS: LazyLock<Mutex<HashMap<String, Arc<Value>>>> =
+            LazyLock::new(Default::default);
+        if let Some(document) = DOCUMENTS.lock().unwrap().get(&self.url) {
+            return document.clone();
+        }
+        let response = self
+            .http
+            .get(format!("{}/openapi.json", self.url))
+            .send()
+            .await
+            .expect("runtime answers");
+        assert_eq!(response.status(), 200, "GET /openapi.json");
+        let document: Value = response.json().await.expect("/openapi.json is JSON");
+        let document = Arc::new(openapi::strict(&document));
+        DOCUMENTS
+            .lock()
+            .unwrap()
+            .insert(self.url.clone(), document.clone());
+        document
     }
 
     pub async fn operator(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
