@@ -155,6 +155,7 @@ pub mod batch;
 mod hooks;
 pub mod limit;
 pub mod metrics;
+pub mod openapi;
 pub mod paid;
 pub mod reads;
 mod server;

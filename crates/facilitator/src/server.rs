@@ -1,5 +1,6 @@
 //! The facilitator's HTTP API: `POST /verify`, `POST /settle`, `GET /supported`, `GET /health`,
-//! and `GET /metrics` (Prometheus, see [`crate::metrics`]).
+//! `GET /metrics` (Prometheus, see [`crate::metrics`]) and `GET /openapi.json` (generated, see
+//! [`crate::openapi`]).
 //!
 //! `/metrics` is open to anyone, also behind [`protected_router`] (it tells counts, never keys or
 //! payments). [`RouterOptions`] leaves it out, and [`metrics_router`] serves it alone, on another
@@ -18,13 +19,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bursar_protocol::types::BODY_BYTES_MAX;
-use bursar_protocol::{FacilitatorRequest, SettleResponse, VerifyResponse};
-use serde_json::json;
+use bursar_protocol::{FacilitatorRequest, SettleResponse, SupportedResponse, VerifyResponse};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::access::{Access, guard};
 use crate::metrics::{FacilitatorMetrics, METRICS_CONTENT_TYPE, route_label};
+use crate::openapi::{
+    FacilitatorHealthBody, FailureBody, MalformedVerifyBody, SettleRefusalBody, openapi_json,
+};
 use crate::service::LocalFacilitator;
 
 /// What the routers serve besides the x402 endpoints.
@@ -85,7 +88,8 @@ fn routes(facilitator: LocalFacilitator, options: RouterOptions) -> Router {
         .route("/verify", post(verify))
         .route("/settle", post(settle))
         .route("/supported", get(supported))
-        .route("/health", get(health));
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_document));
     if options.metrics {
         routes = routes.route("/metrics", get(metrics));
     }
@@ -120,7 +124,10 @@ async fn count_requests(
     response
 }
 
-async fn metrics(State(facilitator): State<LocalFacilitator>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Prometheus text exposition (absent when not served on this listener)")))]
+pub(crate) async fn metrics(State(facilitator): State<LocalFacilitator>) -> Response {
     let metrics = facilitator.metrics();
     metrics.refresh_pending(facilitator.ledger().as_ref()).await;
     (
@@ -131,30 +138,39 @@ async fn metrics(State(facilitator): State<LocalFacilitator>) -> Response {
 }
 
 fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": code, "message": message})),
-    )
-        .into_response()
+    let body = FailureBody {
+        error: code.into(),
+        message,
+    };
+    (status, axum::Json(body)).into_response()
 }
 
-async fn verify(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Response {
+#[utoipa::path(post, path = "/verify", tag = "x402", request_body = Object,
+    responses((status = 200, body = VerifyResponse, description = "Valid or not, with the reason"),
+        (status = 400, body = MalformedVerifyBody, description = "The body could not be read")),
+    security((), ("apiKey" = [])))]
+pub(crate) async fn verify(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Response {
     match FacilitatorRequest::from_json(&body) {
         Ok(request) => axum::Json(facilitator.verify(&request).await).into_response(),
         Err(error) => {
-            let mut document = serde_json::to_value(VerifyResponse::invalid(
-                error.reason(),
-                error.to_string(),
-                None,
-            ))
-            .expect("serializes");
-            document["error"] = json!(error.to_string());
-            (StatusCode::BAD_REQUEST, axum::Json(document)).into_response()
+            let body = MalformedVerifyBody {
+                response: VerifyResponse::invalid(error.reason(), error.to_string(), None),
+                error: error.to_string(),
+            };
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
     }
 }
 
-async fn settle(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Response {
+#[utoipa::path(post, path = "/settle", tag = "x402", request_body = Object,
+    responses(
+        (status = 200, body = SettleResponse, description = "Settled, or x402's failure answer"),
+        (status = 400, body = SettleRefusalBody,
+            description = "The body could not be read, or its payment id is malformed"),
+        (status = 409, body = SettleResponse,
+            description = "The payment id names another payment")),
+    security((), ("apiKey" = [])))]
+pub(crate) async fn settle(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Response {
     match FacilitatorRequest::from_json(&body) {
         Ok(request) => {
             let response = facilitator.settle(&request).await;
@@ -168,27 +184,37 @@ async fn settle(State(facilitator): State<LocalFacilitator>, body: Bytes) -> Res
             (status, axum::Json(response)).into_response()
         }
         Err(error) => {
-            let failed =
-                SettleResponse::failed(error.reason(), error.to_string(), None, String::new());
-            let mut document = serde_json::to_value(failed).expect("serializes");
-            document["error"] = json!(error.to_string());
-            (StatusCode::BAD_REQUEST, axum::Json(document)).into_response()
+            let body = SettleRefusalBody {
+                response: SettleResponse::failed(
+                    error.reason(),
+                    error.to_string(),
+                    None,
+                    String::new(),
+                ),
+                error: Some(error.to_string()),
+            };
+            (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
         }
     }
 }
 
-async fn supported(State(facilitator): State<LocalFacilitator>) -> Response {
+#[utoipa::path(get, path = "/supported", tag = "x402",
+    responses((status = 200, body = SupportedResponse)))]
+pub(crate) async fn supported(State(facilitator): State<LocalFacilitator>) -> Response {
     axum::Json(facilitator.supported()).into_response()
 }
 
-async fn health(State(facilitator): State<LocalFacilitator>) -> Response {
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = FacilitatorHealthBody),
+        (status = 503, body = FailureBody, description = "The chain is unreachable")))]
+pub(crate) async fn health(State(facilitator): State<LocalFacilitator>) -> Response {
     match facilitator.chain().latest_block().await {
-        Ok(block) => axum::Json(json!({
-            "status": "ok",
-            "network": facilitator.network().caip2(),
-            "blockNumber": block.number,
-            "signer": facilitator.sender_address().to_checksum(None),
-        }))
+        Ok(block) => axum::Json(FacilitatorHealthBody {
+            status: "ok",
+            network: facilitator.network().caip2(),
+            block_number: block.number,
+            signer: facilitator.sender_address().to_checksum(None),
+        })
         .into_response(),
         Err(error) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -198,10 +224,16 @@ async fn health(State(facilitator): State<LocalFacilitator>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, body = Object, description = "This document")))]
+pub(crate) async fn openapi_document() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
+}
+
 async fn not_found() -> Response {
     error_response(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; the facilitator serves POST /verify, POST /settle, GET /supported, GET /health".into(),
+        "no such endpoint; the facilitator serves POST /verify, POST /settle, GET /supported, GET /health; see GET /openapi.json".into(),
     )
 }

@@ -80,7 +80,9 @@ impl Protected {
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        (status, headers, response.json().await.unwrap())
+        let answer = response.json().await.unwrap();
+        self.h.check("POST", path, status, &answer).await;
+        (status, headers, answer)
     }
 
     async fn sender_nonce(&self) -> u64 {

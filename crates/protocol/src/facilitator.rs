@@ -153,10 +153,12 @@ pub fn network_name(network: &Network, version: X402Version) -> String {
 
 /// The answer to `/verify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyResponse {
     pub is_valid: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub invalid_reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_message: Option<String>,
@@ -186,10 +188,12 @@ impl VerifyResponse {
 
 /// The answer to `/settle`, and the document in `PAYMENT-RESPONSE` / `X-PAYMENT-RESPONSE`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SettleResponse {
     pub success: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub error_reason: Option<Reason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
@@ -230,6 +234,7 @@ impl SettleResponse {
 
 /// One (version, scheme, network) a facilitator handles.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SupportedKind {
     pub x402_version: u8,
@@ -241,6 +246,7 @@ pub struct SupportedKind {
 
 /// The answer to `/supported`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SupportedResponse {
     pub kinds: Vec<SupportedKind>,

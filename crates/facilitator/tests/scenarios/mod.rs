@@ -14,6 +14,10 @@ use bursar_protocol::{
 };
 use serde_json::{Value, json};
 
+/// The answers' check against the served OpenAPI document, shared with the runtime's tests.
+#[path = "../../../runtime/tests/common/openapi.rs"]
+pub mod openapi;
+
 pub const PRICE: u64 = 10_000;
 pub const PAYER_BALANCE: u64 = 1_000_000;
 
@@ -23,6 +27,8 @@ pub struct Harness {
     pub url: String,
     pub http: reqwest::Client,
     pub pay_to: Address,
+    /// The facilitator's own `/openapi.json`, made strict, once fetched.
+    document: tokio::sync::OnceCell<Value>,
     _server: tokio::task::JoinHandle<()>,
 }
 
@@ -47,6 +53,7 @@ pub async fn harness_with(chain: Arc<dyn DevChain>, kind: TokenKind) -> Harness 
         url,
         http: reqwest::Client::new(),
         pay_to: PrivateKeySigner::random().address(),
+        document: tokio::sync::OnceCell::new(),
         _server: server,
     }
 }
@@ -135,7 +142,32 @@ impl Harness {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+        let answer = response.json().await.unwrap();
+        self.check("POST", path, status, &answer).await;
+        (status, answer)
+    }
+
+    /// The facilitator's `/openapi.json`, made strict ([`openapi::strict`]).
+    pub async fn openapi(&self) -> &Value {
+        self.document
+            .get_or_init(|| async {
+                let response = self
+                    .http
+                    .get(format!("{}/openapi.json", self.url))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "GET /openapi.json");
+                openapi::strict(&response.json().await.expect("/openapi.json is JSON"))
+            })
+            .await
+    }
+
+    /// Fails the test when `answer` differs from what the served document says of it.
+    pub async fn check(&self, method: &str, path: &str, status: u16, answer: &Value) {
+        if let Err(mismatch) = openapi::check(self.openapi().await, method, path, status, answer) {
+            panic!("{mismatch}\n{answer:#}");
+        }
     }
 
     pub async fn balance(&self, owner: Address) -> U256 {
@@ -445,6 +477,7 @@ pub async fn malformed_requests_get_400(chain: Arc<dyn DevChain>) {
                 .unwrap();
             let status = response.status().as_u16();
             let document: Value = response.json().await.expect("a JSON body");
+            h.check("POST", path, status, &document).await;
             assert_eq!(
                 status,
                 400,
