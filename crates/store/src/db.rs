@@ -176,6 +176,32 @@ impl Db<'_> {
         })
     }
 
+    /// The row `statement` finds, if any, decoded.
+    pub(crate) async fn fetch_optional_as<T, E: From<sqlx::Error>>(
+        self,
+        statement: Statement,
+        decode: fn(&Row) -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        self.fetch_optional(statement)
+            .await?
+            .as_ref()
+            .map(decode)
+            .transpose()
+    }
+
+    /// Every row `statement` finds, decoded.
+    pub(crate) async fn fetch_all_as<T, E: From<sqlx::Error>>(
+        self,
+        statement: Statement,
+        decode: fn(&Row) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
+        self.fetch_all(statement)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
     /// Starts a transaction.
     pub(crate) async fn begin(self) -> Result<Tx, sqlx::Error> {
         Ok(match self {

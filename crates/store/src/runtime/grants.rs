@@ -145,30 +145,23 @@ impl GrantStore for SqlRuntimeStore {
     }
 
     async fn grant(&self, id: &str) -> Result<Option<GrantRecord>, StoreError> {
-        let db = self.db().await?;
-        let row = db
-            .fetch_optional(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
-                )))
-                .bind(id),
-            )
-            .await?;
-        row.as_ref().map(grant_from_row).transpose()
+        let query = statement(AssertSqlSafe(format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
+        )))
+        .bind(id);
+        self.db()
+            .await?
+            .fetch_optional_as(query, grant_from_row)
+            .await
     }
 
     async fn grants(&self, wallet_id: Option<&str>) -> Result<Vec<GrantRecord>, StoreError> {
-        let db = self.db().await?;
-        let rows = db
-            .fetch_all(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {GRANT_COLUMNS} FROM grants WHERE ($1 IS NULL OR wallet_id = $1) \
-                     ORDER BY created_at_ms DESC, id LIMIT {LIST_ROWS_MAX}"
-                )))
-                .bind(wallet_id),
-            )
-            .await?;
-        rows.iter().map(grant_from_row).collect()
+        let query = statement(AssertSqlSafe(format!(
+            "SELECT {GRANT_COLUMNS} FROM grants WHERE ($1 IS NULL OR wallet_id = $1) \
+             ORDER BY created_at_ms DESC, id LIMIT {LIST_ROWS_MAX}"
+        )))
+        .bind(wallet_id);
+        self.db().await?.fetch_all_as(query, grant_from_row).await
     }
 
     async fn revoke_grant(&self, id: &str, reason: &str) -> Result<bool, StoreError> {

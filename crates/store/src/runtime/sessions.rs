@@ -284,30 +284,23 @@ impl SessionStore for SqlRuntimeStore {
     }
 
     async fn session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let db = self.db().await?;
-        let row = db
-            .fetch_optional(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
-                )))
-                .bind(id),
-            )
-            .await?;
-        row.as_ref().map(session_from_row).transpose()
+        let query = statement(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        )))
+        .bind(id);
+        self.db()
+            .await?
+            .fetch_optional_as(query, session_from_row)
+            .await
     }
 
     async fn sessions(&self, grant_id: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
-        let db = self.db().await?;
-        let rows = db
-            .fetch_all(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR grant_id = $1) \
-                     ORDER BY created_at_ms DESC, id LIMIT {LIST_ROWS_MAX}"
-                )))
-                .bind(grant_id),
-            )
-            .await?;
-        rows.iter().map(session_from_row).collect()
+        let query = statement(AssertSqlSafe(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE ($1 IS NULL OR grant_id = $1) \
+             ORDER BY created_at_ms DESC, id LIMIT {LIST_ROWS_MAX}"
+        )))
+        .bind(grant_id);
+        self.db().await?.fetch_all_as(query, session_from_row).await
     }
 
     async fn close_session(&self, id: &str) -> Result<bool, StoreError> {
