@@ -1492,14 +1492,8 @@ impl Runtime {
             .await?;
         history.paid_in_session = u32::try_from(paid.count).unwrap_or(u32::MAX);
         history.paid_at_ms = paid.recent_at_ms;
-        history.first_terms = paid.first.and_then(|first| {
-            Some(Terms {
-                asset: first.asset.parse::<Address>().ok()?,
-                pay_to: first.payee.parse::<Address>().ok()?,
-                network: first.network,
-                amount: first.amount,
-            })
-        });
+        // An unreadable stored transfer fails the request: the pinned terms are never skipped.
+        history.first_terms = paid.first.as_ref().map(terms_of).transpose()?;
         Ok(history)
     }
 
@@ -1685,6 +1679,19 @@ pub(crate) enum ChainEvidence {
     Cancelled { tx_hash: String },
     /// Unused and still valid.
     Unused,
+}
+
+/// The terms a stored transfer paid on; an unreadable address is an error, never no terms.
+fn terms_of(first: &TransferRecord) -> Result<Terms, RuntimeError> {
+    let corrupt = |what: &str| {
+        RuntimeError::Internal(format!("transfer {} has an unreadable {what}", first.id))
+    };
+    Ok(Terms {
+        asset: first.asset.parse().map_err(|_| corrupt("asset"))?,
+        pay_to: first.payee.parse().map_err(|_| corrupt("payee"))?,
+        network: first.network.clone(),
+        amount: first.amount,
+    })
 }
 
 pub(crate) fn authorization_key(

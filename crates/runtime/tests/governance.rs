@@ -288,6 +288,63 @@ pub async fn shifting_terms_are_refused(store_url: &str) {
     }
 }
 
+/// A stored transfer whose payee no longer reads as an address fails the next payment to its
+/// endpoint (the pinned terms cannot be checked): it is denied, nothing more is paid, the rule
+/// is never skipped.
+pub async fn unreadable_pinned_terms_fail_closed(store_url: &str) {
+    let network = network().await;
+    let rt = runtime(&network, store_url).await;
+    let url = format!("{}/paid", network.seller_url);
+    let agent = agent(&rt, &network, "1.00", "").await;
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payment"]["state"], "posted", "{body}");
+    corrupt_payee(store_url, &agent.session).await;
+    let (status, body) = agent.fetch(&rt, &url, None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("unreadable payee")),
+        "{body}"
+    );
+    assert_eq!(
+        agent.spent(&network).await,
+        PRICE,
+        "the second call was not paid"
+    );
+    assert_eq!(
+        network.payments_seen(),
+        1,
+        "nothing signed for the second call"
+    );
+}
+
+/// Overwrites the payee of every transfer of `session` with text that is not an address.
+async fn corrupt_payee(store_url: &str, session: &str) {
+    use sqlx::Connection as _;
+    const CORRUPT: &str = "UPDATE transfers SET payee = 'not-an-address' WHERE session_id = $1";
+    let updated = if store_url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(store_url).await.unwrap();
+        sqlx::query(CORRUPT)
+            .bind(session)
+            .execute(&mut connection)
+            .await
+            .unwrap()
+            .rows_affected()
+    } else {
+        let mut connection = sqlx::PgConnection::connect(store_url).await.unwrap();
+        sqlx::query(CORRUPT)
+            .bind(session)
+            .execute(&mut connection)
+            .await
+            .unwrap()
+            .rows_affected()
+    };
+    assert_eq!(updated, 1);
+}
+
 /// One call priced just under the session cap is refused by the per-call maximum; payees off
 /// the allowlist, networks and assets the policy does not allow, and spending while exploring
 /// are refused too. Nothing is signed for any of them.
@@ -1007,6 +1064,7 @@ on_both_databases!(
     backoff_is_shared_by_runtimes,
     drain_by_repetition_is_stopped,
     shifting_terms_are_refused,
+    unreadable_pinned_terms_fail_closed,
     policy_refusals_sign_nothing,
     wallet_window_caps_span_sessions,
     second_402_is_not_paid_again,

@@ -17,8 +17,8 @@
 use bursar_protocol::Amount;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::common::{EntryKind, LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
 use crate::now_ms;
-use crate::runtime::{EntryKind, LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id};
 use crate::sql::{PostgresLedger, SqliteLedger};
 
 /// Prefix of alert ids.
@@ -240,14 +240,6 @@ where
         delivered_at_ms: row.try_get("delivered_at_ms")?,
         id,
     })
-}
-
-fn truncate(text: &str, bytes_max: usize) -> String {
-    let mut end = text.len().min(bytes_max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 fn check(alert: &NewAlert) -> Result<(), StoreError> {

@@ -14,8 +14,8 @@
 use bursar_protocol::Amount;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::common::{LIST_ROWS_MAX, StoreError, new_id};
 use crate::now_ms;
-use crate::runtime::{LIST_ROWS_MAX, StoreError, new_id};
 use crate::sql::{PostgresLedger, SqliteLedger};
 
 /// Prefix of compensation ids.

@@ -46,7 +46,7 @@ use bursar_protocol::Amount;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::runtime::{LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id};
+use crate::common::{LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
 use crate::sql::{PostgresLedger, SqliteLedger};
 use crate::{LedgerError, now_ms};
 
@@ -329,14 +329,6 @@ fn check_field(what: &str, value: Option<&str>) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-fn truncate(text: &str, bytes_max: usize) -> String {
-    let mut end = text.len().min(bytes_max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 /// The checked, stored form of a new decision (seq, prev_hash and hash still to fill in).

@@ -36,7 +36,9 @@
 //!   database per test.
 
 pub mod alerts;
+mod common;
 pub mod compensation;
+mod db;
 pub mod decisions;
 mod keys;
 pub mod runtime;
@@ -50,6 +52,7 @@ use alloy_primitives::Address;
 use bursar_protocol::{Amount, SettleResponse};
 
 pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
+pub use common::StoreError;
 pub use compensation::{
     CompensationOutcome, CompensationRecord, CompensationStore, EvidenceRecord, NewCompensation,
     NewEvidence,
@@ -59,7 +62,7 @@ pub use keys::{
     API_KEY_PREFIX, API_KEY_SECRET_BYTES, ApiKeyRecord, KeyDigest, KeyError, KeyLimits, KeyStore,
     NewApiKey, SELLER_NAME_BYTES_MAX, open_key_store,
 };
-pub use runtime::{RuntimeStore, StoreError, open_runtime_store};
+pub use runtime::{RuntimeStore, SqlRuntimeStore, open_runtime_store};
 pub use sql::{PostgresLedger, SqliteLedger};
 
 /// Connections in a SQLite file ledger's pool (SQLite serializes writers anyway).
