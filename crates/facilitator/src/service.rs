@@ -8,7 +8,7 @@ use alloy_primitives::{Address, B256, keccak256};
 use alloy_sol_types::{SolCall, sol};
 use bursar_chain::{Account, CallOutcome, CallRequest, ChainError, EvmChain, Token};
 use bursar_contracts::{describe_revert, revert_reason};
-use bursar_protocol::exact_evm::{self, CheckedPayment, ExactEvmPayload, Invalid, SCHEME_EXACT};
+use bursar_protocol::exact_evm::{self, CheckedPayment, Invalid, SCHEME_EXACT};
 use bursar_protocol::facilitator::network_name;
 use bursar_protocol::{
     Amount, FacilitatorRequest, Network, Reason, SettleResponse, SupportedKind, SupportedResponse,
@@ -599,10 +599,16 @@ impl LocalFacilitator {
 
     async fn settle_unhooked(&self, request: &FacilitatorRequest) -> SettleResponse {
         let network = request.network_name();
-        let exact = match ExactEvmPayload::from_value(&request.payload.payload) {
+        let exact = match request.payload.payload.exact_evm() {
             Ok(exact) => exact,
             Err(message) => {
-                return SettleResponse::failed(Reason::INVALID_PAYLOAD, message, None, network);
+                // Another scheme is refused for its scheme, as verification refuses it.
+                let (reason, message) =
+                    match exact_evm::check_scheme(&request.payload, &request.requirements) {
+                        Err(invalid) => (invalid.reason, invalid.message),
+                        Ok(()) => (Reason::INVALID_PAYLOAD, message.to_string()),
+                    };
+                return SettleResponse::failed(reason, message, None, network);
             }
         };
         let Ok(token) = request.requirements.asset.parse::<Address>() else {
@@ -756,12 +762,7 @@ impl LocalFacilitator {
 
     /// The ledger's name for an authorization on this facilitator's chain.
     fn ledger_key(&self, key: AuthorizationKey) -> LedgerKey {
-        LedgerKey::new(
-            &self.network().caip2(),
-            &key.token.to_string(),
-            &key.payer.to_string(),
-            &key.nonce.to_string(),
-        )
+        LedgerKey::new(self.network(), key.token, key.payer, key.nonce)
     }
 
     /// Settles through the ledger: claim the authorization, or follow whoever holds it.
@@ -1361,9 +1362,7 @@ impl LocalFacilitator {
         hash: B256,
         receipt: &bursar_chain::Receipt,
     ) -> (SettleResponse, SettlementState) {
-        let Some(authorization) = authorization_of(&record.key) else {
-            return mined_outcome(pending, hash, receipt.success);
-        };
+        let authorization = authorization_of(&record.key);
         let terms = record_terms(record);
         if receipt.success
             && let Some(outcome) = batch::receipt_item_outcome(
@@ -1488,11 +1487,11 @@ impl LocalFacilitator {
         &self,
         idle_for: Option<Duration>,
     ) -> Result<Vec<Recovered>, LedgerError> {
-        let network = self.network().caip2();
+        let network = self.network();
         let idle_cutoff_ms = idle_for.map(|idle| now_ms().saturating_sub(duration_ms(idle)));
         let mut recovered = Vec::new();
         for record in self.ledger.received_before(i64::MAX).await? {
-            if record.key.network() != network || !self.abandoned(&record) {
+            if *record.key.network() != network || !self.abandoned(&record) {
                 continue;
             }
             let outcome = self.recover_received(&record).await;
@@ -1504,7 +1503,7 @@ impl LocalFacilitator {
             });
         }
         for record in self.ledger.unfinished().await? {
-            if record.key.network() != network
+            if *record.key.network() != network
                 || idle_cutoff_ms.is_some_and(|cutoff| record.updated_at_ms > cutoff)
             {
                 continue;
@@ -1532,9 +1531,7 @@ impl LocalFacilitator {
     /// broadcasting): confirmed with that transaction if it moved what the payment names.
     async fn recover_received(&self, record: &SettlementRecord) -> RecoveryOutcome {
         let pending = |why: String| RecoveryOutcome::Pending { why };
-        let Some(authorization) = authorization_of(&record.key) else {
-            return pending("the row's key is not an EVM authorization".into());
-        };
+        let authorization = authorization_of(&record.key);
         let token = Token::new(self.chain.clone(), authorization.token);
         match token
             .authorization_state(authorization.payer, authorization.nonce)
@@ -1624,9 +1621,7 @@ impl LocalFacilitator {
         let Some((hash, pending_response)) = submitted_transaction(record) else {
             return pending("the row has no readable transaction hash or response".into());
         };
-        let Some(authorization) = authorization_of(&record.key) else {
-            return pending("the row's key is not an EVM authorization".into());
-        };
+        let authorization = authorization_of(&record.key);
         match self.chain.receipt(hash).await {
             Err(error) => return pending(format!("cannot read the receipt of {hash}: {error}")),
             Ok(Some(receipt)) => {
@@ -1751,12 +1746,12 @@ pub enum RecoveryOutcome {
 }
 
 /// The authorization a ledger key names.
-fn authorization_of(key: &LedgerKey) -> Option<AuthorizationKey> {
-    Some(AuthorizationKey {
-        token: key.asset().parse().ok()?,
-        payer: key.payer().parse().ok()?,
-        nonce: key.nonce().parse().ok()?,
-    })
+fn authorization_of(key: &LedgerKey) -> AuthorizationKey {
+    AuthorizationKey {
+        token: key.asset(),
+        payer: key.payer(),
+        nonce: key.nonce(),
+    }
 }
 
 /// What a row's payment pays, when the row recorded it.
@@ -1884,7 +1879,7 @@ fn payment_id_conflict(id: &str, payer: Option<String>, network: String) -> Sett
 pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
     let requirements = &request.requirements;
     let material = serde_json::json!([
-        request.payload.payload,
+        request.payload.payload.to_json_value(),
         requirements.scheme,
         requirements.network.caip2(),
         requirements.asset.to_ascii_lowercase(),

@@ -174,7 +174,7 @@ fn request(
     exact: &ExactEvmPayload,
     extensions: Option<Value>,
 ) -> FacilitatorRequest {
-    let mut payload = PaymentPayload::new_v2(requirements.clone(), None, exact.to_value());
+    let mut payload = PaymentPayload::new_v2(requirements.clone(), None, exact.clone());
     payload.extensions = extensions;
     FacilitatorRequest {
         version: X402Version::V2,
@@ -186,10 +186,10 @@ fn request(
 
 fn ledger_key(setup: &Setup, exact: &ExactEvmPayload) -> LedgerKey {
     LedgerKey::new(
-        &format!("eip155:{}", setup.fixture.chain.chain_id()),
-        &setup.fixture.token.address().to_string(),
-        &exact.authorization.from.to_string(),
-        &exact.authorization.nonce.to_string(),
+        Network::Eip155(setup.fixture.chain.chain_id()),
+        setup.fixture.token.address(),
+        exact.authorization.from,
+        exact.authorization.nonce,
     )
 }
 

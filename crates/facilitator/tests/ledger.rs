@@ -19,7 +19,7 @@ use bursar_facilitator::{
     FacilitatorConfig, LocalFacilitator, RecoveryOutcome, SETTLE_GAS_LIMIT, payment_fingerprint,
 };
 use bursar_protocol::exact_evm::ExactEvmPayload;
-use bursar_protocol::{Amount, FacilitatorRequest, Reason, SettleResponse, X402Version};
+use bursar_protocol::{Amount, FacilitatorRequest, Network, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
 use bursar_store::{
     Claim, Claimant, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
@@ -84,7 +84,7 @@ fn holding(hold: Duration) -> FacilitatorConfig {
 }
 
 fn exact(request: &FacilitatorRequest) -> ExactEvmPayload {
-    ExactEvmPayload::from_value(&request.payload.payload).unwrap()
+    request.payload.payload.exact_evm().unwrap().clone()
 }
 
 /// `holder` claiming `request`'s payment, as the facilitator does.
@@ -164,12 +164,12 @@ async fn signed_request(h: &Harness) -> FacilitatorRequest {
 }
 
 fn ledger_key(h: &Harness, request: &FacilitatorRequest) -> LedgerKey {
-    let authorization = &request.payload.payload["authorization"];
+    let authorization = exact(request).authorization;
     LedgerKey::new(
-        &format!("eip155:{}", h.chain_id()),
-        &h.fixture.token.address().to_string(),
-        authorization["from"].as_str().unwrap(),
-        authorization["nonce"].as_str().unwrap(),
+        Network::Eip155(h.chain_id()),
+        h.fixture.token.address(),
+        authorization.from,
+        authorization.nonce,
     )
 }
 
@@ -215,11 +215,7 @@ async fn duplicate_after_restart_returns_the_original_transaction() {
 
     // Another payment reusing the nonce is refused for that reason, also after the restart.
     let requirements = h.requirements();
-    let nonce: B256 = request.payload.payload["authorization"]["nonce"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let nonce: B256 = exact(&request).authorization.nonce;
     let reused = h
         .authorization(&requirements, &h.fixture.payer, |a| {
             a.nonce = nonce;
@@ -368,12 +364,13 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         pay_to: h.pay_to,
         amount: Amount::from(PRICE),
     };
-    let unused_expired = LedgerKey::new(
+    let unused_expired = LedgerKey::parse(
         &network,
         &h.fixture.token.address().to_string(),
         &h.fixture.payer.address().to_string(),
         &B256::repeat_byte(0x22).to_string(),
-    );
+    )
+    .unwrap();
     record_unsent(
         &*ledger,
         &unused_expired,
@@ -383,12 +380,13 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         &pending,
     )
     .await;
-    let unused_valid = LedgerKey::new(
+    let unused_valid = LedgerKey::parse(
         &network,
         &h.fixture.token.address().to_string(),
         &h.fixture.payer.address().to_string(),
         &B256::repeat_byte(0x44).to_string(),
-    );
+    )
+    .unwrap();
     record_unsent(
         &*ledger,
         &unused_valid,

@@ -46,8 +46,8 @@ pub mod testkit;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::Address;
-use bursar_protocol::{Amount, SettleResponse};
+use alloy_primitives::{Address, B256};
+use bursar_protocol::{Amount, Network, SettleResponse};
 
 pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
 pub use compensation::{
@@ -74,43 +74,69 @@ pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// before it could be read.
 pub const CLAIM_ATTEMPTS_MAX: usize = 16;
 
-/// One EIP-3009 authorization, as the ledger identifies it.
+/// One EIP-3009 authorization, as the settlement ledger identifies it: the token's network and
+/// address, the payer, and the authorization nonce.
 ///
-/// Built with [`LedgerKey::new`], which lowercases every part, so one authorization has one key
-/// however its addresses were spelled.
+/// Stored as CAIP-2 and lowercase 0x hex, so one authorization has one row however its addresses
+/// were spelled; a stored key that does not read back is a corrupt row ([`LedgerError::CorruptKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LedgerKey {
-    network: String,
-    asset: String,
-    payer: String,
-    nonce: String,
+    network: Network,
+    asset: Address,
+    payer: Address,
+    nonce: B256,
 }
 
 impl LedgerKey {
-    /// `network` in CAIP-2 form (`eip155:8453`); `asset`, `payer` and `nonce` as 0x hex.
-    pub fn new(network: &str, asset: &str, payer: &str, nonce: &str) -> Self {
+    pub fn new(network: Network, asset: Address, payer: Address, nonce: B256) -> Self {
         LedgerKey {
-            network: network.to_ascii_lowercase(),
-            asset: asset.to_ascii_lowercase(),
-            payer: payer.to_ascii_lowercase(),
-            nonce: nonce.to_ascii_lowercase(),
+            network,
+            asset,
+            payer,
+            nonce,
         }
     }
 
-    pub fn network(&self) -> &str {
+    /// Reads a key from text (CAIP-2 or a v1 network name, 0x hex in any case); a part that does
+    /// not parse is a [`LedgerError::CorruptKey`].
+    pub fn parse(
+        network: &str,
+        asset: &str,
+        payer: &str,
+        nonce: &str,
+    ) -> Result<Self, LedgerError> {
+        let corrupt = |message: String| LedgerError::CorruptKey {
+            key: format!("{network}/{asset}/{payer}/{nonce}"),
+            message,
+        };
+        let network = Network::parse(network).map_err(|error| corrupt(error.to_string()))?;
+        let address = |part: &str, text: &str| {
+            text.parse::<Address>()
+                .map_err(|_| corrupt(format!("{part} is not an address")))
+        };
+        let asset = address("asset", asset)?;
+        let payer = address("payer", payer)?;
+        let nonce = nonce
+            .parse::<B256>()
+            .map_err(|_| corrupt("nonce is not 32 bytes of hex".into()))?;
+        Ok(LedgerKey::new(network, asset, payer, nonce))
+    }
+
+    pub fn network(&self) -> &Network {
         &self.network
     }
 
-    pub fn asset(&self) -> &str {
-        &self.asset
+    /// The token.
+    pub fn asset(&self) -> Address {
+        self.asset
     }
 
-    pub fn payer(&self) -> &str {
-        &self.payer
+    pub fn payer(&self) -> Address {
+        self.payer
     }
 
-    pub fn nonce(&self) -> &str {
-        &self.nonce
+    pub fn nonce(&self) -> B256 {
+        self.nonce
     }
 }
 
@@ -118,8 +144,11 @@ impl std::fmt::Display for LedgerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}/{}/{}/{}",
-            self.network, self.asset, self.payer, self.nonce
+            "{}/{:#x}/{:#x}/{}",
+            self.network.caip2(),
+            self.asset,
+            self.payer,
+            self.nonce
         )
     }
 }
@@ -278,6 +307,8 @@ pub enum LedgerError {
     ClaimContended { key: LedgerKey, attempts: usize },
     #[error("corrupt ledger row {key}: {message}")]
     Corrupt { key: LedgerKey, message: String },
+    #[error("corrupt ledger row key {key:?}: {message}")]
+    CorruptKey { key: String, message: String },
 }
 
 /// The settlement ledger. Implementations must make [`claim`](Self::claim) atomic across

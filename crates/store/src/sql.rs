@@ -247,12 +247,13 @@ where
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    let key = LedgerKey {
-        network: row.try_get("network")?,
-        asset: row.try_get("asset")?,
-        payer: row.try_get("payer")?,
-        nonce: row.try_get("nonce")?,
-    };
+    let (network, asset, payer, nonce): (String, String, String, String) = (
+        row.try_get("network")?,
+        row.try_get("asset")?,
+        row.try_get("payer")?,
+        row.try_get("nonce")?,
+    );
+    let key = LedgerKey::parse(&network, &asset, &payer, &nonce)?;
     let corrupt = |message: String| LedgerError::Corrupt {
         key: key.clone(),
         message,
@@ -338,10 +339,10 @@ where
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     query
-        .bind(key.network.as_str())
-        .bind(key.asset.as_str())
-        .bind(key.payer.as_str())
-        .bind(key.nonce.as_str())
+        .bind(key.network.caip2())
+        .bind(lower_hex(&key.asset))
+        .bind(lower_hex(&key.payer))
+        .bind(key.nonce.to_string())
         .bind(submission.tx_hash.as_str())
         .bind(i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX))
         .bind(response_json(&submission.pending_response))
@@ -396,10 +397,10 @@ macro_rules! ledger_impl {
                         return Ok(Claim::Existing(Box::new(holder)));
                     }
                     let inserted = sqlx::query(INSERT_RECEIVED)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(&claimant.fingerprint)
                         .bind(now_ms())
                         .bind(claimant.payment_id.as_deref())
@@ -436,10 +437,10 @@ macro_rules! ledger_impl {
                 let pool = self.ready().await?;
                 let key = &seen.key;
                 let updated = sqlx::query(TAKE_OVER)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(holder)
                     // Strictly later than what was seen, so a second take-over of the row as
                     // seen cannot match again.
@@ -511,10 +512,10 @@ macro_rules! ledger_impl {
                         .as_ref()
                         .map(|reason| reason.as_str().to_string());
                     changed += sqlx::query(FINISH)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(state.as_str())
                         .bind(response_json(response))
                         .bind(error_reason)
@@ -538,10 +539,10 @@ macro_rules! ledger_impl {
                 let mut deleted = 0;
                 for key in keys {
                     deleted += sqlx::query(RELEASE_UNSENT)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(tx_hash)
                         .execute(&mut *transaction)
                         .await?
@@ -591,10 +592,10 @@ macro_rules! ledger_impl {
                     .as_ref()
                     .map(|reason| reason.as_str().to_string());
                 let updated = sqlx::query(FINISH)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(state.as_str())
                     .bind(response_json(response))
                     .bind(error_reason)
@@ -613,10 +614,10 @@ macro_rules! ledger_impl {
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
                 let updated = sqlx::query(CORRECT_TO_PAID)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(response_json(response))
                     .bind(&response.transaction)
                     .bind(now_ms())
@@ -633,10 +634,10 @@ macro_rules! ledger_impl {
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
                 let deleted = sqlx::query(RELEASE)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(holder)
                     .execute(pool)
                     .await?
@@ -667,10 +668,10 @@ macro_rules! ledger_impl {
             async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError> {
                 let pool = self.ready().await?;
                 let row = sqlx::query(AssertSqlSafe(select_one()))
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .fetch_optional(pool)
                     .await?;
                 row.as_ref().map(record_from_row).transpose()

@@ -22,7 +22,7 @@ const AMOUNT: u64 = 10_000;
 const SENDER_NONCE: u64 = 7;
 
 fn key(nonce: u64) -> LedgerKey {
-    LedgerKey::new(NETWORK, ASSET, PAYER, &format!("0x{nonce:064X}"))
+    LedgerKey::parse(NETWORK, ASSET, PAYER, &format!("0x{nonce:064X}")).unwrap()
 }
 
 fn fingerprint(n: u8) -> String {
@@ -143,12 +143,13 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
             .unwrap(),
         Claim::Claimed
     );
-    let lowercase = LedgerKey::new(
+    let lowercase = LedgerKey::parse(
         NETWORK,
         &ASSET.to_lowercase(),
         &PAYER.to_lowercase(),
         &format!("0x{:064x}", 7),
-    );
+    )
+    .unwrap();
     assert_eq!(lowercase, key(7));
     match ledger
         .claim(&lowercase, &claimant(&fingerprint(2)))
@@ -173,7 +174,8 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
             .unwrap(),
         Claim::Claimed
     );
-    let other_network = LedgerKey::new("eip155:8453", ASSET, PAYER, &format!("0x{:064x}", 7));
+    let other_network =
+        LedgerKey::parse("eip155:8453", ASSET, PAYER, &format!("0x{:064x}", 7)).unwrap();
     assert_eq!(
         ledger
             .claim(&other_network, &claimant(&fingerprint(2)))
@@ -573,9 +575,9 @@ fn legacy_row(
          valid_before_s, response, error_reason, created_at_ms, updated_at_ms, payment_id) \
          VALUES ('{}', '{}', '{}', '{}', '{}', '{state}', {}, {valid_before}, {}, NULL, \
          1700000000000, 1700000000000, {})",
-        key.network(),
-        key.asset(),
-        key.payer(),
+        key.network().caip2(),
+        format!("{:#x}", key.asset()),
+        format!("{:#x}", key.payer()),
         key.nonce(),
         fingerprint(0xee),
         text(tx_hash),
