@@ -22,7 +22,7 @@ use bursar_protocol::exact_evm::{self, ExactEvmPayload};
 use bursar_protocol::{
     Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequirements, X402Version,
 };
-use bursar_store::{LedgerKey, SettlementState};
+use bursar_store::{SettlementKey, SettlementState};
 use serde_json::{Value, json};
 
 const BURSAR: &str = env!("CARGO_BIN_EXE_bursar");
@@ -332,7 +332,7 @@ async fn sigkill_trials(mode: Mode, db: Db) {
     // answer its transaction) at once.
     let ledger = bursar_store::open(&ledger_url).await.unwrap();
     let key_of = |p: &Payment| {
-        LedgerKey::new(
+        SettlementKey::new(
             Network::Eip155(chain_id),
             token,
             p.exact.authorization.from,

@@ -22,7 +22,7 @@ use bursar_facilitator::{
 };
 use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{Claimant, LedgerKey, SettlementLedger, SettlementState, SqliteLedger};
+use bursar_store::{Claimant, SettlementKey, SettlementLedger, SettlementState, SqliteLedger};
 use scenarios::Harness;
 use serde_json::Value;
 
@@ -295,7 +295,7 @@ async fn counts_verifications_settlements_gas_and_pending() {
 
     // The gauge follows the ledger: a claim nobody finished is pending at the next read.
     let ledger = h.facilitator.ledger().clone();
-    let key = LedgerKey::parse(
+    let key = SettlementKey::parse(
         &format!("eip155:{}", h.chain_id()),
         &h.fixture.token.address().to_string(),
         &broke.address().to_string(),
@@ -451,7 +451,7 @@ async fn metrics_route_is_open_can_be_left_out_or_served_alone() {
 
 async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
     let key = |n: u8| {
-        LedgerKey::parse(
+        SettlementKey::parse(
             "eip155:31337",
             "0x00000000000000000000000000000000000000aa",
             "0x00000000000000000000000000000000000000bb",

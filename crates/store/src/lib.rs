@@ -8,7 +8,7 @@
 //! - [`SettlementLedger`] is the seam; [`SqliteLedger`] and [`PostgresLedger`] implement it, and
 //!   [`open`] picks one from a URL (`sqlite://path?mode=rwc`, `sqlite::memory:`,
 //!   `postgres://...`).
-//! - A row is keyed by [`LedgerKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
+//! - A row is keyed by [`SettlementKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
 //!   on that key is the arbiter of [`SettlementLedger::claim`]: `INSERT ... ON CONFLICT DO
 //!   NOTHING`, then read. Whoever inserted the row owns the settlement.
 //! - States move one way: `received` → `submitted` → `confirmed` | `failed`; a `received` row
@@ -80,16 +80,16 @@ pub const CLAIM_ATTEMPTS_MAX: usize = 16;
 /// Stored as CAIP-2 and lowercase 0x hex, so one authorization has one row however its addresses
 /// were spelled; a stored key that does not read back is a corrupt row ([`LedgerError::CorruptKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LedgerKey {
+pub struct SettlementKey {
     network: Network,
     asset: Address,
     payer: Address,
     nonce: B256,
 }
 
-impl LedgerKey {
+impl SettlementKey {
     pub fn new(network: Network, asset: Address, payer: Address, nonce: B256) -> Self {
-        LedgerKey {
+        SettlementKey {
             network,
             asset,
             payer,
@@ -119,7 +119,7 @@ impl LedgerKey {
         let nonce = nonce
             .parse::<B256>()
             .map_err(|_| corrupt("nonce is not 32 bytes of hex".into()))?;
-        Ok(LedgerKey::new(network, asset, payer, nonce))
+        Ok(SettlementKey::new(network, asset, payer, nonce))
     }
 
     pub fn network(&self) -> &Network {
@@ -140,7 +140,7 @@ impl LedgerKey {
     }
 }
 
-impl std::fmt::Display for LedgerKey {
+impl std::fmt::Display for SettlementKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -227,7 +227,7 @@ pub enum Claim {
     /// payload: a conflict (HTTP 409 in the extension). Nothing was inserted.
     PaymentIdConflict {
         /// The authorization that holds the id.
-        held_by: LedgerKey,
+        held_by: SettlementKey,
     },
 }
 
@@ -250,7 +250,7 @@ pub struct Submission {
 /// One row of the ledger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettlementRecord {
-    pub key: LedgerKey,
+    pub key: SettlementKey,
     pub fingerprint: String,
     pub state: SettlementState,
     pub tx_hash: Option<String>,
@@ -299,14 +299,14 @@ pub enum LedgerError {
     UnsupportedUrl { url: String },
     #[error("settlement {key} cannot move to {to}: {reason}")]
     Transition {
-        key: LedgerKey,
+        key: SettlementKey,
         to: SettlementState,
         reason: String,
     },
     #[error("settlement {key} was claimed and released {attempts} times while claiming it")]
-    ClaimContended { key: LedgerKey, attempts: usize },
+    ClaimContended { key: SettlementKey, attempts: usize },
     #[error("corrupt ledger row {key}: {message}")]
-    Corrupt { key: LedgerKey, message: String },
+    Corrupt { key: SettlementKey, message: String },
     #[error("corrupt ledger row key {key:?}: {message}")]
     CorruptKey { key: String, message: String },
 }
@@ -321,7 +321,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// With a `payment_id`, the id names one payment forever: if a row holds it for another
     /// authorization or another fingerprint the answer is [`Claim::PaymentIdConflict`] and
     /// nothing is inserted; if a row holds it for this same payment, the answer is that row.
-    async fn claim(&self, key: &LedgerKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
+    async fn claim(&self, key: &SettlementKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
 
     /// Takes over a `received` claim exactly as `seen` shows it (same holder, same update time):
     /// its holder died or stalled before recording a broadcast, so nothing was broadcast for it.
@@ -343,7 +343,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     async fn mark_batch_submitted(
         &self,
         holder: &str,
-        items: &[(LedgerKey, Submission)],
+        items: &[(SettlementKey, Submission)],
     ) -> Result<(), LedgerError>;
 
     /// Finishes many settlements in one database transaction. Rows already final are left as
@@ -351,13 +351,17 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// A confirmed outcome records its response's transaction as the row's.
     async fn finish_many(
         &self,
-        items: &[(LedgerKey, SettleResponse, SettlementState)],
+        items: &[(SettlementKey, SettleResponse, SettlementState)],
     ) -> Result<u64, LedgerError>;
 
     /// Deletes `submitted` rows recorded with `tx_hash` when the node definitively refused that
     /// transaction (it was never broadcast), so the payers may retry. Returns how many were
     /// deleted.
-    async fn release_unsent(&self, keys: &[LedgerKey], tx_hash: &str) -> Result<u64, LedgerError>;
+    async fn release_unsent(
+        &self,
+        keys: &[SettlementKey],
+        tx_hash: &str,
+    ) -> Result<u64, LedgerError>;
 
     /// `received` → `submitted`, recording the transaction before it is broadcast, so a crash
     /// at any point after is recoverable. Only the row's holder may; a row it already moved to
@@ -365,7 +369,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// one's nonce, which can therefore never be mined).
     async fn mark_submitted(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         holder: &str,
         submission: &Submission,
     ) -> Result<(), LedgerError>;
@@ -374,7 +378,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// (and, when confirmed, its transaction as the row's).
     async fn finish(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
         state: SettlementState,
     ) -> Result<(), LedgerError>;
@@ -383,14 +387,15 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// row did not know, such as one that front-ran its own). Returns whether the row changed.
     async fn correct_to_paid(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
     ) -> Result<bool, LedgerError>;
 
     /// Deletes a `received` row held by `holder` (`None`: a row written without a holder), refused
     /// or abandoned before anything was broadcast, so the payer may retry. Returns whether a row
     /// was deleted; rows in any other state or held by another are left alone.
-    async fn release(&self, key: &LedgerKey, holder: Option<&str>) -> Result<bool, LedgerError>;
+    async fn release(&self, key: &SettlementKey, holder: Option<&str>)
+    -> Result<bool, LedgerError>;
 
     /// Every `submitted` row, oldest first: what crash recovery must look at.
     async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
@@ -403,7 +408,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     ) -> Result<Vec<SettlementRecord>, LedgerError>;
 
     /// The row for `key`, if any.
-    async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError>;
+    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, LedgerError>;
 
     /// How many rows are `received` or `submitted` (every network, every process sharing the
     /// database): settlements not finished yet. The SQL ledgers count in the database; this

@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use tokio::sync::OnceCell;
 
 use crate::{
-    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, LedgerKey, POOL_ACQUIRE_TIMEOUT,
-    POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX,
+    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, POOL_ACQUIRE_TIMEOUT,
+    POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX, SettlementKey,
     SettlementLedger, SettlementRecord, SettlementState, Submission, now_ms,
 };
 
@@ -253,7 +253,7 @@ where
         row.try_get("payer")?,
         row.try_get("nonce")?,
     );
-    let key = LedgerKey::parse(&network, &asset, &payer, &nonce)?;
+    let key = SettlementKey::parse(&network, &asset, &payer, &nonce)?;
     let corrupt = |message: String| LedgerError::Corrupt {
         key: key.clone(),
         message,
@@ -327,7 +327,7 @@ fn confirmed_transaction(response: &SettleResponse, state: SettlementState) -> O
 /// Binds [`MARK_SUBMITTED`]'s parameters.
 fn bind_submission<'q, DB>(
     query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
-    key: &'q LedgerKey,
+    key: &'q SettlementKey,
     holder: &'q str,
     submission: &'q Submission,
     now: i64,
@@ -381,7 +381,7 @@ macro_rules! ledger_impl {
         impl SettlementLedger for $ledger {
             async fn claim(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 claimant: &Claimant,
             ) -> Result<Claim, LedgerError> {
                 let pool = self.ready().await?;
@@ -468,7 +468,7 @@ macro_rules! ledger_impl {
             async fn mark_batch_submitted(
                 &self,
                 holder: &str,
-                items: &[(LedgerKey, Submission)],
+                items: &[(SettlementKey, Submission)],
             ) -> Result<(), LedgerError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
@@ -492,7 +492,7 @@ macro_rules! ledger_impl {
 
             async fn finish_many(
                 &self,
-                items: &[(LedgerKey, SettleResponse, SettlementState)],
+                items: &[(SettlementKey, SettleResponse, SettlementState)],
             ) -> Result<u64, LedgerError> {
                 if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final())
                 {
@@ -531,7 +531,7 @@ macro_rules! ledger_impl {
 
             async fn release_unsent(
                 &self,
-                keys: &[LedgerKey],
+                keys: &[SettlementKey],
                 tx_hash: &str,
             ) -> Result<u64, LedgerError> {
                 let pool = self.ready().await?;
@@ -554,7 +554,7 @@ macro_rules! ledger_impl {
 
             async fn mark_submitted(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 holder: &str,
                 submission: &Submission,
             ) -> Result<(), LedgerError> {
@@ -575,7 +575,7 @@ macro_rules! ledger_impl {
 
             async fn finish(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 response: &SettleResponse,
                 state: SettlementState,
             ) -> Result<(), LedgerError> {
@@ -609,7 +609,7 @@ macro_rules! ledger_impl {
 
             async fn correct_to_paid(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 response: &SettleResponse,
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
@@ -629,7 +629,7 @@ macro_rules! ledger_impl {
 
             async fn release(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 holder: Option<&str>,
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
@@ -665,7 +665,10 @@ macro_rules! ledger_impl {
                 rows.iter().map(record_from_row).collect()
             }
 
-            async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError> {
+            async fn get(
+                &self,
+                key: &SettlementKey,
+            ) -> Result<Option<SettlementRecord>, LedgerError> {
                 let pool = self.ready().await?;
                 let row = sqlx::query(AssertSqlSafe(select_one()))
                     .bind(key.network.caip2())
@@ -688,7 +691,7 @@ macro_rules! ledger_impl {
             /// Turns "no row updated" into an error naming what the row holds instead.
             async fn check_transition(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 updated: u64,
                 to: SettlementState,
             ) -> Result<(), LedgerError> {
