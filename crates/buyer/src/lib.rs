@@ -512,8 +512,7 @@ impl PayingClient {
         let scheme_payload = ExactEvmPayload {
             signature,
             authorization: authorization.clone(),
-        }
-        .to_value();
+        };
         let payload = match required.version {
             X402Version::V2 => PaymentPayload::new_v2(
                 requirement.clone(),

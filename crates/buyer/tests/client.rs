@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bursar_buyer::{BuyerError, PayingClient, PaymentSigner, RequestSpec};
 use bursar_facilitator_client::Facilitator;
-use bursar_facilitator_client::testkit::LocalFacilitator;
+use bursar_facilitator_client::testkit::ChainlessFacilitator;
 use bursar_protocol::exact_evm::Authorization;
 use bursar_protocol::{
     Address, Amount, AssetUnit, Bytes, FacilitatorRequest, Network, PaymentPayload,
@@ -82,8 +82,8 @@ async fn serve(app: Router) -> String {
 }
 
 /// Bursar's paywall selling `/data` for `price`; `v1_only` strips the v2 header.
-async fn paywalled(price: u64, v1_only: bool) -> (String, Arc<LocalFacilitator>) {
-    let facilitator = Arc::new(LocalFacilitator::new(CHAIN));
+async fn paywalled(price: u64, v1_only: bool) -> (String, Arc<ChainlessFacilitator>) {
+    let facilitator = Arc::new(ChainlessFacilitator::new(CHAIN));
     let paywall = PaywallLayer::builder(facilitator.clone())
         .route(PricedRoute::new(Method::GET, "/data").offer(offer(price)))
         .build()
@@ -128,7 +128,7 @@ async fn pays_v2_and_v1_sellers_and_returns_receipts() {
         assert!(settlement.success);
         assert_eq!(
             settlement.transaction,
-            LocalFacilitator::transaction_for(&receipt.authorization.nonce)
+            ChainlessFacilitator::transaction_for(&receipt.authorization.nonce)
         );
         assert_eq!(signer.signatures.load(Ordering::SeqCst), 1);
         assert_eq!(facilitator.verify_count(), 1);
@@ -196,7 +196,7 @@ async fn refuses_to_pay_without_a_maximum() {
 /// A seller that verifies and settles every payment and still answers 402.
 #[tokio::test]
 async fn a_seller_answering_402_after_payment_is_paid_exactly_once() {
-    let facilitator = Arc::new(LocalFacilitator::new(CHAIN));
+    let facilitator = Arc::new(ChainlessFacilitator::new(CHAIN));
     let requests = Arc::new(AtomicUsize::new(0));
     let required = PaymentRequired {
         version: X402Version::V2,

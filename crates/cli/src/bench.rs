@@ -189,8 +189,7 @@ fn signature_rates(duration: Duration) -> SignatureRates {
         ExactEvmPayload {
             signature: signature.clone(),
             authorization,
-        }
-        .to_value(),
+        },
     );
 
     let started = Instant::now();
@@ -293,8 +292,7 @@ impl Setup {
                 ExactEvmPayload {
                     signature,
                     authorization,
-                }
-                .to_value(),
+                },
             );
             let request = FacilitatorRequest {
                 version: X402Version::V2,

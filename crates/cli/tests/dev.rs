@@ -196,8 +196,7 @@ fn pay_by_hand(dev: &Dev) -> (String, String) {
         ExactEvmPayload {
             signature,
             authorization,
-        }
-        .to_value(),
+        },
     );
     let payment_header = payload.to_header();
     let paid = http

@@ -228,7 +228,7 @@ fn payment() -> Value {
     };
     FacilitatorRequest {
         version: X402Version::V2,
-        payload: PaymentPayload::new_v2(requirements.clone(), None, exact.to_value()),
+        payload: PaymentPayload::new_v2(requirements.clone(), None, exact.clone()),
         requirements,
         resource: None,
     }

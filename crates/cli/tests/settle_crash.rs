@@ -22,7 +22,7 @@ use bursar_protocol::exact_evm::{self, ExactEvmPayload};
 use bursar_protocol::{
     Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequirements, X402Version,
 };
-use bursar_store::{LedgerKey, SettlementState};
+use bursar_store::{SettlementKey, SettlementState};
 use serde_json::{Value, json};
 
 const BURSAR: &str = env!("CARGO_BIN_EXE_bursar");
@@ -139,7 +139,7 @@ fn payment(chain_id: u64, token: Address, payer: &PrivateKeySigner, now: u64) ->
     };
     let body = FacilitatorRequest {
         version: X402Version::V2,
-        payload: PaymentPayload::new_v2(requirements.clone(), None, exact.to_value()),
+        payload: PaymentPayload::new_v2(requirements.clone(), None, exact.clone()),
         requirements,
         resource: None,
     }
@@ -331,13 +331,12 @@ async fn sigkill_trials(mode: Mode, db: Db) {
     // The last restart recovers; then every payment is presented once more and must settle (or
     // answer its transaction) at once.
     let ledger = bursar_store::open(&ledger_url).await.unwrap();
-    let network = format!("eip155:{chain_id}");
     let key_of = |p: &Payment| {
-        LedgerKey::new(
-            &network,
-            &token.to_string(),
-            &p.exact.authorization.from.to_string(),
-            &p.exact.authorization.nonce.to_string(),
+        SettlementKey::new(
+            Network::Eip155(chain_id),
+            token,
+            p.exact.authorization.from,
+            p.exact.authorization.nonce,
         )
     };
     let mut used_before = Vec::with_capacity(payments.len());

@@ -6,7 +6,7 @@
 //! - [`HttpFacilitator`] speaks the x402 facilitator HTTP API (`POST /verify`, `POST /settle`,
 //!   `GET /supported`) to any facilitator, hosted or self-run.
 //! - Bursar's own facilitator service implements the trait directly for in-process use.
-//! - With the `testkit` feature, [`testkit::LocalFacilitator`] runs the stateless exact-EVM checks in
+//! - With the `testkit` feature, [`testkit::ChainlessFacilitator`] runs the stateless exact-EVM checks in
 //!   memory and records every call, so sellers and buyers can be tested without a chain.
 //!
 //! Layering: `bursar-protocol` (documents, no I/O) → this crate (transport) → `bursar-seller`.

@@ -1,4 +1,4 @@
-//! [`LocalFacilitator`]: an in-memory facilitator for tests.
+//! [`ChainlessFacilitator`]: an in-memory facilitator for tests.
 //!
 //! It runs the real stateless checks ([`bursar_protocol::exact_evm::check_payment`]) for one chain,
 //! remembers settled nonces (a second settlement of the same authorization fails, as on chain), and
@@ -19,7 +19,7 @@ use bursar_protocol::{
 
 use crate::{Facilitator, FacilitatorError};
 
-/// Where the clock of a [`LocalFacilitator`] comes from.
+/// Where the clock of a [`ChainlessFacilitator`] comes from.
 #[derive(Debug, Clone, Copy)]
 enum Clock {
     System,
@@ -34,7 +34,7 @@ struct Record {
 }
 
 /// An in-memory facilitator running the stateless exact-EVM checks for one chain.
-pub struct LocalFacilitator {
+pub struct ChainlessFacilitator {
     chain_id: u64,
     clock: Clock,
     record: Mutex<Record>,
@@ -42,19 +42,19 @@ pub struct LocalFacilitator {
     unreachable: AtomicBool,
 }
 
-impl std::fmt::Debug for LocalFacilitator {
+impl std::fmt::Debug for ChainlessFacilitator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalFacilitator")
+        f.debug_struct("ChainlessFacilitator")
             .field("chain_id", &self.chain_id)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
     }
 }
 
-impl LocalFacilitator {
+impl ChainlessFacilitator {
     /// A facilitator for `eip155:<chain_id>` that reads the system clock.
     pub fn new(chain_id: u64) -> Self {
-        LocalFacilitator {
+        ChainlessFacilitator {
             chain_id,
             clock: Clock::System,
             record: Mutex::default(),
@@ -164,7 +164,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[async_trait::async_trait]
-impl Facilitator for LocalFacilitator {
+impl Facilitator for ChainlessFacilitator {
     async fn verify(
         &self,
         request: &FacilitatorRequest,

@@ -27,7 +27,7 @@ use bursar_contracts::{
     revert_reason,
 };
 use bursar_protocol::{Reason, SettleResponse};
-use bursar_store::{LedgerKey, SettlementLedger, SettlementState, Submission};
+use bursar_store::{SettlementKey, SettlementLedger, SettlementState, Submission};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 
 use crate::metrics::FacilitatorMetrics;
@@ -111,7 +111,7 @@ impl BatchConfig {
 
 /// One verified, simulated and claimed settlement waiting for a batch.
 pub(crate) struct Queued {
-    pub key: LedgerKey,
+    pub key: SettlementKey,
     pub item: BatchItem,
     /// The successful response without its transaction hash.
     pub pending: SettleResponse,
@@ -275,7 +275,7 @@ async fn submit(
 ) -> Option<(B256, Vec<Queued>)> {
     let items: Vec<BatchItem> = batch.iter().map(|q| q.item.clone()).collect();
     let gas_limit = BATCH_GAS_BASE + batch.iter().map(Queued::gas).sum::<u64>();
-    let keys: Vec<LedgerKey> = batch.iter().map(|q| q.key.clone()).collect();
+    let keys: Vec<SettlementKey> = batch.iter().map(|q| q.key.clone()).collect();
     let recorded: std::sync::Mutex<Option<B256>> = std::sync::Mutex::new(None);
     let ledger_error: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
     let request = TxRequest {
@@ -286,7 +286,7 @@ async fn submit(
     };
     let result = sender
         .send_recorded(request, |hash, nonce| {
-            let submissions: Vec<(LedgerKey, Submission)> = batch
+            let submissions: Vec<(SettlementKey, Submission)> = batch
                 .iter()
                 .map(|q| {
                     let mut pending = q.pending.clone();
@@ -369,7 +369,7 @@ async fn submit(
 async fn release_all(
     ledger: &dyn SettlementLedger,
     holder: &str,
-    keys: &[LedgerKey],
+    keys: &[SettlementKey],
 ) -> Result<(), bursar_store::LedgerError> {
     for key in keys {
         ledger.release(key, Some(holder)).await?;

@@ -1,7 +1,6 @@
 //! Hooks around verification and settlement: policy (a before-hook may refuse) and observation.
 
 use alloy_primitives::Address;
-use bursar_protocol::exact_evm::ExactEvmPayload;
 use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse, VerifyResponse};
 
 /// Why a before-hook refused a payment. It becomes an invalid [`VerifyResponse`] or a failed
@@ -70,7 +69,10 @@ impl FacilitatorHooks for NoHooks {}
 
 /// The payer (`authorization.from`) of an `exact` EVM payment, if the payload is one.
 pub fn payer_of(request: &FacilitatorRequest) -> Option<Address> {
-    ExactEvmPayload::from_value(&request.payload.payload)
+    request
+        .payload
+        .payload
+        .exact_evm()
         .ok()
         .map(|exact| exact.authorization.from)
 }

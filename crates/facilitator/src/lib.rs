@@ -171,10 +171,10 @@ pub use server::{
     RouterOptions, metrics_router, protected_router, protected_router_with, router, router_with,
 };
 pub use service::{
-    CLAIM_HOLD_DEFAULT, FacilitatorConfig, HELD_CLAIM_WAIT, LEDGER_POLL_INTERVAL, LocalFacilitator,
-    PAYMENT_ID_CONFLICT, PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION,
-    RECOVERY_INTERVAL_DEFAULT, Recovered, RecoveryOutcome, SETTLE_GAS_LIMIT,
-    SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLED_REMEMBERED_MAX,
-    payment_fingerprint, payment_identifier,
+    CLAIM_HOLD_DEFAULT, FacilitatorConfig, HELD_CLAIM_WAIT, LocalFacilitator, PAYMENT_ID_CONFLICT,
+    PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION, RECOVERY_INTERVAL_DEFAULT, Recovered,
+    RecoveryOutcome, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
+    SETTLED_REMEMBERED_MAX, SETTLEMENT_LEDGER_POLL_INTERVAL, payment_fingerprint,
+    payment_identifier,
 };
 pub use tokens::{TOKENS_REMEMBERED_MAX, TokenSupport};

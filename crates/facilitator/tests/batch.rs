@@ -23,7 +23,7 @@ use bursar_protocol::{
     SettleResponse, X402Version,
 };
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{Claimant, LedgerKey, SettlementLedger, SettlementState, Submission};
+use bursar_store::{Claimant, SettlementKey, SettlementLedger, SettlementState, Submission};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -174,7 +174,7 @@ fn request(
     exact: &ExactEvmPayload,
     extensions: Option<Value>,
 ) -> FacilitatorRequest {
-    let mut payload = PaymentPayload::new_v2(requirements.clone(), None, exact.to_value());
+    let mut payload = PaymentPayload::new_v2(requirements.clone(), None, exact.clone());
     payload.extensions = extensions;
     FacilitatorRequest {
         version: X402Version::V2,
@@ -184,12 +184,12 @@ fn request(
     }
 }
 
-fn ledger_key(setup: &Setup, exact: &ExactEvmPayload) -> LedgerKey {
-    LedgerKey::new(
-        &format!("eip155:{}", setup.fixture.chain.chain_id()),
-        &setup.fixture.token.address().to_string(),
-        &exact.authorization.from.to_string(),
-        &exact.authorization.nonce.to_string(),
+fn ledger_key(setup: &Setup, exact: &ExactEvmPayload) -> SettlementKey {
+    SettlementKey::new(
+        Network::Eip155(setup.fixture.chain.chain_id()),
+        setup.fixture.token.address(),
+        exact.authorization.from,
+        exact.authorization.nonce,
     )
 }
 
@@ -812,7 +812,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                 gas_limit: Some(1_000_000),
             },
             |hash, sender_nonce| {
-                let rows: Vec<(LedgerKey, Submission)> = submissions
+                let rows: Vec<(SettlementKey, Submission)> = submissions
                     .iter()
                     .map(|(key, valid_before)| {
                         (

@@ -19,11 +19,11 @@ use bursar_facilitator::{
     FacilitatorConfig, LocalFacilitator, RecoveryOutcome, SETTLE_GAS_LIMIT, payment_fingerprint,
 };
 use bursar_protocol::exact_evm::ExactEvmPayload;
-use bursar_protocol::{Amount, FacilitatorRequest, Reason, SettleResponse, X402Version};
+use bursar_protocol::{Amount, FacilitatorRequest, Network, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
 use bursar_store::{
-    Claim, Claimant, LedgerError, LedgerKey, SettlementLedger, SettlementRecord, SettlementState,
-    Submission,
+    Claim, Claimant, LedgerError, SettlementKey, SettlementLedger, SettlementRecord,
+    SettlementState, Submission,
 };
 use scenarios::{Harness, PAYER_BALANCE, PRICE};
 
@@ -84,7 +84,7 @@ fn holding(hold: Duration) -> FacilitatorConfig {
 }
 
 fn exact(request: &FacilitatorRequest) -> ExactEvmPayload {
-    ExactEvmPayload::from_value(&request.payload.payload).unwrap()
+    request.payload.payload.exact_evm().unwrap().clone()
 }
 
 /// `holder` claiming `request`'s payment, as the facilitator does.
@@ -163,13 +163,13 @@ async fn signed_request(h: &Harness) -> FacilitatorRequest {
     FacilitatorRequest::from_json(body.to_string().as_bytes()).unwrap()
 }
 
-fn ledger_key(h: &Harness, request: &FacilitatorRequest) -> LedgerKey {
-    let authorization = &request.payload.payload["authorization"];
-    LedgerKey::new(
-        &format!("eip155:{}", h.chain_id()),
-        &h.fixture.token.address().to_string(),
-        authorization["from"].as_str().unwrap(),
-        authorization["nonce"].as_str().unwrap(),
+fn ledger_key(h: &Harness, request: &FacilitatorRequest) -> SettlementKey {
+    let authorization = exact(request).authorization;
+    SettlementKey::new(
+        Network::Eip155(h.chain_id()),
+        h.fixture.token.address(),
+        authorization.from,
+        authorization.nonce,
     )
 }
 
@@ -215,11 +215,7 @@ async fn duplicate_after_restart_returns_the_original_transaction() {
 
     // Another payment reusing the nonce is refused for that reason, also after the restart.
     let requirements = h.requirements();
-    let nonce: B256 = request.payload.payload["authorization"]["nonce"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let nonce: B256 = exact(&request).authorization.nonce;
     let reused = h
         .authorization(&requirements, &h.fixture.payer, |a| {
             a.nonce = nonce;
@@ -368,12 +364,13 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         pay_to: h.pay_to,
         amount: Amount::from(PRICE),
     };
-    let unused_expired = LedgerKey::new(
+    let unused_expired = SettlementKey::parse(
         &network,
         &h.fixture.token.address().to_string(),
         &h.fixture.payer.address().to_string(),
         &B256::repeat_byte(0x22).to_string(),
-    );
+    )
+    .unwrap();
     record_unsent(
         &*ledger,
         &unused_expired,
@@ -383,12 +380,13 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         &pending,
     )
     .await;
-    let unused_valid = LedgerKey::new(
+    let unused_valid = SettlementKey::parse(
         &network,
         &h.fixture.token.address().to_string(),
         &h.fixture.payer.address().to_string(),
         &B256::repeat_byte(0x44).to_string(),
-    );
+    )
+    .unwrap();
     record_unsent(
         &*ledger,
         &unused_valid,
@@ -429,7 +427,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     let sent_before = chain.transaction_count(key.address()).await.unwrap();
     let recovered = restarted.recover().await.unwrap();
     assert_eq!(recovered.len(), 5, "{recovered:?}");
-    let outcome = |k: &LedgerKey| {
+    let outcome = |k: &SettlementKey| {
         recovered
             .iter()
             .find(|r| &r.key == k)
@@ -455,7 +453,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         RecoveryOutcome::Pending { .. }
     ));
 
-    let state = |k: LedgerKey| {
+    let state = |k: SettlementKey| {
         let ledger = ledger.clone();
         async move { ledger.get(&k).await.unwrap().unwrap() }
     };
@@ -505,7 +503,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     let aged = facilitator_with(&chain, &key, ledger.clone(), holding(Duration::ZERO));
     let recovered = aged.recover().await.unwrap();
-    let outcome = |k: &LedgerKey| {
+    let outcome = |k: &SettlementKey| {
         recovered
             .iter()
             .find(|r| &r.key == k)
@@ -616,7 +614,7 @@ where
 /// A payment a facilitator recorded `submitted`, sent on chain (mined) and then crashed.
 struct Broadcast {
     request: FacilitatorRequest,
-    key: LedgerKey,
+    key: SettlementKey,
     /// What a live settle answers for it.
     pending: SettleResponse,
     valid_before: u64,
@@ -682,7 +680,7 @@ async fn broadcast_then_crashed(
 /// account that never sent anything: a transaction that never reached the chain.
 async fn record_unsent(
     ledger: &dyn SettlementLedger,
-    key: &LedgerKey,
+    key: &SettlementKey,
     claimant: &Claimant,
     hash: B256,
     valid_before_s: u64,
@@ -1215,7 +1213,7 @@ struct FrontRunWhenRecorded {
 
 #[async_trait::async_trait]
 impl SettlementLedger for FrontRunWhenRecorded {
-    async fn claim(&self, key: &LedgerKey, claimant: &Claimant) -> Result<Claim, LedgerError> {
+    async fn claim(&self, key: &SettlementKey, claimant: &Claimant) -> Result<Claim, LedgerError> {
         self.inner.claim(key, claimant).await
     }
 
@@ -1233,25 +1231,29 @@ impl SettlementLedger for FrontRunWhenRecorded {
     async fn mark_batch_submitted(
         &self,
         holder: &str,
-        items: &[(LedgerKey, Submission)],
+        items: &[(SettlementKey, Submission)],
     ) -> Result<(), LedgerError> {
         self.inner.mark_batch_submitted(holder, items).await
     }
 
     async fn finish_many(
         &self,
-        items: &[(LedgerKey, SettleResponse, SettlementState)],
+        items: &[(SettlementKey, SettleResponse, SettlementState)],
     ) -> Result<u64, LedgerError> {
         self.inner.finish_many(items).await
     }
 
-    async fn release_unsent(&self, keys: &[LedgerKey], tx_hash: &str) -> Result<u64, LedgerError> {
+    async fn release_unsent(
+        &self,
+        keys: &[SettlementKey],
+        tx_hash: &str,
+    ) -> Result<u64, LedgerError> {
         self.inner.release_unsent(keys, tx_hash).await
     }
 
     async fn mark_submitted(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         holder: &str,
         submission: &Submission,
     ) -> Result<(), LedgerError> {
@@ -1279,7 +1281,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
 
     async fn finish(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
         state: SettlementState,
     ) -> Result<(), LedgerError> {
@@ -1288,13 +1290,17 @@ impl SettlementLedger for FrontRunWhenRecorded {
 
     async fn correct_to_paid(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
     ) -> Result<bool, LedgerError> {
         self.inner.correct_to_paid(key, response).await
     }
 
-    async fn release(&self, key: &LedgerKey, holder: Option<&str>) -> Result<bool, LedgerError> {
+    async fn release(
+        &self,
+        key: &SettlementKey,
+        holder: Option<&str>,
+    ) -> Result<bool, LedgerError> {
         self.inner.release(key, holder).await
     }
 
@@ -1309,7 +1315,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
         self.inner.received_before(created_before_ms).await
     }
 
-    async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError> {
+    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, LedgerError> {
         self.inner.get(key).await
     }
 }

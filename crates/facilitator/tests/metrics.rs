@@ -22,7 +22,7 @@ use bursar_facilitator::{
 };
 use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{Claimant, LedgerKey, SettlementLedger, SettlementState, SqliteLedger};
+use bursar_store::{Claimant, SettlementKey, SettlementLedger, SettlementState, SqliteLedger};
 use scenarios::Harness;
 use serde_json::Value;
 
@@ -295,12 +295,13 @@ async fn counts_verifications_settlements_gas_and_pending() {
 
     // The gauge follows the ledger: a claim nobody finished is pending at the next read.
     let ledger = h.facilitator.ledger().clone();
-    let key = LedgerKey::new(
+    let key = SettlementKey::parse(
         &format!("eip155:{}", h.chain_id()),
         &h.fixture.token.address().to_string(),
         &broke.address().to_string(),
         &format!("0x{}", "07".repeat(32)),
-    );
+    )
+    .unwrap();
     ledger.claim(&key, &claimant("0x01")).await.unwrap();
     tokio::time::sleep(PENDING_REFRESH_INTERVAL + std::time::Duration::from_millis(100)).await;
     let samples = scrape_samples(&h).await;
@@ -450,12 +451,13 @@ async fn metrics_route_is_open_can_be_left_out_or_served_alone() {
 
 async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
     let key = |n: u8| {
-        LedgerKey::new(
+        SettlementKey::parse(
             "eip155:31337",
             "0x00000000000000000000000000000000000000aa",
             "0x00000000000000000000000000000000000000bb",
             &format!("0x{}", format!("{n:02x}").repeat(32)),
         )
+        .unwrap()
     };
     let count = || async { ledger.count_unfinished().await.unwrap() };
     assert_eq!(count().await, 0);

@@ -50,8 +50,7 @@ fn signatures(c: &mut Criterion) {
         ExactEvmPayload {
             signature: signature.clone(),
             authorization: authorization.clone(),
-        }
-        .to_value(),
+        },
     );
     let header = payload.to_header();
     // Sanity: the benchmarked paths succeed, so failures are not what is being timed.

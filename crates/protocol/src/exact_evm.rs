@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::money::Amount;
 use crate::reason::Reason;
+use crate::scheme::PaymentScheme;
 use crate::types::{PaymentPayload, PaymentRequirements};
 
 /// The scheme name.
@@ -203,6 +204,75 @@ pub fn authorization_for(
     })
 }
 
+/// The `exact` scheme with EIP-3009, as a [`PaymentScheme`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExactEvm;
+
+impl PaymentScheme for ExactEvm {
+    const NAME: &'static str = SCHEME_EXACT;
+    type Payload = ExactEvmPayload;
+    type Message = Authorization;
+    type Checked = CheckedPayment;
+
+    fn decode(value: &Value) -> Result<ExactEvmPayload, String> {
+        ExactEvmPayload::from_value(value)
+    }
+
+    fn encode(payload: &ExactEvmPayload) -> Value {
+        payload.to_value()
+    }
+
+    fn message(
+        requirements: &PaymentRequirements,
+        payer: Address,
+        now_seconds: u64,
+    ) -> Result<Authorization, String> {
+        authorization_for(requirements, payer, now_seconds)
+    }
+
+    fn signing_hash(
+        authorization: &Authorization,
+        requirements: &PaymentRequirements,
+    ) -> Result<B256, String> {
+        Ok(authorization.signing_hash(&requirement_domain(requirements)?))
+    }
+
+    fn payload(authorization: Authorization, signature: Bytes) -> ExactEvmPayload {
+        ExactEvmPayload {
+            signature,
+            authorization,
+        }
+    }
+
+    fn check(
+        payment: &PaymentPayload,
+        payload: &ExactEvmPayload,
+        requirements: &PaymentRequirements,
+        chain_id: u64,
+        now_seconds: u64,
+    ) -> Result<CheckedPayment, Invalid> {
+        let terms = check_terms(payment, requirements, chain_id)?;
+        check_signed(payload, &terms, requirements, now_seconds)
+    }
+}
+
+/// The token's EIP-712 domain a requirement names: name and version from `extra`, the chain from
+/// the network, the token from the asset.
+pub fn requirement_domain(requirements: &PaymentRequirements) -> Result<Eip712Domain, String> {
+    let chain_id = requirements
+        .network
+        .chain_id()
+        .ok_or_else(|| format!("network {} is not an EVM chain", requirements.network))?;
+    let (name, version) = requirements
+        .eip712_name_version()
+        .ok_or("requirement extra must carry the token's EIP-712 name and version")?;
+    let token: Address = requirements
+        .asset
+        .parse()
+        .map_err(|_| format!("asset {:?} is not an EVM address", requirements.asset))?;
+    Ok(token_domain(name, version, chain_id, token))
+}
+
 /// A failed check: the x402 reason plus a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {
@@ -246,15 +316,31 @@ pub fn check_payment(
     expected_chain_id: u64,
     now_seconds: u64,
 ) -> Result<CheckedPayment, Invalid> {
-    if requirements.scheme != SCHEME_EXACT || payload.scheme != SCHEME_EXACT {
-        return Err(Invalid::new(
-            Reason::INVALID_SCHEME,
-            format!(
-                "scheme {:?} / {:?} is not \"exact\"",
-                payload.scheme, requirements.scheme
-            ),
-        ));
-    }
+    let terms = check_terms(payload, requirements, expected_chain_id)?;
+    let exact = payload
+        .payload
+        .exact_evm()
+        .map_err(|e| Invalid::new(Reason::INVALID_PAYLOAD, e))?;
+    check_signed(exact, &terms, requirements, now_seconds)
+}
+
+/// What the requirement names, once checked against the payment: the token's EIP-712 domain,
+/// the token and the payee.
+struct Terms<'a> {
+    name: &'a str,
+    version: &'a str,
+    chain_id: u64,
+    token: Address,
+    pay_to: Address,
+}
+
+/// The checks before the signed payload is looked at: scheme, network, `accepted`, domain.
+fn check_terms<'a>(
+    payload: &PaymentPayload,
+    requirements: &'a PaymentRequirements,
+    expected_chain_id: u64,
+) -> Result<Terms<'a>, Invalid> {
+    check_scheme(payload, requirements)?;
     if payload.network != requirements.network {
         return Err(Invalid::new(
             Reason::INVALID_NETWORK,
@@ -294,8 +380,30 @@ pub fn check_payment(
             format!("payTo {:?} is not an EVM address", requirements.pay_to),
         )
     })?;
-    let exact = ExactEvmPayload::from_value(&payload.payload)
-        .map_err(|e| Invalid::new(Reason::INVALID_PAYLOAD, e))?;
+    Ok(Terms {
+        name,
+        version,
+        chain_id: expected_chain_id,
+        token,
+        pay_to,
+    })
+}
+
+/// The checks of the signed authorization against the terms: signature, recipient, validity
+/// window, value.
+fn check_signed(
+    exact: &ExactEvmPayload,
+    terms: &Terms<'_>,
+    requirements: &PaymentRequirements,
+    now_seconds: u64,
+) -> Result<CheckedPayment, Invalid> {
+    let Terms {
+        name,
+        version,
+        chain_id: expected_chain_id,
+        token,
+        pay_to,
+    } = *terms;
     let authorization = &exact.authorization;
     let payer = authorization.from;
 
@@ -362,8 +470,26 @@ pub fn check_payment(
         payer,
         token,
         chain_id: expected_chain_id,
-        payload: exact,
+        payload: exact.clone(),
     })
+}
+
+/// The first check: payment and requirement are both in the `exact` scheme.
+pub fn check_scheme(
+    payload: &PaymentPayload,
+    requirements: &PaymentRequirements,
+) -> Result<(), Invalid> {
+    if requirements.scheme != SCHEME_EXACT || payload.scheme != SCHEME_EXACT {
+        Err(Invalid::new(
+            Reason::INVALID_SCHEME,
+            format!(
+                "scheme {:?} / {:?} is not \"exact\"",
+                payload.scheme, requirements.scheme
+            ),
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// A v2 payload's `accepted` must be the requirement being verified.
@@ -452,8 +578,15 @@ mod tests {
         };
         (
             signer,
-            PaymentPayload::new_v2(requirements.clone(), None, exact.to_value()),
+            PaymentPayload::new_v2(requirements.clone(), None, exact),
         )
+    }
+
+    fn exact_mut(payload: &mut PaymentPayload) -> &mut ExactEvmPayload {
+        match &mut payload.payload {
+            crate::scheme::SchemePayload::ExactEvm(exact) => exact,
+            other => panic!("not an exact payload: {other:?}"),
+        }
     }
 
     fn reason_of(result: Result<CheckedPayment, Invalid>) -> Reason {
@@ -471,12 +604,13 @@ mod tests {
     #[test]
     fn wire_form_uses_decimal_strings() {
         let (_, payload) = signed(&requirements(), |_| {});
-        let auth = &payload.payload["authorization"];
+        let wire = payload.to_json_value();
+        let auth = &wire["payload"]["authorization"];
         assert_eq!(auth["value"], "10000");
         assert_eq!(auth["validAfter"], (NOW - 600).to_string());
         assert_eq!(auth["validBefore"], (NOW + 60).to_string());
         assert_eq!(
-            payload.payload["signature"].as_str().unwrap().len(),
+            wire["payload"]["signature"].as_str().unwrap().len(),
             2 + 130
         );
     }
@@ -531,14 +665,14 @@ mod tests {
         let r = requirements();
         let (_, mut p) = signed(&r, |_| {});
         // Claim someone else's funds: change `from` after signing.
-        p.payload["authorization"]["from"] = json!(Address::repeat_byte(7).to_string());
+        exact_mut(&mut p).authorization.from = Address::repeat_byte(7);
         assert_eq!(
             reason_of(check_payment(&p, &r, CHAIN, NOW)),
             Reason::INVALID_SIGNATURE
         );
 
         let (_, mut p) = signed(&r, |_| {});
-        p.payload["signature"] = json!("0x1234");
+        exact_mut(&mut p).signature = Bytes::from_static(&[0x12, 0x34]);
         assert_eq!(
             reason_of(check_payment(&p, &r, CHAIN, NOW)),
             Reason::INVALID_SIGNATURE
@@ -546,8 +680,7 @@ mod tests {
 
         // High-s twin of a valid signature: recovers, but tokens refuse it, so do we.
         let (_, mut p) = signed(&r, |_| {});
-        let exact = ExactEvmPayload::from_value(&p.payload).unwrap();
-        let mut bytes = exact.signature.to_vec();
+        let mut bytes = exact_mut(&mut p).signature.to_vec();
         let n = U256::from_str_radix(
             "FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141",
             16,
@@ -556,7 +689,7 @@ mod tests {
         let s = U256::from_be_slice(&bytes[32..64]);
         bytes[32..64].copy_from_slice(&(n - s).to_be_bytes::<32>());
         bytes[64] = if bytes[64] == 27 { 28 } else { 27 };
-        p.payload["signature"] = json!(Bytes::from(bytes).to_string());
+        exact_mut(&mut p).signature = Bytes::from(bytes);
         assert_eq!(
             reason_of(check_payment(&p, &r, CHAIN, NOW)),
             Reason::INVALID_SIGNATURE
@@ -578,7 +711,7 @@ mod tests {
                 signature,
                 authorization: authorization.clone(),
             };
-            let p = PaymentPayload::new_v2(r.clone(), None, exact.to_value());
+            let p = PaymentPayload::new_v2(r.clone(), None, exact);
             assert_eq!(
                 reason_of(check_payment(&p, &r, CHAIN, NOW)),
                 Reason::INVALID_SIGNATURE

@@ -15,6 +15,7 @@ pub mod facilitator;
 pub mod money;
 pub mod network;
 pub mod reason;
+pub mod scheme;
 pub mod types;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256};
@@ -24,6 +25,7 @@ pub use facilitator::{
 pub use money::{Amount, AmountError, AssetUnit};
 pub use network::{DEV_CHAIN_ID, Network};
 pub use reason::Reason;
+pub use scheme::SchemePayload;
 pub use types::{
     DecodeError, PaymentPayload, PaymentRequired, PaymentRequirements, Resource, X402Version,
 };

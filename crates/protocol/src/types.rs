@@ -6,8 +6,8 @@
 //! - [`PaymentRequired`] is what a seller answers with a 402, in either version.
 //! - [`PaymentPayload`] is what a buyer sends back; in v2 it echoes the chosen requirement.
 //!
-//! Nothing past this module looks at raw JSON except an opaque scheme `payload`, which the scheme
-//! module (for example [`crate::exact_evm`]) types.
+//! A payload's scheme `payload` is decoded here too, once, into a [`SchemePayload`]; nothing past
+//! this module looks at its JSON.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,6 +16,7 @@ use crate::codec::{self, CodecError};
 use crate::money::Amount;
 use crate::network::Network;
 use crate::reason::Reason;
+use crate::scheme::SchemePayload;
 
 /// Largest JSON body Bursar parses for x402 documents and facilitator requests.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -117,8 +118,8 @@ pub struct PaymentPayload {
     /// v2 only: the requirement the buyer chose, echoed exactly as offered.
     pub accepted: Option<PaymentRequirements>,
     pub resource: Option<Resource>,
-    /// The scheme's own payload, typed by the scheme module.
-    pub payload: Value,
+    /// The scheme's own payload, decoded when the document was read.
+    pub payload: SchemePayload,
     pub extensions: Option<Value>,
 }
 
@@ -377,7 +378,7 @@ impl PaymentPayload {
     pub fn new_v2(
         accepted: PaymentRequirements,
         resource: Option<Resource>,
-        payload: Value,
+        payload: impl Into<SchemePayload>,
     ) -> Self {
         PaymentPayload {
             version: X402Version::V2,
@@ -385,19 +386,19 @@ impl PaymentPayload {
             network: accepted.network.clone(),
             accepted: Some(accepted),
             resource,
-            payload,
+            payload: payload.into(),
             extensions: None,
         }
     }
 
-    pub fn new_v1(scheme: String, network: Network, payload: Value) -> Self {
+    pub fn new_v1(scheme: String, network: Network, payload: impl Into<SchemePayload>) -> Self {
         PaymentPayload {
             version: X402Version::V1,
             scheme,
             network,
             accepted: None,
             resource: None,
-            payload,
+            payload: payload.into(),
             extensions: None,
         }
     }
@@ -420,7 +421,8 @@ impl PaymentPayload {
         expect_version(wire.x402_version, X402Version::V1)?;
         let network =
             Network::parse(&wire.network).map_err(|e| DecodeError::Invalid(e.to_string()))?;
-        Ok(PaymentPayload::new_v1(wire.scheme, network, wire.payload))
+        let payload = SchemePayload::decode(&wire.scheme, wire.payload);
+        Ok(PaymentPayload::new_v1(wire.scheme, network, payload))
     }
 
     pub fn from_v2(wire: v2::PaymentPayload) -> Result<Self, DecodeError> {
@@ -429,9 +431,9 @@ impl PaymentPayload {
             version: X402Version::V2,
             scheme: wire.accepted.scheme.clone(),
             network: wire.accepted.network.clone(),
+            payload: SchemePayload::decode(&wire.accepted.scheme, wire.payload),
             accepted: Some(wire.accepted),
             resource: wire.resource,
-            payload: wire.payload,
             extensions: wire.extensions,
         })
     }
@@ -443,14 +445,14 @@ impl PaymentPayload {
                 x402_version: 2,
                 resource: self.resource.clone(),
                 accepted: accepted.clone(),
-                payload: self.payload.clone(),
+                payload: self.payload.to_json_value(),
                 extensions: self.extensions.clone(),
             }),
             _ => serde_json::to_value(v1::PaymentPayload {
                 x402_version: 1,
                 scheme: self.scheme.clone(),
                 network: self.network.v1_name(),
-                payload: self.payload.clone(),
+                payload: self.payload.to_json_value(),
             }),
         };
         result.expect("payload serializes")
@@ -550,12 +552,18 @@ mod tests {
 
     #[test]
     fn payload_round_trips_in_both_versions() {
-        let v2 = PaymentPayload::new_v2(requirements(), None, json!({"signature": "0x00"}));
+        let unreadable = SchemePayload::decode("exact", json!({"signature": "0x00"}));
+        assert!(unreadable.exact_evm().is_err());
+        let v2 = PaymentPayload::new_v2(requirements(), None, unreadable);
         let decoded = PaymentPayload::from_header(&v2.to_header()).unwrap();
         assert_eq!(decoded, v2);
         assert_eq!(v2.header_name(), "PAYMENT-SIGNATURE");
 
-        let v1 = PaymentPayload::new_v1("exact".into(), Network::Eip155(8453), json!({"a": 1}));
+        let v1 = PaymentPayload::new_v1(
+            "exact".into(),
+            Network::Eip155(8453),
+            SchemePayload::decode("exact", json!({"a": 1})),
+        );
         let wire = v1.to_json_value();
         assert_eq!(wire["network"], "base");
         assert_eq!(PaymentPayload::from_header(&v1.to_header()).unwrap(), v1);

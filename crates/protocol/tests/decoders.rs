@@ -75,13 +75,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         mime_type: Some("application/json".into()),
         output_schema: None,
     };
-    let payload_v2 = PaymentPayload::new_v2(
-        requirements.clone(),
-        Some(resource.clone()),
-        exact.to_value(),
-    );
-    let payload_v1 =
-        PaymentPayload::new_v1("exact".into(), Network::Eip155(CHAIN), exact.to_value());
+    let payload_v2 =
+        PaymentPayload::new_v2(requirements.clone(), Some(resource.clone()), exact.clone());
+    let payload_v1 = PaymentPayload::new_v1("exact".into(), Network::Eip155(CHAIN), exact.clone());
     let required = PaymentRequired {
         version: X402Version::V2,
         error: Some("payment required".into()),
@@ -593,7 +589,7 @@ fn every_fixture_document_decodes_as_built() {
     ))
     .unwrap();
     assert!(settled.success);
-    let exact = ExactEvmPayload::from_value(&f.payload_v2.payload).unwrap();
+    let exact = f.payload_v2.payload.exact_evm().unwrap();
     assert_eq!(exact.authorization.to, pay_to());
     assert_eq!(exact_evm::SCHEME_EXACT, "exact");
 }

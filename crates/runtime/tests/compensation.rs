@@ -51,7 +51,7 @@ async fn hostile_seller(network: &Network_) -> (String, Address, Kept) {
                     let payload = PaymentPayload::from_header(header.to_str().unwrap()).unwrap();
                     kept.lock()
                         .unwrap()
-                        .push(ExactEvmPayload::from_value(&payload.payload).unwrap());
+                        .push(payload.payload.exact_evm().unwrap().clone());
                     return (status, axum::Json(json!({"content": "kept your money"})))
                         .into_response();
                 }

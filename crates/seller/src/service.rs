@@ -15,7 +15,6 @@ use bursar_protocol::codec::{
     HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT,
     HEADER_X_PAYMENT_RESPONSE,
 };
-use bursar_protocol::exact_evm::ExactEvmPayload;
 use bursar_protocol::{
     Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequired, PaymentRequirements,
     Resource, SettleResponse, X402Version,
@@ -412,7 +411,7 @@ impl Offered<'_> {
                     .collect();
                 // Several offers on one network (different assets or prices): prefer the one the
                 // authorization actually pays.
-                let paid = ExactEvmPayload::from_value(&payload.payload).ok();
+                let paid = payload.payload.exact_evm().ok();
                 let best = paid
                     .and_then(|paid| {
                         candidates.iter().copied().find(|r| {
@@ -514,7 +513,9 @@ fn attach_settlement(headers: &mut HeaderMap, version: X402Version, settlement: 
 
 /// The payer a payload claims, for facilitators that do not report one.
 fn claimed_payer(payload: &PaymentPayload) -> Option<String> {
-    ExactEvmPayload::from_value(&payload.payload)
+    payload
+        .payload
+        .exact_evm()
         .ok()
         .map(|exact| exact.authorization.from.to_string())
 }

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use base64::Engine;
 use bursar_buyer::{BuyerError, PayingClient, RequestSpec};
-use bursar_facilitator_client::testkit::LocalFacilitator;
+use bursar_facilitator_client::testkit::ChainlessFacilitator;
 use bursar_protocol::exact_evm::{self, ExactEvmPayload};
 use bursar_protocol::{
     Amount, AssetUnit, Network, PaymentPayload, PaymentRequired, PaymentRequirements, Reason,
@@ -42,7 +42,7 @@ fn offer(amount: u64) -> Offer {
 
 struct Seller {
     base: String,
-    facilitator: Arc<LocalFacilitator>,
+    facilitator: Arc<ChainlessFacilitator>,
     handler_runs: Arc<AtomicUsize>,
 }
 
@@ -55,7 +55,7 @@ struct Options {
 }
 
 async fn start(options: Options) -> Seller {
-    let facilitator = Arc::new(LocalFacilitator::new(CHAIN));
+    let facilitator = Arc::new(ChainlessFacilitator::new(CHAIN));
     let handler_runs = Arc::new(AtomicUsize::new(0));
     let mut builder = PaywallLayer::builder(facilitator.clone())
         .settle_before_handler(options.settle_before_handler)
@@ -169,8 +169,7 @@ fn pay(requirement: &PaymentRequirements, version: X402Version) -> PaymentPayloa
     let payload = ExactEvmPayload {
         signature,
         authorization,
-    }
-    .to_value();
+    };
     match version {
         X402Version::V2 => PaymentPayload::new_v2(requirement.clone(), None, payload),
         X402Version::V1 => PaymentPayload::new_v1(
@@ -298,7 +297,7 @@ async fn v2_round_trip_returns_content_and_receipt() {
     assert!(settlement.success);
     assert_eq!(
         settlement.transaction,
-        LocalFacilitator::transaction_for(&receipt.authorization.nonce)
+        ChainlessFacilitator::transaction_for(&receipt.authorization.nonce)
     );
     assert_eq!(settlement.network, "eip155:31337");
     assert!(response.headers.contains_key("payment-response"));
@@ -431,7 +430,7 @@ async fn garbage_payment_headers_get_a_402_with_an_error() {
     negative_timeout["maxTimeoutSeconds"] = json!(-1);
     let mut huge_timeout = valid_accepted.clone();
     huge_timeout["maxTimeoutSeconds"] = json!(1e300);
-    let good_auth = pay(&requirement, X402Version::V2).payload;
+    let good_auth = pay(&requirement, X402Version::V2).payload.to_json_value();
     let mut huge_value = good_auth.clone();
     huge_value["authorization"]["value"] = json!("1".repeat(100));
     let mut overflow_value = good_auth.clone();
@@ -563,8 +562,7 @@ async fn invalid_and_replayed_payments_are_refused() {
         ExactEvmPayload {
             signature,
             authorization,
-        }
-        .to_value(),
+        },
     );
     let response = client
         .get(&url)
@@ -679,7 +677,7 @@ async fn declared_oversized_bodies_are_refused_before_payment() {
 
 #[test]
 fn invalid_configurations_are_refused() {
-    let facilitator = Arc::new(LocalFacilitator::new(CHAIN));
+    let facilitator = Arc::new(ChainlessFacilitator::new(CHAIN));
     let build = |route: PricedRoute| {
         PaywallLayer::builder(facilitator.clone())
             .route(route)

@@ -8,7 +8,7 @@
 //! - [`SettlementLedger`] is the seam; [`SqliteLedger`] and [`PostgresLedger`] implement it, and
 //!   [`open`] picks one from a URL (`sqlite://path?mode=rwc`, `sqlite::memory:`,
 //!   `postgres://...`).
-//! - A row is keyed by [`LedgerKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
+//! - A row is keyed by [`SettlementKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
 //!   on that key is the arbiter of [`SettlementLedger::claim`]: `INSERT ... ON CONFLICT DO
 //!   NOTHING`, then read. Whoever inserted the row owns the settlement.
 //! - States move one way: `received` → `submitted` → `confirmed` | `failed`; a `received` row
@@ -48,8 +48,8 @@ pub mod testkit;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::Address;
-use bursar_protocol::{Amount, SettleResponse};
+use alloy_primitives::{Address, B256};
+use bursar_protocol::{Amount, Network, SettleResponse};
 
 pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
 pub use common::StoreError;
@@ -77,52 +77,81 @@ pub const POOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// before it could be read.
 pub const CLAIM_ATTEMPTS_MAX: usize = 16;
 
-/// One EIP-3009 authorization, as the ledger identifies it.
+/// One EIP-3009 authorization, as the settlement ledger identifies it: the token's network and
+/// address, the payer, and the authorization nonce.
 ///
-/// Built with [`LedgerKey::new`], which lowercases every part, so one authorization has one key
-/// however its addresses were spelled.
+/// Stored as CAIP-2 and lowercase 0x hex, so one authorization has one row however its addresses
+/// were spelled; a stored key that does not read back is a corrupt row ([`LedgerError::CorruptKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LedgerKey {
-    network: String,
-    asset: String,
-    payer: String,
-    nonce: String,
+pub struct SettlementKey {
+    network: Network,
+    asset: Address,
+    payer: Address,
+    nonce: B256,
 }
 
-impl LedgerKey {
-    /// `network` in CAIP-2 form (`eip155:8453`); `asset`, `payer` and `nonce` as 0x hex.
-    pub fn new(network: &str, asset: &str, payer: &str, nonce: &str) -> Self {
-        LedgerKey {
-            network: network.to_ascii_lowercase(),
-            asset: asset.to_ascii_lowercase(),
-            payer: payer.to_ascii_lowercase(),
-            nonce: nonce.to_ascii_lowercase(),
+impl SettlementKey {
+    pub fn new(network: Network, asset: Address, payer: Address, nonce: B256) -> Self {
+        SettlementKey {
+            network,
+            asset,
+            payer,
+            nonce,
         }
     }
 
-    pub fn network(&self) -> &str {
+    /// Reads a key from text (CAIP-2 or a v1 network name, 0x hex in any case); a part that does
+    /// not parse is a [`LedgerError::CorruptKey`].
+    pub fn parse(
+        network: &str,
+        asset: &str,
+        payer: &str,
+        nonce: &str,
+    ) -> Result<Self, LedgerError> {
+        let corrupt = |message: String| LedgerError::CorruptKey {
+            key: format!("{network}/{asset}/{payer}/{nonce}"),
+            message,
+        };
+        let network = Network::parse(network).map_err(|error| corrupt(error.to_string()))?;
+        let address = |part: &str, text: &str| {
+            text.parse::<Address>()
+                .map_err(|_| corrupt(format!("{part} is not an address")))
+        };
+        let asset = address("asset", asset)?;
+        let payer = address("payer", payer)?;
+        let nonce = nonce
+            .parse::<B256>()
+            .map_err(|_| corrupt("nonce is not 32 bytes of hex".into()))?;
+        Ok(SettlementKey::new(network, asset, payer, nonce))
+    }
+
+    pub fn network(&self) -> &Network {
         &self.network
     }
 
-    pub fn asset(&self) -> &str {
-        &self.asset
+    /// The token.
+    pub fn asset(&self) -> Address {
+        self.asset
     }
 
-    pub fn payer(&self) -> &str {
-        &self.payer
+    pub fn payer(&self) -> Address {
+        self.payer
     }
 
-    pub fn nonce(&self) -> &str {
-        &self.nonce
+    pub fn nonce(&self) -> B256 {
+        self.nonce
     }
 }
 
-impl std::fmt::Display for LedgerKey {
+impl std::fmt::Display for SettlementKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}/{}/{}/{}",
-            self.network, self.asset, self.payer, self.nonce
+            "{}/{:#x}/{:#x}/{}",
+            self.network.caip2(),
+            self.asset,
+            self.payer,
+            self.nonce
         )
     }
 }
@@ -201,7 +230,7 @@ pub enum Claim {
     /// payload: a conflict (HTTP 409 in the extension). Nothing was inserted.
     PaymentIdConflict {
         /// The authorization that holds the id.
-        held_by: LedgerKey,
+        held_by: SettlementKey,
     },
 }
 
@@ -224,7 +253,7 @@ pub struct Submission {
 /// One row of the ledger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettlementRecord {
-    pub key: LedgerKey,
+    pub key: SettlementKey,
     pub fingerprint: String,
     pub state: SettlementState,
     pub tx_hash: Option<String>,
@@ -273,14 +302,16 @@ pub enum LedgerError {
     UnsupportedUrl { url: String },
     #[error("settlement {key} cannot move to {to}: {reason}")]
     Transition {
-        key: LedgerKey,
+        key: SettlementKey,
         to: SettlementState,
         reason: String,
     },
     #[error("settlement {key} was claimed and released {attempts} times while claiming it")]
-    ClaimContended { key: LedgerKey, attempts: usize },
+    ClaimContended { key: SettlementKey, attempts: usize },
     #[error("corrupt ledger row {key}: {message}")]
-    Corrupt { key: LedgerKey, message: String },
+    Corrupt { key: SettlementKey, message: String },
+    #[error("corrupt ledger row key {key:?}: {message}")]
+    CorruptKey { key: String, message: String },
 }
 
 /// The settlement ledger. Implementations must make [`claim`](Self::claim) atomic across
@@ -293,7 +324,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// With a `payment_id`, the id names one payment forever: if a row holds it for another
     /// authorization or another fingerprint the answer is [`Claim::PaymentIdConflict`] and
     /// nothing is inserted; if a row holds it for this same payment, the answer is that row.
-    async fn claim(&self, key: &LedgerKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
+    async fn claim(&self, key: &SettlementKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
 
     /// Takes over a `received` claim exactly as `seen` shows it (same holder, same update time):
     /// its holder died or stalled before recording a broadcast, so nothing was broadcast for it.
@@ -315,7 +346,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     async fn mark_batch_submitted(
         &self,
         holder: &str,
-        items: &[(LedgerKey, Submission)],
+        items: &[(SettlementKey, Submission)],
     ) -> Result<(), LedgerError>;
 
     /// Finishes many settlements in one database transaction. Rows already final are left as
@@ -323,13 +354,17 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// A confirmed outcome records its response's transaction as the row's.
     async fn finish_many(
         &self,
-        items: &[(LedgerKey, SettleResponse, SettlementState)],
+        items: &[(SettlementKey, SettleResponse, SettlementState)],
     ) -> Result<u64, LedgerError>;
 
     /// Deletes `submitted` rows recorded with `tx_hash` when the node definitively refused that
     /// transaction (it was never broadcast), so the payers may retry. Returns how many were
     /// deleted.
-    async fn release_unsent(&self, keys: &[LedgerKey], tx_hash: &str) -> Result<u64, LedgerError>;
+    async fn release_unsent(
+        &self,
+        keys: &[SettlementKey],
+        tx_hash: &str,
+    ) -> Result<u64, LedgerError>;
 
     /// `received` → `submitted`, recording the transaction before it is broadcast, so a crash
     /// at any point after is recoverable. Only the row's holder may; a row it already moved to
@@ -337,7 +372,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// one's nonce, which can therefore never be mined).
     async fn mark_submitted(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         holder: &str,
         submission: &Submission,
     ) -> Result<(), LedgerError>;
@@ -346,7 +381,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// (and, when confirmed, its transaction as the row's).
     async fn finish(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
         state: SettlementState,
     ) -> Result<(), LedgerError>;
@@ -355,14 +390,15 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// row did not know, such as one that front-ran its own). Returns whether the row changed.
     async fn correct_to_paid(
         &self,
-        key: &LedgerKey,
+        key: &SettlementKey,
         response: &SettleResponse,
     ) -> Result<bool, LedgerError>;
 
     /// Deletes a `received` row held by `holder` (`None`: a row written without a holder), refused
     /// or abandoned before anything was broadcast, so the payer may retry. Returns whether a row
     /// was deleted; rows in any other state or held by another are left alone.
-    async fn release(&self, key: &LedgerKey, holder: Option<&str>) -> Result<bool, LedgerError>;
+    async fn release(&self, key: &SettlementKey, holder: Option<&str>)
+    -> Result<bool, LedgerError>;
 
     /// Every `submitted` row, oldest first: what crash recovery must look at.
     async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
@@ -375,7 +411,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     ) -> Result<Vec<SettlementRecord>, LedgerError>;
 
     /// The row for `key`, if any.
-    async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError>;
+    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, LedgerError>;
 
     /// How many rows are `received` or `submitted` (every network, every process sharing the
     /// database): settlements not finished yet. The SQL ledgers count in the database; this

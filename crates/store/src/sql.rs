@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use tokio::sync::OnceCell;
 
 use crate::{
-    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, LedgerKey, POOL_ACQUIRE_TIMEOUT,
-    POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX,
+    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, POOL_ACQUIRE_TIMEOUT,
+    POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX, SettlementKey,
     SettlementLedger, SettlementRecord, SettlementState, Submission, now_ms,
 };
 
@@ -247,12 +247,13 @@ where
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
-    let key = LedgerKey {
-        network: row.try_get("network")?,
-        asset: row.try_get("asset")?,
-        payer: row.try_get("payer")?,
-        nonce: row.try_get("nonce")?,
-    };
+    let (network, asset, payer, nonce): (String, String, String, String) = (
+        row.try_get("network")?,
+        row.try_get("asset")?,
+        row.try_get("payer")?,
+        row.try_get("nonce")?,
+    );
+    let key = SettlementKey::parse(&network, &asset, &payer, &nonce)?;
     let corrupt = |message: String| LedgerError::Corrupt {
         key: key.clone(),
         message,
@@ -326,7 +327,7 @@ fn confirmed_transaction(response: &SettleResponse, state: SettlementState) -> O
 /// Binds [`MARK_SUBMITTED`]'s parameters.
 fn bind_submission<'q, DB>(
     query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
-    key: &'q LedgerKey,
+    key: &'q SettlementKey,
     holder: &'q str,
     submission: &'q Submission,
     now: i64,
@@ -338,10 +339,10 @@ where
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     query
-        .bind(key.network.as_str())
-        .bind(key.asset.as_str())
-        .bind(key.payer.as_str())
-        .bind(key.nonce.as_str())
+        .bind(key.network.caip2())
+        .bind(lower_hex(&key.asset))
+        .bind(lower_hex(&key.payer))
+        .bind(key.nonce.to_string())
         .bind(submission.tx_hash.as_str())
         .bind(i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX))
         .bind(response_json(&submission.pending_response))
@@ -380,7 +381,7 @@ macro_rules! ledger_impl {
         impl SettlementLedger for $ledger {
             async fn claim(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 claimant: &Claimant,
             ) -> Result<Claim, LedgerError> {
                 let pool = self.ready().await?;
@@ -396,10 +397,10 @@ macro_rules! ledger_impl {
                         return Ok(Claim::Existing(Box::new(holder)));
                     }
                     let inserted = sqlx::query(INSERT_RECEIVED)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(&claimant.fingerprint)
                         .bind(now_ms())
                         .bind(claimant.payment_id.as_deref())
@@ -436,10 +437,10 @@ macro_rules! ledger_impl {
                 let pool = self.ready().await?;
                 let key = &seen.key;
                 let updated = sqlx::query(TAKE_OVER)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(holder)
                     // Strictly later than what was seen, so a second take-over of the row as
                     // seen cannot match again.
@@ -467,7 +468,7 @@ macro_rules! ledger_impl {
             async fn mark_batch_submitted(
                 &self,
                 holder: &str,
-                items: &[(LedgerKey, Submission)],
+                items: &[(SettlementKey, Submission)],
             ) -> Result<(), LedgerError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
@@ -491,7 +492,7 @@ macro_rules! ledger_impl {
 
             async fn finish_many(
                 &self,
-                items: &[(LedgerKey, SettleResponse, SettlementState)],
+                items: &[(SettlementKey, SettleResponse, SettlementState)],
             ) -> Result<u64, LedgerError> {
                 if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final())
                 {
@@ -511,10 +512,10 @@ macro_rules! ledger_impl {
                         .as_ref()
                         .map(|reason| reason.as_str().to_string());
                     changed += sqlx::query(FINISH)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(state.as_str())
                         .bind(response_json(response))
                         .bind(error_reason)
@@ -530,7 +531,7 @@ macro_rules! ledger_impl {
 
             async fn release_unsent(
                 &self,
-                keys: &[LedgerKey],
+                keys: &[SettlementKey],
                 tx_hash: &str,
             ) -> Result<u64, LedgerError> {
                 let pool = self.ready().await?;
@@ -538,10 +539,10 @@ macro_rules! ledger_impl {
                 let mut deleted = 0;
                 for key in keys {
                     deleted += sqlx::query(RELEASE_UNSENT)
-                        .bind(&key.network)
-                        .bind(&key.asset)
-                        .bind(&key.payer)
-                        .bind(&key.nonce)
+                        .bind(key.network.caip2())
+                        .bind(lower_hex(&key.asset))
+                        .bind(lower_hex(&key.payer))
+                        .bind(key.nonce.to_string())
                         .bind(tx_hash)
                         .execute(&mut *transaction)
                         .await?
@@ -553,7 +554,7 @@ macro_rules! ledger_impl {
 
             async fn mark_submitted(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 holder: &str,
                 submission: &Submission,
             ) -> Result<(), LedgerError> {
@@ -574,7 +575,7 @@ macro_rules! ledger_impl {
 
             async fn finish(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 response: &SettleResponse,
                 state: SettlementState,
             ) -> Result<(), LedgerError> {
@@ -591,10 +592,10 @@ macro_rules! ledger_impl {
                     .as_ref()
                     .map(|reason| reason.as_str().to_string());
                 let updated = sqlx::query(FINISH)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(state.as_str())
                     .bind(response_json(response))
                     .bind(error_reason)
@@ -608,15 +609,15 @@ macro_rules! ledger_impl {
 
             async fn correct_to_paid(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 response: &SettleResponse,
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
                 let updated = sqlx::query(CORRECT_TO_PAID)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(response_json(response))
                     .bind(&response.transaction)
                     .bind(now_ms())
@@ -628,15 +629,15 @@ macro_rules! ledger_impl {
 
             async fn release(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 holder: Option<&str>,
             ) -> Result<bool, LedgerError> {
                 let pool = self.ready().await?;
                 let deleted = sqlx::query(RELEASE)
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .bind(holder)
                     .execute(pool)
                     .await?
@@ -664,13 +665,16 @@ macro_rules! ledger_impl {
                 rows.iter().map(record_from_row).collect()
             }
 
-            async fn get(&self, key: &LedgerKey) -> Result<Option<SettlementRecord>, LedgerError> {
+            async fn get(
+                &self,
+                key: &SettlementKey,
+            ) -> Result<Option<SettlementRecord>, LedgerError> {
                 let pool = self.ready().await?;
                 let row = sqlx::query(AssertSqlSafe(select_one()))
-                    .bind(&key.network)
-                    .bind(&key.asset)
-                    .bind(&key.payer)
-                    .bind(&key.nonce)
+                    .bind(key.network.caip2())
+                    .bind(lower_hex(&key.asset))
+                    .bind(lower_hex(&key.payer))
+                    .bind(key.nonce.to_string())
                     .fetch_optional(pool)
                     .await?;
                 row.as_ref().map(record_from_row).transpose()
@@ -687,7 +691,7 @@ macro_rules! ledger_impl {
             /// Turns "no row updated" into an error naming what the row holds instead.
             async fn check_transition(
                 &self,
-                key: &LedgerKey,
+                key: &SettlementKey,
                 updated: u64,
                 to: SettlementState,
             ) -> Result<(), LedgerError> {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use alloy_primitives::{Address, address};
 use bursar_protocol::{Amount, Reason, SettleResponse};
 use bursar_store::{
-    Claim, Claimant, LedgerError, LedgerKey, SettlementLedger, SettlementState, Submission, open,
+    Claim, Claimant, LedgerError, SettlementKey, SettlementLedger, SettlementState, Submission,
+    open,
 };
 
 const NETWORK: &str = "eip155:31337";
@@ -21,8 +22,8 @@ const SENDER: Address = address!("0x90F79bf6EB2c4f870365E785982E1f101E93b906");
 const AMOUNT: u64 = 10_000;
 const SENDER_NONCE: u64 = 7;
 
-fn key(nonce: u64) -> LedgerKey {
-    LedgerKey::new(NETWORK, ASSET, PAYER, &format!("0x{nonce:064X}"))
+fn key(nonce: u64) -> SettlementKey {
+    SettlementKey::parse(NETWORK, ASSET, PAYER, &format!("0x{nonce:064X}")).unwrap()
 }
 
 fn fingerprint(n: u8) -> String {
@@ -143,12 +144,13 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
             .unwrap(),
         Claim::Claimed
     );
-    let lowercase = LedgerKey::new(
+    let lowercase = SettlementKey::parse(
         NETWORK,
         &ASSET.to_lowercase(),
         &PAYER.to_lowercase(),
         &format!("0x{:064x}", 7),
-    );
+    )
+    .unwrap();
     assert_eq!(lowercase, key(7));
     match ledger
         .claim(&lowercase, &claimant(&fingerprint(2)))
@@ -173,7 +175,8 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
             .unwrap(),
         Claim::Claimed
     );
-    let other_network = LedgerKey::new("eip155:8453", ASSET, PAYER, &format!("0x{:064x}", 7));
+    let other_network =
+        SettlementKey::parse("eip155:8453", ASSET, PAYER, &format!("0x{:064x}", 7)).unwrap();
     assert_eq!(
         ledger
             .claim(&other_network, &claimant(&fingerprint(2)))
@@ -461,7 +464,7 @@ pub async fn batch_rows_move_together(url: &str) {
             .await
             .unwrap();
     }
-    let rows = |hash: &str| -> Vec<(LedgerKey, Submission)> {
+    let rows = |hash: &str| -> Vec<(SettlementKey, Submission)> {
         (40..43).map(|n| (key(n), submission(hash))).collect()
     };
     // One row missing: nothing changes.
@@ -556,7 +559,7 @@ async fn execute_raw(url: &str, statements: &[String]) {
 /// A row as written before holders, senders and payment terms were recorded (only the columns
 /// of migrations 0001 and 0003).
 fn legacy_row(
-    key: &LedgerKey,
+    key: &SettlementKey,
     state: &str,
     tx_hash: Option<&str>,
     payment_id: Option<&str>,
@@ -568,14 +571,15 @@ fn legacy_row(
     } else {
         "NULL"
     };
+    let (asset, payer) = (format!("{:#x}", key.asset()), format!("{:#x}", key.payer()));
     format!(
         "INSERT INTO settlements (network, asset, payer, nonce, fingerprint, state, tx_hash, \
          valid_before_s, response, error_reason, created_at_ms, updated_at_ms, payment_id) \
          VALUES ('{}', '{}', '{}', '{}', '{}', '{state}', {}, {valid_before}, {}, NULL, \
          1700000000000, 1700000000000, {})",
-        key.network(),
-        key.asset(),
-        key.payer(),
+        key.network().caip2(),
+        asset,
+        payer,
         key.nonce(),
         fingerprint(0xee),
         text(tx_hash),

@@ -294,8 +294,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
                 ExactEvmPayload {
                     signature,
                     authorization,
-                }
-                .to_value(),
+                },
             ),
             requirements: requirements.clone(),
             resource: None,

@@ -114,12 +114,10 @@ impl Harness {
         exact: &ExactEvmPayload,
     ) -> Value {
         let payload = match version {
-            X402Version::V2 => PaymentPayload::new_v2(requirements.clone(), None, exact.to_value()),
-            X402Version::V1 => PaymentPayload::new_v1(
-                "exact".into(),
-                requirements.network.clone(),
-                exact.to_value(),
-            ),
+            X402Version::V2 => PaymentPayload::new_v2(requirements.clone(), None, exact.clone()),
+            X402Version::V1 => {
+                PaymentPayload::new_v1("exact".into(), requirements.network.clone(), exact.clone())
+            }
         };
         FacilitatorRequest {
             version,
