@@ -1885,64 +1885,45 @@ macro_rules! runtime_store_impl {
             ) -> Result<EndpointHealth, StoreError> {
                 let pool = self.ready().await?;
                 let now = now_ms();
-                let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
-                     updated_at_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (policy, endpoint) DO NOTHING",
-                )
-                .bind(policy)
-                .bind(endpoint)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                match failure {
-                    None => {
-                        sqlx::query(
-                            "UPDATE endpoint_pauses SET consecutive_failures = 0, updated_at_ms = $3, \
-                             wallet_id = $4, session_id = $5 WHERE policy = $1 AND endpoint = $2",
-                        )
-                        .bind(policy)
-                        .bind(endpoint)
-                        .bind(now)
-                        .bind(observed.wallet_id)
-                        .bind(observed.session_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    Some(reason) => {
-                        sqlx::query(
-                            "UPDATE endpoint_pauses SET consecutive_failures = consecutive_failures + 1, \
-                             last_failure = $3, updated_at_ms = $4, wallet_id = $5, session_id = $6 \
-                             WHERE policy = $1 AND endpoint = $2",
-                        )
-                        .bind(policy)
-                        .bind(endpoint)
-                        .bind(truncate(reason, RESOURCE_BYTES_MAX))
-                        .bind(now)
-                        .bind(observed.wallet_id)
-                        .bind(observed.session_id)
-                        .execute(&mut *tx)
-                        .await?;
-                        sqlx::query(
-                            "UPDATE endpoint_pauses SET paused_until_ms = $3 \
-                             WHERE policy = $1 AND endpoint = $2 AND consecutive_failures >= $4",
-                        )
-                        .bind(policy)
-                        .bind(endpoint)
-                        .bind(now.saturating_add(cooldown_ms))
-                        .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses WHERE policy = $1 AND endpoint = $2"
-                )))
-                .bind(policy)
-                .bind(endpoint)
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.commit().await?;
+                // One statement: the row is created or updated and read back atomically.
+                let row = match failure {
+                    None => sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
+                         updated_at_ms, wallet_id, session_id) VALUES ($1, $2, 0, $3, $4, $5) \
+                         ON CONFLICT (policy, endpoint) DO UPDATE SET consecutive_failures = 0, \
+                         updated_at_ms = $3, wallet_id = $4, session_id = $5 \
+                         RETURNING {PAUSE_COLUMNS}"
+                    )))
+                    .bind(policy)
+                    .bind(endpoint)
+                    .bind(now)
+                    .bind(observed.wallet_id)
+                    .bind(observed.session_id)
+                    .fetch_one(pool)
+                    .await?,
+                    Some(reason) => sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
+                         last_failure, updated_at_ms, wallet_id, session_id, paused_until_ms) \
+                         VALUES ($1, $2, 1, $3, $4, $5, $6, CASE WHEN 1 >= $8 THEN $7 END) \
+                         ON CONFLICT (policy, endpoint) DO UPDATE SET \
+                         consecutive_failures = endpoint_pauses.consecutive_failures + 1, \
+                         last_failure = $3, updated_at_ms = $4, wallet_id = $5, session_id = $6, \
+                         paused_until_ms = CASE \
+                         WHEN endpoint_pauses.consecutive_failures + 1 >= $8 THEN $7 \
+                         ELSE endpoint_pauses.paused_until_ms END \
+                         RETURNING {PAUSE_COLUMNS}"
+                    )))
+                    .bind(policy)
+                    .bind(endpoint)
+                    .bind(truncate(reason, RESOURCE_BYTES_MAX))
+                    .bind(now)
+                    .bind(observed.wallet_id)
+                    .bind(observed.session_id)
+                    .bind(now.saturating_add(cooldown_ms))
+                    .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX))
+                    .fetch_one(pool)
+                    .await?,
+                };
                 health_from_row(&row)
             }
 
