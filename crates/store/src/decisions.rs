@@ -157,7 +157,7 @@ pub async fn open_decision_store(
 
 /// A row as stored: every value as the database holds it, before interpretation.
 #[derive(Debug, Clone)]
-struct StoredDecision {
+pub(crate) struct StoredDecision {
     seq: i64,
     id: String,
     at_ms: i64,
@@ -176,6 +176,11 @@ struct StoredDecision {
 }
 
 impl StoredDecision {
+    /// Names the transfer the decision allowed, once the store has made it.
+    pub(crate) fn set_transfer(&mut self, transfer_id: &str) {
+        self.transfer_id = Some(transfer_id.to_string());
+    }
+
     /// SHA-256 over `prev_hash` and this row's canonical content (everything but the hashes).
     fn compute_hash(&self, prev_hash: &str) -> String {
         fn field(hasher: &mut Sha256, bytes: &[u8]) {
@@ -257,6 +262,9 @@ const SELECT_FOR: &str = "SELECT seq, id, at_ms, session_id, wallet_id, agent, t
      resource, payee, amount, allowed, reason, rules, prev_hash, hash FROM decisions \
      WHERE id = $1 OR transfer_id = $1 OR session_id = $1 ORDER BY seq LIMIT $2";
 const SELECT_HEAD: &str = "SELECT seq, head_hash FROM decision_chain WHERE id = 1";
+/// Takes the next sequence number, locking the chain head until the transaction ends.
+const ADVANCE_HEAD: &str =
+    "UPDATE decision_chain SET seq = seq + 1 WHERE id = 1 RETURNING seq, head_hash";
 
 /// Reads a row's columns; an undecodable column (possible on SQLite, whose columns accept any
 /// type) is reported as text, with the seq when it could be read.
@@ -340,7 +348,7 @@ fn truncate(text: &str, bytes_max: usize) -> String {
 }
 
 /// The checked, stored form of a new decision (seq, prev_hash and hash still to fill in).
-fn prepare(decision: NewDecision) -> Result<StoredDecision, StoreError> {
+pub(crate) fn prepare(decision: NewDecision) -> Result<StoredDecision, StoreError> {
     if !decision.rules.is_array() {
         return Err(StoreError::Invalid(
             "decision rules must be a JSON array".into(),
@@ -441,26 +449,22 @@ impl Walk {
 /// statements (`$n` placeholders work on both).
 macro_rules! decision_store_impl {
     ($store:ident) => {
-        #[async_trait::async_trait]
-        impl DecisionStore for $store {
-            async fn record_decision(
-                &self,
-                decision: NewDecision,
+        impl $store {
+            /// Appends a prepared decision to the chain inside `tx`: the chain head is locked
+            /// by the first statement and held until `tx` commits.
+            pub(crate) async fn append_decision<'c>(
+                tx: &mut sqlx::Transaction<'c, <$store as crate::runtime::StoreDb>::Db>,
+                mut stored: StoredDecision,
             ) -> Result<DecisionRecord, StoreError> {
-                let mut stored = prepare(decision)?;
-                let pool = self.ready().await?;
-                let mut tx = pool.begin().await?;
                 // The write comes first, so that this transaction holds the chain until commit.
-                let locked = sqlx::query("UPDATE decision_chain SET seq = seq + 1 WHERE id = 1")
-                    .execute(&mut *tx)
+                let head = sqlx::query(ADVANCE_HEAD)
+                    .fetch_optional(&mut **tx)
                     .await?
-                    .rows_affected();
-                if locked != 1 {
-                    return Err(StoreError::Corrupt(
-                        "the decision chain head (decision_chain row 1) is missing".into(),
-                    ));
-                }
-                let head = sqlx::query(SELECT_HEAD).fetch_one(&mut *tx).await?;
+                    .ok_or_else(|| {
+                        StoreError::Corrupt(
+                            "the decision chain head (decision_chain row 1) is missing".into(),
+                        )
+                    })?;
                 stored.seq = head.try_get("seq")?;
                 stored.prev_hash = head.try_get("head_hash")?;
                 stored.hash = stored.compute_hash(&stored.prev_hash);
@@ -480,16 +484,30 @@ macro_rules! decision_store_impl {
                     .bind(&stored.rules)
                     .bind(&stored.prev_hash)
                     .bind(&stored.hash)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
                 sqlx::query("UPDATE decision_chain SET head_hash = $1 WHERE id = 1")
                     .bind(&stored.hash)
-                    .execute(&mut *tx)
+                    .execute(&mut **tx)
                     .await?;
-                tx.commit().await?;
                 stored
                     .record()
                     .map_err(|message| corrupt(Some(stored.seq), &message))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl DecisionStore for $store {
+            async fn record_decision(
+                &self,
+                decision: NewDecision,
+            ) -> Result<DecisionRecord, StoreError> {
+                let stored = prepare(decision)?;
+                let pool = self.ready().await?;
+                let mut tx = pool.begin().await?;
+                let record = Self::append_decision(&mut tx, stored).await?;
+                tx.commit().await?;
+                Ok(record)
             }
 
             async fn decisions(

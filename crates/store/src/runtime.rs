@@ -512,6 +512,14 @@ pub trait RuntimeStore: Send + Sync + 'static {
 
     /// Reserves `transfer.amount` against its session, atomically; see the module docs.
     async fn reserve(&self, transfer: NewTransfer) -> Result<Reservation, StoreError>;
+    /// [`RuntimeStore::reserve`], and when it reserves, `decision` (its transfer id filled in)
+    /// appended to the decision trace in the same transaction: one commit for both. A denial
+    /// writes only its deny entry; its decision is the caller's to record.
+    async fn reserve_and_decide(
+        &self,
+        transfer: NewTransfer,
+        decision: crate::decisions::NewDecision,
+    ) -> Result<Reservation, StoreError>;
     /// Records a denial decided outside the store.
     async fn deny(&self, denial: Denial) -> Result<(), StoreError>;
     /// Remembers the transaction a seller reported for a pending transfer (not yet trusted).
@@ -960,26 +968,162 @@ macro_rules! runtime_store_impl {
                 Ok(())
             }
 
+            /// Reserves, and when it reserves appends `decision` (its transfer id filled in) to
+            /// the decision trace before the one commit. Too long to split without passing the
+            /// transaction's half-made state between pieces: one transaction, read top to bottom.
+            async fn reserve_with(
+                &self,
+                transfer: NewTransfer,
+                decision: Option<crate::decisions::StoredDecision>,
+            ) -> Result<Reservation, StoreError> {
+                let pool = self.ready().await?;
+                let valid_before_s = i64::try_from(transfer.valid_before_s)
+                    .map_err(|_| StoreError::Invalid("validBefore out of range".into()))?;
+                let mut tx = pool.begin().await?;
+                let Some((session, grant)) = Self::lock_session(&mut tx, &transfer.session_id).await?
+                else {
+                    tx.rollback().await?;
+                    return Err(StoreError::NotFound(format!("session {}", transfer.session_id)));
+                };
+                let now = now_ms();
+                let asset = transfer.asset.to_ascii_lowercase();
+                let wanted = session.reserved.checked_add(session.posted).and_then(|spent| spent.checked_add(transfer.amount));
+                let cap_refusal = if session.closed_at_ms.is_none() && !transfer.caps.is_empty() {
+                    Self::check_caps(&mut tx, &session, &transfer, now).await?
+                } else {
+                    None
+                };
+                let refusal = if session.closed_at_ms.is_some() {
+                    Some((DenyReason::SessionClosed, format!("session {} is closed", session.id)))
+                } else if grant.revoked_at_ms.is_some() {
+                    // The grant first: a session's expiry is capped at its grant's, so the
+                    // grant is the cause when both have passed.
+                    Some((DenyReason::GrantRevoked, format!("grant {} was revoked", grant.id)))
+                } else if now >= grant.expires_at_ms {
+                    Some((DenyReason::GrantExpired, format!("grant {} has expired", grant.id)))
+                } else if now >= session.expires_at_ms {
+                    Some((DenyReason::SessionExpired, format!("session {} has expired", session.id)))
+                } else if transfer.network != session.network || asset != session.asset {
+                    Some((
+                        DenyReason::CurrencyMismatch,
+                        format!(
+                            "the payment is in {} on {}; this session spends {} ({} on {})",
+                            asset, transfer.network, session.currency, session.asset, session.network
+                        ),
+                    ))
+                } else if wanted.is_none_or(|total| total > session.max_spend) {
+                    Some((
+                        DenyReason::BudgetExhausted,
+                        format!(
+                            "paying {} would exceed the session budget: {} of {} is spent or reserved",
+                            transfer.amount,
+                            session.reserved.checked_add(session.posted).unwrap_or(session.max_spend),
+                            session.max_spend
+                        ),
+                    ))
+                } else {
+                    cap_refusal
+                };
+                if let Some((reason, message)) = refusal {
+                    Self::write_entry(
+                        &mut tx,
+                        EntryKind::Deny,
+                        None,
+                        Some(&session),
+                        Some(transfer.amount),
+                        Some(&transfer.payee.to_ascii_lowercase()),
+                        Some(&transfer.resource),
+                        None,
+                        Some(&format!("{}: {message}", reason.code())),
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(Reservation::Denied { reason, message });
+                }
+                let record = TransferRecord {
+                    id: new_id("tfr_"),
+                    session_id: session.id.clone(),
+                    grant_id: session.grant_id.clone(),
+                    wallet_id: session.wallet_id.clone(),
+                    agent: session.agent.clone(),
+                    network: transfer.network.clone(),
+                    asset,
+                    payer: transfer.payer.to_ascii_lowercase(),
+                    payee: transfer.payee.to_ascii_lowercase(),
+                    amount: transfer.amount,
+                    nonce: transfer.nonce.to_ascii_lowercase(),
+                    valid_before_s: transfer.valid_before_s,
+                    resource: truncate(&transfer.resource, RESOURCE_BYTES_MAX),
+                    state: TransferState::Pending,
+                    tx_hash: None,
+                    void_reason: None,
+                    created_at_ms: now,
+                    resolved_at_ms: None,
+                };
+                sqlx::query(
+                    "INSERT INTO transfers (id, session_id, grant_id, wallet_id, agent, network, \
+                     asset, payer, payee, amount, nonce, valid_before_s, resource, state, \
+                     created_at_ms, endpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, 'pending', $14, $15)",
+                )
+                .bind(&record.id)
+                .bind(&record.session_id)
+                .bind(&record.grant_id)
+                .bind(&record.wallet_id)
+                .bind(&record.agent)
+                .bind(&record.network)
+                .bind(&record.asset)
+                .bind(&record.payer)
+                .bind(&record.payee)
+                .bind(record.amount.to_string())
+                .bind(&record.nonce)
+                .bind(valid_before_s)
+                .bind(&record.resource)
+                .bind(record.created_at_ms)
+                .bind(truncate(&transfer.endpoint, RESOURCE_BYTES_MAX))
+                .execute(&mut *tx)
+                .await?;
+                let reserved = session
+                    .reserved
+                    .checked_add(record.amount)
+                    .ok_or_else(|| StoreError::Corrupt("reserved total overflows".into()))?;
+                Self::set_totals(&mut tx, &session.id, reserved, session.posted).await?;
+                Self::write_entry(
+                    &mut tx,
+                    EntryKind::Reserve,
+                    Some(&record),
+                    None,
+                    Some(record.amount),
+                    Some(&record.payee),
+                    Some(&record.resource),
+                    None,
+                    None,
+                )
+                .await?;
+                if let Some(mut decision) = decision {
+                    decision.set_transfer(&record.id);
+                    Self::append_decision(&mut tx, decision).await?;
+                }
+                tx.commit().await?;
+                Ok(Reservation::Reserved(Box::new(record)))
+            }
+
             /// Locks the session row for the rest of `tx` and reads it with its grant.
             async fn lock_session<'c>(
                 tx: &mut sqlx::Transaction<'c, <$store as StoreDb>::Db>,
                 id: &str,
             ) -> Result<Option<(SessionRecord, GrantRecord)>, StoreError> {
-                let locked =
-                    sqlx::query("UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1")
-                        .bind(id)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                if locked == 0 {
-                    return Ok(None);
-                }
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+                // Locks the row and reads it in one statement.
+                let Some(row) = sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1 \
+                     RETURNING {SESSION_COLUMNS}"
                 )))
                 .bind(id)
-                .fetch_one(&mut **tx)
-                .await?;
+                .fetch_optional(&mut **tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
                 let session = session_from_row(&row)?;
                 let row = sqlx::query(AssertSqlSafe(format!(
                     "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
@@ -1475,132 +1619,16 @@ macro_rules! runtime_store_impl {
             }
 
             async fn reserve(&self, transfer: NewTransfer) -> Result<Reservation, StoreError> {
-                let pool = self.ready().await?;
-                let valid_before_s = i64::try_from(transfer.valid_before_s)
-                    .map_err(|_| StoreError::Invalid("validBefore out of range".into()))?;
-                let mut tx = pool.begin().await?;
-                let Some((session, grant)) = Self::lock_session(&mut tx, &transfer.session_id).await?
-                else {
-                    tx.rollback().await?;
-                    return Err(StoreError::NotFound(format!("session {}", transfer.session_id)));
-                };
-                let now = now_ms();
-                let asset = transfer.asset.to_ascii_lowercase();
-                let wanted = session.reserved.checked_add(session.posted).and_then(|spent| spent.checked_add(transfer.amount));
-                let cap_refusal = if session.closed_at_ms.is_none() && !transfer.caps.is_empty() {
-                    Self::check_caps(&mut tx, &session, &transfer, now).await?
-                } else {
-                    None
-                };
-                let refusal = if session.closed_at_ms.is_some() {
-                    Some((DenyReason::SessionClosed, format!("session {} is closed", session.id)))
-                } else if grant.revoked_at_ms.is_some() {
-                    // The grant first: a session's expiry is capped at its grant's, so the
-                    // grant is the cause when both have passed.
-                    Some((DenyReason::GrantRevoked, format!("grant {} was revoked", grant.id)))
-                } else if now >= grant.expires_at_ms {
-                    Some((DenyReason::GrantExpired, format!("grant {} has expired", grant.id)))
-                } else if now >= session.expires_at_ms {
-                    Some((DenyReason::SessionExpired, format!("session {} has expired", session.id)))
-                } else if transfer.network != session.network || asset != session.asset {
-                    Some((
-                        DenyReason::CurrencyMismatch,
-                        format!(
-                            "the payment is in {} on {}; this session spends {} ({} on {})",
-                            asset, transfer.network, session.currency, session.asset, session.network
-                        ),
-                    ))
-                } else if wanted.is_none_or(|total| total > session.max_spend) {
-                    Some((
-                        DenyReason::BudgetExhausted,
-                        format!(
-                            "paying {} would exceed the session budget: {} of {} is spent or reserved",
-                            transfer.amount,
-                            session.reserved.checked_add(session.posted).unwrap_or(session.max_spend),
-                            session.max_spend
-                        ),
-                    ))
-                } else {
-                    cap_refusal
-                };
-                if let Some((reason, message)) = refusal {
-                    Self::write_entry(
-                        &mut tx,
-                        EntryKind::Deny,
-                        None,
-                        Some(&session),
-                        Some(transfer.amount),
-                        Some(&transfer.payee.to_ascii_lowercase()),
-                        Some(&transfer.resource),
-                        None,
-                        Some(&format!("{}: {message}", reason.code())),
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    return Ok(Reservation::Denied { reason, message });
-                }
-                let record = TransferRecord {
-                    id: new_id("tfr_"),
-                    session_id: session.id.clone(),
-                    grant_id: session.grant_id.clone(),
-                    wallet_id: session.wallet_id.clone(),
-                    agent: session.agent.clone(),
-                    network: transfer.network.clone(),
-                    asset,
-                    payer: transfer.payer.to_ascii_lowercase(),
-                    payee: transfer.payee.to_ascii_lowercase(),
-                    amount: transfer.amount,
-                    nonce: transfer.nonce.to_ascii_lowercase(),
-                    valid_before_s: transfer.valid_before_s,
-                    resource: truncate(&transfer.resource, RESOURCE_BYTES_MAX),
-                    state: TransferState::Pending,
-                    tx_hash: None,
-                    void_reason: None,
-                    created_at_ms: now,
-                    resolved_at_ms: None,
-                };
-                sqlx::query(
-                    "INSERT INTO transfers (id, session_id, grant_id, wallet_id, agent, network, \
-                     asset, payer, payee, amount, nonce, valid_before_s, resource, state, \
-                     created_at_ms, endpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                     $12, $13, 'pending', $14, $15)",
-                )
-                .bind(&record.id)
-                .bind(&record.session_id)
-                .bind(&record.grant_id)
-                .bind(&record.wallet_id)
-                .bind(&record.agent)
-                .bind(&record.network)
-                .bind(&record.asset)
-                .bind(&record.payer)
-                .bind(&record.payee)
-                .bind(record.amount.to_string())
-                .bind(&record.nonce)
-                .bind(valid_before_s)
-                .bind(&record.resource)
-                .bind(record.created_at_ms)
-                .bind(truncate(&transfer.endpoint, RESOURCE_BYTES_MAX))
-                .execute(&mut *tx)
-                .await?;
-                let reserved = session
-                    .reserved
-                    .checked_add(record.amount)
-                    .ok_or_else(|| StoreError::Corrupt("reserved total overflows".into()))?;
-                Self::set_totals(&mut tx, &session.id, reserved, session.posted).await?;
-                Self::write_entry(
-                    &mut tx,
-                    EntryKind::Reserve,
-                    Some(&record),
-                    None,
-                    Some(record.amount),
-                    Some(&record.payee),
-                    Some(&record.resource),
-                    None,
-                    None,
-                )
-                .await?;
-                tx.commit().await?;
-                Ok(Reservation::Reserved(Box::new(record)))
+                self.reserve_with(transfer, None).await
+            }
+
+            async fn reserve_and_decide(
+                &self,
+                transfer: NewTransfer,
+                decision: crate::decisions::NewDecision,
+            ) -> Result<Reservation, StoreError> {
+                let decision = crate::decisions::prepare(decision)?;
+                self.reserve_with(transfer, Some(decision)).await
             }
 
             async fn deny(&self, denial: Denial) -> Result<(), StoreError> {
