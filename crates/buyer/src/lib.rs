@@ -126,7 +126,7 @@ pub struct Quote {
 #[derive(Debug)]
 pub enum Asked {
     /// The seller answered without asking for payment (or the request already carried one).
-    Answered(PaidResponse),
+    Answered(Box<PaidResponse>),
     /// The seller asked for payment, and this is what the client would pay.
     PaymentRequired(Box<Quote>),
 }
@@ -326,7 +326,7 @@ impl PayingClient {
     /// [`PayingClient::sign`], [`PayingClient::pay`]. See the crate docs.
     pub async fn send(&self, request: RequestSpec) -> Result<PaidResponse, BuyerError> {
         match self.ask(&request).await? {
-            Asked::Answered(response) => Ok(response),
+            Asked::Answered(response) => Ok(*response),
             Asked::PaymentRequired(quote) => {
                 let signed = self.sign(&quote).await?;
                 self.pay(&request, *quote, signed).await
@@ -344,7 +344,7 @@ impl PayingClient {
             || request.headers.contains_key(HEADER_X_PAYMENT);
         let first = self.execute(request, None).await?;
         if first.status() != StatusCode::PAYMENT_REQUIRED || carries_payment {
-            return Ok(Asked::Answered(finish(first, None).await?));
+            return Ok(Asked::Answered(Box::new(finish(first, None).await?)));
         }
         let required = read_payment_required(first, self.v1_only).await?;
         let requirement = self.choose(&required)?.clone();

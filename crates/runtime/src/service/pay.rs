@@ -79,7 +79,7 @@ impl Runtime {
         }
         let client = self.paying_client(self.signer(&session.wallet_id).await?);
         let quote = match client.ask(&request).await {
-            Ok(Asked::Answered(response)) => return Ok(fetched(response, None, None)),
+            Ok(Asked::Answered(response)) => return Ok(fetched(*response, None, None)),
             Ok(Asked::PaymentRequired(quote)) => quote,
             Err(error) => return Err(self.not_asked(session, &request, error).await),
         };
@@ -403,9 +403,6 @@ impl Runtime {
         }
         Ok(None)
     }
-
-    /// Sends `request` for the agent of `session`; on 402 reserves the price against the
-    /// session (refusing, with nothing signed, when the session cannot pay), signs with the
 
     /// Records what the seller reported and tries to post at once.
     async fn after_payment(
