@@ -8,6 +8,12 @@
 //! Layering: `bursar-protocol` (documents, signing) → this crate. Keys stay behind the
 //! [`PaymentSigner`] trait: a local [`PrivateKeySigner`] implements it, and other key stores can.
 //!
+//! [`PayingClient::send`] is three steps, each public so a caller can put its own between them
+//! (budgets, policy, a reservation before the signature): [`PayingClient::ask`] sends the request
+//! and, on a 402, returns the [`Quote`] it would pay (the offer chosen and the authorization to
+//! sign); [`PayingClient::sign`] signs a quote; [`PayingClient::pay`] sends the request again
+//! with the signed payment. Each returns its result; nothing is kept in the client.
+//!
 //! Spending rules, all checked before anything is signed:
 //! - A per-payment maximum ([`PayingClient::max_amount`]) is required. A client without one pays
 //!   nothing: every 402 ends in [`BuyerError::NoPayableRequirement`]. The maximum is in atomic
@@ -67,9 +73,6 @@ pub enum BuyerError {
     },
     #[error("signing the payment failed: {0}")]
     Signer(String),
-    /// The client's [`PaymentApproval`] refused the payment; nothing was signed.
-    #[error("payment refused ({code}): {message}")]
-    Refused { code: String, message: String },
     /// The seller answered 402 to the paid request. The client did not pay again.
     #[error("payment rejected by the seller: {reason}")]
     PaymentRejected {
@@ -109,41 +112,36 @@ impl PaymentSigner for PrivateKeySigner {
     }
 }
 
-/// Asked before every signature: the place for budgets and policy. Refusing stops the payment
-/// with nothing signed ([`BuyerError::Refused`]).
-///
-/// When it approves, the authorization is signed and sent; from then on the caller must assume
-/// it may be settled, whatever `send` returns.
-#[async_trait::async_trait]
-pub trait PaymentApproval: Send + Sync {
-    async fn approve(&self, proposal: &PaymentProposal<'_>) -> Result<(), Refusal>;
+/// What a 402 asks for and what the client would sign for it: the seller's whole answer, the
+/// offer chosen and the authorization (payer, payee, value, validity window, nonce). Returned by
+/// [`PayingClient::ask`]; nothing is signed yet.
+#[derive(Debug, Clone)]
+pub struct Quote {
+    pub required: PaymentRequired,
+    pub requirement: PaymentRequirements,
+    pub authorization: Authorization,
 }
 
-/// What is about to be signed, and for which request.
+/// What [`PayingClient::ask`] found.
 #[derive(Debug)]
-pub struct PaymentProposal<'a> {
-    pub request: &'a RequestSpec,
-    /// The seller's whole 402 answer.
-    pub required: &'a PaymentRequired,
-    /// The offer chosen.
-    pub requirement: &'a PaymentRequirements,
-    /// The authorization to sign (payer, payee, value, validity window, nonce).
-    pub authorization: &'a Authorization,
+pub enum Asked {
+    /// The seller answered without asking for payment (or the request already carried one).
+    Answered(Box<PaidResponse>),
+    /// The seller asked for payment, and this is what the client would pay.
+    PaymentRequired(Box<Quote>),
 }
 
-/// Why a [`PaymentApproval`] refused: a stable code and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: String,
-    pub message: String,
+/// A quote's signed payment, ready to send with [`PayingClient::pay`].
+#[derive(Debug, Clone)]
+pub struct SignedPayment {
+    payload: PaymentPayload,
+    header: (&'static str, HeaderValue),
 }
 
-impl Refusal {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Refusal {
-        Refusal {
-            code: code.into(),
-            message: message.into(),
-        }
+impl SignedPayment {
+    /// The payment payload as it goes in the header.
+    pub fn payload(&self) -> &PaymentPayload {
+        &self.payload
     }
 }
 
@@ -247,7 +245,6 @@ pub struct PayingClient {
     units: Vec<(Network, Address, AssetUnit)>,
     /// Read only the v1 JSON body of a 402, ignoring a v2 `PAYMENT-REQUIRED` header.
     v1_only: bool,
-    approval: Option<Arc<dyn PaymentApproval>>,
 }
 
 impl std::fmt::Debug for PayingClient {
@@ -286,14 +283,7 @@ impl PayingClient {
             allowed_assets: Vec::new(),
             units,
             v1_only: false,
-            approval: None,
         }
-    }
-
-    /// Asks `approval` before signing each payment (budgets, policy).
-    pub fn approval(mut self, approval: Arc<dyn PaymentApproval>) -> Self {
-        self.approval = Some(approval);
-        self
     }
 
     /// The most the client pays for one request, in atomic units of the offer's asset. Required.
@@ -332,39 +322,69 @@ impl PayingClient {
         self.signer.address()
     }
 
-    /// Sends the request, paying once if the seller asks for payment. See the crate docs.
+    /// Sends the request, paying once if the seller asks for payment: [`PayingClient::ask`],
+    /// [`PayingClient::sign`], [`PayingClient::pay`]. See the crate docs.
     pub async fn send(&self, request: RequestSpec) -> Result<PaidResponse, BuyerError> {
+        match self.ask(&request).await? {
+            Asked::Answered(response) => Ok(*response),
+            Asked::PaymentRequired(quote) => {
+                let signed = self.sign(&quote).await?;
+                self.pay(&request, *quote, signed).await
+            }
+        }
+    }
+
+    /// Sends the request as it is. On a 402 (to a request without a payment header), reads what
+    /// the seller asks for and chooses the offer to pay; nothing is signed.
+    pub async fn ask(&self, request: &RequestSpec) -> Result<Asked, BuyerError> {
         if request.body.len() > REQUEST_BODY_BYTES_MAX {
             return Err(BuyerError::RequestTooLarge(request.body.len()));
         }
         let carries_payment = request.headers.contains_key(HEADER_PAYMENT_SIGNATURE)
             || request.headers.contains_key(HEADER_X_PAYMENT);
-        let first = self.execute(&request, None).await?;
+        let first = self.execute(request, None).await?;
         if first.status() != StatusCode::PAYMENT_REQUIRED || carries_payment {
-            return finish(first, None).await;
+            return Ok(Asked::Answered(Box::new(finish(first, None).await?)));
         }
-
         let required = read_payment_required(first, self.v1_only).await?;
         let requirement = self.choose(&required)?.clone();
         let authorization =
             exact_evm::authorization_for(&requirement, self.signer.address(), now())
                 .map_err(BuyerError::InvalidPaymentRequired)?;
-        if let Some(approval) = &self.approval {
-            let proposal = PaymentProposal {
-                request: &request,
-                required: &required,
-                requirement: &requirement,
-                authorization: &authorization,
-            };
-            approval
-                .approve(&proposal)
-                .await
-                .map_err(|refusal| BuyerError::Refused {
-                    code: refusal.code,
-                    message: refusal.message,
-                })?;
-        }
-        let payload = self.sign(&required, &requirement, &authorization).await?;
+        Ok(Asked::PaymentRequired(Box::new(Quote {
+            required,
+            requirement,
+            authorization,
+        })))
+    }
+
+    /// Signs a quote's authorization and encodes the payment header, in the protocol version of
+    /// the 402.
+    pub async fn sign(&self, quote: &Quote) -> Result<SignedPayment, BuyerError> {
+        let payload = self
+            .payload(&quote.required, &quote.requirement, &quote.authorization)
+            .await?;
+        let value = HeaderValue::from_str(&payload.to_header())
+            .map_err(|e| BuyerError::Signer(format!("payment header: {e}")))?;
+        Ok(SignedPayment {
+            header: (payload.header_name(), value),
+            payload,
+        })
+    }
+
+    /// Sends the request again with the signed payment. A 402 to it is
+    /// [`BuyerError::PaymentRejected`]: the client does not pay again.
+    pub async fn pay(
+        &self,
+        request: &RequestSpec,
+        quote: Quote,
+        signed: SignedPayment,
+    ) -> Result<PaidResponse, BuyerError> {
+        let Quote {
+            required,
+            requirement,
+            authorization,
+        } = quote;
         tracing::info!(
             url = %request.url,
             amount = %self.describe(&requirement, requirement.amount),
@@ -373,12 +393,7 @@ impl PayingClient {
             version = required.version.number(),
             "paying for request"
         );
-
-        let header_value = HeaderValue::from_str(&payload.to_header())
-            .map_err(|e| BuyerError::Signer(format!("payment header: {e}")))?;
-        let second = self
-            .execute(&request, Some((payload.header_name(), header_value)))
-            .await?;
+        let second = self.execute(request, Some(signed.header)).await?;
         let settlement = settlement_of(second.headers());
         if second.status() == StatusCode::PAYMENT_REQUIRED {
             let reason = rejection_reason(second, settlement.as_ref()).await;
@@ -485,7 +500,7 @@ impl PayingClient {
             .unwrap_or_else(|| format!("{amount} atomic units of {}", offer.asset))
     }
 
-    async fn sign(
+    async fn payload(
         &self,
         required: &PaymentRequired,
         requirement: &PaymentRequirements,

@@ -11,7 +11,7 @@ use axum::Router;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use bursar_buyer::{BuyerError, PayingClient, PaymentSigner, RequestSpec};
+use bursar_buyer::{Asked, BuyerError, PayingClient, PaymentSigner, RequestSpec};
 use bursar_facilitator_client::Facilitator;
 use bursar_facilitator_client::testkit::ChainlessFacilitator;
 use bursar_protocol::exact_evm::Authorization;
@@ -135,6 +135,47 @@ async fn pays_v2_and_v1_sellers_and_returns_receipts() {
         assert_eq!(facilitator.settle_count(), 1);
         assert_eq!(facilitator.settled()[0].version, version);
     }
+}
+
+/// The steps of `send`, one at a time: asking signs nothing and sends one request; a quote
+/// that is never signed costs nothing; signing does not send; paying sends once.
+#[tokio::test]
+async fn the_steps_return_their_results_and_sign_only_when_asked() {
+    let (base, facilitator) = paywalled(10_000, false).await;
+    let signer = signer();
+    let client = client(signer.clone(), 1_000_000);
+    let request = RequestSpec::get(&format!("{base}/data")).unwrap();
+    let Asked::PaymentRequired(quote) = client.ask(&request).await.unwrap() else {
+        panic!("the paywall asks for payment");
+    };
+    assert_eq!(quote.required.version, X402Version::V2);
+    assert_eq!(quote.requirement.amount, Amount::from(10_000u64));
+    assert_eq!(quote.authorization.from, signer.key.address());
+    assert_eq!(quote.authorization.to, PAY_TO.parse::<Address>().unwrap());
+    assert_eq!(quote.authorization.value, Amount::from(10_000u64));
+    assert_eq!(signer.signatures.load(Ordering::SeqCst), 0);
+    assert_eq!(facilitator.verify_count(), 0);
+
+    let signed = client.sign(&quote).await.unwrap();
+    assert_eq!(signer.signatures.load(Ordering::SeqCst), 1);
+    assert_eq!(signed.payload().version, X402Version::V2);
+    assert_eq!(facilitator.verify_count(), 0, "signing sends nothing");
+
+    let response = client.pay(&request, *quote, signed).await.unwrap();
+    assert_eq!(&response.body[..], b"the data");
+    let receipt = response.payment.unwrap();
+    assert_eq!(receipt.authorization.value, Amount::from(10_000u64));
+    assert!(receipt.settlement.unwrap().success);
+    assert_eq!(facilitator.settle_count(), 1);
+    assert_eq!(signer.signatures.load(Ordering::SeqCst), 1);
+
+    let free = RequestSpec::get(&format!("{base}/free")).unwrap();
+    let Asked::Answered(answered) = client.ask(&free).await.unwrap() else {
+        panic!("a free route is answered");
+    };
+    assert_eq!(answered.status, StatusCode::IM_A_TEAPOT);
+    assert!(answered.payment.is_none());
+    assert_eq!(signer.signatures.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

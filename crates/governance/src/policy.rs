@@ -61,7 +61,8 @@
 //! max_per_call = "1.00"
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use alloy_primitives::Address;
 use bursar_protocol::{Amount, AssetUnit};
@@ -470,13 +471,35 @@ fn declared_type_failure(
     None
 }
 
+/// Most compiled JSON Schemas kept in a process (the cache is emptied when it is full).
+pub const SCHEMA_CACHE_ENTRIES_MAX: usize = 256;
+
+/// `schema` compiled, from a process-wide cache keyed by its JSON text: a policy's schema, and a
+/// seller's published one, are the same on every paid response, and compiling one costs far
+/// more than checking a body against it. Schemas that do not compile are not kept.
+fn compiled_schema(schema: &serde_json::Value) -> Result<Arc<jsonschema::Validator>, String> {
+    static COMPILED: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let key = schema.to_string();
+    let cache = COMPILED.get_or_init(Mutex::default);
+    if let Some(validator) = cache.lock().expect("schema cache lock").get(&key) {
+        return Ok(validator.clone());
+    }
+    let validator = Arc::new(jsonschema::validator_for(schema).map_err(|e| e.to_string())?);
+    let mut cache = cache.lock().expect("schema cache lock");
+    if cache.len() >= SCHEMA_CACHE_ENTRIES_MAX {
+        cache.clear();
+    }
+    cache.insert(key, validator.clone());
+    Ok(validator)
+}
+
 /// Why `body` is not JSON valid against `schema`, if it is not.
 fn schema_failure(schema: &serde_json::Value, body: &[u8], which: &str) -> Option<String> {
     let document: serde_json::Value = match serde_json::from_slice(body) {
         Ok(document) => document,
         Err(error) => return Some(format!("the body is not JSON: {error}")),
     };
-    let validator = match jsonschema::validator_for(schema) {
+    let validator = match compiled_schema(schema) {
         Ok(validator) => validator,
         // A seller's broken schema cannot vouch for its response.
         Err(error) => return Some(format!("{which} is not a valid JSON Schema: {error}")),
@@ -1004,4 +1027,32 @@ fn endpoint_pattern(pattern: &str, field: &str) -> Result<String, PolicyError> {
         Some(scheme) => format!("{scheme}://{host}{path}"),
         None => format!("{host}{path}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_is_compiled_once_and_a_broken_one_never_kept() {
+        let schema = serde_json::json!({"type": "object", "required": ["compiled_once"]});
+        let first = compiled_schema(&schema).unwrap();
+        let second = compiled_schema(&schema.clone()).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(schema_failure(&schema, br#"{"compiled_once": 1}"#, "the schema").is_none());
+        let failure = schema_failure(&schema, b"{}", "the schema").unwrap();
+        assert!(
+            failure.starts_with("the body does not match the schema"),
+            "{failure}"
+        );
+
+        let broken = serde_json::json!({"type": "no such type"});
+        for _ in 0..2 {
+            let failure = schema_failure(&broken, b"{}", "the seller's published schema").unwrap();
+            assert!(
+                failure.starts_with("the seller's published schema is not a valid JSON Schema"),
+                "{failure}"
+            );
+        }
+    }
 }

@@ -6,8 +6,12 @@
 //!    on loopback that answers 402 with valid requirements and 200 to any request carrying a
 //!    payment header, without settling: the paid request minus the unpaid one is the runtime's
 //!    own work (the 402 round trip, session checks and policy, the reservation transaction,
-//!    signing, the chain lookup after paying, bookkeeping). The paid request through the real
-//!    paywall and facilitator (verify + settle on the embedded chain) is shown for context.
+//!    signing, the chain lookup after paying, bookkeeping). The runtime runs with the default
+//!    policy switched off (the rules every policy has: pinned terms, backoff); one more row
+//!    runs the default policy's rules from a policy file with its loop and per-session call
+//!    caps lifted (this bench pays one endpoint hundreds of times), so its response validation
+//!    and budget alerts are counted too. The paid request through the real paywall and
+//!    facilitator (verify + settle on the embedded chain) is shown for context.
 //! 2. [`RuntimeStore::reserve`] per second, called directly, at concurrency 1 and 16 over many
 //!    sessions.
 //! 3. [`RuntimeStore::post`] per second on the transfers reserved in 2.
@@ -80,6 +84,8 @@ impl Throughput {
 struct Report {
     store: &'static str,
     latencies: Vec<Latencies>,
+    /// Paid, under the default policy's rules read from a policy file.
+    policy_file: Latencies,
     throughput: Vec<Throughput>,
 }
 
@@ -278,9 +284,29 @@ async fn post_throughput(
     }
 }
 
+/// The default policy's rules with its loop detection and per-session call cap lifted.
+const BENCH_POLICY_TOML: &str = r#"
+max_per_call_percent = 25
+[endpoints]
+loop_count = 1000000
+loop_window = "1m"
+max_calls_per_session = 1000000
+pin_terms = true
+backoff_after_rejections = 1
+backoff_wait = "1m"
+[validation]
+declared_type = true
+seller_schema = true
+failures_before_pause = 3
+cooldown = "24h"
+"#;
+
 async fn measure(store: &'static str, store_url: &str) -> Report {
     let network = common::network().await;
-    let rt: RuntimeUnderTest = common::runtime(&network, store_url).await;
+    let rt: RuntimeUnderTest = common::runtime_with(&network, store_url, |config| {
+        config.default_policy = false;
+    })
+    .await;
     let runtime = rt.runtime.clone();
     let (wallet, payer) = rt.funded_wallet(&network, "bench", 1_000_000_000_000).await;
     let grant = rt.grant(&wallet, "bench", None).await;
@@ -325,6 +351,26 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
         )
         .await,
     );
+
+    let policy_path = std::env::temp_dir().join(format!(
+        "bursar-overhead-{}-{store}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&policy_path, BENCH_POLICY_TOML).expect("policy file");
+    let with_policy = common::runtime_with(&network, store_url, |config| {
+        config.policy_file = Some(policy_path.clone());
+    })
+    .await;
+    let policy_file = fetch_latencies(
+        &with_policy.runtime,
+        &fresh_session().await,
+        "paid, default policy's rules (file)",
+        &format!("{seller}/paid"),
+        REQUESTS,
+        true,
+    )
+    .await;
+    std::fs::remove_file(&policy_path).expect("policy file removed");
 
     // Parts of the paid request's own work, one call at a time.
     let store_handle = runtime.store().clone();
@@ -398,6 +444,7 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
     Report {
         store,
         latencies,
+        policy_file,
         throughput,
     }
 }
@@ -455,6 +502,7 @@ fn print(reports: &[Report]) {
             };
             row(report.store, &window);
         }
+        row(report.store, &report.policy_file);
         for part in &report.latencies[3..] {
             row(report.store, part);
         }

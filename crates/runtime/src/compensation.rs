@@ -168,17 +168,16 @@ fn transfer_authorization(transfer: &TransferRecord) -> Value {
     })
 }
 
-/// Records the evidence of a paid request (nothing when nothing was reserved). Failures are
+/// Records the evidence of a paid request (its reserved transfer and outcome). Failures are
 /// logged, never returned: the payment already happened, and the agent gets its response.
 pub(crate) async fn record_evidence(
     runtime: &Runtime,
     session: &SessionRecord,
     request: &RequestSpec,
     step: Option<&str>,
-    reserved: Option<&TransferRecord>,
-    outcome: &Result<PaidResponse, BuyerError>,
+    transfer: &TransferRecord,
+    outcome: Result<&PaidResponse, &BuyerError>,
 ) {
-    let Some(transfer) = reserved else { return };
     let (response, error, receipt, authorization) = match outcome {
         Ok(response) => {
             let (receipt, authorization) = match &response.payment {

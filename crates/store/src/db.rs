@@ -15,6 +15,13 @@ use sqlx::{Postgres, SqlSafeStr, SqlStr, Sqlite};
 pub(crate) enum Param {
     Text(Option<String>),
     Integer(Option<i64>),
+    Boolean(bool),
+}
+
+impl From<bool> for Param {
+    fn from(value: bool) -> Self {
+        Param::Boolean(value)
+    }
 }
 
 impl From<String> for Param {
@@ -88,6 +95,7 @@ impl Statement {
             query = match param {
                 Param::Text(value) => query.bind(value),
                 Param::Integer(value) => query.bind(value),
+                Param::Boolean(value) => query.bind(value),
             };
         }
         query
@@ -99,6 +107,7 @@ impl Statement {
             query = match param {
                 Param::Text(value) => query.bind(value),
                 Param::Integer(value) => query.bind(value),
+                Param::Boolean(value) => query.bind(value),
             };
         }
         query
@@ -226,6 +235,24 @@ impl Tx {
                 .execute(&mut **tx)
                 .await?
                 .rows_affected(),
+        })
+    }
+
+    pub(crate) async fn fetch_optional(
+        &mut self,
+        statement: Statement,
+    ) -> Result<Option<Row>, sqlx::Error> {
+        Ok(match self {
+            Tx::Sqlite(tx) => statement
+                .sqlite()
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(Row::Sqlite),
+            Tx::Postgres(tx) => statement
+                .postgres()
+                .fetch_optional(&mut **tx)
+                .await?
+                .map(Row::Postgres),
         })
     }
 

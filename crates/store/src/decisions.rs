@@ -157,7 +157,7 @@ pub async fn open_decision_store(
 
 /// A row as stored: every value as the database holds it, before interpretation.
 #[derive(Debug, Clone)]
-struct StoredDecision {
+pub(crate) struct StoredDecision {
     seq: i64,
     id: String,
     at_ms: i64,
@@ -176,6 +176,11 @@ struct StoredDecision {
 }
 
 impl StoredDecision {
+    /// Names the transfer the decision allowed, once the store has made it.
+    pub(crate) fn set_transfer(&mut self, transfer_id: &str) {
+        self.transfer_id = Some(transfer_id.to_string());
+    }
+
     /// SHA-256 over `prev_hash` and this row's canonical content (everything but the hashes).
     fn compute_hash(&self, prev_hash: &str) -> String {
         fn field(hasher: &mut Sha256, bytes: &[u8]) {
@@ -257,6 +262,54 @@ const SELECT_FOR: &str = "SELECT seq, id, at_ms, session_id, wallet_id, agent, t
      resource, payee, amount, allowed, reason, rules, prev_hash, hash FROM decisions \
      WHERE id = $1 OR transfer_id = $1 OR session_id = $1 ORDER BY seq LIMIT $2";
 const SELECT_HEAD: &str = "SELECT seq, head_hash FROM decision_chain WHERE id = 1";
+/// Takes the next sequence number, locking the chain head until the transaction ends.
+const ADVANCE_HEAD: &str =
+    "UPDATE decision_chain SET seq = seq + 1 WHERE id = 1 RETURNING seq, head_hash";
+
+/// Appends a prepared decision to the hash chain inside `tx`, a transaction of the runtime's
+/// store: the chain head is locked by the first statement and held until `tx` commits, so the
+/// decision and whatever else `tx` writes are one commit.
+pub(crate) async fn append_decision(
+    tx: &mut crate::db::Tx,
+    mut stored: StoredDecision,
+) -> Result<DecisionRecord, StoreError> {
+    use crate::db::statement;
+    let head = tx
+        .fetch_optional(statement(ADVANCE_HEAD))
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt("the decision chain head (decision_chain row 1) is missing".into())
+        })?;
+    stored.seq = head.get("seq")?;
+    stored.prev_hash = head.get("head_hash")?;
+    stored.hash = stored.compute_hash(&stored.prev_hash);
+    tx.execute(
+        statement(INSERT_DECISION)
+            .bind(stored.seq)
+            .bind(&stored.id)
+            .bind(stored.at_ms)
+            .bind(stored.session_id.clone())
+            .bind(stored.wallet_id.clone())
+            .bind(stored.agent.clone())
+            .bind(stored.transfer_id.clone())
+            .bind(stored.resource.clone())
+            .bind(stored.payee.clone())
+            .bind(stored.amount.clone())
+            .bind(stored.allowed)
+            .bind(stored.reason.clone())
+            .bind(&stored.rules)
+            .bind(&stored.prev_hash)
+            .bind(&stored.hash),
+    )
+    .await?;
+    tx.execute(
+        statement("UPDATE decision_chain SET head_hash = $1 WHERE id = 1").bind(&stored.hash),
+    )
+    .await?;
+    stored
+        .record()
+        .map_err(|message| corrupt(Some(stored.seq), &message))
+}
 
 /// Reads a row's columns; an undecodable column (possible on SQLite, whose columns accept any
 /// type) is reported as text, with the seq when it could be read.
@@ -332,7 +385,7 @@ fn check_field(what: &str, value: Option<&str>) -> Result<(), StoreError> {
 }
 
 /// The checked, stored form of a new decision (seq, prev_hash and hash still to fill in).
-fn prepare(decision: NewDecision) -> Result<StoredDecision, StoreError> {
+pub(crate) fn prepare(decision: NewDecision) -> Result<StoredDecision, StoreError> {
     if !decision.rules.is_array() {
         return Err(StoreError::Invalid(
             "decision rules must be a JSON array".into(),

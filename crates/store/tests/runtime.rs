@@ -177,6 +177,76 @@ pub async fn creates_are_idempotent(url: &str) {
     assert!(session.expires_at_ms <= made.expires_at_ms);
 }
 
+/// A reservation and its decision commit together: the decision names the transfer and joins
+/// the hash chain; a denial writes its deny entry and no decision (the caller records that one);
+/// racing reservations keep the budget and the chain intact.
+pub async fn reservations_carry_their_decision(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 300).await;
+    let decision = |amount: u64| bursar_store::NewDecision {
+        session_id: Some(session_id.clone()),
+        wallet_id: None,
+        agent: None,
+        transfer_id: None,
+        resource: Some("http://127.0.0.1/paid".into()),
+        payee: Some(PAYEE.into()),
+        amount: Some(Amount::from(amount)),
+        allowed: true,
+        reason: None,
+        rules: serde_json::json!([{"rule": "session_budget_and_windows", "passed": true}]),
+    };
+    let Reservation::Reserved(record) = store
+        .reserve_and_decide(transfer(&session_id, 100), decision(100))
+        .await
+        .unwrap()
+    else {
+        panic!("reserved");
+    };
+    let decisions = store.decision_store();
+    let trace = decisions.decisions_for(&record.id).await.unwrap();
+    assert_eq!(trace.len(), 1);
+    assert_eq!(trace[0].transfer_id.as_deref(), Some(record.id.as_str()));
+    assert_eq!(trace[0].amount, Some(Amount::from(100u64)));
+    assert!(trace[0].allowed);
+
+    let denied = store
+        .reserve_and_decide(transfer(&session_id, 250), decision(250))
+        .await
+        .unwrap();
+    assert!(matches!(
+        denied,
+        Reservation::Denied {
+            reason: DenyReason::BudgetExhausted,
+            ..
+        }
+    ));
+    assert_eq!(decisions.decisions(0, 100).await.unwrap().len(), 1);
+    let denies = store.entries(0, 100).await.unwrap();
+    assert_eq!(
+        denies.iter().filter(|e| e.kind == EntryKind::Deny).count(),
+        1,
+        "the denial's ledger entry is written"
+    );
+
+    let racing = (0..10).map(|_| {
+        let store = store.clone();
+        let (transfer, decision) = (transfer(&session_id, 50), decision(50));
+        async move { store.reserve_and_decide(transfer, decision).await.unwrap() }
+    });
+    let results = futures::future::join_all(racing).await;
+    let reserved = results
+        .iter()
+        .filter(|r| matches!(r, Reservation::Reserved(_)))
+        .count();
+    assert_eq!(reserved, 4, "200 of the budget was left: four of 50");
+    let session = store.session(&session_id).await.unwrap().unwrap();
+    assert_eq!(session.reserved, Amount::from(300u64));
+    assert_eq!(decisions.decisions(0, 100).await.unwrap().len(), 5);
+    let check = decisions.verify_decisions().await.unwrap();
+    assert_eq!(check.checked, 5);
+    assert!(check.broken.is_none(), "{:?}", check.broken);
+}
+
 /// Concurrent reservations never overspend: with a budget for 20, 50 racing requests reserve
 /// exactly 20 and 30 are denied for the budget, each with a deny entry.
 pub async fn reservations_are_atomic(url: &str) {
@@ -934,6 +1004,7 @@ macro_rules! conformance {
             conformance!(@cases $database, $url;
                 creates_are_idempotent,
                 reservations_are_atomic,
+                reservations_carry_their_decision,
                 transfers_resolve_exactly_once,
                 refusals_have_reasons,
                 ledger_is_append_only,

@@ -5,7 +5,7 @@ use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
 use crate::common::{LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, truncate};
-use crate::db::{Row, Tx, statement};
+use crate::db::{Row, Statement, statement};
 use crate::now_ms;
 
 /// Most policies [`EndpointStore::endpoint_pauses`] looks at in one query (a session has at
@@ -129,48 +129,52 @@ fn rejections_from_row(row: &Row) -> Result<Rejections, StoreError> {
     })
 }
 
-/// Counts one more validation of `endpoint` under `policy` inside `tx`: a pass resets the
-/// failures in a row, a failure adds one.
-async fn count_validation(
-    tx: &mut Tx,
+/// Counts one more validation of `endpoint` under `policy` in one statement: a pass resets the
+/// failures in a row, a failure adds one and pauses the endpoint once they reach `pause_after`;
+/// the row is created or updated and read back atomically.
+fn count_validation(
     policy: &str,
     endpoint: &str,
     observed: Observed<'_>,
     failure: Option<&str>,
+    pause_after: u64,
+    pause_until_ms: i64,
     now: i64,
-) -> Result<(), StoreError> {
-    tx.execute(
-        statement(
+) -> Statement {
+    match failure {
+        None => statement(AssertSqlSafe(format!(
             "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
-             updated_at_ms) VALUES ($1, $2, 0, $3) ON CONFLICT (policy, endpoint) DO NOTHING",
-        )
-        .bind(policy)
-        .bind(endpoint)
-        .bind(now),
-    )
-    .await?;
-    let sql = match failure {
-        None => {
-            "UPDATE endpoint_pauses SET consecutive_failures = 0, updated_at_ms = $3, \
-             wallet_id = $4, session_id = $5 WHERE policy = $1 AND endpoint = $2"
-        }
-        Some(_) => {
-            "UPDATE endpoint_pauses SET consecutive_failures = consecutive_failures + 1, \
-             updated_at_ms = $3, wallet_id = $4, session_id = $5, last_failure = $6 \
-             WHERE policy = $1 AND endpoint = $2"
-        }
-    };
-    let mut counted = statement(sql)
+             updated_at_ms, wallet_id, session_id) VALUES ($1, $2, 0, $3, $4, $5) \
+             ON CONFLICT (policy, endpoint) DO UPDATE SET consecutive_failures = 0, \
+             updated_at_ms = $3, wallet_id = $4, session_id = $5 \
+             RETURNING {PAUSE_COLUMNS}"
+        )))
         .bind(policy)
         .bind(endpoint)
         .bind(now)
         .bind(observed.wallet_id)
-        .bind(observed.session_id);
-    if let Some(reason) = failure {
-        counted = counted.bind(truncate(reason, RESOURCE_BYTES_MAX));
+        .bind(observed.session_id),
+        Some(reason) => statement(AssertSqlSafe(format!(
+            "INSERT INTO endpoint_pauses (policy, endpoint, consecutive_failures, \
+             last_failure, updated_at_ms, wallet_id, session_id, paused_until_ms) \
+             VALUES ($1, $2, 1, $3, $4, $5, $6, CASE WHEN 1 >= $8 THEN $7 END) \
+             ON CONFLICT (policy, endpoint) DO UPDATE SET \
+             consecutive_failures = endpoint_pauses.consecutive_failures + 1, \
+             last_failure = $3, updated_at_ms = $4, wallet_id = $5, session_id = $6, \
+             paused_until_ms = CASE \
+             WHEN endpoint_pauses.consecutive_failures + 1 >= $8 THEN $7 \
+             ELSE endpoint_pauses.paused_until_ms END \
+             RETURNING {PAUSE_COLUMNS}"
+        )))
+        .bind(policy)
+        .bind(endpoint)
+        .bind(truncate(reason, RESOURCE_BYTES_MAX))
+        .bind(now)
+        .bind(observed.wallet_id)
+        .bind(observed.session_id)
+        .bind(pause_until_ms)
+        .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX)),
     }
-    tx.execute(counted).await?;
-    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -186,32 +190,16 @@ impl EndpointStore for SqlRuntimeStore {
     ) -> Result<EndpointHealth, StoreError> {
         let db = self.db().await?;
         let now = now_ms();
-        let mut tx = db.begin().await?;
-        count_validation(&mut tx, policy, endpoint, observed, failure, now).await?;
-        if failure.is_some() {
-            tx.execute(
-                statement(
-                    "UPDATE endpoint_pauses SET paused_until_ms = $3 \
-                     WHERE policy = $1 AND endpoint = $2 AND consecutive_failures >= $4",
-                )
-                .bind(policy)
-                .bind(endpoint)
-                .bind(now.saturating_add(cooldown_ms))
-                .bind(i64::try_from(pause_after.max(1)).unwrap_or(i64::MAX)),
-            )
-            .await?;
-        }
-        let row = tx
-            .fetch_one(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {PAUSE_COLUMNS} FROM endpoint_pauses \
-                     WHERE policy = $1 AND endpoint = $2"
-                )))
-                .bind(policy)
-                .bind(endpoint),
-            )
-            .await?;
-        tx.commit().await?;
+        let counted = count_validation(
+            policy,
+            endpoint,
+            observed,
+            failure,
+            pause_after,
+            now.saturating_add(cooldown_ms),
+            now,
+        );
+        let row = db.fetch_one(counted).await?;
         health_from_row(&row)
     }
 

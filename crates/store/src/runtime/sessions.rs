@@ -108,22 +108,19 @@ pub(super) async fn lock_session(
     tx: &mut Tx,
     id: &str,
 ) -> Result<Option<(SessionRecord, GrantRecord)>, StoreError> {
-    let locked = tx
-        .execute(
-            statement("UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1").bind(id),
-        )
-        .await?;
-    if locked == 0 {
-        return Ok(None);
-    }
-    let row = tx
-        .fetch_one(
+    // Locks the row and reads it in one statement.
+    let Some(row) = tx
+        .fetch_optional(
             statement(AssertSqlSafe(format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+                "UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1 \
+                 RETURNING {SESSION_COLUMNS}"
             )))
             .bind(id),
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let session = session_from_row(&row)?;
     let row = tx
         .fetch_one(

@@ -168,6 +168,14 @@ pub struct Denial {
 pub trait TransferStore: Send + Sync + 'static {
     /// Reserves `transfer.amount` against its session, atomically; see the module docs.
     async fn reserve(&self, transfer: NewTransfer) -> Result<Reservation, StoreError>;
+    /// [`TransferStore::reserve`], and when it reserves, `decision` (its transfer id filled in)
+    /// appended to the decision trace in the same transaction: one commit for both. A denial
+    /// writes only its deny entry; its decision is the caller's to record.
+    async fn reserve_and_decide(
+        &self,
+        transfer: NewTransfer,
+        decision: crate::decisions::NewDecision,
+    ) -> Result<Reservation, StoreError>;
     /// Records a denial decided outside the store.
     async fn deny(&self, denial: Denial) -> Result<(), StoreError>;
     /// Remembers the transaction a seller reported for a pending transfer (not yet trusted).
@@ -251,7 +259,16 @@ pub(super) fn transfer_from_row(row: &Row) -> Result<TransferRecord, StoreError>
 #[async_trait::async_trait]
 impl TransferStore for SqlRuntimeStore {
     async fn reserve(&self, transfer: NewTransfer) -> Result<Reservation, StoreError> {
-        super::two_phase::reserve(self, transfer).await
+        super::two_phase::reserve(self, transfer, None).await
+    }
+
+    async fn reserve_and_decide(
+        &self,
+        transfer: NewTransfer,
+        decision: crate::decisions::NewDecision,
+    ) -> Result<Reservation, StoreError> {
+        let decision = crate::decisions::prepare(decision)?;
+        super::two_phase::reserve(self, transfer, Some(decision)).await
     }
 
     async fn deny(&self, denial: Denial) -> Result<(), StoreError> {

@@ -14,12 +14,15 @@ use super::transfers::{
 };
 use crate::common::{EntryKind, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
 use crate::db::{Tx, statement};
+use crate::decisions::{StoredDecision, append_decision};
 use crate::now_ms;
 
-/// Reserves `transfer.amount` against its session, or records why not.
+/// Reserves `transfer.amount` against its session, or records why not; when it reserves,
+/// appends `decision` (naming the new transfer) to the decision trace before the one commit.
 pub(super) async fn reserve(
     store: &SqlRuntimeStore,
     transfer: NewTransfer,
+    decision: Option<StoredDecision>,
 ) -> Result<Reservation, StoreError> {
     let db = store.db().await?;
     let valid_before_s = i64::try_from(transfer.valid_before_s)
@@ -110,6 +113,10 @@ pub(super) async fn reserve(
         reason: None,
     };
     write_entry(&mut tx, Some(&record), None, facts).await?;
+    if let Some(mut decision) = decision {
+        decision.set_transfer(&record.id);
+        append_decision(&mut tx, decision).await?;
+    }
     tx.commit().await?;
     Ok(Reservation::Reserved(Box::new(record)))
 }
