@@ -24,7 +24,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use alloy_signer_local::PrivateKeySigner;
 use axum::Router;
 use axum::extract::Request;
@@ -175,15 +175,15 @@ async fn fetch_latencies(
     }
 }
 
-fn transfer_for(session: &SessionRecord, payer: &str, payee: &str) -> NewTransfer {
+fn transfer_for(session: &SessionRecord, payer: Address, payee: Address) -> NewTransfer {
     NewTransfer {
         session_id: session.id.clone(),
         network: session.network.clone(),
-        asset: session.asset.clone(),
-        payer: payer.to_string(),
-        payee: payee.to_string(),
+        asset: session.asset,
+        payer,
+        payee,
         amount: Amount::from(PRICE),
-        nonce: format!("{:#x}", B256::random()),
+        nonce: B256::random(),
         valid_before_s: u64::MAX / 2,
         resource: "http://127.0.0.1/bench".into(),
         endpoint: "http://127.0.0.1/bench".into(),
@@ -197,9 +197,9 @@ async fn reserve_throughput(
     store: &Arc<dyn RuntimeStore>,
     sessions: &[SessionRecord],
     concurrency: usize,
-    payer: &str,
+    payer: Address,
 ) -> (Throughput, Vec<String>) {
-    let payee = PrivateKeySigner::random().address().to_string();
+    let payee = PrivateKeySigner::random().address();
     let started = Instant::now();
     let deadline = started + THROUGHPUT_WINDOW;
     let mut workers = Vec::new();
@@ -211,7 +211,7 @@ async fn reserve_throughput(
             .step_by(concurrency)
             .cloned()
             .collect();
-        let (payer, payee) = (payer.to_string(), payee.clone());
+
         workers.push(tokio::spawn(async move {
             let mut reserved = Vec::new();
             let mut next = 0;
@@ -219,7 +219,7 @@ async fn reserve_throughput(
                 let session = &mine[next % mine.len()];
                 next += 1;
                 match store
-                    .reserve(transfer_for(session, &payer, &payee))
+                    .reserve(transfer_for(session, payer, payee))
                     .await
                     .expect("reserve")
                 {
@@ -374,12 +374,11 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
 
     // Parts of the paid request's own work, one call at a time.
     let store_handle = runtime.store().clone();
-    let payee = PrivateKeySigner::random().address().to_string();
-    let payer_text = payer.to_string();
+    let payee = PrivateKeySigner::random().address();
     let session = fresh_session().await;
     let mut samples = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
-        let transfer = transfer_for(&session, &payer_text, &payee);
+        let transfer = transfer_for(&session, payer, payee);
         let started = Instant::now();
         let reserved = store_handle.reserve(transfer).await.expect("reserve");
         samples.push(started.elapsed());
@@ -429,12 +428,11 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
         let (id, _) = rt.session(&grant, "1000000", None).await;
         sessions.push(runtime.session(&id).await.expect("session"));
     }
-    let payer = payer.to_string();
     let mut throughput = Vec::new();
     let mut reserved = Vec::new();
     for concurrency in CONCURRENCY {
         let (measured, ids) =
-            reserve_throughput(runtime.store(), &sessions, concurrency, &payer).await;
+            reserve_throughput(runtime.store(), &sessions, concurrency, payer).await;
         throughput.push(measured);
         reserved.push(ids);
     }

@@ -243,7 +243,7 @@ pub(crate) async fn cancel_proof(
     asset: Address,
     payer: Address,
     nonce: B256,
-) -> Result<Option<String>, RuntimeError> {
+) -> Result<Option<B256>, RuntimeError> {
     let Some(record) = runtime
         .store()
         .compensation_store()
@@ -252,7 +252,7 @@ pub(crate) async fn cancel_proof(
     else {
         return Ok(None);
     };
-    let Some(hash) = record.cancel_tx_hash.and_then(|h| h.parse::<B256>().ok()) else {
+    let Some(hash) = record.cancel_tx_hash else {
         return Ok(None);
     };
     let Some(receipt) = runtime.chain().receipt(hash).await? else {
@@ -270,7 +270,7 @@ pub(crate) async fn cancel_proof(
     let cancelled = receipt.success
         && event(BursarUSD::AuthorizationCanceled::SIGNATURE_HASH)
         && !event(BursarUSD::AuthorizationUsed::SIGNATURE_HASH);
-    Ok(cancelled.then(|| format!("{hash:#x}")))
+    Ok(cancelled.then_some(hash))
 }
 
 /// How one cancel attempt ended.
@@ -476,14 +476,13 @@ impl Runtime {
         let (outcome, settle_tx, message) = match transfer.state {
             TransferState::Posted => (
                 CompensationOutcome::RefundClaim,
-                transfer.tx_hash.clone(),
+                transfer.tx_hash,
                 format!(
                     "the payment settled on chain{}: claim a refund of {} {} ({} atomic units) \
                      from {} with this evidence",
                     transfer
                         .tx_hash
-                        .as_deref()
-                        .map(|tx| format!(" in {tx}"))
+                        .map(|tx| format!(" in {tx:#x}"))
                         .unwrap_or_default(),
                     transfer.amount.to_human(self.currency().unit.decimals),
                     self.currency().name,
@@ -498,8 +497,7 @@ impl Runtime {
                     "the authorization was cancelled on chain{} before it was settled: nothing moved",
                     record
                         .cancel_tx_hash
-                        .as_deref()
-                        .map(|tx| format!(" in {tx}"))
+                        .map(|tx| format!(" in {tx:#x}"))
                         .unwrap_or_default()
                 ),
             ),
@@ -524,7 +522,7 @@ impl Runtime {
             }
         };
         let (finished, by_us) = compensations
-            .finish_compensation(&record.id, outcome, settle_tx.as_deref(), &message)
+            .finish_compensation(&record.id, outcome, settle_tx, &message)
             .await?;
         if by_us {
             tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
@@ -551,32 +549,24 @@ impl Runtime {
     ) -> Cancel {
         let chain = self.chain().clone();
         // A cancel sent earlier: wait for it rather than send another.
-        if let Some(hash) = record
-            .cancel_tx_hash
-            .as_deref()
-            .and_then(|h| h.parse::<B256>().ok())
-        {
+        if let Some(hash) = record.cancel_tx_hash {
             let early = match chain.receipt(hash).await {
                 Ok(Some(receipt)) if receipt.success => Some(Cancel::Done),
                 // It reverted: if the authorization is still unused (a cancel that ran out of
                 // gas, say), forget it and send another; otherwise the chain decides.
                 Ok(Some(_)) => {
-                    let retry = match crate::service::authorization_key(transfer) {
-                        Ok((payer, asset, nonce)) => {
-                            matches!(
-                                bursar_chain::Token::new(chain.clone(), asset)
-                                    .authorization_state(payer, nonce)
-                                    .await,
-                                Ok(false)
-                            ) && matches!(
-                                compensations
-                                    .note_cancel_tx(&record.id, None, Some(&format!("{hash:#x}")))
-                                    .await,
-                                Ok(true)
-                            )
-                        }
-                        Err(_) => false,
-                    };
+                    let (payer, asset, nonce) = crate::service::authorization_key(transfer);
+                    let retry = matches!(
+                        bursar_chain::Token::new(chain.clone(), asset)
+                            .authorization_state(payer, nonce)
+                            .await,
+                        Ok(false)
+                    ) && matches!(
+                        compensations
+                            .note_cancel_tx(&record.id, None, Some(hash))
+                            .await,
+                        Ok(true)
+                    );
                     (!retry).then_some(Cancel::Done)
                 }
                 Ok(None) => Some(Cancel::NotYet(
@@ -594,12 +584,7 @@ impl Runtime {
                 return early;
             }
         }
-        let (payer, asset, nonce) = match crate::service::authorization_key(transfer) {
-            Ok(key) => key,
-            Err(error) => {
-                return Cancel::NotYet(CompensationOutcome::CancelFailed, error.to_string());
-            }
-        };
+        let (payer, asset, nonce) = crate::service::authorization_key(transfer);
         let signer = match self.signer(&transfer.wallet_id).await {
             Ok(signer) => signer,
             Err(error) => {
@@ -669,7 +654,7 @@ impl Runtime {
         let id = record.id.clone();
         let recorder = compensations.clone();
         // The hash this call recorded (the sender signs again after a nonce resynchronization).
-        let ours: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let ours: Arc<std::sync::Mutex<Option<B256>>> = Arc::default();
         let mine = ours.clone();
         let sent = sender
             .send_recorded(
@@ -682,10 +667,9 @@ impl Runtime {
                 move |hash, _nonce| {
                     let (recorder, id, mine) = (recorder.clone(), id.clone(), mine.clone());
                     async move {
-                        let hash = format!("{hash:#x}");
-                        let previous = mine.lock().expect("cancel hash slot").clone();
+                        let previous = *mine.lock().expect("cancel hash slot");
                         let claimed = recorder
-                            .note_cancel_tx(&id, Some(&hash), previous.as_deref())
+                            .note_cancel_tx(&id, Some(hash), previous)
                             .await
                             .map_err(|error| {
                                 ChainError::Rejected(format!(
@@ -716,10 +700,10 @@ impl Runtime {
             }
             Err(ChainError::Rejected(message)) => {
                 // Not broadcast: forget our own hash, never another sender's.
-                let ours = ours.lock().expect("cancel hash slot").clone();
+                let ours = *ours.lock().expect("cancel hash slot");
                 if let Some(ours) = ours {
                     let _ = compensations
-                        .note_cancel_tx(&record.id, None, Some(&ours))
+                        .note_cancel_tx(&record.id, None, Some(ours))
                         .await;
                 }
                 let lower = message.to_ascii_lowercase();
@@ -765,7 +749,7 @@ impl Runtime {
             agent: Some(session.agent.clone()),
             transfer_id: Some(transfer.id.clone()),
             resource: Some(transfer.resource.clone()),
-            payee: Some(transfer.payee.clone()),
+            payee: Some(format!("{:#x}", transfer.payee)),
             amount: Some(transfer.amount),
             allowed: false,
             reason: Some(format!("compensation_{}", record.outcome)),

@@ -180,14 +180,17 @@ fn check_evidence(
             if transfer.tx_hash.is_some() && tx_hash.is_none() {
                 format!(
                     "recorded transaction {} does not show this authorization used",
-                    transfer.tx_hash.as_deref().unwrap_or_default()
+                    transfer
+                        .tx_hash
+                        .map(|hash| format!("{hash:#x}"))
+                        .unwrap_or_default()
                 )
             } else {
                 return;
             }
         }
         (TransferState::Posted, ChainEvidence::Cancelled { tx_hash }) => {
-            format!("is posted but the authorization was cancelled on chain in {tx_hash}")
+            format!("is posted but the authorization was cancelled on chain in {tx_hash:#x}")
         }
         (TransferState::Posted, _) => "is posted but the authorization is unused on chain".into(),
         (TransferState::Voided, ChainEvidence::Used { .. }) => {
@@ -299,7 +302,7 @@ async fn check_chain_uses(
     let head = chain.latest_block().await?.number;
     let mut by_authorization: HashMap<(Address, B256), &TransferRecord> = HashMap::new();
     for transfer in transfers {
-        let (payer, transfer_asset, nonce) = crate::service::authorization_key(transfer)?;
+        let (payer, transfer_asset, nonce) = crate::service::authorization_key(transfer);
         if transfer_asset == asset {
             by_authorization.insert((payer, nonce), transfer);
         }
@@ -328,9 +331,7 @@ async fn check_chain_uses(
             let Some(receipt) = chain.receipt(tx).await? else {
                 continue; // A reorganised block: the next reconciliation sees the new one.
             };
-            let payee = transfer.payee.parse::<Address>().map_err(|_| {
-                RuntimeError::Internal(format!("transfer {} has an unreadable payee", transfer.id))
-            })?;
+            let payee = transfer.payee;
             let expected = TransferEvent {
                 from: wallet.address,
                 to: payee,

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256};
 use alloy_signer_local::PrivateKeySigner;
 use bursar_chain::{EvmChain, Token};
 use bursar_governance::Policy;
@@ -122,15 +122,13 @@ pub struct WalletInfo {
 }
 
 impl WalletInfo {
-    fn of(record: &WalletRecord) -> Result<WalletInfo, RuntimeError> {
-        Ok(WalletInfo {
+    fn of(record: &WalletRecord) -> WalletInfo {
+        WalletInfo {
             id: record.id.clone(),
             name: record.name.clone(),
-            address: record.address.parse().map_err(|_| {
-                RuntimeError::Internal(format!("wallet {} has an unreadable address", record.id))
-            })?,
+            address: record.address,
             created_at_ms: record.created_at_ms,
-        })
+        }
     }
 }
 
@@ -158,12 +156,12 @@ pub struct PaymentSummary {
     pub transfer_id: String,
     pub state: TransferState,
     pub amount: Amount,
-    pub network: String,
-    pub asset: String,
-    pub pay_to: String,
+    pub network: Network,
+    pub asset: Address,
+    pub pay_to: Address,
     /// The settlement transaction: verified on chain once `state` is posted; as reported by the
     /// seller while pending.
-    pub tx_hash: Option<String>,
+    pub tx_hash: Option<B256>,
 }
 
 /// A response fetched for an agent.
@@ -195,7 +193,7 @@ pub struct ValidationOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolution {
     Posted {
-        tx_hash: Option<String>,
+        tx_hash: Option<B256>,
     },
     Voided {
         reason: String,
@@ -422,21 +420,21 @@ impl Runtime {
             .store
             .create_wallet(NewWallet {
                 name: name.to_string(),
-                address: address.to_string(),
+                address,
                 keystore: keystore.to_json(),
                 idempotency_key,
             })
             .await?;
         Ok(match created {
-            Created::New(record) => Created::New(WalletInfo::of(&record)?),
-            Created::Existing(record) => Created::Existing(WalletInfo::of(&record)?),
+            Created::New(record) => Created::New(WalletInfo::of(&record)),
+            Created::Existing(record) => Created::Existing(WalletInfo::of(&record)),
         })
     }
 
     /// A wallet by id, name or address.
     pub async fn wallet(&self, id_name_or_address: &str) -> Result<WalletInfo, RuntimeError> {
         let record = self.wallet_record(id_name_or_address).await?;
-        WalletInfo::of(&record)
+        Ok(WalletInfo::of(&record))
     }
 
     async fn wallet_record(&self, id_name_or_address: &str) -> Result<WalletRecord, RuntimeError> {
@@ -448,13 +446,14 @@ impl Runtime {
     }
 
     pub async fn wallets(&self) -> Result<Vec<WalletInfo>, RuntimeError> {
-        self.inner
+        Ok(self
+            .inner
             .store
             .wallets()
             .await?
             .iter()
             .map(WalletInfo::of)
-            .collect()
+            .collect())
     }
 
     /// The wallet's keystore document (encrypted under the runtime's passphrase), for backup or
@@ -562,8 +561,8 @@ impl Runtime {
             .store
             .create_session(NewSession {
                 grant_id: grant.id.clone(),
-                network: currency.network.caip2(),
-                asset: currency.asset.to_string(),
+                network: currency.network.clone(),
+                asset: currency.asset,
                 currency: currency.name.clone(),
                 max_spend: request.max_spend,
                 expires_at_ms,

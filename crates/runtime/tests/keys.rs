@@ -96,7 +96,7 @@ async fn failed_decryptions_are_not_kept(store_url: &str) {
         .store()
         .create_wallet(NewWallet {
             name: "foreign".into(),
-            address: signer.address().to_string(),
+            address: signer.address(),
             keystore: keystore.to_json(),
             idempotency_key: None,
         })

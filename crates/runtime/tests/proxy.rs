@@ -226,7 +226,7 @@ pub async fn pays_through_the_proxy(store_url: &str) {
         .expect("the transfer is recorded");
     assert_eq!(transfer.state, TransferState::Posted);
     assert_eq!(transfer.session_id, session);
-    assert_eq!(transfer.tx_hash.as_deref(), Some(tx_hash));
+    assert_eq!(transfer.tx_hash, Some(tx_hash.parse().unwrap()));
     let entries = rt.runtime.store().entries(0, 100).await.unwrap();
     let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EntryKind::Reserve, EntryKind::Post]);

@@ -68,7 +68,7 @@ pub async fn pays_and_posts(store_url: &str) {
     let entries = rt.runtime.store().entries(0, 100).await.unwrap();
     let kinds: Vec<_> = entries.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [EntryKind::Reserve, EntryKind::Post]);
-    assert_eq!(entries[1].tx_hash.as_deref(), Some(tx_hash.as_str()));
+    assert_eq!(entries[1].tx_hash, Some(tx_hash.parse().unwrap()));
     assert_eq!(entries[1].amount, Some(Amount::from(PRICE)));
     assert_eq!(entries[1].agent.as_deref(), Some("researcher"));
     assert!(entries[1].resource.as_deref().unwrap().ends_with("/paid"));

@@ -14,7 +14,7 @@
 //! conditional `UPDATE` per row, so two processes never hold one alert at once), and
 //! [`AlertStore::finish_attempt`] records the attempt, only for the lease's holder.
 
-use bursar_protocol::Amount;
+use bursar_protocol::{Address, Amount, Network};
 use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{EntryKind, LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
@@ -44,8 +44,8 @@ pub struct NewAlert {
     pub agent: Option<String>,
     /// The reservation that crossed the threshold.
     pub transfer_id: Option<String>,
-    pub network: String,
-    pub asset: String,
+    pub network: Network,
+    pub asset: Address,
     pub currency: String,
     /// Reserved or spent so far against the budget.
     pub used: Amount,
@@ -102,8 +102,8 @@ pub struct AlertRecord {
     pub wallet_id: Option<String>,
     pub agent: Option<String>,
     pub transfer_id: Option<String>,
-    pub network: String,
-    pub asset: String,
+    pub network: Network,
+    pub asset: Address,
     pub currency: String,
     pub used: Amount,
     pub cap: Amount,
@@ -214,6 +214,8 @@ where
     let cap: String = row.try_get("cap")?;
     let state: String = row.try_get("state")?;
     let attempts: i64 = row.try_get("attempts")?;
+    let network: String = row.try_get("network")?;
+    let asset: String = row.try_get("asset")?;
     Ok(AlertRecord {
         key: row.try_get("alert_key")?,
         threshold: u8::try_from(threshold).map_err(|_| corrupt("threshold"))?,
@@ -223,8 +225,8 @@ where
         wallet_id: row.try_get("wallet_id")?,
         agent: row.try_get("agent")?,
         transfer_id: row.try_get("transfer_id")?,
-        network: row.try_get("network")?,
-        asset: row.try_get("asset")?,
+        network: Network::parse(&network).map_err(|_| corrupt("network"))?,
+        asset: asset.parse().map_err(|_| corrupt("asset"))?,
         currency: row.try_get("currency")?,
         used: Amount::parse_atomic(&used).map_err(|_| corrupt("used"))?,
         cap: Amount::parse_atomic(&cap).map_err(|_| corrupt("cap"))?,
@@ -288,8 +290,8 @@ macro_rules! alert_store_impl {
                     .bind(&alert.wallet_id)
                     .bind(&alert.agent)
                     .bind(&alert.transfer_id)
-                    .bind(&alert.network)
-                    .bind(&alert.asset)
+                    .bind(alert.network.to_string())
+                    .bind(format!("{:#x}", alert.asset))
                     .bind(&alert.currency)
                     .bind(alert.used.to_string())
                     .bind(alert.cap.to_string())
@@ -311,8 +313,8 @@ macro_rules! alert_store_impl {
                     .bind(&alert.grant_id)
                     .bind(&alert.wallet_id)
                     .bind(&alert.agent)
-                    .bind(&alert.network)
-                    .bind(&alert.asset)
+                    .bind(alert.network.to_string())
+                    .bind(format!("{:#x}", alert.asset))
                     .bind(alert.used.to_string())
                     .bind(&alert.reason)
                     .bind(now)
@@ -524,8 +526,8 @@ mod tests {
             wallet_id: Some("wal_test".into()),
             agent: Some("agent".into()),
             transfer_id: None,
-            network: "eip155:1".into(),
-            asset: "0x0000000000000000000000000000000000000001".into(),
+            network: Network::Eip155(1),
+            asset: Address::with_last_byte(1),
             currency: "USDC".into(),
             used: Amount::from(50u64),
             cap: Amount::from(100u64),

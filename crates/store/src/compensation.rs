@@ -11,6 +11,7 @@
 //!   outcome; reaching it writes the transfer's one `compensate` ledger entry in the same
 //!   database transaction ([`CompensationStore::finish_compensation`]).
 
+use alloy_primitives::B256;
 use bursar_protocol::Amount;
 use sqlx::{AssertSqlSafe, Row};
 
@@ -137,9 +138,9 @@ pub struct CompensationRecord {
     pub outcome: CompensationOutcome,
     pub amount: Amount,
     /// The cancelAuthorization transaction, recorded before it was broadcast.
-    pub cancel_tx_hash: Option<String>,
+    pub cancel_tx_hash: Option<B256>,
     /// The settlement that moved the money, for refund claims.
-    pub settle_tx_hash: Option<String>,
+    pub settle_tx_hash: Option<B256>,
     /// What happened, or what to do.
     pub message: Option<String>,
     pub created_at_ms: i64,
@@ -170,8 +171,8 @@ pub trait CompensationStore: Send + Sync + 'static {
     async fn note_cancel_tx(
         &self,
         id: &str,
-        tx_hash: Option<&str>,
-        replacing: Option<&str>,
+        tx_hash: Option<B256>,
+        replacing: Option<B256>,
     ) -> Result<bool, StoreError>;
     /// Sets a non-final outcome (`cancel_failed`, `cancelling`) and its message.
     async fn set_pending_outcome(
@@ -187,7 +188,7 @@ pub trait CompensationStore: Send + Sync + 'static {
         &self,
         id: &str,
         outcome: CompensationOutcome,
-        settle_tx_hash: Option<&str>,
+        settle_tx_hash: Option<B256>,
         message: &str,
     ) -> Result<(CompensationRecord, bool), StoreError>;
     async fn compensation(&self, id: &str) -> Result<Option<CompensationRecord>, StoreError>;
@@ -260,13 +261,28 @@ where
         step: row.try_get("step")?,
         reason: row.try_get("reason")?,
         requested_by: row.try_get("requested_by")?,
-        cancel_tx_hash: row.try_get("cancel_tx_hash")?,
-        settle_tx_hash: row.try_get("settle_tx_hash")?,
+        cancel_tx_hash: hash_column(row, "cancel_tx_hash")?,
+        settle_tx_hash: hash_column(row, "settle_tx_hash")?,
         message: row.try_get("message")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         id,
     })
+}
+
+/// A nullable transaction hash column; text that is not a 32-byte hash is a corrupt row.
+fn hash_column<R>(row: &R, column: &str) -> Result<Option<B256>, StoreError>
+where
+    R: Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|text| {
+        text.parse()
+            .map_err(|_| StoreError::Corrupt(format!("{column} holds {text:?}, not a hash")))
+    })
+    .transpose()
 }
 
 fn evidence_from_row<R>(row: &R) -> Result<EvidenceRecord, StoreError>
@@ -415,8 +431,8 @@ macro_rules! compensation_store_impl {
             async fn note_cancel_tx(
                 &self,
                 id: &str,
-                tx_hash: Option<&str>,
-                replacing: Option<&str>,
+                tx_hash: Option<B256>,
+                replacing: Option<B256>,
             ) -> Result<bool, StoreError> {
                 let pool = self.ready().await?;
                 let updated = sqlx::query(
@@ -426,9 +442,9 @@ macro_rules! compensation_store_impl {
                      AND ((cancel_tx_hash IS NULL AND $4 = '') OR cancel_tx_hash = $4)",
                 )
                 .bind(id)
-                .bind(tx_hash.map(str::to_ascii_lowercase))
+                .bind(tx_hash.map(|hash| format!("{hash:#x}")))
                 .bind(now_ms())
-                .bind(replacing.map(str::to_ascii_lowercase).unwrap_or_default())
+                .bind(replacing.map(|hash| format!("{hash:#x}")).unwrap_or_default())
                 .execute(pool)
                 .await?
                 .rows_affected();
@@ -466,7 +482,7 @@ macro_rules! compensation_store_impl {
                 &self,
                 id: &str,
                 outcome: CompensationOutcome,
-                settle_tx_hash: Option<&str>,
+                settle_tx_hash: Option<B256>,
                 message: &str,
             ) -> Result<(CompensationRecord, bool), StoreError> {
                 if !outcome.is_final() {
@@ -482,7 +498,7 @@ macro_rules! compensation_store_impl {
                 )
                 .bind(id)
                 .bind(outcome.as_str())
-                .bind(settle_tx_hash.map(str::to_ascii_lowercase))
+                .bind(settle_tx_hash.map(|hash| format!("{hash:#x}")))
                 .bind(message)
                 .bind(now_ms())
                 .execute(&mut *tx)
@@ -497,9 +513,10 @@ macro_rules! compensation_store_impl {
                     .await?;
                     let record = compensation_from_row(&row)?;
                     let tx_hash = match outcome {
-                        CompensationOutcome::RefundClaim => record.settle_tx_hash.clone(),
-                        _ => record.cancel_tx_hash.clone(),
-                    };
+                        CompensationOutcome::RefundClaim => record.settle_tx_hash,
+                        _ => record.cancel_tx_hash,
+                    }
+                    .map(|hash| format!("{hash:#x}"));
                     // The entry copies the transfer's identity, as the other entries do.
                     sqlx::query(
                         "INSERT INTO ledger_entries (kind, transfer_id, session_id, grant_id, \

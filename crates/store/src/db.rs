@@ -6,9 +6,13 @@
 //! back a [`Row`] that decodes the same way on both. Only the few lines that bind and run differ
 //! per backend.
 
+use alloy_primitives::{Address, B256};
+use bursar_protocol::{Amount, Network};
 use sqlx::postgres::{PgArguments, PgPool, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqlitePool, SqliteRow};
 use sqlx::{Postgres, SqlSafeStr, SqlStr, Sqlite};
+
+use crate::common::StoreError;
 
 /// One parameter of a statement.
 #[derive(Debug, Clone)]
@@ -63,6 +67,99 @@ impl From<i64> for Param {
 impl From<Option<i64>> for Param {
     fn from(value: Option<i64>) -> Self {
         Param::Integer(value)
+    }
+}
+
+// Typed values are written in one text form each, the same the columns have always held:
+// addresses and 32-byte values as lowercase `0x` hex, networks as CAIP-2. Reading them back
+// ([`Row::typed`]) parses that text once; text that does not parse is a corrupt row.
+
+impl From<Address> for Param {
+    fn from(value: Address) -> Self {
+        Param::Text(Some(format!("{value:#x}")))
+    }
+}
+
+impl From<&Address> for Param {
+    fn from(value: &Address) -> Self {
+        Param::from(*value)
+    }
+}
+
+impl From<Option<Address>> for Param {
+    fn from(value: Option<Address>) -> Self {
+        Param::Text(value.map(|value| format!("{value:#x}")))
+    }
+}
+
+impl From<B256> for Param {
+    fn from(value: B256) -> Self {
+        Param::Text(Some(format!("{value:#x}")))
+    }
+}
+
+impl From<&B256> for Param {
+    fn from(value: &B256) -> Self {
+        Param::from(*value)
+    }
+}
+
+impl From<Option<B256>> for Param {
+    fn from(value: Option<B256>) -> Self {
+        Param::Text(value.map(|value| format!("{value:#x}")))
+    }
+}
+
+impl From<&Network> for Param {
+    fn from(value: &Network) -> Self {
+        Param::Text(Some(value.to_string()))
+    }
+}
+
+impl From<Option<&Network>> for Param {
+    fn from(value: Option<&Network>) -> Self {
+        Param::Text(value.map(Network::to_string))
+    }
+}
+
+impl From<Amount> for Param {
+    fn from(value: Amount) -> Self {
+        Param::Text(Some(value.to_string()))
+    }
+}
+
+impl From<Option<Amount>> for Param {
+    fn from(value: Option<Amount>) -> Self {
+        Param::Text(value.map(|value| value.to_string()))
+    }
+}
+
+/// A value stored as text in one canonical form (see the `From<..> for Param` impls above).
+pub(crate) trait StoredText: Sized {
+    fn from_stored(text: &str) -> Option<Self>;
+}
+
+impl StoredText for Address {
+    fn from_stored(text: &str) -> Option<Self> {
+        text.parse().ok()
+    }
+}
+
+impl StoredText for B256 {
+    fn from_stored(text: &str) -> Option<Self> {
+        text.parse().ok()
+    }
+}
+
+impl StoredText for Network {
+    fn from_stored(text: &str) -> Option<Self> {
+        Network::parse(text).ok()
+    }
+}
+
+impl StoredText for Amount {
+    fn from_stored(text: &str) -> Option<Self> {
+        Amount::parse_atomic(text).ok()
     }
 }
 
@@ -135,6 +232,30 @@ impl Row {
             Row::Postgres(row) => row.try_get(column),
         }
     }
+}
+
+impl Row {
+    /// The value of the text column `column`, parsed as `T`; text that does not parse is
+    /// [`StoreError::Corrupt`] (a stored value is never dropped or guessed at).
+    pub(crate) fn typed<T: StoredText>(&self, column: &str) -> Result<T, StoreError> {
+        let text: String = self.get(column)?;
+        T::from_stored(&text).ok_or_else(|| corrupt(column, &text))
+    }
+
+    /// [`Row::typed`] of a nullable column.
+    pub(crate) fn typed_opt<T: StoredText>(&self, column: &str) -> Result<Option<T>, StoreError> {
+        let text: Option<String> = self.get(column)?;
+        text.map(|text| T::from_stored(&text).ok_or_else(|| corrupt(column, &text)))
+            .transpose()
+    }
+}
+
+fn corrupt(column: &str, text: &str) -> StoreError {
+    const SHOWN_CHARS_MAX: usize = 80;
+    let shown: String = text.chars().take(SHOWN_CHARS_MAX).collect();
+    StoreError::Corrupt(format!(
+        "column {column} holds {shown:?}, which does not read back"
+    ))
 }
 
 /// A pool of either backend, migrated.

@@ -4,17 +4,18 @@
 
 use std::sync::Arc;
 
-use bursar_protocol::Amount;
+use alloy_primitives::{Address, B256, address, b256};
+use bursar_protocol::{Amount, Network};
 use bursar_store::runtime::{
     Created, DenyReason, EntryKind, NewGrant, NewSession, NewTransfer, NewWallet, Observed,
     Reservation, SpendCap, TransferState,
 };
 use bursar_store::{KeyDigest, RuntimeStore, StoreError, open_runtime_store};
 
-const NETWORK: &str = "eip155:31337";
-const ASSET: &str = "0x5fbdb2315678afecb367f032d93f642f64180aa3";
-const PAYER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
-const PAYEE: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
+const NETWORK: Network = Network::Eip155(31337);
+const ASSET: Address = address!("0x5fbdb2315678afecb367f032d93f642f64180aa3");
+const PAYER: Address = address!("0x70997970c51812dc3a010c7d01b50e0d17dc79c8");
+const PAYEE: Address = address!("0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc");
 
 async fn store(url: &str) -> Arc<dyn RuntimeStore> {
     open_runtime_store(url)
@@ -34,7 +35,7 @@ async fn session_with(store: &dyn RuntimeStore, max: u64) -> (String, String, St
     let wallet = store
         .create_wallet(NewWallet {
             name: format!("w-{}", rand_suffix()),
-            address: format!("0x{:040x}", rand::random::<u64>()),
+            address: Address::random(),
             keystore: "{}".into(),
             idempotency_key: None,
         })
@@ -63,8 +64,8 @@ async fn session_with(store: &dyn RuntimeStore, max: u64) -> (String, String, St
 fn new_session(grant_id: &str, max: u64, client_token: Option<&str>) -> NewSession {
     NewSession {
         grant_id: grant_id.into(),
-        network: NETWORK.into(),
-        asset: ASSET.into(),
+        network: NETWORK,
+        asset: ASSET,
         currency: "USDC".into(),
         max_spend: Amount::from(max),
         expires_at_ms: now_ms() + 600_000,
@@ -80,12 +81,12 @@ fn rand_suffix() -> String {
 fn transfer(session_id: &str, amount: u64) -> NewTransfer {
     NewTransfer {
         session_id: session_id.into(),
-        network: NETWORK.into(),
-        asset: ASSET.into(),
-        payer: PAYER.into(),
-        payee: PAYEE.into(),
+        network: NETWORK,
+        asset: ASSET,
+        payer: PAYER,
+        payee: PAYEE,
         amount: Amount::from(amount),
-        nonce: format!("0x{:064x}", rand::random::<u128>()),
+        nonce: B256::random(),
         valid_before_s: 4_000_000_000,
         resource: "http://127.0.0.1/paid".into(),
         endpoint: "http://127.0.0.1/paid".into(),
@@ -106,14 +107,22 @@ pub async fn creates_are_idempotent(url: &str) {
     let store = store(url).await;
     let wallet = NewWallet {
         name: "ops".into(),
-        address: "0xAbC0000000000000000000000000000000000001".into(),
+        address: address!("0xAbC0000000000000000000000000000000000001"),
         keystore: "{\"version\":3}".into(),
         idempotency_key: Some("create-ops".into()),
     };
     let first = store.create_wallet(wallet.clone()).await.unwrap();
     assert!(first.is_new());
     let first = first.into_inner();
-    assert_eq!(first.address, "0xabc0000000000000000000000000000000000001");
+    assert_eq!(
+        store
+            .wallet("0xABC0000000000000000000000000000000000001")
+            .await
+            .unwrap()
+            .map(|wallet| wallet.id),
+        Some(first.id.clone()),
+        "found by its address in any case"
+    );
     let again = store.create_wallet(wallet.clone()).await.unwrap();
     assert_eq!(again, Created::Existing(first.clone()));
     let mut other = wallet.clone();
@@ -189,7 +198,7 @@ pub async fn reservations_carry_their_decision(url: &str) {
         agent: None,
         transfer_id: None,
         resource: Some("http://127.0.0.1/paid".into()),
-        payee: Some(PAYEE.into()),
+        payee: Some(format!("{PAYEE:#x}")),
         amount: Some(Amount::from(amount)),
         allowed: true,
         reason: None,
@@ -287,7 +296,7 @@ pub async fn transfers_resolve_exactly_once(url: &str) {
     let (_, _, session_id) = session_with(store.as_ref(), 100).await;
     let first = reserved(store.as_ref(), transfer(&session_id, 30)).await;
     let second = reserved(store.as_ref(), transfer(&session_id, 50)).await;
-    let tx = "0xAA00000000000000000000000000000000000000000000000000000000000001";
+    let tx = b256!("0xAA00000000000000000000000000000000000000000000000000000000000001");
     store.note_tx_hash(&first, tx).await.unwrap();
 
     let (a, b) = tokio::join!(store.post(&first, None), store.post(&first, None));
@@ -305,7 +314,7 @@ pub async fn transfers_resolve_exactly_once(url: &str) {
     assert_eq!(session.remaining(), Amount::from(70u64));
     let posted = store.transfer(&first).await.unwrap().unwrap();
     assert_eq!(posted.state, TransferState::Posted);
-    assert_eq!(posted.tx_hash.as_deref(), Some(&*tx.to_ascii_lowercase()));
+    assert_eq!(posted.tx_hash, Some(tx));
     let voided = store.transfer(&second).await.unwrap().unwrap();
     assert_eq!(voided.state, TransferState::Voided);
     assert_eq!(voided.void_reason.as_deref(), Some("expired unused"));
@@ -322,10 +331,7 @@ pub async fn transfers_resolve_exactly_once(url: &str) {
             EntryKind::Void
         ]
     );
-    assert_eq!(
-        entries[2].tx_hash.as_deref(),
-        Some(&*tx.to_ascii_lowercase())
-    );
+    assert_eq!(entries[2].tx_hash, Some(tx));
     assert_eq!(entries[2].amount, Some(Amount::from(30u64)));
     assert_eq!(entries[3].reason.as_deref(), Some("expired unused"));
 }
@@ -335,7 +341,7 @@ pub async fn refusals_have_reasons(url: &str) {
     let store = store(url).await;
     let (wallet_id, grant_id, session_id) = session_with(store.as_ref(), 100).await;
     let mut other_asset = transfer(&session_id, 1);
-    other_asset.asset = PAYEE.into();
+    other_asset.asset = PAYEE;
     let denied = |reservation: Reservation| match reservation {
         Reservation::Denied { reason, .. } => reason,
         Reservation::Reserved(record) => panic!("reserved {record:?}"),
@@ -695,6 +701,83 @@ async fn run_sql(url: &str, statements: &[String]) {
     }
 }
 
+/// Reads one text value from the database at `url`, outside the store.
+async fn fetch_text(url: &str, query: &str) -> String {
+    let query = sqlx::AssertSqlSafe(query.to_string());
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query_scalar(query).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query_scalar(query).fetch_one(&pool).await.unwrap()
+    }
+}
+
+/// Addresses, hashes and networks go into their columns in one text form (lowercase `0x` hex,
+/// CAIP-2) and come back typed; a value that does not read back is a corrupt row, never a
+/// guess or a silently missing field.
+pub async fn stored_values_are_canonical_and_fail_closed(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 100).await;
+    let mut new = transfer(&session_id, 10);
+    new.nonce = b256!("0xABCDEF0000000000000000000000000000000000000000000000000000000001");
+    let id = reserved(store.as_ref(), new).await;
+    let tx = b256!("0xBB00000000000000000000000000000000000000000000000000000000000002");
+    assert!(store.post(&id, Some(tx)).await.unwrap());
+    let column = |name: &str| format!("SELECT {name} FROM transfers WHERE id = '{id}'");
+    assert_eq!(
+        fetch_text(url, &column("payee")).await,
+        "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
+    );
+    assert_eq!(
+        fetch_text(url, &column("nonce")).await,
+        "0xabcdef0000000000000000000000000000000000000000000000000000000001"
+    );
+    assert_eq!(
+        fetch_text(url, &column("tx_hash")).await,
+        "0xbb00000000000000000000000000000000000000000000000000000000000002"
+    );
+    assert_eq!(fetch_text(url, &column("network")).await, "eip155:31337");
+    let record = store.transfer(&id).await.unwrap().unwrap();
+    assert_eq!((record.payee, record.tx_hash), (PAYEE, Some(tx)));
+
+    for (column, bad) in [
+        ("payee", "not an address"),
+        ("nonce", "0x1234"),
+        ("tx_hash", "0xnothex"),
+        ("network", ""),
+    ] {
+        run_sql(
+            url,
+            &[format!(
+                "UPDATE transfers SET {column} = '{bad}' WHERE id = '{id}'"
+            )],
+        )
+        .await;
+        match store.transfer(&id).await {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains(column), "{column}: {message}")
+            }
+            other => panic!("{column} = {bad:?} read back as {other:?}"),
+        }
+        // Put the canonical value back before breaking the next column.
+        let canonical = match column {
+            "payee" => format!("{PAYEE:#x}"),
+            "nonce" => "0xabcdef0000000000000000000000000000000000000000000000000000000001".into(),
+            "tx_hash" => format!("{tx:#x}"),
+            _ => NETWORK.to_string(),
+        };
+        run_sql(
+            url,
+            &[format!(
+                "UPDATE transfers SET {column} = '{canonical}' WHERE id = '{id}'"
+            )],
+        )
+        .await;
+        assert_eq!(store.transfer(&id).await.unwrap().unwrap(), record);
+    }
+}
+
 /// Validation pauses belong to the policy that observed the failures: three failures in a row
 /// under one policy pause the endpoint for that policy only; a pass starts the count again; an
 /// operator lifts a pause by policy and endpoint.
@@ -1012,7 +1095,8 @@ macro_rules! conformance {
                 transfers_page_through_everything,
                 endpoint_payments_are_per_session_and_endpoint,
                 pauses_are_per_policy,
-                rejections_add_up_across_handles
+                rejections_add_up_across_handles,
+                stored_values_are_canonical_and_fail_closed
             );
         }
     };

@@ -1,5 +1,6 @@
 //! Compensation: a step or session marked failed, and what became of each of its payments.
 
+use super::hex;
 use axum::Json;
 use axum::extract::State;
 use bursar_protocol::Amount;
@@ -68,10 +69,10 @@ impl From<&TransferRecord> for CompensatedTransferBody {
         CompensatedTransferBody {
             state: transfer.state.as_str().into(),
             void_reason: transfer.void_reason.clone(),
-            tx_hash: transfer.tx_hash.clone(),
-            pay_to: transfer.payee.clone(),
-            payer: transfer.payer.clone(),
-            nonce: transfer.nonce.clone(),
+            tx_hash: transfer.tx_hash.map(hex),
+            pay_to: hex(transfer.payee),
+            payer: hex(transfer.payer),
+            nonce: hex(transfer.nonce),
             resource: transfer.resource.clone(),
         }
     }
@@ -117,8 +118,8 @@ impl From<&Compensation> for CompensationBody {
             outcome: record.outcome.as_str().into(),
             done: record.outcome.is_final(),
             amount_atomic: record.amount,
-            cancel_tx_hash: record.cancel_tx_hash.clone(),
-            settle_tx_hash: record.settle_tx_hash.clone(),
+            cancel_tx_hash: record.cancel_tx_hash.map(hex),
+            settle_tx_hash: record.settle_tx_hash.map(hex),
             message: record.message.clone(),
             created_at_ms: record.created_at_ms,
             updated_at_ms: record.updated_at_ms,

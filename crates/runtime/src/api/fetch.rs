@@ -1,6 +1,7 @@
 //! `POST /v1/sessions/{session}/fetch`: the agent's request, paid through its session when the
 //! seller asks for payment.
 
+use super::hex;
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -115,10 +116,10 @@ impl PaymentBody {
             amount: payment.amount.to_human(runtime.currency().unit.decimals),
             amount_atomic: payment.amount,
             currency: runtime.currency().name.clone(),
-            network: payment.network.clone(),
-            asset: payment.asset.clone(),
-            pay_to: payment.pay_to.clone(),
-            tx_hash: payment.tx_hash.clone(),
+            network: payment.network.to_string(),
+            asset: hex(payment.asset),
+            pay_to: hex(payment.pay_to),
+            tx_hash: payment.tx_hash.map(hex),
         }
     }
 }

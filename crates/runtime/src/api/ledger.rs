@@ -8,9 +8,9 @@ use bursar_store::runtime::LedgerEntry;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::LEDGER_PAGE_MAX;
 use super::auth::Operator;
 use super::error::ApiResult;
+use super::{LEDGER_PAGE_MAX, hex};
 use crate::alerts::AlertBody;
 use crate::service::Runtime;
 
@@ -56,12 +56,12 @@ impl From<&LedgerEntry> for EntryBody {
             grant_id: entry.grant_id.clone(),
             wallet_id: entry.wallet_id.clone(),
             agent: entry.agent.clone(),
-            network: entry.network.clone(),
-            asset: entry.asset.clone(),
+            network: entry.network.as_ref().map(ToString::to_string),
+            asset: entry.asset.map(hex),
             amount_atomic: entry.amount,
-            pay_to: entry.payee.clone(),
+            pay_to: entry.payee.map(hex),
             resource: entry.resource.clone(),
-            tx_hash: entry.tx_hash.clone(),
+            tx_hash: entry.tx_hash.map(hex),
             reason: entry.reason.clone(),
             at_ms: entry.at_ms,
         }

@@ -239,3 +239,8 @@ async fn openapi_document() -> Response {
 async fn not_found() -> Response {
     ErrorDetail::new("not_found", "no such endpoint; see GET /openapi.json").into_response(404)
 }
+
+/// An address or 32-byte value as the API writes it: `0x` and lowercase hex.
+pub(crate) fn hex(value: impl std::fmt::LowerHex) -> String {
+    format!("{value:#x}")
+}

@@ -1,5 +1,6 @@
 //! `/v1/sessions`: one agent run under a grant, with a budget, and its transfers.
 
+use super::hex;
 use std::time::Duration;
 
 use axum::Json;
@@ -68,8 +69,8 @@ impl SessionBody {
             grant_id: session.grant_id.clone(),
             wallet_id: session.wallet_id.clone(),
             agent: session.agent.clone(),
-            network: session.network.clone(),
-            asset: session.asset.clone(),
+            network: session.network.to_string(),
+            asset: hex(session.asset),
             currency: session.currency.clone(),
             max_spend_amount: session.max_spend.to_human(runtime.currency().unit.decimals),
             max_spend_atomic: session.max_spend,
@@ -130,14 +131,14 @@ impl From<&TransferRecord> for TransferBody {
             session_id: transfer.session_id.clone(),
             state: transfer.state.as_str().into(),
             amount_atomic: transfer.amount,
-            network: transfer.network.clone(),
-            asset: transfer.asset.clone(),
-            payer: transfer.payer.clone(),
-            pay_to: transfer.payee.clone(),
-            nonce: transfer.nonce.clone(),
+            network: transfer.network.to_string(),
+            asset: hex(transfer.asset),
+            payer: hex(transfer.payer),
+            pay_to: hex(transfer.payee),
+            nonce: hex(transfer.nonce),
             valid_before: transfer.valid_before_s,
             resource: transfer.resource.clone(),
-            tx_hash: transfer.tx_hash.clone(),
+            tx_hash: transfer.tx_hash.map(hex),
             void_reason: transfer.void_reason.clone(),
             created_at_ms: transfer.created_at_ms,
             resolved_at_ms: transfer.resolved_at_ms,

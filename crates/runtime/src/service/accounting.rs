@@ -26,12 +26,7 @@ impl Runtime {
         let evidence = self.chain_evidence(transfer).await?;
         let resolution = match evidence {
             ChainEvidence::Used { tx_hash } => {
-                if self
-                    .inner
-                    .store
-                    .post(&transfer.id, tx_hash.as_deref())
-                    .await?
-                {
+                if self.inner.store.post(&transfer.id, tx_hash).await? {
                     tracing::info!(transfer = %transfer.id, amount = %transfer.amount, tx = ?tx_hash, "payment posted");
                     Resolution::Posted { tx_hash }
                 } else {
@@ -70,8 +65,8 @@ impl Runtime {
         &self,
         transfer: &TransferRecord,
     ) -> Result<ChainEvidence, RuntimeError> {
-        let (payer, asset, nonce) = authorization_key(transfer)?;
-        if transfer.network != self.currency().network.caip2() {
+        let (payer, asset, nonce) = authorization_key(transfer);
+        if transfer.network != self.currency().network {
             return Err(RuntimeError::Internal(format!(
                 "transfer {} is on {}, this runtime watches {}",
                 transfer.id,
@@ -80,7 +75,7 @@ impl Runtime {
             )));
         }
         let verified_tx = match &transfer.tx_hash {
-            Some(hash) => self.receipt_proves(hash, asset, payer, nonce).await?,
+            Some(hash) => self.receipt_proves(*hash, asset, payer, nonce).await?,
             None => None,
         };
         if verified_tx.is_some() {
@@ -115,15 +110,12 @@ impl Runtime {
     /// The transaction hash if its receipt shows the token marking this authorization used.
     async fn receipt_proves(
         &self,
-        hash: &str,
+        hash: B256,
         asset: Address,
         payer: Address,
         nonce: B256,
-    ) -> Result<Option<String>, RuntimeError> {
-        let Ok(parsed) = hash.parse::<B256>() else {
-            return Ok(None);
-        };
-        let Some(receipt) = self.inner.chain.receipt(parsed).await? else {
+    ) -> Result<Option<B256>, RuntimeError> {
+        let Some(receipt) = self.inner.chain.receipt(hash).await? else {
             return Ok(None);
         };
         let used = receipt.success
@@ -134,7 +126,7 @@ impl Runtime {
                     && log.topics[1] == payer.into_word()
                     && log.topics[2] == nonce
             });
-        Ok(used.then(|| format!("{parsed:#x}")))
+        Ok(used.then_some(hash))
     }
 
     /// One pass over pending transfers (oldest first). Returns how many were posted and voided.
@@ -185,25 +177,16 @@ impl Runtime {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ChainEvidence {
     /// Used on chain; the transaction when a receipt proves it.
-    Used { tx_hash: Option<String> },
+    Used { tx_hash: Option<B256> },
     /// Unused and can never be used any more.
     Expired,
     /// Cancelled on chain by the runtime's recorded `cancelAuthorization` (its receipt shows
     /// `AuthorizationCanceled` for this nonce): it can never be used.
-    Cancelled { tx_hash: String },
+    Cancelled { tx_hash: B256 },
     /// Unused and still valid.
     Unused,
 }
 
-pub(crate) fn authorization_key(
-    transfer: &TransferRecord,
-) -> Result<(Address, Address, B256), RuntimeError> {
-    let corrupt = |what: &str| {
-        RuntimeError::Internal(format!("transfer {} has an unreadable {what}", transfer.id))
-    };
-    Ok((
-        transfer.payer.parse().map_err(|_| corrupt("payer"))?,
-        transfer.asset.parse().map_err(|_| corrupt("asset"))?,
-        transfer.nonce.parse().map_err(|_| corrupt("nonce"))?,
-    ))
+pub(crate) fn authorization_key(transfer: &TransferRecord) -> (Address, Address, B256) {
+    (transfer.payer, transfer.asset, transfer.nonce)
 }

@@ -44,15 +44,10 @@ impl DecisionSubject {
     fn of(payment: Payment<'_>) -> DecisionSubject {
         DecisionSubject {
             resource: payment.request.url.to_string(),
-            payee: Some(payee_text(payment.quote)),
+            payee: Some(format!("{:#x}", payment.quote.authorization.to)),
             amount: Some(payment.quote.authorization.value),
         }
     }
-}
-
-/// The payee as the runtime ledger and the trace record it.
-fn payee_text(quote: &Quote) -> String {
-    quote.authorization.to.to_string().to_ascii_lowercase()
 }
 
 /// The offer's validity window end and asset, or why the offer cannot be paid.
@@ -83,7 +78,12 @@ fn spend_caps(evaluation: &Evaluation) -> Vec<SpendCap> {
 }
 
 /// The transfer to reserve for a payment.
-fn new_transfer(payment: Payment<'_>, valid_before_s: u64, caps: Vec<SpendCap>) -> NewTransfer {
+fn new_transfer(
+    payment: Payment<'_>,
+    valid_before_s: u64,
+    asset: Address,
+    caps: Vec<SpendCap>,
+) -> NewTransfer {
     let Payment {
         session,
         request,
@@ -92,12 +92,12 @@ fn new_transfer(payment: Payment<'_>, valid_before_s: u64, caps: Vec<SpendCap>) 
     let authorization = &quote.authorization;
     NewTransfer {
         session_id: session.id.clone(),
-        network: quote.requirement.network.caip2(),
-        asset: quote.requirement.asset.to_ascii_lowercase(),
-        payer: authorization.from.to_string(),
-        payee: authorization.to.to_string(),
+        network: quote.requirement.network.clone(),
+        asset,
+        payer: authorization.from,
+        payee: authorization.to,
         amount: authorization.value,
-        nonce: format!("{:#x}", authorization.nonce),
+        nonce: authorization.nonce,
         valid_before_s,
         resource: request.url.to_string(),
         endpoint: endpoint_of(&request.url),
@@ -192,7 +192,7 @@ impl Runtime {
             .reserve(
                 payment,
                 policies,
-                new_transfer(payment, valid_before_s, caps),
+                new_transfer(payment, valid_before_s, asset, caps),
                 rules,
             )
             .await?;
@@ -297,7 +297,7 @@ impl Runtime {
         let denial = Denial {
             session_id: Some(payment.session.id.clone()),
             amount: Some(payment.quote.authorization.value),
-            payee: Some(payee_text(payment.quote)),
+            payee: Some(payment.quote.authorization.to),
             resource: Some(payment.request.url.to_string()),
             reason: code.to_string(),
             message: message.to_string(),
@@ -406,8 +406,10 @@ mod tests {
             grant_id: "gra_1".into(),
             wallet_id: "wal_1".into(),
             agent: "agent".into(),
-            network: "eip155:84532".into(),
-            asset: "0x036cbd53842c5426634e7929541ec2318f3dcf7e".into(),
+            network: Network::Eip155(84_532),
+            asset: "0x036cbd53842c5426634e7929541ec2318f3dcf7e"
+                .parse()
+                .unwrap(),
             currency: "USDC".into(),
             max_spend: Amount::from(1_000u64),
             reserved: Amount::ZERO,
@@ -432,20 +434,19 @@ mod tests {
         let (valid_before_s, asset) = offer_terms(&quote).unwrap();
         assert_eq!(asset, quote.requirement.asset.parse::<Address>().unwrap());
         assert_eq!(valid_before_s, 1_800_000_060);
-        let transfer = new_transfer(payment, valid_before_s, Vec::new());
+        let transfer = new_transfer(payment, valid_before_s, asset, Vec::new());
         assert_eq!(transfer.session_id, "ses_1");
-        assert_eq!(transfer.network, "eip155:84532");
-        assert_eq!(transfer.asset, "0x036cbd53842c5426634e7929541ec2318f3dcf7e");
+        assert_eq!(transfer.network, Network::Eip155(84532));
+        assert_eq!(
+            transfer.asset,
+            "0x036cbd53842c5426634e7929541ec2318f3dcf7e"
+                .parse::<Address>()
+                .unwrap()
+        );
         assert_eq!(transfer.amount, Amount::from(25u64));
-        assert_eq!(
-            transfer.payer.parse::<Address>().unwrap(),
-            Address::repeat_byte(7)
-        );
-        assert_eq!(
-            transfer.payee.parse::<Address>().unwrap(),
-            quote.authorization.to
-        );
-        assert_eq!(transfer.nonce, format!("{:#x}", quote.authorization.nonce));
+        assert_eq!(transfer.payer, Address::repeat_byte(7));
+        assert_eq!(transfer.payee, quote.authorization.to);
+        assert_eq!(transfer.nonce, quote.authorization.nonce);
         assert_eq!(transfer.resource, "https://seller.example/data?q=1");
         assert_eq!(transfer.endpoint, endpoint_of(&request.url));
         let subject = DecisionSubject::of(payment);

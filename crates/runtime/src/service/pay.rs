@@ -10,7 +10,7 @@ use std::sync::Arc;
 use alloy_signer_local::PrivateKeySigner;
 use bursar_buyer::{Asked, BuyerError, PaidResponse, PayingClient, RequestSpec};
 use bursar_governance::{Policy, endpoint_of};
-use bursar_protocol::Amount;
+use bursar_protocol::{Address, Amount, B256};
 use bursar_store::runtime::{Denial, SessionRecord, TransferRecord, TransferState};
 use serde_json::{Value, json};
 
@@ -249,14 +249,14 @@ impl Runtime {
         let offer = offered.first();
         let code = "no_payable_offer";
         let message = reasons.join("; ");
-        let payee = offer.map(|offer| offer.pay_to.to_ascii_lowercase());
+        let payee = offer.and_then(|offer| offer.pay_to.parse::<Address>().ok());
         let denied = self
             .inner
             .store
             .deny(Denial {
                 session_id: Some(session.id.clone()),
                 amount: offer.map(|offer| offer.amount),
-                payee: payee.clone(),
+                payee,
                 resource: Some(request.url.to_string()),
                 reason: code.into(),
                 message: message.clone(),
@@ -279,9 +279,12 @@ impl Runtime {
                                     "network": currency.network.caip2(),
                                     "asset": currency.asset.to_string()},
                           "passed": false, "code": code, "detail": message});
+        // The trace names the payee as offered when it is not an address.
         let subject = DecisionSubject {
             resource: request.url.to_string(),
-            payee,
+            payee: payee
+                .map(|payee| format!("{payee:#x}"))
+                .or_else(|| offer.map(|offer| offer.pay_to.clone())),
             amount: offer.map(|offer| offer.amount),
         };
         self.record_decision(session, subject, None, Some(code), vec![rule])
@@ -332,13 +335,10 @@ impl Runtime {
     async fn not_paid(&self, transfer: TransferRecord, error: BuyerError) -> RuntimeError {
         match error {
             BuyerError::PaymentRejected { reason, settlement } => {
+                // A hash the seller reported, if it reads as one; the chain decides later.
                 if let Some(settlement) = &settlement
-                    && !settlement.transaction.is_empty()
-                    && let Err(error) = self
-                        .inner
-                        .store
-                        .note_tx_hash(&transfer.id, &settlement.transaction)
-                        .await
+                    && let Ok(hash) = settlement.transaction.parse::<B256>()
+                    && let Err(error) = self.inner.store.note_tx_hash(&transfer.id, hash).await
                 {
                     return error.into();
                 }
@@ -408,12 +408,12 @@ impl Runtime {
     async fn after_payment(
         &self,
         transfer: TransferRecord,
-        reported_tx: Option<String>,
+        reported_tx: Option<B256>,
     ) -> Result<PaymentSummary, RuntimeError> {
         let mut transfer = transfer;
-        if let Some(hash) = &reported_tx {
+        if let Some(hash) = reported_tx {
             self.inner.store.note_tx_hash(&transfer.id, hash).await?;
-            transfer.tx_hash = Some(hash.to_ascii_lowercase());
+            transfer.tx_hash = Some(hash);
         }
         let resolution = match self.resolve_transfer(&transfer).await {
             Ok(resolution) => resolution,
@@ -446,15 +446,14 @@ impl Runtime {
 }
 
 /// The settlement transaction the seller reported as successful, if any.
-fn reported_tx(response: &PaidResponse) -> Option<String> {
+fn reported_tx(response: &PaidResponse) -> Option<B256> {
     response
         .payment
         .as_ref()?
         .settlement
         .as_ref()
         .filter(|settlement| settlement.success)
-        .map(|settlement| settlement.transaction.clone())
-        .filter(|hash| !hash.is_empty())
+        .and_then(|settlement| settlement.transaction.parse().ok())
 }
 
 /// A fetched response as the agent gets it.

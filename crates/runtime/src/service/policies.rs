@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use alloy_primitives::Address;
 use bursar_buyer::BuyerError;
 use bursar_governance::{EndpointHistory, EndpointPause, PaidResponse, Policy, Terms, endpoint_of};
 use bursar_store::runtime::{SessionRecord, TransferRecord, TransferState};
@@ -139,9 +138,7 @@ impl Runtime {
             {
                 *hosts.entry(host).or_default() += 1;
             }
-            if let Ok(address) = transfer.payee.parse::<Address>() {
-                *payees.entry(address.to_checksum(None)).or_default() += 1;
-            }
+            *payees.entry(transfer.payee.to_checksum(None)).or_default() += 1;
         }
         let sorted = |counts: HashMap<String, u64>| {
             let mut entries: Vec<_> = counts.into_iter().collect();
@@ -333,20 +330,18 @@ impl Runtime {
         history.paid_in_session = u32::try_from(paid.count).unwrap_or(u32::MAX);
         history.paid_at_ms = paid.recent_at_ms;
         // An unreadable stored transfer fails the request: the pinned terms are never skipped.
-        history.first_terms = paid.first.as_ref().map(terms_of).transpose()?;
+        history.first_terms = paid.first.as_ref().map(terms_of);
         Ok(history)
     }
 }
 
-/// The terms a stored transfer paid on; an unreadable address is an error, never no terms.
-fn terms_of(first: &TransferRecord) -> Result<Terms, RuntimeError> {
-    let corrupt = |what: &str| {
-        RuntimeError::Internal(format!("transfer {} has an unreadable {what}", first.id))
-    };
-    Ok(Terms {
-        asset: first.asset.parse().map_err(|_| corrupt("asset"))?,
-        pay_to: first.payee.parse().map_err(|_| corrupt("payee"))?,
-        network: first.network.clone(),
+/// The terms a stored transfer paid on. (A stored transfer whose asset or payee does not read
+/// back fails the read itself: the rule is never dropped.)
+fn terms_of(first: &TransferRecord) -> Terms {
+    Terms {
+        asset: first.asset,
+        pay_to: first.payee,
+        network: first.network.to_string(),
         amount: first.amount,
-    })
+    }
 }

@@ -45,9 +45,7 @@ impl Runtime {
                 // Read outside the lock; whoever registers first starts the decryption.
                 let record = self.wallet_record(wallet_id).await?;
                 let keystore = Keystore::from_json(&record.keystore)?;
-                let expected: Address = record.address.parse().map_err(|_| {
-                    RuntimeError::Internal(format!("wallet {wallet_id}: bad address"))
-                })?;
+                let expected: Address = record.address;
                 let mut slots = self.inner.signers.lock().expect("signer cache lock");
                 match slots.get(wallet_id) {
                     Some(SignerSlot::Ready(signer)) => return Ok(signer.clone()),

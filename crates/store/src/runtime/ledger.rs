@@ -1,7 +1,8 @@
 //! The runtime ledger: append-only entries for every reserve, post, void, deny, alert and
 //! compensation, in order of writing. (The facilitator's records are the settlement ledger.)
 
-use bursar_protocol::Amount;
+use alloy_primitives::{Address, B256};
+use bursar_protocol::{Amount, Network};
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
@@ -22,12 +23,12 @@ pub struct LedgerEntry {
     pub grant_id: Option<String>,
     pub wallet_id: Option<String>,
     pub agent: Option<String>,
-    pub network: Option<String>,
-    pub asset: Option<String>,
+    pub network: Option<Network>,
+    pub asset: Option<Address>,
     pub amount: Option<Amount>,
-    pub payee: Option<String>,
+    pub payee: Option<Address>,
     pub resource: Option<String>,
-    pub tx_hash: Option<String>,
+    pub tx_hash: Option<B256>,
     pub reason: Option<String>,
     pub at_ms: i64,
 }
@@ -50,9 +51,9 @@ const INSERT_ENTRY: &str = "INSERT INTO ledger_entries (kind, transfer_id, sessi
 pub(super) struct EntryFacts<'a> {
     pub kind: EntryKind,
     pub amount: Option<Amount>,
-    pub payee: Option<&'a str>,
+    pub payee: Option<Address>,
     pub resource: Option<&'a str>,
-    pub tx_hash: Option<&'a str>,
+    pub tx_hash: Option<B256>,
     pub reason: Option<&'a str>,
 }
 
@@ -70,6 +71,8 @@ pub(super) async fn write_entry(
             .or(session.map(from_session))
             .cloned()
     };
+    let network = transfer.map(|t| &t.network).or(session.map(|s| &s.network));
+    let asset = transfer.map(|t| t.asset).or(session.map(|s| s.asset));
     tx.execute(
         statement(INSERT_ENTRY)
             .bind(facts.kind.as_str())
@@ -78,9 +81,9 @@ pub(super) async fn write_entry(
             .bind(of(|t| &t.grant_id, |s| &s.grant_id))
             .bind(of(|t| &t.wallet_id, |s| &s.wallet_id))
             .bind(of(|t| &t.agent, |s| &s.agent))
-            .bind(of(|t| &t.network, |s| &s.network))
-            .bind(of(|t| &t.asset, |s| &s.asset))
-            .bind(facts.amount.map(|a| a.to_string()))
+            .bind(network)
+            .bind(asset)
+            .bind(facts.amount)
             .bind(facts.payee)
             .bind(facts.resource.map(|r| truncate(r, RESOURCE_BYTES_MAX)))
             .bind(facts.tx_hash)
@@ -94,7 +97,6 @@ pub(super) async fn write_entry(
 fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
     let seq: i64 = row.get("seq")?;
     let kind: String = row.get("kind")?;
-    let amount: Option<String> = row.get("amount")?;
     Ok(LedgerEntry {
         seq,
         kind: EntryKind::parse(&kind).ok_or_else(|| {
@@ -105,18 +107,12 @@ fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         grant_id: row.get("grant_id")?,
         wallet_id: row.get("wallet_id")?,
         agent: row.get("agent")?,
-        network: row.get("network")?,
-        asset: row.get("asset")?,
-        amount: amount
-            .map(|text| {
-                Amount::parse_atomic(&text).map_err(|_| {
-                    StoreError::Corrupt(format!("runtime ledger entry {seq}: amount {text:?}"))
-                })
-            })
-            .transpose()?,
-        payee: row.get("payee")?,
+        network: row.typed_opt("network")?,
+        asset: row.typed_opt("asset")?,
+        amount: row.typed_opt("amount")?,
+        payee: row.typed_opt("payee")?,
         resource: row.get("resource")?,
-        tx_hash: row.get("tx_hash")?,
+        tx_hash: row.typed_opt("tx_hash")?,
         reason: row.get("reason")?,
         at_ms: row.get("at_ms")?,
     })

@@ -1,6 +1,7 @@
 //! Payment sessions: one agent run under a grant, with a budget in one currency.
 
-use bursar_protocol::Amount;
+use alloy_primitives::Address;
+use bursar_protocol::{Amount, Network};
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
@@ -19,10 +20,9 @@ pub struct SessionRecord {
     pub grant_id: String,
     pub wallet_id: String,
     pub agent: String,
-    /// CAIP-2.
-    pub network: String,
-    /// Token address, lowercase 0x hex.
-    pub asset: String,
+    pub network: Network,
+    /// The token's address.
+    pub asset: Address,
     /// The currency's name, e.g. `USDC`.
     pub currency: String,
     pub max_spend: Amount,
@@ -49,8 +49,8 @@ impl SessionRecord {
 #[derive(Debug, Clone)]
 pub struct NewSession {
     pub grant_id: String,
-    pub network: String,
-    pub asset: String,
+    pub network: Network,
+    pub asset: Address,
     pub currency: String,
     pub max_spend: Amount,
     pub expires_at_ms: i64,
@@ -78,24 +78,18 @@ pub trait SessionStore: Send + Sync + 'static {
 const SESSION_COLUMNS: &str = "id, grant_id, wallet_id, agent, network, asset, currency, \
      max_spend, reserved, posted, client_token, created_at_ms, expires_at_ms, closed_at_ms";
 
-/// An amount column, decoded; a malformed one is a corrupt row.
-pub(super) fn amount_from_row(row: &Row, column: &str) -> Result<Amount, StoreError> {
-    let text: String = row.get(column)?;
-    Amount::parse_atomic(&text).map_err(|_| StoreError::Corrupt(format!("{column}: {text:?}")))
-}
-
 fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
     Ok(SessionRecord {
         id: row.get("id")?,
         grant_id: row.get("grant_id")?,
         wallet_id: row.get("wallet_id")?,
         agent: row.get("agent")?,
-        network: row.get("network")?,
-        asset: row.get("asset")?,
+        network: row.typed("network")?,
+        asset: row.typed("asset")?,
         currency: row.get("currency")?,
-        max_spend: amount_from_row(row, "max_spend")?,
-        reserved: amount_from_row(row, "reserved")?,
-        posted: amount_from_row(row, "posted")?,
+        max_spend: row.typed("max_spend")?,
+        reserved: row.typed("reserved")?,
+        posted: row.typed("posted")?,
         client_token: row.get("client_token")?,
         created_at_ms: row.get("created_at_ms")?,
         expires_at_ms: row.get("expires_at_ms")?,
@@ -214,8 +208,8 @@ impl SessionStore for SqlRuntimeStore {
         let db = self.db().await?;
         let digest = request_digest(&[
             &session.grant_id,
-            &session.network,
-            &session.asset.to_ascii_lowercase(),
+            &session.network.to_string(),
+            &format!("{:#x}", session.asset),
             &session.currency,
             &session.max_spend.to_string(),
             &session.request,
@@ -236,7 +230,7 @@ impl SessionStore for SqlRuntimeStore {
             wallet_id: grant.wallet_id.clone(),
             agent: grant.agent.clone(),
             network: session.network.clone(),
-            asset: session.asset.to_ascii_lowercase(),
+            asset: session.asset,
             currency: session.currency.clone(),
             max_spend: session.max_spend,
             reserved: Amount::ZERO,
@@ -260,7 +254,7 @@ impl SessionStore for SqlRuntimeStore {
                 .bind(&record.wallet_id)
                 .bind(&record.agent)
                 .bind(&record.network)
-                .bind(&record.asset)
+                .bind(record.asset)
                 .bind(&record.currency)
                 .bind(record.max_spend.to_string())
                 .bind(record.reserved.to_string())

@@ -1,7 +1,8 @@
 //! Transfers: one EIP-3009 authorization's amount held against a session, then posted or voided
 //! exactly once; the reads of them. The writing transactions are in `two_phase.rs`.
 
-use bursar_protocol::Amount;
+use alloy_primitives::{Address, B256};
+use bursar_protocol::{Amount, Network};
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
@@ -52,31 +53,34 @@ pub struct TransferRecord {
     pub grant_id: String,
     pub wallet_id: String,
     pub agent: String,
-    pub network: String,
-    pub asset: String,
-    pub payer: String,
-    pub payee: String,
+    pub network: Network,
+    pub asset: Address,
+    pub payer: Address,
+    pub payee: Address,
     pub amount: Amount,
-    pub nonce: String,
+    /// The EIP-3009 authorization's nonce.
+    pub nonce: B256,
     pub valid_before_s: u64,
     pub resource: String,
     pub state: TransferState,
-    pub tx_hash: Option<String>,
+    /// The settling transaction: reported by the seller while pending, seen on chain once
+    /// posted.
+    pub tx_hash: Option<B256>,
     pub void_reason: Option<String>,
     pub created_at_ms: i64,
     pub resolved_at_ms: Option<i64>,
 }
 
-/// The authorization a reservation is for. Addresses and nonce in 0x hex (lowercased on insert).
+/// The authorization a reservation is for.
 #[derive(Debug, Clone)]
 pub struct NewTransfer {
     pub session_id: String,
-    pub network: String,
-    pub asset: String,
-    pub payer: String,
-    pub payee: String,
+    pub network: Network,
+    pub asset: Address,
+    pub payer: Address,
+    pub payee: Address,
     pub amount: Amount,
-    pub nonce: String,
+    pub nonce: B256,
     pub valid_before_s: u64,
     pub resource: String,
     /// The endpoint paid (`scheme://host[:port]/path` of the resource), for the session's
@@ -156,7 +160,7 @@ pub enum Reservation {
 pub struct Denial {
     pub session_id: Option<String>,
     pub amount: Option<Amount>,
-    pub payee: Option<String>,
+    pub payee: Option<Address>,
     pub resource: Option<String>,
     /// A stable code, e.g. `no_payable_offer`.
     pub reason: String,
@@ -179,9 +183,9 @@ pub trait TransferStore: Send + Sync + 'static {
     /// Records a denial decided outside the store.
     async fn deny(&self, denial: Denial) -> Result<(), StoreError>;
     /// Remembers the transaction a seller reported for a pending transfer (not yet trusted).
-    async fn note_tx_hash(&self, transfer_id: &str, tx_hash: &str) -> Result<(), StoreError>;
+    async fn note_tx_hash(&self, transfer_id: &str, tx_hash: B256) -> Result<(), StoreError>;
     /// `pending` → `posted`; returns whether this call posted it.
-    async fn post(&self, transfer_id: &str, tx_hash: Option<&str>) -> Result<bool, StoreError>;
+    async fn post(&self, transfer_id: &str, tx_hash: Option<B256>) -> Result<bool, StoreError>;
     /// `pending` → `voided`; returns whether this call voided it.
     async fn void(&self, transfer_id: &str, reason: &str) -> Result<bool, StoreError>;
     async fn transfer(&self, id: &str) -> Result<Option<TransferRecord>, StoreError>;
@@ -237,18 +241,18 @@ pub(super) fn transfer_from_row(row: &Row) -> Result<TransferRecord, StoreError>
         grant_id: row.get("grant_id")?,
         wallet_id: row.get("wallet_id")?,
         agent: row.get("agent")?,
-        network: row.get("network")?,
-        asset: row.get("asset")?,
-        payer: row.get("payer")?,
-        payee: row.get("payee")?,
-        amount: super::sessions::amount_from_row(row, "amount")?,
-        nonce: row.get("nonce")?,
+        network: row.typed("network")?,
+        asset: row.typed("asset")?,
+        payer: row.typed("payer")?,
+        payee: row.typed("payee")?,
+        amount: row.typed("amount")?,
+        nonce: row.typed("nonce")?,
         valid_before_s: u64::try_from(valid_before_s)
             .map_err(|_| StoreError::Corrupt(format!("transfer {id}: negative valid_before_s")))?,
         resource: row.get("resource")?,
         state: TransferState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("transfer {id}: state {state:?}")))?,
-        tx_hash: row.get("tx_hash")?,
+        tx_hash: row.typed_opt("tx_hash")?,
         void_reason: row.get("void_reason")?,
         created_at_ms: row.get("created_at_ms")?,
         resolved_at_ms: row.get("resolved_at_ms")?,
@@ -275,18 +279,18 @@ impl TransferStore for SqlRuntimeStore {
         super::two_phase::deny(self, denial).await
     }
 
-    async fn note_tx_hash(&self, transfer_id: &str, tx_hash: &str) -> Result<(), StoreError> {
+    async fn note_tx_hash(&self, transfer_id: &str, tx_hash: B256) -> Result<(), StoreError> {
         let db = self.db().await?;
         db.execute(
             statement("UPDATE transfers SET tx_hash = $2 WHERE id = $1 AND state = 'pending'")
                 .bind(transfer_id)
-                .bind(tx_hash.to_ascii_lowercase()),
+                .bind(tx_hash),
         )
         .await?;
         Ok(())
     }
 
-    async fn post(&self, transfer_id: &str, tx_hash: Option<&str>) -> Result<bool, StoreError> {
+    async fn post(&self, transfer_id: &str, tx_hash: Option<B256>) -> Result<bool, StoreError> {
         super::two_phase::resolve(self, transfer_id, TransferState::Posted, tx_hash, None).await
     }
 

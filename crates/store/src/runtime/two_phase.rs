@@ -1,13 +1,14 @@
 //! The transactions that move money in the runtime's books: reserve (or deny), then post or
 //! void exactly once. Each runs in one database transaction holding the session's row lock.
 
+use alloy_primitives::B256;
 use bursar_protocol::Amount;
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
 use super::grants::GrantRecord;
 use super::ledger::{EntryFacts, write_entry};
-use super::sessions::{SessionRecord, SessionStore, amount_from_row, lock_session, set_totals};
+use super::sessions::{SessionRecord, SessionStore, lock_session, set_totals};
 use super::transfers::{
     Denial, DenyReason, NewTransfer, Reservation, TRANSFER_COLUMNS, TransferRecord, TransferState,
     transfer_from_row,
@@ -46,7 +47,7 @@ pub(super) async fn reserve(
         let facts = EntryFacts {
             kind: EntryKind::Deny,
             amount: Some(transfer.amount),
-            payee: Some(&transfer.payee.to_ascii_lowercase()),
+            payee: Some(transfer.payee),
             resource: Some(&transfer.resource),
             tx_hash: None,
             reason: Some(&reason_text),
@@ -62,11 +63,11 @@ pub(super) async fn reserve(
         wallet_id: session.wallet_id.clone(),
         agent: session.agent.clone(),
         network: transfer.network.clone(),
-        asset: transfer.asset.to_ascii_lowercase(),
-        payer: transfer.payer.to_ascii_lowercase(),
-        payee: transfer.payee.to_ascii_lowercase(),
+        asset: transfer.asset,
+        payer: transfer.payer,
+        payee: transfer.payee,
         amount: transfer.amount,
-        nonce: transfer.nonce.to_ascii_lowercase(),
+        nonce: transfer.nonce,
         valid_before_s: transfer.valid_before_s,
         resource: truncate(&transfer.resource, RESOURCE_BYTES_MAX),
         state: TransferState::Pending,
@@ -88,11 +89,11 @@ pub(super) async fn reserve(
         .bind(&record.wallet_id)
         .bind(&record.agent)
         .bind(&record.network)
-        .bind(&record.asset)
-        .bind(&record.payer)
-        .bind(&record.payee)
-        .bind(record.amount.to_string())
-        .bind(&record.nonce)
+        .bind(record.asset)
+        .bind(record.payer)
+        .bind(record.payee)
+        .bind(record.amount)
+        .bind(record.nonce)
         .bind(valid_before_s)
         .bind(&record.resource)
         .bind(record.created_at_ms)
@@ -107,7 +108,7 @@ pub(super) async fn reserve(
     let facts = EntryFacts {
         kind: EntryKind::Reserve,
         amount: Some(record.amount),
-        payee: Some(&record.payee),
+        payee: Some(record.payee),
         resource: Some(&record.resource),
         tx_hash: None,
         reason: None,
@@ -128,7 +129,7 @@ fn refusal(
     transfer: &NewTransfer,
     now: i64,
 ) -> Option<(DenyReason, String)> {
-    let asset = transfer.asset.to_ascii_lowercase();
+    let asset = transfer.asset;
     let spent = session.reserved.checked_add(session.posted);
     let wanted = spent.and_then(|spent| spent.checked_add(transfer.amount));
     if session.closed_at_ms.is_some() {
@@ -207,7 +208,7 @@ async fn check_caps(
         let mut total = transfer.amount;
         for row in &rows {
             total = total
-                .checked_add(amount_from_row(row, "amount")?)
+                .checked_add(row.typed("amount")?)
                 .ok_or_else(|| StoreError::Corrupt("window total overflows".into()))?;
         }
         if total > cap.max {
@@ -234,7 +235,7 @@ pub(super) async fn resolve(
     store: &SqlRuntimeStore,
     transfer_id: &str,
     to: TransferState,
-    tx_hash: Option<&str>,
+    tx_hash: Option<B256>,
     reason: Option<&str>,
 ) -> Result<bool, StoreError> {
     debug_assert!(to != TransferState::Pending);
@@ -248,7 +249,7 @@ pub(super) async fn resolve(
             )
             .bind(transfer_id)
             .bind(to.as_str())
-            .bind(tx_hash.map(str::to_ascii_lowercase))
+            .bind(tx_hash)
             .bind(reason)
             .bind(now_ms()),
         )
@@ -281,9 +282,9 @@ pub(super) async fn resolve(
             EntryKind::Void
         },
         amount: Some(transfer.amount),
-        payee: Some(&transfer.payee),
+        payee: Some(transfer.payee),
         resource: Some(&transfer.resource),
-        tx_hash: transfer.tx_hash.as_deref(),
+        tx_hash: transfer.tx_hash,
         reason,
     };
     write_entry(&mut tx, Some(&transfer), None, facts).await?;
@@ -329,7 +330,7 @@ pub(super) async fn deny(store: &SqlRuntimeStore, denial: Denial) -> Result<(), 
     let facts = EntryFacts {
         kind: EntryKind::Deny,
         amount: denial.amount,
-        payee: denial.payee.as_deref(),
+        payee: denial.payee,
         resource: denial.resource.as_deref(),
         tx_hash: None,
         reason: Some(&reason),

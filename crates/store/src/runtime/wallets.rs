@@ -1,5 +1,6 @@
 //! Wallets: encrypted signing keys, by id, name or address.
 
+use alloy_primitives::Address;
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
@@ -15,8 +16,7 @@ use crate::now_ms;
 pub struct WalletRecord {
     pub id: String,
     pub name: String,
-    /// Lowercase 0x hex.
-    pub address: String,
+    pub address: Address,
     /// Web3 Secret Storage v3 JSON (encrypted).
     pub keystore: String,
     pub created_at_ms: i64,
@@ -26,7 +26,7 @@ pub struct WalletRecord {
 #[derive(Debug, Clone)]
 pub struct NewWallet {
     pub name: String,
-    pub address: String,
+    pub address: Address,
     pub keystore: String,
     pub idempotency_key: Option<String>,
 }
@@ -35,7 +35,7 @@ pub struct NewWallet {
 #[async_trait::async_trait]
 pub trait WalletStore: Send + Sync + 'static {
     async fn create_wallet(&self, wallet: NewWallet) -> Result<Created<WalletRecord>, StoreError>;
-    /// By id, name or address.
+    /// By id, name or address (`0x` hex in any case).
     async fn wallet(&self, id_name_or_address: &str) -> Result<Option<WalletRecord>, StoreError>;
     async fn wallets(&self) -> Result<Vec<WalletRecord>, StoreError>;
 }
@@ -46,7 +46,7 @@ fn wallet_from_row(row: &Row) -> Result<WalletRecord, StoreError> {
     Ok(WalletRecord {
         id: row.get("id")?,
         name: row.get("name")?,
-        address: row.get("address")?,
+        address: row.typed("address")?,
         keystore: row.get("keystore")?,
         created_at_ms: row.get("created_at_ms")?,
     })
@@ -58,12 +58,12 @@ impl WalletStore for SqlRuntimeStore {
         check_name("wallet name", &wallet.name)?;
         check_idempotency_key(wallet.idempotency_key.as_deref())?;
         let db = self.db().await?;
-        let address = wallet.address.to_ascii_lowercase();
-        let digest = request_digest(&[&wallet.name, &address]);
+        let address = wallet.address;
+        let digest = request_digest(&[&wallet.name, &format!("{address:#x}")]);
         let record = WalletRecord {
             id: new_id("wal_"),
             name: wallet.name.clone(),
-            address: address.clone(),
+            address,
             keystore: wallet.keystore.clone(),
             created_at_ms: now_ms(),
         };
@@ -75,7 +75,7 @@ impl WalletStore for SqlRuntimeStore {
                 )
                 .bind(&record.id)
                 .bind(&record.name)
-                .bind(&record.address)
+                .bind(record.address)
                 .bind(&record.keystore)
                 .bind(wallet.idempotency_key.as_deref())
                 .bind(&digest)
@@ -123,7 +123,7 @@ impl WalletStore for SqlRuntimeStore {
                      WHERE id = $1 OR name = $1 OR address = $2"
                 )))
                 .bind(id_name_or_address)
-                .bind(id_name_or_address.to_ascii_lowercase()),
+                .bind(id_name_or_address.parse::<Address>().ok()),
             )
             .await?;
         row.as_ref().map(wallet_from_row).transpose()
