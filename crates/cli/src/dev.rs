@@ -232,7 +232,9 @@ async fn recover(facilitator: &LocalFacilitator) -> Result<()> {
             "recovered settlement of payer {} nonce {} (tx {}): {outcome}",
             settlement.key.payer(),
             settlement.key.nonce(),
-            settlement.tx_hash
+            settlement
+                .tx_hash
+                .map_or_else(|| "none".to_string(), |hash| hash.to_string())
         );
     }
     facilitator.spawn_recovery(bursar_facilitator::RECOVERY_INTERVAL_DEFAULT);

@@ -394,7 +394,7 @@ async fn sigkill_trials(mode: Mode, db: Db) {
             .unwrap()
             .expect("a used authorization has a ledger row: none lost");
         assert_eq!(row.state, SettlementState::Confirmed, "{row:?}");
-        assert_eq!(row.tx_hash.as_deref(), Some(answer.as_str()));
+        assert_eq!(row.tx_hash, Some(answer.parse().unwrap()));
         let hash: B256 = answer.parse().unwrap();
         let receipt = evm.receipt(hash).await.unwrap().expect("mined");
         assert!(receipt.success);

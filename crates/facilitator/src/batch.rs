@@ -294,7 +294,7 @@ async fn submit(
                     (
                         q.key.clone(),
                         Submission {
-                            tx_hash: hash.to_string(),
+                            tx_hash: hash,
                             sender: sender.address(),
                             sender_nonce: nonce,
                             valid_before_s: q.valid_before_s,
@@ -342,11 +342,7 @@ async fn submit(
         Err(error) => {
             // Definitively not broadcast: free the authorizations so payers may retry.
             let released = match recorded {
-                Some(hash) => shared
-                    .ledger
-                    .release_unsent(&keys, &hash.to_string())
-                    .await
-                    .map(|_| ()),
+                Some(hash) => shared.ledger.release_unsent(&keys, hash).await.map(|_| ()),
                 None => release_all(shared.ledger.as_ref(), &shared.holder, &keys).await,
             };
             if let Err(release_error) = released {

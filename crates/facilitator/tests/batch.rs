@@ -253,7 +253,7 @@ async fn thousand_distinct_payments(backend: Backend, db: Db) {
             .unwrap()
             .expect("a ledger row per payment");
         assert_eq!(row.state, SettlementState::Confirmed);
-        assert_eq!(row.tx_hash.as_deref(), Some(outcome.transaction.as_str()));
+        assert_eq!(row.tx_hash, Some(outcome.transaction.parse().unwrap()));
         assert!(
             setup
                 .fixture
@@ -492,7 +492,10 @@ async fn identical_concurrent_settles(backend: Backend, db: Db) {
         .unwrap()
         .unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash.as_ref(), hashes.iter().next());
+    assert_eq!(
+        row.tx_hash.map(|hash| hash.to_string()).as_ref(),
+        hashes.iter().next()
+    );
     server.abort();
 }
 
@@ -783,7 +786,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
     for exact in [&good, &spent, &superseded] {
         let key = ledger_key(&setup, exact);
         let claimant = Claimant {
-            fingerprint: "0xfingerprint".into(),
+            fingerprint: B256::repeat_byte(0xf1),
             holder: crashed.into(),
             payment_id: None,
             pay_to,
@@ -818,7 +821,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                         (
                             key.clone(),
                             Submission {
-                                tx_hash: hash.to_string(),
+                                tx_hash: hash,
                                 sender: sender_address,
                                 sender_nonce,
                                 valid_before_s: valid_before.to::<u64>(),
@@ -862,7 +865,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
     let spent_key = ledger_key(&setup, &spent);
     let superseded_key = ledger_key(&setup, &superseded);
     for entry in &recovered {
-        assert_eq!(entry.tx_hash, batch_hash.to_string());
+        assert_eq!(entry.tx_hash, Some(batch_hash));
         if entry.key == good_key || entry.key == spent_key {
             // `spent` was paid by the front-runner's transaction: confirmed with it.
             assert_eq!(entry.outcome, RecoveryOutcome::Confirmed);
@@ -881,7 +884,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         good_row.response.unwrap().transaction,
         batch_hash.to_string()
     );
-    assert_eq!(good_row.tx_hash, Some(batch_hash.to_string()));
+    assert_eq!(good_row.tx_hash, Some(batch_hash));
     let spent_row = env.ledger.get(&spent_key).await.unwrap().unwrap();
     assert_eq!(spent_row.state, SettlementState::Confirmed);
     assert_eq!(
@@ -889,7 +892,7 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
         hash.to_string(),
         "the transaction that paid"
     );
-    assert_eq!(spent_row.tx_hash, Some(hash.to_string()));
+    assert_eq!(spent_row.tx_hash, Some(hash));
     let superseded_row = env.ledger.get(&superseded_key).await.unwrap().unwrap();
     assert_eq!(superseded_row.state, SettlementState::Failed);
     assert_eq!(
@@ -974,7 +977,7 @@ async fn confirmation_depth_is_waited_for(backend: Backend, db: Db) {
     assert!(outcome.success, "{outcome:?}");
     let row = env.ledger.get(&key).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash.as_deref(), Some(outcome.transaction.as_str()));
+    assert_eq!(row.tx_hash, Some(outcome.transaction.parse().unwrap()));
     let receipt = chain
         .receipt(outcome.transaction.parse::<B256>().unwrap())
         .await

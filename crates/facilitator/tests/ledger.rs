@@ -91,7 +91,7 @@ fn exact(request: &FacilitatorRequest) -> ExactEvmPayload {
 fn claimant(request: &FacilitatorRequest, holder: &str) -> Claimant {
     let authorization = exact(request).authorization;
     Claimant {
-        fingerprint: payment_fingerprint(request).to_string(),
+        fingerprint: payment_fingerprint(request),
         holder: holder.into(),
         payment_id: None,
         pay_to: authorization.to,
@@ -288,7 +288,10 @@ async fn two_facilitators_sharing_postgres_settle_once() {
         .unwrap()
         .unwrap();
     assert_eq!(record.state, SettlementState::Confirmed);
-    assert_eq!(record.tx_hash.as_ref(), hashes.iter().next());
+    assert_eq!(
+        record.tx_hash.map(|hash| hash.to_string()).as_ref(),
+        hashes.iter().next()
+    );
 }
 
 /// A crash leaves `submitted` rows; recovery finishes them from the chain, never broadcasting:
@@ -357,8 +360,8 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     .await;
 
     // Never mined, unused: one expired, one still valid.
-    let unused = |fingerprint: &str| Claimant {
-        fingerprint: fingerprint.into(),
+    let unused = |fingerprint: u8| Claimant {
+        fingerprint: B256::with_last_byte(fingerprint),
         holder: DEAD.into(),
         payment_id: None,
         pay_to: h.pay_to,
@@ -374,7 +377,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     record_unsent(
         &*ledger,
         &unused_expired,
-        &unused("0x02"),
+        &unused(2),
         B256::repeat_byte(0x33),
         1_000,
         &pending,
@@ -390,7 +393,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     record_unsent(
         &*ledger,
         &unused_valid,
-        &unused("0x03"),
+        &unused(3),
         B256::repeat_byte(0x55),
         valid_before,
         &pending,
@@ -407,7 +410,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
         .claim(
             &abandoned_used,
             &Claimant {
-                fingerprint: "0x04".into(),
+                fingerprint: B256::with_last_byte(4),
                 ..claimant(&abandoned_used_request, DEAD)
             },
         )
@@ -463,8 +466,8 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     let spent = state(spent_key.clone()).await;
     assert_eq!(spent.state, SettlementState::Confirmed);
     assert_eq!(
-        spent.tx_hash.as_deref(),
-        Some(spent_settled.transaction.as_str()),
+        spent.tx_hash,
+        Some(spent_settled.transaction.parse().unwrap()),
         "the transaction that paid, not the one recorded"
     );
     assert_eq!(spent.response, Some(spent_settled.clone()));
@@ -517,8 +520,8 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     let used = ledger.get(&abandoned_used).await.unwrap().unwrap();
     assert_eq!(used.state, SettlementState::Confirmed);
     assert_eq!(
-        used.tx_hash.as_deref(),
-        Some(abandoned_used_settled.transaction.as_str())
+        used.tx_hash,
+        Some(abandoned_used_settled.transaction.parse().unwrap())
     );
     assert!(ledger.get(&abandoned_unused).await.unwrap().is_none());
     assert!(ledger.get(&unused_valid).await.unwrap().is_none());
@@ -645,7 +648,7 @@ async fn broadcast_then_crashed(
             Some(SETTLE_GAS_LIMIT),
             |hash, nonce| {
                 let submission = Submission {
-                    tx_hash: hash.to_string(),
+                    tx_hash: hash,
                     sender: account.address(),
                     sender_nonce: nonce,
                     valid_before_s: valid_before,
@@ -694,7 +697,7 @@ async fn record_unsent(
             key,
             &claimant.holder,
             &Submission {
-                tx_hash: hash.to_string(),
+                tx_hash: hash,
                 sender: PrivateKeySigner::random().address(),
                 sender_nonce: 0,
                 valid_before_s,
@@ -737,7 +740,7 @@ async fn duplicate_follows_a_settlement_submitted_elsewhere() {
             Some(SETTLE_GAS_LIMIT),
             |hash, nonce| {
                 let submission = Submission {
-                    tx_hash: hash.to_string(),
+                    tx_hash: hash,
                     sender: elsewhere.address(),
                     sender_nonce: nonce,
                     valid_before_s,
@@ -811,7 +814,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
             Some(SETTLE_GAS_LIMIT),
             |hash, nonce| {
                 let submission = Submission {
-                    tx_hash: hash.to_string(),
+                    tx_hash: hash,
                     sender: key.address(),
                     sender_nonce: nonce,
                     valid_before_s,
@@ -841,7 +844,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
         Some(nonce_before),
         "the account's next nonce: never used"
     );
-    let recorded_hash: B256 = recorded.tx_hash.clone().unwrap().parse().unwrap();
+    let recorded_hash: B256 = recorded.tx_hash.unwrap();
     assert_eq!(chain.receipt(recorded_hash).await.unwrap(), None);
 
     let stranger = facilitator(&chain, &funded_key(&chain).await, ledger.clone());
@@ -859,7 +862,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
     let recovered = restarted.recover().await.unwrap();
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert_eq!(recovered[0].key, k);
-    assert_eq!(recovered[0].tx_hash, recorded_hash.to_string());
+    assert_eq!(recovered[0].tx_hash, Some(recorded_hash));
     assert_eq!(recovered[0].outcome, RecoveryOutcome::Released);
     assert!(ledger.get(&k).await.unwrap().is_none());
     assert_eq!(
@@ -885,7 +888,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
     assert_paid_once(&h).await;
     let row = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash.as_deref(), Some(settled.transaction.as_str()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
     let holder = row.holder.unwrap();
     assert!(
         holder.starts_with(&format!("{INSTANCE}/")) && holder != EARLIER_LIFE,
@@ -944,7 +947,7 @@ async fn an_earlier_lifes_claims_are_judged_at_once() {
     assert!(settled.success, "{settled:?}");
     let row = ledger.get(&ledger_key(&h, &taken)).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash.as_deref(), Some(settled.transaction.as_str()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
     assert_ne!(row.holder.as_deref(), Some(EARLIER_LIFE));
 
     let recovered = restarted.recover().await.unwrap();
@@ -1041,7 +1044,7 @@ async fn a_live_claim_answers_in_progress_until_its_hold_lapses() {
     );
     let row = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash.as_deref(), Some(settled.transaction.as_str()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
     assert_ne!(row.holder.as_deref(), Some(live));
     assert_paid_once(&h).await;
 }
@@ -1148,7 +1151,7 @@ async fn a_paid_authorization_answers_success_with_the_transaction_that_paid() {
             .unwrap()
             .unwrap();
         assert_eq!(row.state, SettlementState::Confirmed, "{how:?}");
-        assert_eq!(row.tx_hash, Some(paid.to_string()), "{how:?}");
+        assert_eq!(row.tx_hash, Some(paid), "{how:?}");
         assert_eq!(row.response, Some(paid_by(&h, paid)), "{how:?}");
         assert_eq!(
             serving.settle(&request).await,
@@ -1246,7 +1249,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
     async fn release_unsent(
         &self,
         keys: &[SettlementKey],
-        tx_hash: &str,
+        tx_hash: B256,
     ) -> Result<u64, LedgerError> {
         self.inner.release_unsent(keys, tx_hash).await
     }
@@ -1349,7 +1352,7 @@ async fn a_front_run_settlement_answers_with_the_transaction_that_paid() {
     let recorded = ledger.recorded.lock().unwrap().clone();
     assert_eq!(recorded.len(), 1, "{recorded:?}");
     assert_eq!(recorded[0].sender, key.address());
-    let own: B256 = recorded[0].tx_hash.parse().unwrap();
+    let own: B256 = recorded[0].tx_hash;
     assert_ne!(own, front_run);
     let receipt = chain
         .receipt(own)
@@ -1364,7 +1367,7 @@ async fn a_front_run_settlement_answers_with_the_transaction_that_paid() {
         .unwrap()
         .unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash, Some(front_run.to_string()));
+    assert_eq!(row.tx_hash, Some(front_run));
     assert_eq!(row.response, Some(paid_by(&h, front_run)));
     assert_eq!(serving.settle(&request).await, settled, "duplicates");
     assert_paid_once(&h).await;

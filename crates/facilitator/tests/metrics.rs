@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use alloy_primitives::B256;
 use alloy_signer_local::PrivateKeySigner;
 use bursar_facilitator::metrics::{
     EXTRA_REASONS_MAX, METRICS_CONTENT_TYPE, OTHER_REASON, PENDING_REFRESH_INTERVAL,
@@ -29,9 +30,9 @@ use serde_json::Value;
 /// The process that claims in these cases.
 const HOLDER: &str = "metrics-test/0000000000000001";
 
-fn claimant(fingerprint: &str) -> Claimant {
+fn claimant(fingerprint: u8) -> Claimant {
     Claimant {
-        fingerprint: fingerprint.into(),
+        fingerprint: B256::with_last_byte(fingerprint),
         holder: HOLDER.into(),
         payment_id: None,
         pay_to: PrivateKeySigner::random().address(),
@@ -302,7 +303,7 @@ async fn counts_verifications_settlements_gas_and_pending() {
         &format!("0x{}", "07".repeat(32)),
     )
     .unwrap();
-    ledger.claim(&key, &claimant("0x01")).await.unwrap();
+    ledger.claim(&key, &claimant(1)).await.unwrap();
     tokio::time::sleep(PENDING_REFRESH_INTERVAL + std::time::Duration::from_millis(100)).await;
     let samples = scrape_samples(&h).await;
     assert_eq!(
@@ -462,7 +463,7 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
     let count = || async { ledger.count_unfinished().await.unwrap() };
     assert_eq!(count().await, 0);
     for n in 1..=3 {
-        ledger.claim(&key(n), &claimant("0xf1")).await.unwrap();
+        ledger.claim(&key(n), &claimant(0xf1)).await.unwrap();
     }
     assert_eq!(count().await, 3);
     let pending = SettleResponse {
@@ -474,7 +475,7 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
         network: "eip155:31337".into(),
     };
     let submission = bursar_store::Submission {
-        tx_hash: pending.transaction.clone(),
+        tx_hash: pending.transaction.parse().unwrap(),
         sender: PrivateKeySigner::random().address(),
         sender_nonce: 0,
         valid_before_s: u64::MAX >> 1,

@@ -206,7 +206,7 @@ impl std::fmt::Display for SettlementState {
 pub struct Claimant {
     /// The payment (see the facilitator's `payment_fingerprint`): a different one holding the
     /// same authorization is another payment reusing the nonce.
-    pub fingerprint: String,
+    pub fingerprint: B256,
     /// The facilitator process claiming it (`<instance>/<life>`). Only the holder records a
     /// broadcast or releases the claim.
     pub holder: String,
@@ -237,8 +237,8 @@ pub enum Claim {
 /// What [`SettlementLedger::mark_submitted`] records about a transaction, before it is broadcast.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
-    /// The transaction hash, 0x hex.
-    pub tx_hash: String,
+    /// The transaction's hash.
+    pub tx_hash: B256,
     /// The account that signed it and the account nonce it carries: if the chain has no receipt
     /// and the account's nonce has not reached this one, the transaction never reached the chain.
     pub sender: Address,
@@ -254,9 +254,9 @@ pub struct Submission {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SettlementRecord {
     pub key: SettlementKey,
-    pub fingerprint: String,
+    pub fingerprint: B256,
     pub state: SettlementState,
-    pub tx_hash: Option<String>,
+    pub tx_hash: Option<B256>,
     pub valid_before_s: Option<u64>,
     /// The recorded response: final once `confirmed`/`failed`; while `submitted`, the response
     /// the settlement will give if its transaction succeeds.
@@ -363,7 +363,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     async fn release_unsent(
         &self,
         keys: &[SettlementKey],
-        tx_hash: &str,
+        tx_hash: B256,
     ) -> Result<u64, LedgerError>;
 
     /// `received` → `submitted`, recording the transaction before it is broadcast, so a crash

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use alloy_primitives::Address;
+use alloy_primitives::{Address, B256};
 use bursar_protocol::{Amount, SettleResponse};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -284,6 +284,14 @@ where
         })
         .transpose()
     };
+    let hash = |column: &str| -> Result<Option<B256>, LedgerError> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|text| {
+            text.parse::<B256>()
+                .map_err(|_| corrupt(format!("{column} {text:?} is not a 32-byte hash")))
+        })
+        .transpose()
+    };
     let sender = address("sender")?;
     let pay_to = address("pay_to")?;
     let amount: Option<String> = row.try_get("amount")?;
@@ -294,9 +302,9 @@ where
         })
         .transpose()?;
     Ok(SettlementRecord {
-        fingerprint: row.try_get("fingerprint")?,
+        fingerprint: hash("fingerprint")?.ok_or_else(|| corrupt("no fingerprint".to_string()))?,
         state,
-        tx_hash: row.try_get("tx_hash")?,
+        tx_hash: hash("tx_hash")?,
         valid_before_s,
         response,
         error_reason: row.try_get("error_reason")?,
@@ -343,7 +351,7 @@ where
         .bind(lower_hex(&key.asset))
         .bind(lower_hex(&key.payer))
         .bind(key.nonce.to_string())
-        .bind(submission.tx_hash.as_str())
+        .bind(submission.tx_hash.to_string())
         .bind(i64::try_from(submission.valid_before_s).unwrap_or(i64::MAX))
         .bind(response_json(&submission.pending_response))
         .bind(now)
@@ -401,7 +409,7 @@ macro_rules! ledger_impl {
                         .bind(lower_hex(&key.asset))
                         .bind(lower_hex(&key.payer))
                         .bind(key.nonce.to_string())
-                        .bind(&claimant.fingerprint)
+                        .bind(claimant.fingerprint.to_string())
                         .bind(now_ms())
                         .bind(claimant.payment_id.as_deref())
                         .bind(&claimant.holder)
@@ -532,7 +540,7 @@ macro_rules! ledger_impl {
             async fn release_unsent(
                 &self,
                 keys: &[SettlementKey],
-                tx_hash: &str,
+                tx_hash: B256,
             ) -> Result<u64, LedgerError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
@@ -543,7 +551,7 @@ macro_rules! ledger_impl {
                         .bind(lower_hex(&key.asset))
                         .bind(lower_hex(&key.payer))
                         .bind(key.nonce.to_string())
-                        .bind(tx_hash)
+                        .bind(tx_hash.to_string())
                         .execute(&mut *transaction)
                         .await?
                         .rows_affected();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use alloy_primitives::{Address, address};
+use alloy_primitives::{Address, B256, address};
 use bursar_protocol::{Amount, Reason, SettleResponse};
 use bursar_store::{
     Claim, Claimant, LedgerError, SettlementKey, SettlementLedger, SettlementState, Submission,
@@ -26,24 +26,24 @@ fn key(nonce: u64) -> SettlementKey {
     SettlementKey::parse(NETWORK, ASSET, PAYER, &format!("0x{nonce:064X}")).unwrap()
 }
 
-fn fingerprint(n: u8) -> String {
-    format!("0x{}", format!("{n:02x}").repeat(32))
+fn fingerprint(n: u8) -> B256 {
+    B256::repeat_byte(n)
 }
 
-fn success(tx: &str) -> SettleResponse {
+fn success(tx: B256) -> SettleResponse {
     SettleResponse {
         success: true,
         error_reason: None,
         error_message: None,
         payer: Some(PAYER.into()),
-        transaction: tx.into(),
+        transaction: tx.to_string(),
         network: NETWORK.into(),
     }
 }
 
-fn submission(tx: &str) -> Submission {
+fn submission(tx: B256) -> Submission {
     Submission {
-        tx_hash: tx.into(),
+        tx_hash: tx,
         sender: SENDER,
         sender_nonce: SENDER_NONCE,
         valid_before_s: 4_000_000_000,
@@ -52,9 +52,9 @@ fn submission(tx: &str) -> Submission {
 }
 
 /// [`HOLDER`] claiming the payment with fingerprint `fingerprint`.
-fn claimant(fingerprint: &str) -> Claimant {
+fn claimant(fingerprint: B256) -> Claimant {
     Claimant {
-        fingerprint: fingerprint.into(),
+        fingerprint,
         holder: HOLDER.into(),
         payment_id: None,
         pay_to: PAY_TO,
@@ -63,7 +63,7 @@ fn claimant(fingerprint: &str) -> Claimant {
 }
 
 /// [`claimant`] with a `payment-identifier`.
-fn identified(fingerprint: &str, id: &str) -> Claimant {
+fn identified(fingerprint: B256, id: &str) -> Claimant {
     Claimant {
         payment_id: Some(id.into()),
         ..claimant(fingerprint)
@@ -71,15 +71,15 @@ fn identified(fingerprint: &str, id: &str) -> Claimant {
 }
 
 /// [`claimant`] as another process.
-fn held_by(fingerprint: &str, holder: &str) -> Claimant {
+fn held_by(fingerprint: B256, holder: &str) -> Claimant {
     Claimant {
         holder: holder.into(),
         ..claimant(fingerprint)
     }
 }
 
-fn tx(n: u8) -> String {
-    format!("0x{}", format!("{n:02x}").repeat(32))
+fn tx(n: u8) -> B256 {
+    B256::repeat_byte(n)
 }
 
 async fn ledger(url: &str) -> Arc<dyn SettlementLedger> {
@@ -96,7 +96,7 @@ pub async fn concurrent_claims_have_one_winner(url: &str) {
     for _ in 0..CLAIMANTS {
         let ledger = ledger.clone();
         claims.push(tokio::spawn(async move {
-            ledger.claim(&key(1), &claimant(&fingerprint(1))).await
+            ledger.claim(&key(1), &claimant(fingerprint(1))).await
         }));
     }
     let mut claimed = 0;
@@ -122,8 +122,8 @@ pub async fn concurrent_claims_have_one_winner(url: &str) {
     let other = open(url).await.unwrap();
     let (k, mine, theirs) = (
         key(2),
-        claimant(&fingerprint(2)),
-        held_by(&fingerprint(2), OTHER),
+        claimant(fingerprint(2)),
+        held_by(fingerprint(2), OTHER),
     );
     let (first, second) = tokio::join!(ledger.claim(&k, &mine), other.claim(&k, &theirs));
     let owners = [first.unwrap(), second.unwrap()]
@@ -139,7 +139,7 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
     let ledger = ledger(url).await;
     assert_eq!(
         ledger
-            .claim(&key(7), &claimant(&fingerprint(1)))
+            .claim(&key(7), &claimant(fingerprint(1)))
             .await
             .unwrap(),
         Claim::Claimed
@@ -153,7 +153,7 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
     .unwrap();
     assert_eq!(lowercase, key(7));
     match ledger
-        .claim(&lowercase, &claimant(&fingerprint(2)))
+        .claim(&lowercase, &claimant(fingerprint(2)))
         .await
         .unwrap()
     {
@@ -170,7 +170,7 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
     // Another nonce, another network or another payer is another authorization.
     assert_eq!(
         ledger
-            .claim(&key(8), &claimant(&fingerprint(2)))
+            .claim(&key(8), &claimant(fingerprint(2)))
             .await
             .unwrap(),
         Claim::Claimed
@@ -179,7 +179,7 @@ pub async fn fingerprint_mismatch_is_reported(url: &str) {
         SettlementKey::parse("eip155:8453", ASSET, PAYER, &format!("0x{:064x}", 7)).unwrap();
     assert_eq!(
         ledger
-            .claim(&other_network, &claimant(&fingerprint(2)))
+            .claim(&other_network, &claimant(fingerprint(2)))
             .await
             .unwrap(),
         Claim::Claimed
@@ -192,11 +192,11 @@ pub async fn states_move_one_way(url: &str) {
     let k = key(3);
     assert!(ledger.get(&k).await.unwrap().is_none());
     assert!(matches!(
-        ledger.mark_submitted(&k, HOLDER, &submission(&tx(1))).await,
+        ledger.mark_submitted(&k, HOLDER, &submission(tx(1))).await,
         Err(LedgerError::Transition { .. })
     ));
     assert_eq!(
-        ledger.claim(&k, &claimant(&fingerprint(3))).await.unwrap(),
+        ledger.claim(&k, &claimant(fingerprint(3))).await.unwrap(),
         Claim::Claimed
     );
     let received = ledger.get(&k).await.unwrap().unwrap();
@@ -205,22 +205,22 @@ pub async fn states_move_one_way(url: &str) {
     assert!(received.created_at_ms > 1_700_000_000_000, "unix ms");
 
     ledger
-        .mark_submitted(&k, HOLDER, &submission(&tx(1)))
+        .mark_submitted(&k, HOLDER, &submission(tx(1)))
         .await
         .unwrap();
     let submitted = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(submitted.state, SettlementState::Submitted);
-    assert_eq!(submitted.tx_hash.as_deref(), Some(tx(1).as_str()));
+    assert_eq!(submitted.tx_hash, Some(tx(1)));
     assert_eq!(submitted.valid_before_s, Some(4_000_000_000));
-    assert_eq!(submitted.response, Some(success(&tx(1))));
+    assert_eq!(submitted.response, Some(success(tx(1))));
     assert!(submitted.updated_at_ms >= submitted.created_at_ms);
     assert_eq!(
-        ledger.claim(&k, &claimant(&fingerprint(3))).await.unwrap(),
+        ledger.claim(&k, &claimant(fingerprint(3))).await.unwrap(),
         Claim::Existing(Box::new(submitted.clone())),
         "the row as it stands"
     );
     assert!(matches!(
-        ledger.mark_submitted(&k, OTHER, &submission(&tx(2))).await,
+        ledger.mark_submitted(&k, OTHER, &submission(tx(2))).await,
         Err(LedgerError::Transition { .. })
     ));
     assert_eq!(
@@ -234,18 +234,18 @@ pub async fn states_move_one_way(url: &str) {
     );
     assert!(matches!(
         ledger
-            .finish(&k, &success(&tx(1)), SettlementState::Submitted)
+            .finish(&k, &success(tx(1)), SettlementState::Submitted)
             .await,
         Err(LedgerError::Transition { .. })
     ));
 
     ledger
-        .finish(&k, &success(&tx(1)), SettlementState::Confirmed)
+        .finish(&k, &success(tx(1)), SettlementState::Confirmed)
         .await
         .unwrap();
     let confirmed = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(confirmed.state, SettlementState::Confirmed);
-    assert_eq!(confirmed.response, Some(success(&tx(1))));
+    assert_eq!(confirmed.response, Some(success(tx(1))));
     assert_eq!(confirmed.error_reason, None);
     let failed = SettleResponse::failed(
         Reason::TRANSACTION_FAILED,
@@ -259,7 +259,7 @@ pub async fn states_move_one_way(url: &str) {
     ));
     assert!(!ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert!(matches!(
-        ledger.mark_submitted(&k, HOLDER, &submission(&tx(2))).await,
+        ledger.mark_submitted(&k, HOLDER, &submission(tx(2))).await,
         Err(LedgerError::Transition { .. })
     ));
     assert_eq!(
@@ -270,9 +270,9 @@ pub async fn states_move_one_way(url: &str) {
 
     // A failure records its reason.
     let k = key(4);
-    ledger.claim(&k, &claimant(&fingerprint(4))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(4))).await.unwrap();
     ledger
-        .mark_submitted(&k, HOLDER, &submission(&tx(4)))
+        .mark_submitted(&k, HOLDER, &submission(tx(4)))
         .await
         .unwrap();
     ledger
@@ -289,12 +289,12 @@ pub async fn states_move_one_way(url: &str) {
 
     // A refusal before broadcast frees the authorization for a retry.
     let k = key(5);
-    ledger.claim(&k, &claimant(&fingerprint(5))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(5))).await.unwrap();
     assert!(ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert!(ledger.get(&k).await.unwrap().is_none());
     assert!(!ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert_eq!(
-        ledger.claim(&k, &claimant(&fingerprint(6))).await.unwrap(),
+        ledger.claim(&k, &claimant(fingerprint(6))).await.unwrap(),
         Claim::Claimed
     );
 }
@@ -306,7 +306,7 @@ pub async fn unfinished_lists_submitted_rows(url: &str) {
     for nonce in 10..16u64 {
         let k = key(nonce);
         ledger
-            .claim(&k, &claimant(&fingerprint(nonce as u8)))
+            .claim(&k, &claimant(fingerprint(nonce as u8)))
             .await
             .unwrap();
         // Distinct creation times, so "oldest first" is observable.
@@ -314,12 +314,12 @@ pub async fn unfinished_lists_submitted_rows(url: &str) {
     }
     for nonce in [14u64, 11, 12, 13] {
         ledger
-            .mark_submitted(&key(nonce), HOLDER, &submission(&tx(nonce as u8)))
+            .mark_submitted(&key(nonce), HOLDER, &submission(tx(nonce as u8)))
             .await
             .unwrap();
     }
     ledger
-        .finish(&key(13), &success(&tx(13)), SettlementState::Confirmed)
+        .finish(&key(13), &success(tx(13)), SettlementState::Confirmed)
         .await
         .unwrap();
     let unfinished = ledger.unfinished().await.unwrap();
@@ -328,10 +328,7 @@ pub async fn unfinished_lists_submitted_rows(url: &str) {
     for record in &unfinished {
         assert_eq!(record.state, SettlementState::Submitted);
         assert!(record.tx_hash.is_some());
-        assert_eq!(
-            record.response,
-            Some(success(record.tx_hash.as_ref().unwrap()))
-        );
+        assert_eq!(record.response, Some(success(record.tx_hash.unwrap())));
     }
 }
 
@@ -339,19 +336,19 @@ pub async fn unfinished_lists_submitted_rows(url: &str) {
 pub async fn received_before_lists_old_claims(url: &str) {
     let ledger = ledger(url).await;
     ledger
-        .claim(&key(30), &claimant(&fingerprint(30)))
+        .claim(&key(30), &claimant(fingerprint(30)))
         .await
         .unwrap();
     ledger
-        .claim(&key(31), &claimant(&fingerprint(31)))
+        .claim(&key(31), &claimant(fingerprint(31)))
         .await
         .unwrap();
     ledger
-        .claim(&key(32), &claimant(&fingerprint(32)))
+        .claim(&key(32), &claimant(fingerprint(32)))
         .await
         .unwrap();
     ledger
-        .mark_submitted(&key(31), HOLDER, &submission(&tx(31)))
+        .mark_submitted(&key(31), HOLDER, &submission(tx(31)))
         .await
         .unwrap();
     let created = ledger.get(&key(30)).await.unwrap().unwrap().created_at_ms;
@@ -372,11 +369,11 @@ pub async fn rows_survive_reopening(url: &str) {
     {
         let ledger = ledger(url).await;
         ledger
-            .claim(&key(20), &claimant(&fingerprint(20)))
+            .claim(&key(20), &claimant(fingerprint(20)))
             .await
             .unwrap();
         ledger
-            .mark_submitted(&key(20), HOLDER, &submission(&tx(20)))
+            .mark_submitted(&key(20), HOLDER, &submission(tx(20)))
             .await
             .unwrap();
     }
@@ -398,28 +395,28 @@ pub async fn payment_ids_name_one_payment(url: &str) {
     assert!(!bursar_store::valid_payment_id("pay_0123456789abcdef/0123"));
     assert_eq!(
         ledger
-            .claim(&key(30), &identified(&fingerprint(1), id))
+            .claim(&key(30), &identified(fingerprint(1), id))
             .await
             .unwrap(),
         Claim::Claimed
     );
     assert!(matches!(
         ledger
-            .claim(&key(30), &identified(&fingerprint(1), id))
+            .claim(&key(30), &identified(fingerprint(1), id))
             .await
             .unwrap(),
         Claim::Existing(record) if record.state == SettlementState::Received
     ));
     assert_eq!(
         ledger
-            .claim(&key(31), &identified(&fingerprint(1), id))
+            .claim(&key(31), &identified(fingerprint(1), id))
             .await
             .unwrap(),
         Claim::PaymentIdConflict { held_by: key(30) }
     );
     assert_eq!(
         ledger
-            .claim(&key(30), &identified(&fingerprint(2), id))
+            .claim(&key(30), &identified(fingerprint(2), id))
             .await
             .unwrap(),
         Claim::PaymentIdConflict { held_by: key(30) }
@@ -436,8 +433,8 @@ pub async fn payment_ids_name_one_payment(url: &str) {
     let race = "pay_race_0123456789abcdef";
     let (key_a, key_b) = (key(32), key(33));
     let (claim_a, claim_b) = (
-        identified(&fingerprint(1), race),
-        identified(&fingerprint(2), race),
+        identified(fingerprint(1), race),
+        identified(fingerprint(2), race),
     );
     let (a, b) = tokio::join!(
         ledger.claim(&key_a, &claim_a),
@@ -460,16 +457,16 @@ pub async fn batch_rows_move_together(url: &str) {
     let ledger = ledger(url).await;
     for n in 40..43 {
         ledger
-            .claim(&key(n), &claimant(&fingerprint(1)))
+            .claim(&key(n), &claimant(fingerprint(1)))
             .await
             .unwrap();
     }
-    let rows = |hash: &str| -> Vec<(SettlementKey, Submission)> {
+    let rows = |hash: B256| -> Vec<(SettlementKey, Submission)> {
         (40..43).map(|n| (key(n), submission(hash))).collect()
     };
     // One row missing: nothing changes.
-    let mut with_missing = rows(&tx(1));
-    with_missing.push((key(49), submission(&tx(1))));
+    let mut with_missing = rows(tx(1));
+    with_missing.push((key(49), submission(tx(1))));
     assert!(
         ledger
             .mark_batch_submitted(HOLDER, &with_missing)
@@ -481,20 +478,20 @@ pub async fn batch_rows_move_together(url: &str) {
         SettlementState::Received
     );
     ledger
-        .mark_batch_submitted(HOLDER, &rows(&tx(1)))
+        .mark_batch_submitted(HOLDER, &rows(tx(1)))
         .await
         .unwrap();
     // Re-signed after a nonce refusal: the new hash replaces the old.
     ledger
-        .mark_batch_submitted(HOLDER, &rows(&tx(2)))
+        .mark_batch_submitted(HOLDER, &rows(tx(2)))
         .await
         .unwrap();
     let record = ledger.get(&key(41)).await.unwrap().unwrap();
     assert_eq!(record.state, SettlementState::Submitted);
     assert_eq!(record.tx_hash, Some(tx(2)));
     // Released only with the recorded hash.
-    assert_eq!(ledger.release_unsent(&[key(42)], &tx(1)).await.unwrap(), 0);
-    assert_eq!(ledger.release_unsent(&[key(42)], &tx(2)).await.unwrap(), 1);
+    assert_eq!(ledger.release_unsent(&[key(42)], tx(1)).await.unwrap(), 0);
+    assert_eq!(ledger.release_unsent(&[key(42)], tx(2)).await.unwrap(), 1);
     assert!(ledger.get(&key(42)).await.unwrap().is_none());
     let failed = SettleResponse::failed(
         Reason::NONCE_ALREADY_USED,
@@ -503,7 +500,7 @@ pub async fn batch_rows_move_together(url: &str) {
         NETWORK.into(),
     );
     let finished = vec![
-        (key(40), success(&tx(2)), SettlementState::Confirmed),
+        (key(40), success(tx(2)), SettlementState::Confirmed),
         (key(41), failed, SettlementState::Failed),
     ];
     assert_eq!(ledger.finish_many(&finished).await.unwrap(), 2);
@@ -511,7 +508,7 @@ pub async fn batch_rows_move_together(url: &str) {
     assert_eq!(ledger.finish_many(&finished).await.unwrap(), 0);
     assert!(
         ledger
-            .finish_many(&[(key(40), success(&tx(2)), SettlementState::Submitted)])
+            .finish_many(&[(key(40), success(tx(2)), SettlementState::Submitted)])
             .await
             .is_err()
     );
@@ -561,7 +558,7 @@ async fn execute_raw(url: &str, statements: &[String]) {
 fn legacy_row(
     key: &SettlementKey,
     state: &str,
-    tx_hash: Option<&str>,
+    tx_hash: Option<B256>,
     payment_id: Option<&str>,
 ) -> String {
     let text = |value: Option<&str>| value.map_or("NULL".to_string(), |v| format!("'{v}'"));
@@ -582,7 +579,7 @@ fn legacy_row(
         payer,
         key.nonce(),
         fingerprint(0xee),
-        text(tx_hash),
+        text(tx_hash.map(|hash| hash.to_string()).as_deref()),
         text(response.as_deref()),
         text(payment_id),
     )
@@ -594,7 +591,7 @@ fn legacy_row(
 pub async fn only_the_holder_records_a_transaction(url: &str) {
     let ledger = ledger(url).await;
     let k = key(50);
-    ledger.claim(&k, &claimant(&fingerprint(50))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(50))).await.unwrap();
     let received = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(received.holder.as_deref(), Some(HOLDER));
     assert_eq!(received.pay_to, Some(PAY_TO));
@@ -602,7 +599,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     assert_eq!((received.sender, received.sender_nonce), (None, None));
     assert_eq!(received.tx_hash, None);
 
-    match ledger.mark_submitted(&k, OTHER, &submission(&tx(1))).await {
+    match ledger.mark_submitted(&k, OTHER, &submission(tx(1))).await {
         Err(LedgerError::Transition { key, to, .. }) => {
             assert_eq!(key, k);
             assert_eq!(to, SettlementState::Submitted);
@@ -616,7 +613,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     );
 
     ledger
-        .mark_submitted(&k, HOLDER, &submission(&tx(1)))
+        .mark_submitted(&k, HOLDER, &submission(tx(1)))
         .await
         .unwrap();
     let submitted = ledger.get(&k).await.unwrap().unwrap();
@@ -628,13 +625,13 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     assert_eq!(submitted.pay_to, Some(PAY_TO));
     assert_eq!(submitted.amount, Some(Amount::from(AMOUNT)));
     assert_eq!(submitted.valid_before_s, Some(4_000_000_000));
-    assert_eq!(submitted.response, Some(success(&tx(1))));
+    assert_eq!(submitted.response, Some(success(tx(1))));
 
     // Signed again after the node refused the first nonce: the holder records the new
     // transaction over the old one; another process still may not.
     let resigned = Submission {
         sender_nonce: SENDER_NONCE + 1,
-        ..submission(&tx(2))
+        ..submission(tx(2))
     };
     assert!(matches!(
         ledger.mark_submitted(&k, OTHER, &resigned).await,
@@ -646,22 +643,22 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     assert_eq!(again.state, SettlementState::Submitted);
     assert_eq!(again.tx_hash, Some(tx(2)));
     assert_eq!(again.sender_nonce, Some(SENDER_NONCE + 1));
-    assert_eq!(again.response, Some(success(&tx(2))));
+    assert_eq!(again.response, Some(success(tx(2))));
     assert_eq!(again.created_at_ms, submitted.created_at_ms);
 
     // A batch with a row another process holds records nothing, for either holder.
     let (mine, theirs) = (key(51), key(52));
     ledger
-        .claim(&mine, &claimant(&fingerprint(51)))
+        .claim(&mine, &claimant(fingerprint(51)))
         .await
         .unwrap();
     ledger
-        .claim(&theirs, &held_by(&fingerprint(52), OTHER))
+        .claim(&theirs, &held_by(fingerprint(52), OTHER))
         .await
         .unwrap();
     let both = vec![
-        (mine.clone(), submission(&tx(3))),
-        (theirs.clone(), submission(&tx(3))),
+        (mine.clone(), submission(tx(3))),
+        (theirs.clone(), submission(tx(3))),
     ];
     for holder in [HOLDER, OTHER] {
         assert!(matches!(
@@ -696,7 +693,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
 pub async fn release_is_for_the_holder_only(url: &str) {
     let ledger = ledger(url).await;
     let k = key(60);
-    ledger.claim(&k, &claimant(&fingerprint(60))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(60))).await.unwrap();
     assert!(
         !ledger.release(&k, Some(OTHER)).await.unwrap(),
         "another process's claim stays"
@@ -722,11 +719,11 @@ pub async fn release_is_for_the_holder_only(url: &str) {
 
     let sent = key(62);
     ledger
-        .claim(&sent, &claimant(&fingerprint(62)))
+        .claim(&sent, &claimant(fingerprint(62)))
         .await
         .unwrap();
     ledger
-        .mark_submitted(&sent, HOLDER, &submission(&tx(62)))
+        .mark_submitted(&sent, HOLDER, &submission(tx(62)))
         .await
         .unwrap();
     assert!(!ledger.release(&sent, Some(HOLDER)).await.unwrap());
@@ -743,7 +740,7 @@ pub async fn release_is_for_the_holder_only(url: &str) {
 pub async fn take_over_is_compare_and_swap(url: &str) {
     let ledger = ledger(url).await;
     let k = key(70);
-    ledger.claim(&k, &claimant(&fingerprint(70))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(70))).await.unwrap();
     let seen = ledger.get(&k).await.unwrap().unwrap();
 
     let other = open(url).await.unwrap();
@@ -768,14 +765,14 @@ pub async fn take_over_is_compare_and_swap(url: &str) {
     );
     assert!(!ledger.take_over(&seen, winner).await.unwrap());
     assert!(matches!(
-        ledger.mark_submitted(&k, HOLDER, &submission(&tx(1))).await,
+        ledger.mark_submitted(&k, HOLDER, &submission(tx(1))).await,
         Err(LedgerError::Transition { .. })
     ));
     assert!(!ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert_eq!(ledger.get(&k).await.unwrap().unwrap(), taken);
 
     ledger
-        .mark_submitted(&k, winner, &submission(&tx(1)))
+        .mark_submitted(&k, winner, &submission(tx(1)))
         .await
         .unwrap();
     let submitted = ledger.get(&k).await.unwrap().unwrap();
@@ -812,9 +809,9 @@ pub async fn correct_to_paid_only_corrects_failures(url: &str) {
         NETWORK.into(),
     );
     let k = key(80);
-    ledger.claim(&k, &claimant(&fingerprint(80))).await.unwrap();
+    ledger.claim(&k, &claimant(fingerprint(80))).await.unwrap();
     ledger
-        .mark_submitted(&k, HOLDER, &submission(&tx(1)))
+        .mark_submitted(&k, HOLDER, &submission(tx(1)))
         .await
         .unwrap();
     ledger
@@ -828,7 +825,7 @@ pub async fn correct_to_paid_only_corrects_failures(url: &str) {
         "a failure keeps its transaction"
     );
 
-    let paid = success(&tx(9));
+    let paid = success(tx(9));
     assert!(ledger.correct_to_paid(&k, &paid).await.unwrap());
     let corrected = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(corrected.state, SettlementState::Confirmed);
@@ -838,7 +835,7 @@ pub async fn correct_to_paid_only_corrects_failures(url: &str) {
     assert!(corrected.updated_at_ms >= before.updated_at_ms);
     assert_eq!(corrected.holder, before.holder);
 
-    assert!(!ledger.correct_to_paid(&k, &success(&tx(10))).await.unwrap());
+    assert!(!ledger.correct_to_paid(&k, &success(tx(10))).await.unwrap());
     assert_eq!(
         ledger.get(&k).await.unwrap().unwrap(),
         corrected,
@@ -847,16 +844,16 @@ pub async fn correct_to_paid_only_corrects_failures(url: &str) {
 
     let received = key(81);
     ledger
-        .claim(&received, &claimant(&fingerprint(81)))
+        .claim(&received, &claimant(fingerprint(81)))
         .await
         .unwrap();
     let submitted = key(82);
     ledger
-        .claim(&submitted, &claimant(&fingerprint(82)))
+        .claim(&submitted, &claimant(fingerprint(82)))
         .await
         .unwrap();
     ledger
-        .mark_submitted(&submitted, HOLDER, &submission(&tx(82)))
+        .mark_submitted(&submitted, HOLDER, &submission(tx(82)))
         .await
         .unwrap();
     for k in [&received, &submitted] {
@@ -876,11 +873,11 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
         let ledger = ledger.clone();
         async move {
             ledger
-                .claim(&key(n), &claimant(&fingerprint(n as u8)))
+                .claim(&key(n), &claimant(fingerprint(n as u8)))
                 .await
                 .unwrap();
             ledger
-                .mark_submitted(&key(n), HOLDER, &submission(&tx(1)))
+                .mark_submitted(&key(n), HOLDER, &submission(tx(1)))
                 .await
                 .unwrap();
         }
@@ -888,12 +885,12 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
 
     submitted(90).await;
     ledger
-        .finish(&key(90), &success(&tx(2)), SettlementState::Confirmed)
+        .finish(&key(90), &success(tx(2)), SettlementState::Confirmed)
         .await
         .unwrap();
     let record = ledger.get(&key(90)).await.unwrap().unwrap();
     assert_eq!(record.tx_hash, Some(tx(2)));
-    assert_eq!(record.response, Some(success(&tx(2))));
+    assert_eq!(record.response, Some(success(tx(2))));
 
     submitted(91).await;
     let failed = SettleResponse::failed(
@@ -913,11 +910,11 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
 
     // Never broadcast, found paid on chain: confirmed with the transaction that paid.
     ledger
-        .claim(&key(92), &claimant(&fingerprint(92)))
+        .claim(&key(92), &claimant(fingerprint(92)))
         .await
         .unwrap();
     ledger
-        .finish(&key(92), &success(&tx(3)), SettlementState::Confirmed)
+        .finish(&key(92), &success(tx(3)), SettlementState::Confirmed)
         .await
         .unwrap();
     let record = ledger.get(&key(92)).await.unwrap().unwrap();
@@ -927,7 +924,7 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
     submitted(93).await;
     assert_eq!(
         ledger
-            .finish_many(&[(key(93), success(&tx(4)), SettlementState::Confirmed)])
+            .finish_many(&[(key(93), success(tx(4)), SettlementState::Confirmed)])
             .await
             .unwrap(),
         1
@@ -940,7 +937,14 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
     // A confirmed response naming no transaction keeps the recorded one.
     submitted(94).await;
     ledger
-        .finish(&key(94), &success(""), SettlementState::Confirmed)
+        .finish(
+            &key(94),
+            &SettleResponse {
+                transaction: String::new(),
+                ..success(tx(0))
+            },
+            SettlementState::Confirmed,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -1018,8 +1022,8 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
         url,
         &[
             legacy_row(&claimed, "received", None, None),
-            legacy_row(&sent, "submitted", Some(&tx(101)), None),
-            legacy_row(&done, "confirmed", Some(&tx(102)), Some(id)),
+            legacy_row(&sent, "submitted", Some(tx(101)), None),
+            legacy_row(&done, "confirmed", Some(tx(102)), Some(id)),
         ],
     )
     .await;
@@ -1035,7 +1039,7 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
         assert_eq!(record.state, state, "{k}");
         assert_eq!(record.fingerprint, fingerprint(0xee));
         assert_eq!(record.tx_hash, hash);
-        assert_eq!(record.response, record.tx_hash.as_deref().map(success));
+        assert_eq!(record.response, record.tx_hash.map(success));
         assert_eq!(record.created_at_ms, 1_700_000_000_000);
         assert_eq!(record.holder, None);
         assert_eq!((record.sender, record.sender_nonce), (None, None));
@@ -1052,13 +1056,13 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
         claimed
     );
     assert!(matches!(
-        ledger.claim(&done, &claimant(&fingerprint(0xee))).await.unwrap(),
+        ledger.claim(&done, &claimant(fingerprint(0xee))).await.unwrap(),
         Claim::Existing(record) if record.state == SettlementState::Confirmed && record.holder.is_none()
     ));
 
     // The broadcast row is finished from its receipt, as before.
     ledger
-        .finish(&sent, &success(&tx(101)), SettlementState::Confirmed)
+        .finish(&sent, &success(tx(101)), SettlementState::Confirmed)
         .await
         .unwrap();
     assert_eq!(
@@ -1068,7 +1072,7 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
     // The claim: nobody records a transaction for it until it is taken over.
     assert!(matches!(
         ledger
-            .mark_submitted(&claimed, HOLDER, &submission(&tx(1)))
+            .mark_submitted(&claimed, HOLDER, &submission(tx(1)))
             .await,
         Err(LedgerError::Transition { .. })
     ));
@@ -1076,7 +1080,7 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
     let seen = ledger.get(&claimed).await.unwrap().unwrap();
     assert!(ledger.take_over(&seen, HOLDER).await.unwrap());
     ledger
-        .mark_submitted(&claimed, HOLDER, &submission(&tx(1)))
+        .mark_submitted(&claimed, HOLDER, &submission(tx(1)))
         .await
         .unwrap();
     let record = ledger.get(&claimed).await.unwrap().unwrap();
@@ -1132,7 +1136,7 @@ async fn in_memory_ledger_works_without_opening() {
     let ledger = bursar_store::SqliteLedger::memory();
     assert_eq!(
         ledger
-            .claim(&key(1), &claimant(&fingerprint(1)))
+            .claim(&key(1), &claimant(fingerprint(1)))
             .await
             .unwrap(),
         Claim::Claimed

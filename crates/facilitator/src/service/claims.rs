@@ -36,12 +36,11 @@ impl LocalFacilitator {
         network: String,
     ) -> (SettleResponse, bool) {
         let ledger_key = self.ledger_key(key);
-        let fingerprint = fingerprint.to_string();
         let payer = Some(key.payer.to_checksum(None));
         let deadline = Instant::now() + SETTLED_ELSEWHERE_WAIT_TIMEOUT;
         let payment_id = payment_identifier(request).ok().flatten();
         let claimant = Claimant {
-            fingerprint: fingerprint.clone(),
+            fingerprint,
             holder: self.holder.clone(),
             payment_id: payment_id.clone(),
             pay_to: terms.pay_to,

@@ -117,7 +117,7 @@ impl LocalFacilitator {
             let outcome = self.recover_received(&record).await;
             tracing::warn!(key = %record.key, outcome = ?outcome, "abandoned settlement claim");
             recovered.push(Recovered {
-                tx_hash: String::new(),
+                tx_hash: None,
                 key: record.key,
                 outcome,
             });
@@ -137,7 +137,7 @@ impl LocalFacilitator {
                 finished => tracing::info!(key = %record.key, outcome = ?finished, "recovered"),
             }
             recovered.push(Recovered {
-                tx_hash: record.tx_hash.clone().unwrap_or_default(),
+                tx_hash: record.tx_hash,
                 key: record.key,
                 outcome,
             });
@@ -309,7 +309,7 @@ impl LocalFacilitator {
         // never be mined. Free the authorization so the payer's retry settles it.
         match self
             .ledger
-            .release_unsent(std::slice::from_ref(&record.key), &hash.to_string())
+            .release_unsent(std::slice::from_ref(&record.key), hash)
             .await
         {
             Ok(1) => RecoveryOutcome::Released,
@@ -323,7 +323,8 @@ impl LocalFacilitator {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recovered {
     pub key: SettlementKey,
-    pub tx_hash: String,
+    /// The transaction the row recorded, if it recorded one.
+    pub tx_hash: Option<B256>,
     pub outcome: RecoveryOutcome,
 }
 
@@ -361,6 +362,6 @@ pub(super) fn record_terms(record: &SettlementRecord) -> Option<Terms> {
 
 /// The transaction and the response it will give, of a `submitted` row.
 pub(super) fn submitted_transaction(record: &SettlementRecord) -> Option<(B256, SettleResponse)> {
-    let hash = record.tx_hash.as_deref()?.parse::<B256>().ok()?;
+    let hash = record.tx_hash?;
     Some((hash, record.response.clone()?))
 }

@@ -104,8 +104,7 @@ impl LocalFacilitator {
             Ok(None) => {}
             Ok(Some(id)) => match self.ledger.get_by_payment_id(&id).await {
                 Ok(Some(holder))
-                    if holder.key != self.ledger_key(key)
-                        || holder.fingerprint != fingerprint.to_string() =>
+                    if holder.key != self.ledger_key(key) || holder.fingerprint != fingerprint =>
                 {
                     return payment_id_conflict(&id, payer, network);
                 }
@@ -265,7 +264,7 @@ impl LocalFacilitator {
                 Some(SETTLE_GAS_LIMIT),
                 |hash, nonce| {
                     let submission = Submission {
-                        tx_hash: hash.to_string(),
+                        tx_hash: hash,
                         sender: self.sender.address(),
                         sender_nonce: nonce,
                         valid_before_s,
@@ -335,7 +334,7 @@ impl LocalFacilitator {
         let released = match recorded {
             Some(hash) => self
                 .ledger
-                .release_unsent(std::slice::from_ref(key), &hash.to_string())
+                .release_unsent(std::slice::from_ref(key), hash)
                 .await
                 .map(|_| ()),
             None => self
