@@ -64,7 +64,14 @@ const BATCH_BUCKETS: [f64; 11] = [
 ];
 
 /// The routes counted by name in `bursar_facilitator_http_requests_total`.
-const ROUTES: [&str; 5] = ["/verify", "/settle", "/supported", "/health", "/metrics"];
+const ROUTES: [&str; 6] = [
+    "/verify",
+    "/settle",
+    "/supported",
+    "/health",
+    "/metrics",
+    "/openapi.json",
+];
 
 /// The `route` label of a request path: the route, or `other`.
 pub(crate) fn route_label(path: &str) -> &'static str {

@@ -6,15 +6,10 @@
 //! was first, or a crash lost track of it), these events name the transaction that did, so a
 //! payment made on chain is always answered with the transaction that made it.
 
-use alloy_primitives::{Address, B256, U256, b256};
+use alloy_primitives::{Address, B256, U256};
+use bursar_chain::events::{AUTHORIZATION_USED_TOPIC, TransferEvent, address_topic, transfers_in};
 use bursar_chain::{ChainError, EvmChain, LOG_QUERY_BLOCKS_MAX, LogFilter, Receipt};
 
-/// `keccak256("AuthorizationUsed(address,bytes32)")`, the EIP-3009 event.
-pub const AUTHORIZATION_USED_TOPIC: B256 =
-    b256!("98de503528ee59b575ef0c0a2576a82497bfc029a5685b209e9ec333479b10a5");
-/// `keccak256("Transfer(address,address,uint256)")`, the ERC-20 event.
-pub const TRANSFER_TOPIC: B256 =
-    b256!("ddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef");
 /// How far back from the head the search for the transaction that used an authorization goes.
 /// Authorizations live minutes to hours; 50,000 blocks are over a day at Base's 2-second blocks.
 pub const AUTHORIZATION_LOOKBACK_BLOCKS: u64 = 50_000;
@@ -78,35 +73,9 @@ pub async fn transaction_that_paid(
 
 /// Whether `receipt` shows `token` moving exactly `terms.value` from `payer` to `terms.pay_to`.
 pub fn moved(receipt: &Receipt, token: Address, payer: Address, terms: Terms) -> bool {
-    receipt.logs.iter().any(|log| {
-        log.address == token
-            && log.topics.len() == 3
-            && log.topics[0] == TRANSFER_TOPIC
-            && log.topics[1] == address_topic(payer)
-            && log.topics[2] == address_topic(terms.pay_to)
-            && log.data.len() == 32
-            && U256::from_be_slice(&log.data) == terms.value
+    transfers_in(receipt, token).contains(&TransferEvent {
+        from: payer,
+        to: terms.pay_to,
+        value: terms.value,
     })
-}
-
-fn address_topic(address: Address) -> B256 {
-    B256::left_padding_from(address.as_slice())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use alloy_primitives::keccak256;
-
-    #[test]
-    fn topics_are_the_event_signatures() {
-        assert_eq!(
-            AUTHORIZATION_USED_TOPIC,
-            keccak256("AuthorizationUsed(address,bytes32)")
-        );
-        assert_eq!(
-            TRANSFER_TOPIC,
-            keccak256("Transfer(address,address,uint256)")
-        );
-    }
 }

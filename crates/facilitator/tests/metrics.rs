@@ -179,6 +179,13 @@ async fn counts_verifications_settlements_gas_and_pending() {
     );
     let not_found = h.http.get(format!("{}/nope", h.url)).send().await.unwrap();
     assert_eq!(not_found.status().as_u16(), 404);
+    let document = h
+        .http
+        .get(format!("{}/openapi.json", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(document.status().as_u16(), 200);
 
     let samples = scrape_samples(&h).await;
     let verify = "bursar_facilitator_verify_total";
@@ -267,6 +274,16 @@ async fn counts_verifications_settlements_gas_and_pending() {
     assert_eq!(
         expect(&samples, http, &[("route", "other"), ("status", "404")]),
         1.0
+    );
+    // The test client reads the document too (to check responses against it); `other` above
+    // counts only the unknown path.
+    assert!(
+        expect(
+            &samples,
+            http,
+            &[("route", "/openapi.json"), ("status", "200")]
+        ) >= 1.0,
+        "the document is counted under its own route"
     );
 
     // Gas: exactly what the settlement's receipt says it cost (the refusal sent nothing).

@@ -209,6 +209,22 @@ pub async fn concurrent_sessions_never_overspend(store_url: &str) {
         status, 400,
         "another session's transfer as the cursor: {answer}"
     );
+    let (status, answer) = rt
+        .call(
+            Method::GET,
+            &format!("/v1/sessions/{session}/transfers?limit=many"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("limit")),
+        "the message names the bad parameter: {answer}"
+    );
 }
 
 /// Expired session, expired grant, revoked grant and the kill switch: denied with their code,

@@ -55,3 +55,23 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .map_err(ApiError)
     }
 }
+
+/// The query string, decoded as `T`. A malformed one is 400 `invalid_request` with a JSON body,
+/// as every other bad input is.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| QueryParams(value))
+            .map_err(|rejection| {
+                ApiError(RuntimeError::Invalid(format!(
+                    "query string: {}",
+                    rejection.body_text()
+                )))
+            })
+    }
+}

@@ -3,13 +3,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bursar_store::runtime::GrantRecord;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Operator;
+use super::body::QueryParams;
 use super::body::{IdempotencyKey, JsonBody};
 use super::created_status;
 use super::error::ApiResult;
@@ -114,7 +115,7 @@ pub async fn create_grant(
 pub async fn list_grants(
     State(runtime): State<Runtime>,
     _: Operator,
-    Query(filter): Query<GrantFilter>,
+    QueryParams(filter): QueryParams<GrantFilter>,
 ) -> ApiResult<Json<GrantList>> {
     let grants = runtime.grants(filter.wallet_id.as_deref()).await?;
     let grants = grants.iter().map(GrantBody::from).collect();

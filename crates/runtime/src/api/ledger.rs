@@ -1,7 +1,7 @@
 //! The runtime ledger, budget alerts and reconciliation against the chain.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use bursar_protocol::Amount;
 use bursar_store::alerts::AlertRecord;
 use bursar_store::runtime::LedgerEntry;
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Operator;
+use super::body::QueryParams;
 use super::error::ApiResult;
 use super::{LEDGER_PAGE_MAX, hex};
 use crate::alerts::AlertBody;
@@ -161,7 +162,7 @@ pub struct DifferenceBody {
 pub async fn ledger(
     State(runtime): State<Runtime>,
     _: Operator,
-    Query(page): Query<LedgerPage>,
+    QueryParams(page): QueryParams<LedgerPage>,
 ) -> ApiResult<Json<EntryList>> {
     let limit = page.limit.unwrap_or(100).clamp(1, LEDGER_PAGE_MAX);
     let entries = runtime
@@ -177,7 +178,7 @@ pub async fn ledger(
 pub async fn list_alerts(
     State(runtime): State<Runtime>,
     _: Operator,
-    Query(filter): Query<AlertFilter>,
+    QueryParams(filter): QueryParams<AlertFilter>,
 ) -> ApiResult<Json<AlertList>> {
     let limit = filter.limit.unwrap_or(100).clamp(1, LEDGER_PAGE_MAX);
     let alerts = runtime.alerts(filter.subject.as_deref(), limit).await?;

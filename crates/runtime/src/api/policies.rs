@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use bursar_store::runtime::EndpointHealth;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Operator;
 use super::body::JsonBody;
+use super::body::QueryParams;
 use super::error::ApiResult;
 use crate::admin::PolicyScope;
 use crate::error::RuntimeError;
@@ -208,7 +209,7 @@ pub async fn delete_policy(
 pub async fn list_pauses(
     State(runtime): State<Runtime>,
     _: Operator,
-    Query(filter): Query<PauseFilter>,
+    QueryParams(filter): QueryParams<PauseFilter>,
 ) -> ApiResult<Json<PauseList>> {
     let pauses = runtime.paused_endpoints(filter.policy.as_deref()).await?;
     Ok(Json(PauseList {
@@ -238,7 +239,7 @@ pub async fn lift_pause(
 pub async fn learn_policy(
     State(runtime): State<Runtime>,
     _: Operator,
-    Query(query): Query<LearnQuery>,
+    QueryParams(query): QueryParams<LearnQuery>,
 ) -> ApiResult<Json<LearnedBody>> {
     let days = query.days.unwrap_or(30);
     if days == 0 || days > LEARN_DAYS_MAX {

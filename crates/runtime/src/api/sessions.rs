@@ -1,10 +1,11 @@
 //! `/v1/sessions`: one agent run under a grant, with a budget, and its transfers.
 
+use super::body::QueryParams;
 use super::hex;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use bursar_protocol::Amount;
 use bursar_store::runtime::{SessionRecord, TransferRecord};
@@ -236,7 +237,7 @@ pub async fn close_session(
 pub async fn session_transfers(
     State(runtime): State<Runtime>,
     reader: SessionReader,
-    Query(page): Query<TransfersQuery>,
+    QueryParams(page): QueryParams<TransfersQuery>,
 ) -> ApiResult<Json<TransferList>> {
     let limit = page
         .limit
