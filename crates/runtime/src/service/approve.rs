@@ -24,6 +24,8 @@ pub(super) struct Payment<'a> {
 #[derive(Debug)]
 pub(super) struct Approved {
     pub transfer: bursar_store::runtime::TransferRecord,
+    /// The window caps the reservation was checked against (for the budget alerts).
+    pub caps: Vec<SpendCap>,
     /// Whether the endpoint had answered paid requests of this session with 402 again.
     pub had_rejections: bool,
     /// The JSON Schema the seller published for the response (kept only when a policy
@@ -191,13 +193,13 @@ impl Runtime {
         let transfer = self
             .reserve(
                 payment,
-                policies,
-                new_transfer(payment, valid_before_s, asset, caps),
+                new_transfer(payment, valid_before_s, asset, caps.clone()),
                 rules,
             )
             .await?;
         Ok(Approved {
             transfer,
+            caps,
             had_rejections: history.rejections > 0,
             published_schema: wanted(policies, |v| v.seller_schema)
                 .then(|| {
@@ -212,17 +214,15 @@ impl Runtime {
     }
 
     /// The reservation step: the store checks the session's budget and the window caps and
-    /// reserves atomically (or writes the deny entry); the decision goes into the trace and the
-    /// budget alerts are recorded.
+    /// reserves atomically (or writes the deny entry); the decision goes into the trace. (The
+    /// budget alerts a reservation raises are recorded by the caller, while it signs and pays.)
     async fn reserve(
         &self,
         payment: Payment<'_>,
-        policies: &[Policy],
         transfer: NewTransfer,
         mut rules: Vec<Value>,
     ) -> Result<bursar_store::runtime::TransferRecord, RuntimeError> {
         let input = budget_input(transfer.amount, &transfer.caps);
-        let caps = transfer.caps.clone();
         let budget_rule = |passed: bool, code: Option<&str>, detail: &str| {
             let mut rule = json!({"rule": "session_budget_and_windows", "source": "runtime",
                                   "input": input, "passed": passed, "detail": detail});
@@ -248,11 +248,7 @@ impl Runtime {
             .reserve_and_decide(transfer, decision)
             .await
         {
-            Ok(Reservation::Reserved(record)) => {
-                crate::alerts::after_reservation(self, payment.session, policies, &caps, &record)
-                    .await;
-                Ok(*record)
-            }
+            Ok(Reservation::Reserved(record)) => Ok(*record),
             Ok(Reservation::Denied { reason, message }) => {
                 // The store wrote the deny entry; record the decision.
                 rules.push(budget_rule(false, Some(reason.code()), &message));

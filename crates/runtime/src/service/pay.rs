@@ -89,11 +89,31 @@ impl Runtime {
             quote: &quote,
         };
         let approved = self.approve(payment, &policies, phase).await?;
-        let signed = match client.sign(&quote).await {
-            Ok(signed) => signed,
+        // The budget alerts the reservation raised are recorded while the payment is signed
+        // and sent: they never gate it, and the reservation they read is committed.
+        let alerts = async {
+            if let Ok(policies) = &policies {
+                crate::alerts::after_reservation(
+                    self,
+                    session,
+                    policies,
+                    &approved.caps,
+                    &approved.transfer,
+                )
+                .await;
+            }
+        };
+        let send = async {
+            match client.sign(&quote).await {
+                Ok(signed) => Ok(client.pay(&request, *quote, signed).await),
+                Err(error) => Err(error),
+            }
+        };
+        let ((), sent) = tokio::join!(alerts, send);
+        let outcome = match sent {
+            Ok(outcome) => outcome,
             Err(error) => return Err(self.not_signed(&approved.transfer, error).await),
         };
-        let outcome = client.pay(&request, *quote, signed).await;
         match outcome {
             Ok(response) => {
                 // The evidence and the rest of the bookkeeping are independent: at once.
@@ -425,7 +445,9 @@ impl Runtime {
         let (state, tx_hash) = match resolution {
             Resolution::Posted { tx_hash } => (TransferState::Posted, tx_hash),
             Resolution::Voided { .. } => (TransferState::Voided, None),
-            Resolution::StillPending | Resolution::AlreadyResolved => {
+            // Still pending as this call reserved it: nothing to read again.
+            Resolution::StillPending => (TransferState::Pending, transfer.tx_hash),
+            Resolution::AlreadyResolved => {
                 let current = self.inner.store.transfer(&transfer.id).await?;
                 match current {
                     Some(current) => (current.state, current.tx_hash),

@@ -5,7 +5,7 @@ use bursar_protocol::{Amount, Network};
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
-use super::grants::{GRANT_COLUMNS, GrantRecord, GrantStore, grant_from_row};
+use super::grants::{GrantRecord, GrantStore};
 use crate::common::{
     Created, LIST_ROWS_MAX, StoreError, check_idempotency_key, is_unique_violation, new_id,
     request_digest,
@@ -101,13 +101,17 @@ fn session_from_row(row: &Row) -> Result<SessionRecord, StoreError> {
 pub(super) async fn lock_session(
     tx: &mut Tx,
     id: &str,
-) -> Result<Option<(SessionRecord, GrantRecord)>, StoreError> {
-    // Locks the row and reads it in one statement.
+) -> Result<Option<(SessionRecord, GrantStanding)>, StoreError> {
+    // Locks the row and reads it, with its grant's standing, in one statement (one round trip).
     let Some(row) = tx
         .fetch_optional(
             statement(AssertSqlSafe(format!(
                 "UPDATE sessions SET lock_version = lock_version + 1 WHERE id = $1 \
-                 RETURNING {SESSION_COLUMNS}"
+                 RETURNING {SESSION_COLUMNS}, \
+                 (SELECT revoked_at_ms FROM grants WHERE grants.id = sessions.grant_id) \
+                 AS grant_revoked_at_ms, \
+                 (SELECT expires_at_ms FROM grants WHERE grants.id = sessions.grant_id) \
+                 AS grant_expires_at_ms"
             )))
             .bind(id),
         )
@@ -116,15 +120,24 @@ pub(super) async fn lock_session(
         return Ok(None);
     };
     let session = session_from_row(&row)?;
-    let row = tx
-        .fetch_one(
-            statement(AssertSqlSafe(format!(
-                "SELECT {GRANT_COLUMNS} FROM grants WHERE id = $1"
-            )))
-            .bind(&session.grant_id),
-        )
-        .await?;
-    Ok(Some((session, grant_from_row(&row)?)))
+    let expires_at_ms: Option<i64> = row.get("grant_expires_at_ms")?;
+    let standing = GrantStanding {
+        revoked_at_ms: row.get("grant_revoked_at_ms")?,
+        expires_at_ms: expires_at_ms.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "session {} names grant {}, which does not exist",
+                session.id, session.grant_id
+            ))
+        })?,
+    };
+    Ok(Some((session, standing)))
+}
+
+/// What a reservation needs of a session's grant: whether it was revoked and when it expires.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct GrantStanding {
+    pub revoked_at_ms: Option<i64>,
+    pub expires_at_ms: i64,
 }
 
 /// Writes a session's `reserved` and `posted` totals inside `tx`.

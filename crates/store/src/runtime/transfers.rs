@@ -360,43 +360,37 @@ impl TransferStore for SqlRuntimeStore {
     ) -> Result<EndpointPayments, StoreError> {
         let db = self.db().await?;
         let endpoint = truncate(endpoint, RESOURCE_BYTES_MAX);
-        let count: i64 = db
-            .fetch_one(
-                statement(
-                    "SELECT COUNT(*) AS count FROM transfers \
-                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided'",
-                )
-                .bind(session_id)
-                .bind(&endpoint),
+        // Three independent reads at once (their round trips overlap on PostgreSQL).
+        let count = db.fetch_one(
+            statement(
+                "SELECT COUNT(*) AS count FROM transfers \
+                 WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided'",
             )
-            .await?
-            .get("count")?;
-        if count == 0 {
-            return Ok(EndpointPayments::default());
-        }
-        let first = db
-            .fetch_optional(
-                statement(AssertSqlSafe(format!(
-                    "SELECT {TRANSFER_COLUMNS} FROM transfers \
-                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
-                     ORDER BY created_at_ms, id LIMIT 1"
-                )))
-                .bind(session_id)
-                .bind(&endpoint),
+            .bind(session_id)
+            .bind(&endpoint),
+        );
+        let first = db.fetch_optional(
+            statement(AssertSqlSafe(format!(
+                "SELECT {TRANSFER_COLUMNS} FROM transfers \
+                 WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
+                 ORDER BY created_at_ms, id LIMIT 1"
+            )))
+            .bind(session_id)
+            .bind(&endpoint),
+        );
+        let recent = db.fetch_all(
+            statement(
+                "SELECT created_at_ms FROM transfers \
+                 WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
+                 AND created_at_ms >= $3 ORDER BY created_at_ms",
             )
-            .await?;
-        let recent = db
-            .fetch_all(
-                statement(
-                    "SELECT created_at_ms FROM transfers \
-                     WHERE session_id = $1 AND endpoint = $2 AND state <> 'voided' \
-                     AND created_at_ms >= $3 ORDER BY created_at_ms",
-                )
-                .bind(session_id)
-                .bind(&endpoint)
-                .bind(since_ms),
-            )
-            .await?;
+            .bind(session_id)
+            .bind(&endpoint)
+            .bind(since_ms),
+        );
+        let (count, first, recent) = tokio::join!(count, first, recent);
+        let count: i64 = count?.get("count")?;
+        let (first, recent) = (first?, recent?);
         Ok(EndpointPayments {
             count: u64::try_from(count).unwrap_or_default(),
             first: first.as_ref().map(transfer_from_row).transpose()?,

@@ -6,9 +6,8 @@ use bursar_protocol::Amount;
 use sqlx::AssertSqlSafe;
 
 use super::SqlRuntimeStore;
-use super::grants::GrantRecord;
 use super::ledger::{EntryFacts, write_entry};
-use super::sessions::{SessionRecord, SessionStore, lock_session, set_totals};
+use super::sessions::{GrantStanding, SessionRecord, SessionStore, lock_session, set_totals};
 use super::transfers::{
     Denial, DenyReason, NewTransfer, Reservation, TRANSFER_COLUMNS, TransferRecord, TransferState,
     transfer_from_row,
@@ -125,7 +124,7 @@ pub(super) async fn reserve(
 /// Why the session and its grant refuse `transfer` at `now`, if they do (window caps apart).
 fn refusal(
     session: &SessionRecord,
-    grant: &GrantRecord,
+    grant: &GrantStanding,
     transfer: &NewTransfer,
     now: i64,
 ) -> Option<(DenyReason, String)> {
@@ -142,12 +141,12 @@ fn refusal(
         // cause when both have passed.
         Some((
             DenyReason::GrantRevoked,
-            format!("grant {} was revoked", grant.id),
+            format!("grant {} was revoked", session.grant_id),
         ))
     } else if now >= grant.expires_at_ms {
         Some((
             DenyReason::GrantExpired,
-            format!("grant {} has expired", grant.id),
+            format!("grant {} has expired", session.grant_id),
         ))
     } else if now >= session.expires_at_ms {
         Some((
