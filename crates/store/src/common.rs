@@ -31,6 +31,10 @@ pub enum StoreError {
     Invalid(String),
     #[error("corrupt runtime row: {0}")]
     Corrupt(String),
+    /// The database could not complete the operation (a transaction shared with others
+    /// failed to commit, or the committer stopped); nothing of it was written.
+    #[error("runtime store unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<LedgerError> for StoreError {

@@ -290,6 +290,60 @@ pub async fn reservations_are_atomic(url: &str) {
     assert!(entries.windows(2).all(|pair| pair[0].seq < pair[1].seq));
 }
 
+/// Reservations made at once, some of which fail (an unknown session, a validity window out of
+/// range), some denied: each outcome is its own. (On SQLite they share transactions, each in
+/// its own savepoint: a failed one must undo its own writes and none of the others'.)
+pub async fn failed_reservations_spoil_none_of_the_others(url: &str) {
+    let store = store(url).await;
+    let (_, _, session_id) = session_with(store.as_ref(), 5 * 7).await;
+    let (_, _, other_id) = session_with(store.as_ref(), 1_000).await;
+    let reused = B256::repeat_byte(0x5e);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = store.clone();
+        let mut transfer = transfer(&session_id, 7);
+        match i % 5 {
+            0 => transfer.session_id = format!("ses_missing_{i}"),
+            1 => transfer.valid_before_s = u64::MAX,
+            // One authorization offered ten times: it is reserved once; the others fail on
+            // the uniqueness of (network, asset, payer, nonce) after locking their session.
+            2 => {
+                transfer.session_id = other_id.clone();
+                transfer.nonce = reused;
+            }
+            _ => {}
+        }
+        tasks.push(tokio::spawn(async move { store.reserve(transfer).await }));
+    }
+    let (mut reserved, mut denied, mut not_found, mut invalid, mut failed) = (0, 0, 0, 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(Reservation::Reserved(_)) => reserved += 1,
+            Ok(Reservation::Denied { reason, .. }) => {
+                assert_eq!(reason, DenyReason::BudgetExhausted);
+                denied += 1;
+            }
+            Err(StoreError::NotFound(_)) => not_found += 1,
+            Err(StoreError::Invalid(_)) => invalid += 1,
+            Err(StoreError::Store(_)) => failed += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        (reserved, denied, not_found, invalid, failed),
+        (6, 15, 10, 10, 9)
+    );
+    let session = store.session(&session_id).await.unwrap().unwrap();
+    assert_eq!(session.reserved, Amount::from(35u64));
+    let other = store.session(&other_id).await.unwrap().unwrap();
+    assert_eq!(other.reserved, Amount::from(7u64), "the reused nonce once");
+    let entries = store.entries(0, 1000).await.unwrap();
+    let count = |kind| entries.iter().filter(|e| e.kind == kind).count();
+    assert_eq!((count(EntryKind::Reserve), count(EntryKind::Deny)), (6, 15));
+    assert_eq!(store.transfers(Some(&session_id)).await.unwrap().len(), 5);
+    assert_eq!(store.transfers(Some(&other_id)).await.unwrap().len(), 1);
+}
+
 /// Post and void resolve a pending transfer once; totals move with them.
 pub async fn transfers_resolve_exactly_once(url: &str) {
     let store = store(url).await;
@@ -1088,6 +1142,7 @@ macro_rules! conformance {
                 creates_are_idempotent,
                 reservations_are_atomic,
                 reservations_carry_their_decision,
+                failed_reservations_spoil_none_of_the_others,
                 transfers_resolve_exactly_once,
                 refusals_have_reasons,
                 ledger_is_append_only,

@@ -27,6 +27,7 @@
 
 mod endpoints;
 mod grants;
+mod group_commit;
 mod ledger;
 mod meta;
 mod operator_keys;
@@ -98,6 +99,8 @@ pub trait RuntimeStore:
 #[derive(Debug, Clone)]
 pub struct SqlRuntimeStore {
     backend: Backend,
+    /// SQLite's reservation committer, started on first use.
+    group: Arc<tokio::sync::OnceCell<Option<group_commit::GroupCommit>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +110,20 @@ enum Backend {
 }
 
 impl SqlRuntimeStore {
+    /// The reservation committer, on SQLite (`None` on PostgreSQL, where each reservation
+    /// holds its own session's row lock in its own transaction).
+    async fn group_commit(&self) -> Result<Option<&group_commit::GroupCommit>, StoreError> {
+        let Backend::Sqlite(ledger) = &self.backend else {
+            return Ok(None);
+        };
+        ledger.ready().await?;
+        Ok(self
+            .group
+            .get_or_init(|| async { Some(group_commit::GroupCommit::start(ledger.clone())) })
+            .await
+            .as_ref())
+    }
+
     /// The migrated pool.
     pub(crate) async fn db(&self) -> Result<Db<'_>, StoreError> {
         Ok(match &self.backend {
@@ -120,6 +137,7 @@ impl From<SqliteLedger> for SqlRuntimeStore {
     fn from(ledger: SqliteLedger) -> Self {
         SqlRuntimeStore {
             backend: Backend::Sqlite(ledger),
+            group: Arc::default(),
         }
     }
 }
@@ -128,6 +146,7 @@ impl From<PostgresLedger> for SqlRuntimeStore {
     fn from(ledger: PostgresLedger) -> Self {
         SqlRuntimeStore {
             backend: Backend::Postgres(ledger),
+            group: Arc::default(),
         }
     }
 }

@@ -18,18 +18,41 @@ use crate::decisions::{StoredDecision, append_decision};
 use crate::now_ms;
 
 /// Reserves `transfer.amount` against its session, or records why not; when it reserves,
-/// appends `decision` (naming the new transfer) to the decision trace before the one commit.
+/// appends `decision` (naming the new transfer) to the decision trace before the commit. On
+/// SQLite (one writer at a time) concurrent reservations share a transaction and its commit
+/// ([`super::group_commit`]); on PostgreSQL each has its own, holding its session's row lock.
+/// Either way the answer is given only once its commit succeeded.
 pub(super) async fn reserve(
     store: &SqlRuntimeStore,
     transfer: NewTransfer,
     decision: Option<StoredDecision>,
 ) -> Result<Reservation, StoreError> {
+    if let Some(group) = store.group_commit().await? {
+        return group.reserve(transfer, decision).await;
+    }
     let db = store.db().await?;
+    let mut tx = db.begin().await?;
+    match reserve_in(&mut tx, transfer, decision).await {
+        Ok(reservation) => {
+            tx.commit().await?;
+            Ok(reservation)
+        }
+        Err(error) => {
+            tx.rollback().await?;
+            Err(error)
+        }
+    }
+}
+
+/// [`reserve`]'s work inside `tx`, which the caller commits (or rolls back on an error).
+pub(super) async fn reserve_in(
+    tx: &mut Tx,
+    transfer: NewTransfer,
+    decision: Option<StoredDecision>,
+) -> Result<Reservation, StoreError> {
     let valid_before_s = i64::try_from(transfer.valid_before_s)
         .map_err(|_| StoreError::Invalid("validBefore out of range".into()))?;
-    let mut tx = db.begin().await?;
-    let Some((session, grant)) = lock_session(&mut tx, &transfer.session_id).await? else {
-        tx.rollback().await?;
+    let Some((session, grant)) = lock_session(tx, &transfer.session_id).await? else {
         return Err(StoreError::NotFound(format!(
             "session {}",
             transfer.session_id
@@ -37,7 +60,7 @@ pub(super) async fn reserve(
     };
     let now = now_ms();
     let cap_refusal = if session.closed_at_ms.is_none() && !transfer.caps.is_empty() {
-        check_caps(&mut tx, &session, &transfer, now).await?
+        check_caps(tx, &session, &transfer, now).await?
     } else {
         None
     };
@@ -51,8 +74,7 @@ pub(super) async fn reserve(
             tx_hash: None,
             reason: Some(&reason_text),
         };
-        write_entry(&mut tx, None, Some(&session), facts).await?;
-        tx.commit().await?;
+        write_entry(tx, None, Some(&session), facts).await?;
         return Ok(Reservation::Denied { reason, message });
     }
     let record = TransferRecord {
@@ -103,7 +125,7 @@ pub(super) async fn reserve(
         .reserved
         .checked_add(record.amount)
         .ok_or_else(|| StoreError::Corrupt("reserved total overflows".into()))?;
-    set_totals(&mut tx, &session.id, reserved, session.posted).await?;
+    set_totals(tx, &session.id, reserved, session.posted).await?;
     let facts = EntryFacts {
         kind: EntryKind::Reserve,
         amount: Some(record.amount),
@@ -112,12 +134,11 @@ pub(super) async fn reserve(
         tx_hash: None,
         reason: None,
     };
-    write_entry(&mut tx, Some(&record), None, facts).await?;
+    write_entry(tx, Some(&record), None, facts).await?;
     if let Some(mut decision) = decision {
         decision.set_transfer(&record.id);
-        append_decision(&mut tx, decision).await?;
+        append_decision(tx, decision).await?;
     }
-    tx.commit().await?;
     Ok(Reservation::Reserved(Box::new(record)))
 }
 
