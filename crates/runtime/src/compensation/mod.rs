@@ -44,6 +44,11 @@ use sha2::{Digest, Sha256};
 use crate::error::RuntimeError;
 use crate::service::Runtime;
 
+mod cancel;
+
+use cancel::Cancel;
+pub(crate) use cancel::cancel_proof;
+
 /// Bytes of a request or response body kept as evidence (the SHA-256 covers the whole body).
 pub const EVIDENCE_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Headers kept per request or response, and bytes kept per header value.
@@ -233,52 +238,6 @@ pub(crate) async fn record_evidence(
     {
         tracing::error!(transfer = %transfer.id, %error, "could not record the payment's evidence");
     }
-}
-
-/// The recorded cancel transaction of a transfer, if its receipt shows the token cancelling
-/// this authorization (`AuthorizationCanceled(payer, nonce)`, no `AuthorizationUsed`).
-pub(crate) async fn cancel_proof(
-    runtime: &Runtime,
-    transfer: &TransferRecord,
-    asset: Address,
-    payer: Address,
-    nonce: B256,
-) -> Result<Option<B256>, RuntimeError> {
-    let Some(record) = runtime
-        .store()
-        .compensation_store()
-        .compensation_for(&transfer.id)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(hash) = record.cancel_tx_hash else {
-        return Ok(None);
-    };
-    let Some(receipt) = runtime.chain().receipt(hash).await? else {
-        return Ok(None);
-    };
-    let event = |signature: B256| {
-        receipt.logs.iter().any(|log| {
-            log.address == asset
-                && log.topics.len() == 3
-                && log.topics[0] == signature
-                && log.topics[1] == payer.into_word()
-                && log.topics[2] == nonce
-        })
-    };
-    let cancelled = receipt.success
-        && event(BursarUSD::AuthorizationCanceled::SIGNATURE_HASH)
-        && !event(BursarUSD::AuthorizationUsed::SIGNATURE_HASH);
-    Ok(cancelled.then_some(hash))
-}
-
-/// How one cancel attempt ended.
-enum Cancel {
-    /// Mined (or the authorization turned out used or cancelled already): resolve from the chain.
-    Done,
-    /// Not final: the outcome and message to record.
-    NotYet(CompensationOutcome, String),
 }
 
 impl Runtime {
@@ -473,7 +432,33 @@ impl Runtime {
             .compensation(&record.id)
             .await?
             .unwrap_or(record);
-        let (outcome, settle_tx, message) = match transfer.state {
+        let (outcome, settle_tx, message) = match self.conclusion(&transfer, &record) {
+            Ok(conclusion) => conclusion,
+            Err(message) => {
+                return Ok(compensations
+                    .set_pending_outcome(&record.id, CompensationOutcome::CancelFailed, &message)
+                    .await?);
+            }
+        };
+        let (finished, by_us) = compensations
+            .finish_compensation(&record.id, outcome, settle_tx, &message)
+            .await?;
+        if by_us {
+            tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
+            self.trace_compensation(session, &transfer, &finished).await;
+        }
+        Ok(finished)
+    }
+
+    /// How a compensation ends, from where the transfer stands on chain: the final outcome,
+    /// the settlement (for a refund claim) and the message; or, while the transfer is still
+    /// pending, why it is not final yet.
+    fn conclusion(
+        &self,
+        transfer: &TransferRecord,
+        record: &CompensationRecord,
+    ) -> Result<(CompensationOutcome, Option<B256>, String), String> {
+        Ok(match transfer.state {
             TransferState::Posted => (
                 CompensationOutcome::RefundClaim,
                 transfer.tx_hash,
@@ -510,25 +495,14 @@ impl Runtime {
                 ),
             ),
             TransferState::Pending => {
-                let message = format!(
+                return Err(format!(
                     "the authorization is still unsettled and not proven cancelled; its amount \
                      stays reserved until the chain decides (validBefore {}); mark the failure \
                      again to retry",
                     transfer.valid_before_s
-                );
-                return Ok(compensations
-                    .set_pending_outcome(&record.id, CompensationOutcome::CancelFailed, &message)
-                    .await?);
+                ));
             }
-        };
-        let (finished, by_us) = compensations
-            .finish_compensation(&record.id, outcome, settle_tx, &message)
-            .await?;
-        if by_us {
-            tracing::info!(transfer = %transfer.id, %outcome, "compensation recorded");
-            self.trace_compensation(session, &transfer, &finished).await;
-        }
-        Ok(finished)
+        })
     }
 
     async fn fresh(&self, transfer_id: &str) -> Result<TransferRecord, RuntimeError> {
@@ -536,203 +510,6 @@ impl Runtime {
             .transfer(transfer_id)
             .await?
             .ok_or_else(|| RuntimeError::Internal(format!("transfer {transfer_id} vanished")))
-    }
-
-    /// Signs and sends `cancelAuthorization` for a pending transfer from the wallet itself, and
-    /// waits for it to be mined.
-    async fn cancel(
-        &self,
-        record: &CompensationRecord,
-        transfer: &TransferRecord,
-        compensations: Arc<dyn CompensationStore>,
-        account: &mut Option<Arc<Account>>,
-    ) -> Cancel {
-        let chain = self.chain().clone();
-        // A cancel sent earlier: wait for it rather than send another.
-        if let Some(hash) = record.cancel_tx_hash {
-            let early = match chain.receipt(hash).await {
-                Ok(Some(receipt)) if receipt.success => Some(Cancel::Done),
-                // It reverted: if the authorization is still unused (a cancel that ran out of
-                // gas, say), forget it and send another; otherwise the chain decides.
-                Ok(Some(_)) => {
-                    let (payer, asset, nonce) = crate::service::authorization_key(transfer);
-                    let retry = matches!(
-                        bursar_chain::Token::new(chain.clone(), asset)
-                            .authorization_state(payer, nonce)
-                            .await,
-                        Ok(false)
-                    ) && matches!(
-                        compensations
-                            .note_cancel_tx(&record.id, None, Some(hash))
-                            .await,
-                        Ok(true)
-                    );
-                    (!retry).then_some(Cancel::Done)
-                }
-                Ok(None) => Some(Cancel::NotYet(
-                    CompensationOutcome::Cancelling,
-                    format!(
-                        "cancel transaction {hash:#x} is not mined yet; mark the failure again later"
-                    ),
-                )),
-                Err(error) => Some(Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("the chain is unavailable ({error}); mark the failure again later"),
-                )),
-            };
-            if let Some(early) = early {
-                return early;
-            }
-        }
-        let (payer, asset, nonce) = crate::service::authorization_key(transfer);
-        let signer = match self.signer(&transfer.wallet_id).await {
-            Ok(signer) => signer,
-            Err(error) => {
-                return Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("the wallet's key is unavailable: {error}"),
-                );
-            }
-        };
-        // The configured gas account sends the wallet's signed cancel, else the wallet itself.
-        let sender = match (self.cancel_gas_account(), account.as_ref()) {
-            (Some(gas), _) => gas.clone(),
-            (None, Some(wallet)) => wallet.clone(),
-            (None, None) => {
-                let wallet = Arc::new(Account::new(chain.clone(), (*signer).clone()));
-                *account = Some(wallet.clone());
-                wallet
-            }
-        };
-        let gas_payer = sender.address();
-        let gas_advice = || {
-            format!(
-                "{} {gas_payer} cannot pay gas for cancelAuthorization: send it a little native \
-                 currency and mark the failure again; until then {} stays reserved until \
-                 validBefore ({}) passes unused, or posts if the seller settles",
-                if gas_payer == signer.address() {
-                    "wallet"
-                } else {
-                    "gas account"
-                },
-                transfer.amount,
-                transfer.valid_before_s
-            )
-        };
-        match chain.native_balance(gas_payer).await {
-            Ok(balance) if balance == U256::ZERO => {
-                return Cancel::NotYet(CompensationOutcome::CancelFailed, gas_advice());
-            }
-            Ok(_) => {}
-            Err(error) => {
-                return Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("the chain is unavailable ({error}); mark the failure again later"),
-                );
-            }
-        }
-        let domain = match token_domain(self, asset).await {
-            Ok(domain) => domain,
-            Err(error) => {
-                return Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("the token's EIP-712 domain could not be read: {error}"),
-                );
-            }
-        };
-        let digest = bursar_contracts::cancel_authorization_signing_hash(payer, nonce, &domain);
-        let signature = match signer.sign_hash_sync(&digest) {
-            Ok(signature) => signature.as_bytes(),
-            Err(error) => {
-                return Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("signing the cancel failed: {error}"),
-                );
-            }
-        };
-        let data = bursar_contracts::cancel_authorization_call(payer, nonce, &signature);
-        let id = record.id.clone();
-        let recorder = compensations.clone();
-        // The hash this call recorded (the sender signs again after a nonce resynchronization).
-        let ours: Arc<std::sync::Mutex<Option<B256>>> = Arc::default();
-        let mine = ours.clone();
-        let sent = sender
-            .send_recorded(
-                TxRequest {
-                    to: Some(asset),
-                    data,
-                    value: U256::ZERO,
-                    gas_limit: None,
-                },
-                move |hash, _nonce| {
-                    let (recorder, id, mine) = (recorder.clone(), id.clone(), mine.clone());
-                    async move {
-                        let previous = *mine.lock().expect("cancel hash slot");
-                        let claimed = recorder
-                            .note_cancel_tx(&id, Some(hash), previous)
-                            .await
-                            .map_err(|error| {
-                                ChainError::Rejected(format!(
-                                    "the cancel transaction could not be recorded: {error}"
-                                ))
-                            })?;
-                        if !claimed {
-                            return Err(ChainError::Rejected(ANOTHER_CANCEL.into()));
-                        }
-                        *mine.lock().expect("cancel hash slot") = Some(hash);
-                        Ok(())
-                    }
-                },
-            )
-            .await;
-        let hash = match sent {
-            Ok(hash) => hash,
-            // Gas estimation reverted: the nonce is used or cancelled already (nothing of ours was
-            // recorded). The chain says which.
-            Err(ChainError::Reverted(_)) => return Cancel::Done,
-            Err(ChainError::Rejected(message)) if message == ANOTHER_CANCEL => {
-                return Cancel::NotYet(
-                    CompensationOutcome::Cancelling,
-                    "another cancel of this authorization is in flight; mark the failure again \
-                     later"
-                        .into(),
-                );
-            }
-            Err(ChainError::Rejected(message)) => {
-                // Not broadcast: forget our own hash, never another sender's.
-                let ours = *ours.lock().expect("cancel hash slot");
-                if let Some(ours) = ours {
-                    let _ = compensations
-                        .note_cancel_tx(&record.id, None, Some(ours))
-                        .await;
-                }
-                let lower = message.to_ascii_lowercase();
-                let text = if lower.contains("fund") || lower.contains("balance") {
-                    gas_advice()
-                } else {
-                    format!(
-                        "the chain refused the cancel transaction: {message}; mark the failure again to retry"
-                    )
-                };
-                return Cancel::NotYet(CompensationOutcome::CancelFailed, text);
-            }
-            Err(error) => {
-                return Cancel::NotYet(
-                    CompensationOutcome::CancelFailed,
-                    format!("sending the cancel failed ({error}); mark the failure again later"),
-                );
-            }
-        };
-        tracing::info!(transfer = %transfer.id, tx = %format!("{hash:#x}"), "cancelAuthorization sent");
-        match bursar_chain::wait_for_receipt(chain.as_ref(), hash, CANCEL_RECEIPT_TIMEOUT).await {
-            Ok(_) => Cancel::Done,
-            Err(error) => Cancel::NotYet(
-                CompensationOutcome::Cancelling,
-                format!(
-                    "cancel transaction {hash:#x} was sent but is not mined yet ({error}); mark the failure again later"
-                ),
-            ),
-        }
     }
 
     /// Adds the compensation to the decision trace: not a payment decision, so `allowed` is
@@ -777,35 +554,4 @@ impl Runtime {
             tracing::error!(%error, "could not record the compensation in the decision trace");
         }
     }
-}
-
-/// The token's EIP-712 domain, read from the chain (ERC-5267 `eip712Domain()`).
-async fn token_domain(
-    runtime: &Runtime,
-    asset: Address,
-) -> Result<alloy_sol_types::Eip712Domain, RuntimeError> {
-    let outcome = runtime
-        .chain()
-        .call(CallRequest {
-            from: None,
-            to: Some(asset),
-            data: bursar_contracts::eip712_domain_call(),
-            value: U256::ZERO,
-        })
-        .await?;
-    let CallOutcome::Success(output) = outcome else {
-        return Err(RuntimeError::Internal(
-            "eip712Domain() reverted on the token".into(),
-        ));
-    };
-    let domain = bursar_contracts::decode_eip712_domain(&output)
-        .map_err(|error| RuntimeError::Internal(error.to_string()))?;
-    let chain_id = u64::try_from(domain.chain_id)
-        .map_err(|_| RuntimeError::Internal("the token's chain id is out of range".into()))?;
-    Ok(bursar_protocol::exact_evm::token_domain(
-        &domain.name,
-        &domain.version,
-        chain_id,
-        domain.verifying_contract,
-    ))
 }
