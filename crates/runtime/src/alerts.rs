@@ -318,16 +318,9 @@ pub(crate) async fn after_reservation(
     }
 }
 
-async fn record_alerts(
-    runtime: &Runtime,
-    session: &SessionRecord,
-    thresholds: &[u8],
-    caps: &[SpendCap],
-    transfer: &TransferRecord,
-) -> Result<(), RuntimeError> {
-    let store = runtime.store();
-    let alerts = store.alert_store();
-    let now = transfer.created_at_ms;
+/// The budgets a reservation counts against: the session's, and one per window cap (keyed by
+/// its window, so each window alerts once per threshold).
+fn budgets_of(session: &SessionRecord, caps: &[SpendCap], now: i64) -> Vec<Budget> {
     let mut budgets = vec![Budget {
         key: format!("session:{}", session.id),
         kind: "session",
@@ -372,6 +365,43 @@ async fn record_alerts(
             ),
         });
     }
+    budgets
+}
+
+/// What is used of a budget now (`None` when the session is gone).
+async fn used_of(
+    runtime: &Runtime,
+    session: &SessionRecord,
+    usage: &Usage,
+) -> Result<Option<Amount>, RuntimeError> {
+    Ok(match usage {
+        Usage::Session => runtime.store().session(&session.id).await?.map(|current| {
+            current
+                .reserved
+                .checked_add(current.posted)
+                .unwrap_or(current.max_spend)
+        }),
+        Usage::Window { agent, since_ms } => Some(
+            runtime
+                .store()
+                .alert_store()
+                .window_spend(&session.wallet_id, agent.as_deref(), *since_ms)
+                .await?,
+        ),
+    })
+}
+
+async fn record_alerts(
+    runtime: &Runtime,
+    session: &SessionRecord,
+    thresholds: &[u8],
+    caps: &[SpendCap],
+    transfer: &TransferRecord,
+) -> Result<(), RuntimeError> {
+    let store = runtime.store();
+    let alerts = store.alert_store();
+    let now = transfer.created_at_ms;
+    let budgets = budgets_of(session, caps, now);
     let unit = &runtime.currency().unit;
     for budget in budgets {
         let recorded = alerts.thresholds_recorded(&budget.key).await?;
@@ -383,21 +413,8 @@ async fn record_alerts(
         if open.is_empty() {
             continue;
         }
-        let used = match &budget.usage {
-            Usage::Session => {
-                let Some(current) = store.session(&session.id).await? else {
-                    continue;
-                };
-                current
-                    .reserved
-                    .checked_add(current.posted)
-                    .unwrap_or(current.max_spend)
-            }
-            Usage::Window { agent, since_ms } => {
-                alerts
-                    .window_spend(&session.wallet_id, agent.as_deref(), *since_ms)
-                    .await?
-            }
+        let Some(used) = used_of(runtime, session, &budget.usage).await? else {
+            continue;
         };
         for threshold in open {
             if !reached(used, budget.cap, threshold) {

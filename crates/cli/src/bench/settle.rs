@@ -276,31 +276,9 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
     };
     let pay_to = PrivateKeySigner::random().address();
     let requirements = requirements(token.address(), pay_to);
-    let domain = exact_evm::token_domain(TOKEN_NAME, "2", CHAIN_ID, token.address());
     let count = (SETTLEMENTS_PER_SECOND_PLANNED * args.seconds as usize)
         .clamp(concurrency * 4, PAYMENTS_PER_LEVEL_MAX);
-    let now = now();
-    let mut bodies = Vec::with_capacity(count);
-    for index in 0..count {
-        let payer = &payers[index % PAYERS];
-        let authorization = exact_evm::authorization_for(&requirements, payer.address(), now)
-            .map_err(anyhow::Error::msg)?;
-        let signature = exact_evm::sign_authorization(payer, &authorization, &domain)?;
-        let request = FacilitatorRequest {
-            version: X402Version::V2,
-            payload: PaymentPayload::new_v2(
-                requirements.clone(),
-                None,
-                ExactEvmPayload {
-                    signature,
-                    authorization,
-                },
-            ),
-            requirements: requirements.clone(),
-            resource: None,
-        };
-        bodies.push(Bytes::from(request.to_json_value().to_string()));
-    }
+    let bodies = signed_bodies(&requirements, &payers, token.address(), count)?;
     let sender_addresses: Vec<_> = senders.iter().map(PrivateKeySigner::address).collect();
     let sender_addresses_key = alloy_primitives::hex::encode_prefixed(senders[0].to_bytes());
     let facilitator = LocalFacilitator::with_senders(
@@ -318,55 +296,21 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
         },
         Arc::new(bursar_store::SqliteLedger::memory()),
     );
-    let mut nonces_before = 0;
-    for address in &sender_addresses {
-        nonces_before += evm.transaction_count(*address).await?;
-    }
-    let (address, server, _official) = if mode == Mode::Official {
-        let (address, child) = start_official(&anvil.url, &sender_addresses_key)?;
-        (address, None, Some(child))
-    } else {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let app = bursar_facilitator::router(facilitator);
-        (
-            address,
-            Some(tokio::spawn(
-                async move { axum::serve(listener, app).await },
-            )),
-            None,
-        )
-    };
+    let nonces_before = transaction_total(evm.as_ref(), &sender_addresses).await?;
+    let (address, server, _official) =
+        serve_facilitator(mode, &anvil.url, &sender_addresses_key, facilitator).await?;
 
     let bodies = Arc::new(bodies);
     // /verify first: it consumes nothing, so the same payments settle afterwards.
     let verify_seconds = args.seconds.min(VERIFY_SECONDS_MAX);
     let (verify_per_second, verify_failures) =
         verify_load(address, bodies.clone(), concurrency, verify_seconds).await?;
-    let cursor = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut workers = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let (bodies, cursor, stop) = (bodies.clone(), cursor.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            settle_loop(address, bodies, cursor, stop).await
-        }));
-    }
-    let deadline = started + Duration::from_secs(args.seconds);
-    while Instant::now() < deadline && cursor.load(Ordering::Relaxed) < bodies.len() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let (latencies_us, failures) = super::join_workers(workers).await?;
-    let seconds = started.elapsed().as_secs_f64();
+    let (latencies_us, failures, seconds) =
+        settle_load(address, bodies, concurrency, args.seconds).await?;
     if let Some(server) = server {
         server.abort();
     }
-    let mut nonces_after = 0;
-    for address in &sender_addresses {
-        nonces_after += evm.transaction_count(*address).await?;
-    }
+    let nonces_after = transaction_total(evm.as_ref(), &sender_addresses).await?;
     drop(anvil);
     let percentile = |p: usize| f64::from(super::percentile_us(&latencies_us, p)) / 1_000.0;
     Ok(Level {
@@ -381,6 +325,107 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
         p50_ms: percentile(50),
         p99_ms: percentile(99),
     })
+}
+
+/// The facilitator under test, listening on loopback: the official one (a child process), or
+/// Bursar's (a task serving `facilitator`).
+async fn serve_facilitator(
+    mode: Mode,
+    rpc_url: &str,
+    key: &str,
+    facilitator: LocalFacilitator,
+) -> Result<(
+    std::net::SocketAddr,
+    Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    Option<ChildGuard>,
+)> {
+    Ok(if mode == Mode::Official {
+        let (address, child) = start_official(rpc_url, key)?;
+        (address, None, Some(child))
+    } else {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = bursar_facilitator::router(facilitator);
+        (
+            address,
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            )),
+            None,
+        )
+    })
+}
+
+/// `count` signed payments (`/verify` and `/settle` bodies) of the payers in turn, in `token`.
+fn signed_bodies(
+    requirements: &bursar_protocol::PaymentRequirements,
+    payers: &[PrivateKeySigner],
+    token: bursar_protocol::Address,
+    count: usize,
+) -> Result<Vec<Bytes>> {
+    let domain = exact_evm::token_domain(TOKEN_NAME, "2", CHAIN_ID, token);
+    let now = now();
+    let mut bodies = Vec::with_capacity(count);
+    for index in 0..count {
+        let payer = &payers[index % payers.len()];
+        let authorization = exact_evm::authorization_for(requirements, payer.address(), now)
+            .map_err(anyhow::Error::msg)?;
+        let signature = exact_evm::sign_authorization(payer, &authorization, &domain)?;
+        let request = FacilitatorRequest {
+            version: X402Version::V2,
+            payload: PaymentPayload::new_v2(
+                requirements.clone(),
+                None,
+                ExactEvmPayload {
+                    signature,
+                    authorization,
+                },
+            ),
+            requirements: requirements.clone(),
+            resource: None,
+        };
+        bodies.push(Bytes::from(request.to_json_value().to_string()));
+    }
+    Ok(bodies)
+}
+
+/// Settles `bodies` from `concurrency` workers until they are used up or `seconds` pass:
+/// each settlement's latency (µs), how many failed, and the seconds it took.
+async fn settle_load(
+    address: std::net::SocketAddr,
+    bodies: Arc<Vec<Bytes>>,
+    concurrency: usize,
+    seconds: u64,
+) -> Result<(Vec<u32>, u64, f64)> {
+    let cursor = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let (bodies, cursor, stop) = (bodies.clone(), cursor.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            settle_loop(address, bodies, cursor, stop).await
+        }));
+    }
+    let deadline = started + Duration::from_secs(seconds);
+    while Instant::now() < deadline && cursor.load(Ordering::Relaxed) < bodies.len() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (latencies_us, failures) = super::join_workers(workers).await?;
+    Ok((latencies_us, failures, started.elapsed().as_secs_f64()))
+}
+
+/// The transactions the accounts have sent so far, together.
+async fn transaction_total(
+    evm: &dyn EvmChain,
+    accounts: &[bursar_protocol::Address],
+) -> Result<u64> {
+    let mut total = 0;
+    for account in accounts {
+        total += evm.transaction_count(*account).await?;
+    }
+    Ok(total)
 }
 
 /// Starts the official facilitator on `rpc_url`, settling from `key`; returns where it listens.
