@@ -22,147 +22,30 @@ use alloy_sol_types::{SolConstructor, sol};
 
 use crate::artifact::Artifact;
 
-sol! {
+// Bound from the committed artifacts' ABIs (written nowhere else, so they cannot drift).
+sol!(
     /// A token with EIP-3009's own functions only (no `bytes signature` overloads).
     #[derive(Debug, PartialEq, Eq)]
     #[sol(abi)]
-    contract Eip3009OnlyToken {
-        event Transfer(address indexed from, address indexed to, uint256 value);
-        event Approval(address indexed owner, address indexed spender, uint256 value);
-        event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
-        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
-        event AuthorizationCanceled(address indexed authorizer, bytes32 indexed nonce);
+    Eip3009OnlyToken,
+    "../../contracts/artifacts/Eip3009OnlyToken.json"
+);
 
-        error ERC20InsufficientBalance(address sender, uint256 balance, uint256 needed);
-        error ERC20InvalidSender(address sender);
-        error ERC20InvalidReceiver(address receiver);
-        error ERC20InsufficientAllowance(address spender, uint256 allowance, uint256 needed);
-        error ERC20InvalidApprover(address approver);
-        error ERC20InvalidSpender(address spender);
-        error OwnableUnauthorizedAccount(address account);
-        error OwnableInvalidOwner(address owner);
-
-        constructor(string name_, string version_, address initialOwner);
-
-        function name() external view returns (string);
-        function symbol() external view returns (string);
-        function decimals() external pure returns (uint8);
-        function totalSupply() external view returns (uint256);
-        function balanceOf(address account) external view returns (uint256);
-        function transfer(address to, uint256 value) external returns (bool);
-        function allowance(address owner, address spender) external view returns (uint256);
-        function approve(address spender, uint256 value) external returns (bool);
-        function transferFrom(address from, address to, uint256 value) external returns (bool);
-        function owner() external view returns (address);
-        function transferOwnership(address newOwner) external;
-        function renounceOwnership() external;
-        function mint(address to, uint256 amount) external;
-
-        function DOMAIN_SEPARATOR() external view returns (bytes32);
-        function TRANSFER_WITH_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
-        function RECEIVE_WITH_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
-        function CANCEL_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
-        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
-        function transferWithAuthorization(
-            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
-            bytes32 nonce, uint8 v, bytes32 r, bytes32 s
-        ) external;
-        function receiveWithAuthorization(
-            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
-            bytes32 nonce, uint8 v, bytes32 r, bytes32 s
-        ) external;
-        function cancelAuthorization(address authorizer, bytes32 nonce, uint8 v, bytes32 r, bytes32 s) external;
-    }
-
+sol!(
     /// An ERC-20 without EIP-3009.
     #[derive(Debug, PartialEq, Eq)]
     #[sol(abi)]
-    contract PlainErc20 {
-        event Transfer(address indexed from, address indexed to, uint256 value);
-        event Approval(address indexed owner, address indexed spender, uint256 value);
-        event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    PlainErc20,
+    "../../contracts/artifacts/PlainErc20.json"
+);
 
-        error ERC20InsufficientBalance(address sender, uint256 balance, uint256 needed);
-        error ERC20InvalidSender(address sender);
-        error ERC20InvalidReceiver(address receiver);
-        error ERC20InsufficientAllowance(address spender, uint256 allowance, uint256 needed);
-        error ERC20InvalidApprover(address approver);
-        error ERC20InvalidSpender(address spender);
-        error OwnableUnauthorizedAccount(address account);
-        error OwnableInvalidOwner(address owner);
-
-        constructor(string name_, string symbol_, address initialOwner);
-
-        function name() external view returns (string);
-        function symbol() external view returns (string);
-        function decimals() external pure returns (uint8);
-        function totalSupply() external view returns (uint256);
-        function balanceOf(address account) external view returns (uint256);
-        function transfer(address to, uint256 value) external returns (bool);
-        function allowance(address owner, address spender) external view returns (uint256);
-        function approve(address spender, uint256 value) external returns (bool);
-        function transferFrom(address from, address to, uint256 value) external returns (bool);
-        function owner() external view returns (address);
-        function transferOwnership(address newOwner) external;
-        function renounceOwnership() external;
-        function mint(address to, uint256 amount) external;
-    }
-
+sol!(
     /// `transferWithAuthorization` with a `bytes signature` only.
     #[derive(Debug, PartialEq, Eq)]
     #[sol(abi)]
-    contract BytesOnlyAuthorizationToken {
-        event Transfer(address indexed from, address indexed to, uint256 value);
-        event Approval(address indexed owner, address indexed spender, uint256 value);
-        event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
-        event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
-        event EIP712DomainChanged();
-
-        error ERC20InsufficientBalance(address sender, uint256 balance, uint256 needed);
-        error ERC20InvalidSender(address sender);
-        error ERC20InvalidReceiver(address receiver);
-        error ERC20InsufficientAllowance(address spender, uint256 allowance, uint256 needed);
-        error ERC20InvalidApprover(address approver);
-        error ERC20InvalidSpender(address spender);
-        error OwnableUnauthorizedAccount(address account);
-        error OwnableInvalidOwner(address owner);
-        error StringTooLong(string str);
-        error InvalidShortString();
-
-        constructor(string name_, string version_, address initialOwner);
-
-        function name() external view returns (string);
-        function symbol() external view returns (string);
-        function decimals() external pure returns (uint8);
-        function totalSupply() external view returns (uint256);
-        function balanceOf(address account) external view returns (uint256);
-        function transfer(address to, uint256 value) external returns (bool);
-        function allowance(address owner, address spender) external view returns (uint256);
-        function approve(address spender, uint256 value) external returns (bool);
-        function transferFrom(address from, address to, uint256 value) external returns (bool);
-        function owner() external view returns (address);
-        function transferOwnership(address newOwner) external;
-        function renounceOwnership() external;
-        function mint(address to, uint256 amount) external;
-
-        function eip712Domain() external view returns (
-            bytes1 fields,
-            string name,
-            string version,
-            uint256 chainId,
-            address verifyingContract,
-            bytes32 salt,
-            uint256[] extensions
-        );
-        function DOMAIN_SEPARATOR() external view returns (bytes32);
-        function TRANSFER_WITH_AUTHORIZATION_TYPEHASH() external view returns (bytes32);
-        function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
-        function transferWithAuthorization(
-            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
-            bytes32 nonce, bytes signature
-        ) external;
-    }
-}
+    BytesOnlyAuthorizationToken,
+    "../../contracts/artifacts/BytesOnlyAuthorizationToken.json"
+);
 
 /// The Eip3009OnlyToken artifact JSON, embedded at build time.
 pub const EIP3009_ONLY_TOKEN_ARTIFACT_JSON: &str =
