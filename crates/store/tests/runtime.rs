@@ -1172,3 +1172,30 @@ conformance!(
     bursar_store::testkit::TempPostgres::create().await,
     url
 );
+
+/// A SQLite store outlives the tokio runtime its reservation committer was started in (a
+/// process that builds its runtimes one after another): the next reservations are still made,
+/// alone, and keep the budget.
+#[test]
+fn sqlite_reservations_outlive_the_runtime_that_started_the_committer() {
+    let database = bursar_store::testkit::TempSqlite::new();
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (store, session_id) = first.block_on(async {
+        let store = store(&database.url()).await;
+        let (_, _, session_id) = session_with(store.as_ref(), 3 * 7).await;
+        reserved(store.as_ref(), transfer(&session_id, 7)).await;
+        (store, session_id)
+    });
+    drop(first);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        reserved(store.as_ref(), transfer(&session_id, 7)).await;
+        reserved(store.as_ref(), transfer(&session_id, 7)).await;
+        match store.reserve(transfer(&session_id, 7)).await.unwrap() {
+            Reservation::Denied { reason, .. } => assert_eq!(reason, DenyReason::BudgetExhausted),
+            Reservation::Reserved(record) => panic!("over budget: {record:?}"),
+        }
+        let session = store.session(&session_id).await.unwrap().unwrap();
+        assert_eq!(session.reserved, Amount::from(21u64));
+    });
+}

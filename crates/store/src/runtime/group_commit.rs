@@ -51,23 +51,30 @@ impl GroupCommit {
         GroupCommit { queue }
     }
 
-    /// Reserves through the committer; answers once the group's commit succeeded.
+    /// Reserves through the committer; answers once the group's commit succeeded. When the
+    /// committer is gone (the runtime that started it has shut down), the reservation is
+    /// handed back unsent as `Err`, for the caller to make alone.
     pub(super) async fn reserve(
         &self,
         transfer: NewTransfer,
         decision: Option<StoredDecision>,
-    ) -> Result<Reservation, StoreError> {
+    ) -> Result<Result<Reservation, StoreError>, (NewTransfer, Option<StoredDecision>)> {
         let (answer, answered) = oneshot::channel();
-        let stopped = || StoreError::Unavailable("the reservation committer has stopped".into());
-        self.queue
-            .send(Waiting {
-                transfer,
-                decision,
-                answer,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        let waiting = Waiting {
+            transfer,
+            decision,
+            answer,
+        };
+        if let Err(mpsc::error::SendError(waiting)) = self.queue.send(waiting).await {
+            return Err((waiting.transfer, waiting.decision));
+        }
+        // Sent: whatever happens now, the caller is not to reserve again (its reservation may
+        // have been committed); a lost answer is an error, and nothing is signed.
+        Ok(answered.await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "the reservation committer stopped before answering".into(),
+            ))
+        }))
     }
 }
 

@@ -27,9 +27,13 @@ pub(super) async fn reserve(
     transfer: NewTransfer,
     decision: Option<StoredDecision>,
 ) -> Result<Reservation, StoreError> {
-    if let Some(group) = store.group_commit().await? {
-        return group.reserve(transfer, decision).await;
-    }
+    let (transfer, decision) = match store.group_commit().await? {
+        Some(group) => match group.reserve(transfer, decision).await {
+            Ok(answer) => return answer,
+            Err(unsent) => unsent,
+        },
+        None => (transfer, decision),
+    };
     let db = store.db().await?;
     let mut tx = db.begin().await?;
     match reserve_in(&mut tx, transfer, decision).await {
