@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use alloy_signer_local::PrivateKeySigner;
 use bursar_chain::{Account, ChainError, DevChain, EvmChain, wait_for_receipt};
 use bursar_facilitator::{
@@ -179,6 +179,29 @@ async fn assert_paid_once(h: &Harness) {
         h.balance(h.fixture.payer.address()).await,
         U256::from(PAYER_BALANCE - PRICE)
     );
+}
+
+/// A payment's fingerprint names its terms whatever the case of their addresses (EIP-55 or
+/// lowercase, as the ledger has always compared them), and changes with the payee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_ignore_address_case_and_follow_the_terms() {
+    let chain = chain().await;
+    let h = scenarios::harness(chain.clone()).await;
+    let request = signed_request(&h).await;
+    let fingerprint = payment_fingerprint(&request);
+    let mut checksummed = request.clone();
+    let asset: Address = request.requirements.asset.parse().unwrap();
+    let pay_to: Address = request.requirements.pay_to.parse().unwrap();
+    checksummed.requirements.asset = asset.to_checksum(None);
+    checksummed.requirements.pay_to = pay_to.to_checksum(None);
+    let mut lowercase = request.clone();
+    lowercase.requirements.asset = format!("{asset:#x}");
+    lowercase.requirements.pay_to = format!("{pay_to:#x}");
+    assert_eq!(payment_fingerprint(&checksummed), fingerprint);
+    assert_eq!(payment_fingerprint(&lowercase), fingerprint);
+    let mut other = request.clone();
+    other.requirements.pay_to = format!("{:#x}", Address::repeat_byte(0x42));
+    assert_ne!(payment_fingerprint(&other), fingerprint);
 }
 
 /// A duplicate /settle after a restart gets the original transaction; nothing new is sent.

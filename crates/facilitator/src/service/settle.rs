@@ -695,12 +695,18 @@ pub(super) fn payment_id_conflict(
 /// The ledger records it (as 0x hex) to tell a duplicate from another payment reusing a nonce.
 pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
     let requirements = &request.requirements;
+    // An address in its one stored form (lowercase 0x hex); anything else as given (such a
+    // payment fails verification whatever its fingerprint).
+    let address = |text: &str| {
+        text.parse::<Address>()
+            .map_or_else(|_| text.to_string(), |address| format!("{address:#x}"))
+    };
     let material = serde_json::json!([
         request.payload.payload.to_json_value(),
         requirements.scheme,
         requirements.network.caip2(),
-        requirements.asset.to_ascii_lowercase(),
-        requirements.pay_to.to_ascii_lowercase(),
+        address(&requirements.asset),
+        address(&requirements.pay_to),
         requirements.amount,
         network_name(&requirements.network, request.version),
     ]);
