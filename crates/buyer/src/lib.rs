@@ -36,7 +36,8 @@ use bursar_protocol::codec::{
     HEADER_PAYMENT_REQUIRED, HEADER_PAYMENT_RESPONSE, HEADER_PAYMENT_SIGNATURE, HEADER_X_PAYMENT,
     HEADER_X_PAYMENT_RESPONSE,
 };
-use bursar_protocol::exact_evm::{self, Authorization, ExactEvmPayload, SCHEME_EXACT};
+use bursar_protocol::exact_evm::{self, Authorization, ExactEvm, SCHEME_EXACT};
+use bursar_protocol::scheme::PaymentScheme;
 use bursar_protocol::types::BODY_BYTES_MAX;
 use bursar_protocol::{
     Address, Amount, AssetUnit, Bytes, Network, PaymentPayload, PaymentRequired,
@@ -348,9 +349,10 @@ impl PayingClient {
         }
         let required = read_payment_required(first, self.v1_only).await?;
         let requirement = self.choose(&required)?.clone();
-        let authorization =
-            exact_evm::authorization_for(&requirement, self.signer.address(), now())
-                .map_err(BuyerError::InvalidPaymentRequired)?;
+        // The scheme builds what is signed (`PaymentScheme::message`); the signer signs it as
+        // EIP-712 typed data, so a remote signer sees what it signs.
+        let authorization = ExactEvm::message(&requirement, self.signer.address(), now())
+            .map_err(BuyerError::InvalidPaymentRequired)?;
         Ok(Asked::PaymentRequired(Box::new(Quote {
             required,
             requirement,
@@ -524,10 +526,7 @@ impl PayingClient {
             .signer
             .sign_authorization(authorization, &domain)
             .await?;
-        let scheme_payload = ExactEvmPayload {
-            signature,
-            authorization: authorization.clone(),
-        };
+        let scheme_payload = ExactEvm::payload(authorization.clone(), signature);
         let payload = match required.version {
             X402Version::V2 => PaymentPayload::new_v2(
                 requirement.clone(),
