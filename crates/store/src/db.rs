@@ -348,6 +348,12 @@ pub(crate) enum Tx {
 }
 
 impl Tx {
+    /// Whether the transaction runs on PostgreSQL (where a statement is a network round trip,
+    /// so a few are worth joining into one).
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self, Tx::Postgres(_))
+    }
+
     pub(crate) async fn execute(&mut self, statement: Statement) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Tx::Sqlite(tx) => statement.sqlite().execute(&mut **tx).await?.rows_affected(),

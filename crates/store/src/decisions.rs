@@ -283,8 +283,18 @@ pub(crate) async fn append_decision(
     stored.seq = head.get("seq")?;
     stored.prev_hash = head.get("head_hash")?;
     stored.hash = stored.compute_hash(&stored.prev_hash);
-    tx.execute(
+    // The row and the head that names it: one statement on PostgreSQL (a data-modifying CTE,
+    // one round trip), two on SQLite.
+    let insert = if tx.is_postgres() {
+        statement(sqlx::AssertSqlSafe(format!(
+            "WITH inserted AS ({INSERT_DECISION}) \
+             UPDATE decision_chain SET head_hash = $15 WHERE id = 1"
+        )))
+    } else {
         statement(INSERT_DECISION)
+    };
+    tx.execute(
+        insert
             .bind(stored.seq)
             .bind(&stored.id)
             .bind(stored.at_ms)
@@ -302,10 +312,12 @@ pub(crate) async fn append_decision(
             .bind(&stored.hash),
     )
     .await?;
-    tx.execute(
-        statement("UPDATE decision_chain SET head_hash = $1 WHERE id = 1").bind(&stored.hash),
-    )
-    .await?;
+    if !tx.is_postgres() {
+        tx.execute(
+            statement("UPDATE decision_chain SET head_hash = $1 WHERE id = 1").bind(&stored.hash),
+        )
+        .await?;
+    }
     stored
         .record()
         .map_err(|message| corrupt(Some(stored.seq), &message))

@@ -101,13 +101,92 @@ pub(super) async fn reserve_in(
         created_at_ms: now,
         resolved_at_ms: None,
     };
+    let reserved = session
+        .reserved
+        .checked_add(record.amount)
+        .ok_or_else(|| StoreError::Corrupt("reserved total overflows".into()))?;
+    if tx.is_postgres() {
+        // One round trip: the transfer, the session's totals and the reserve entry.
+        insert_reservation_joined(tx, &record, &transfer, valid_before_s, reserved, &session)
+            .await?;
+    } else {
+        insert_reservation(tx, &record, &transfer, valid_before_s, reserved, &session).await?;
+    }
+    if let Some(mut decision) = decision {
+        decision.set_transfer(&record.id);
+        append_decision(tx, decision).await?;
+    }
+    Ok(Reservation::Reserved(Box::new(record)))
+}
+
+const INSERT_TRANSFER: &str = "INSERT INTO transfers (id, session_id, grant_id, wallet_id, agent, \
+     network, asset, payer, payee, amount, nonce, valid_before_s, resource, state, created_at_ms, \
+     endpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending', $14, \
+     $15)";
+
+/// The reservation's writes as three statements (SQLite, where they cost no round trip).
+async fn insert_reservation(
+    tx: &mut Tx,
+    record: &TransferRecord,
+    transfer: &NewTransfer,
+    valid_before_s: i64,
+    reserved: Amount,
+    session: &SessionRecord,
+) -> Result<(), StoreError> {
+    tx.execute(bind_transfer(
+        statement(INSERT_TRANSFER),
+        record,
+        transfer,
+        valid_before_s,
+    ))
+    .await?;
+    set_totals(tx, &session.id, reserved, session.posted).await?;
+    let facts = EntryFacts {
+        kind: EntryKind::Reserve,
+        amount: Some(record.amount),
+        payee: Some(record.payee),
+        resource: Some(&record.resource),
+        tx_hash: None,
+        reason: None,
+    };
+    write_entry(tx, Some(record), None, facts).await
+}
+
+/// The same writes as one PostgreSQL statement (data-modifying CTEs): the transfer, the
+/// session's totals and the `reserve` entry, which copies the transfer's identity.
+async fn insert_reservation_joined(
+    tx: &mut Tx,
+    record: &TransferRecord,
+    transfer: &NewTransfer,
+    valid_before_s: i64,
+    reserved: Amount,
+    session: &SessionRecord,
+) -> Result<(), StoreError> {
+    let joined = AssertSqlSafe(format!(
+        "WITH inserted AS ({INSERT_TRANSFER}), \
+         totals AS (UPDATE sessions SET reserved = $16, posted = $17 WHERE id = $2) \
+         INSERT INTO ledger_entries (kind, transfer_id, session_id, grant_id, wallet_id, agent, \
+         network, asset, amount, payee, resource, tx_hash, reason, at_ms) \
+         VALUES ('reserve', $1, $2, $3, $4, $5, $6, $7, $10, $9, $13, NULL, NULL, $18)"
+    ));
     tx.execute(
-        statement(
-            "INSERT INTO transfers (id, session_id, grant_id, wallet_id, agent, network, \
-             asset, payer, payee, amount, nonce, valid_before_s, resource, state, \
-             created_at_ms, endpoint) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, 'pending', $14, $15)",
-        )
+        bind_transfer(statement(joined), record, transfer, valid_before_s)
+            .bind(reserved)
+            .bind(session.posted)
+            .bind(now_ms()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Binds [`INSERT_TRANSFER`]'s parameters `$1`..`$15`.
+fn bind_transfer(
+    statement: crate::db::Statement,
+    record: &TransferRecord,
+    transfer: &NewTransfer,
+    valid_before_s: i64,
+) -> crate::db::Statement {
+    statement
         .bind(&record.id)
         .bind(&record.session_id)
         .bind(&record.grant_id)
@@ -122,28 +201,7 @@ pub(super) async fn reserve_in(
         .bind(valid_before_s)
         .bind(&record.resource)
         .bind(record.created_at_ms)
-        .bind(truncate(&transfer.endpoint, RESOURCE_BYTES_MAX)),
-    )
-    .await?;
-    let reserved = session
-        .reserved
-        .checked_add(record.amount)
-        .ok_or_else(|| StoreError::Corrupt("reserved total overflows".into()))?;
-    set_totals(tx, &session.id, reserved, session.posted).await?;
-    let facts = EntryFacts {
-        kind: EntryKind::Reserve,
-        amount: Some(record.amount),
-        payee: Some(record.payee),
-        resource: Some(&record.resource),
-        tx_hash: None,
-        reason: None,
-    };
-    write_entry(tx, Some(&record), None, facts).await?;
-    if let Some(mut decision) = decision {
-        decision.set_transfer(&record.id);
-        append_decision(tx, decision).await?;
-    }
-    Ok(Reservation::Reserved(Box::new(record)))
+        .bind(truncate(&transfer.endpoint, RESOURCE_BYTES_MAX))
 }
 
 /// Why the session and its grant refuse `transfer` at `now`, if they do (window caps apart).
