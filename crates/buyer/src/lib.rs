@@ -474,10 +474,10 @@ impl PayingClient {
                 offer.network
             ));
         }
-        let Ok(asset) = offer.asset.parse::<Address>() else {
+        let Some(asset) = offer.asset.evm() else {
             return Some(format!("asset {:?} is not an EVM address", offer.asset));
         };
-        if offer.pay_to.parse::<Address>().is_err() {
+        if offer.pay_to.evm().is_none() {
             return Some(format!("payTo {:?} is not an EVM address", offer.pay_to));
         }
         if !self.allowed_assets.is_empty()
@@ -493,7 +493,7 @@ impl PayingClient {
 
     /// An amount of an offer's asset, for people.
     fn describe(&self, offer: &PaymentRequirements, amount: Amount) -> String {
-        let asset = offer.asset.parse::<Address>().ok();
+        let asset = offer.asset.evm();
         self.units
             .iter()
             .rev()
@@ -517,10 +517,10 @@ impl PayingClient {
         let (name, version) = requirement
             .eip712_name_version()
             .ok_or_else(|| invalid("no EIP-712 domain in extra"))?;
-        let asset: Address = requirement
+        let asset = requirement
             .asset
-            .parse()
-            .map_err(|_| invalid("asset is not an address"))?;
+            .evm()
+            .ok_or_else(|| invalid("asset is not an address"))?;
         let domain = exact_evm::token_domain(name, version, chain_id, asset);
         let signature = self
             .signer

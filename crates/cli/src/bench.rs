@@ -239,8 +239,8 @@ fn requirements(
         scheme: "exact".into(),
         network: Network::Eip155(bursar_protocol::DEV_CHAIN_ID),
         amount: Amount::from(PRICE_ATOMIC),
-        asset: token.to_checksum(None),
-        pay_to: pay_to.to_checksum(None),
+        asset: token.into(),
+        pay_to: pay_to.into(),
         max_timeout_seconds: 3600,
         extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use bursar_protocol::Amount;
-use bursar_store::{DecisionRecord, DecisionStore, NewDecision, SqliteLedger};
+use bursar_store::{DecisionRecord, DecisionStore, NewDecision, SqliteDatabase};
 use serde_json::json;
 
 /// The amount of the decision the test edits: digits that appear nowhere else in the file.
@@ -37,7 +37,7 @@ fn text(output: &Output) -> String {
 /// Records the decisions the test reads back: an allowed payment, a refused one, and one whose
 /// amount is edited later.
 async fn record(url: &str) -> Vec<DecisionRecord> {
-    let store = SqliteLedger::open(url)
+    let store = SqliteDatabase::open(url)
         .await
         .expect("open the runtime database");
     let paid = NewDecision {

@@ -182,7 +182,7 @@ fn pay_by_hand(dev: &Dev) -> (String, String) {
         .as_secs();
     let authorization = exact_evm::authorization_for(&requirement, key.address(), now).unwrap();
     let (name, version) = requirement.eip712_name_version().unwrap();
-    let token: Address = requirement.asset.parse().unwrap();
+    let token: Address = requirement.asset.evm().unwrap();
     let domain = exact_evm::token_domain(
         name,
         version,
@@ -209,7 +209,7 @@ fn pay_by_hand(dev: &Dev) -> (String, String) {
         SettleResponse::from_header(paid.headers()[HEADER_PAYMENT_RESPONSE].to_str().unwrap())
             .unwrap();
     assert!(settlement.success);
-    (payment_header, settlement.transaction)
+    (payment_header, settlement.transaction.to_string())
 }
 
 #[test]

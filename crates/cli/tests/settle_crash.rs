@@ -126,8 +126,8 @@ fn payment(chain_id: u64, token: Address, payer: &PrivateKeySigner, now: u64) ->
         scheme: "exact".into(),
         network: Network::Eip155(chain_id),
         amount: Amount::from(PRICE),
-        asset: token.to_checksum(None),
-        pay_to: pay_to.to_checksum(None),
+        asset: token.into(),
+        pay_to: pay_to.into(),
         max_timeout_seconds: 900,
         extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
     };

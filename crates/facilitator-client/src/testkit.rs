@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use bursar_protocol::exact_evm::{self, ExactEvmPayload, SCHEME_EXACT};
 use bursar_protocol::facilitator::network_name;
 use bursar_protocol::{
-    B256, FacilitatorRequest, Network, Reason, SettleResponse, SupportedKind, SupportedResponse,
-    VerifyResponse,
+    B256, ChainAddress, ChainTx, FacilitatorRequest, Network, Reason, SettleResponse,
+    SupportedKind, SupportedResponse, VerifyResponse,
 };
 
 use crate::{Facilitator, FacilitatorError};
@@ -98,8 +98,8 @@ impl ChainlessFacilitator {
     }
 
     /// The fake transaction hash a successful settlement of this nonce reports.
-    pub fn transaction_for(nonce: &B256) -> String {
-        nonce.to_string()
+    pub fn transaction_for(nonce: &B256) -> ChainTx {
+        ChainTx::from(*nonce)
     }
 
     fn now(&self) -> u64 {
@@ -140,7 +140,7 @@ impl ChainlessFacilitator {
             VerifyResponse::invalid(
                 invalid.reason,
                 invalid.message,
-                invalid.payer.map(|p| p.to_string()),
+                invalid.payer.map(ChainAddress::from),
             )
         })?;
         if lock(&self.record)
@@ -150,7 +150,7 @@ impl ChainlessFacilitator {
             return Err(VerifyResponse::invalid(
                 Reason::NONCE_ALREADY_USED,
                 "authorization nonce was already used",
-                Some(checked.payer.to_string()),
+                Some(checked.payer.into()),
             ));
         }
         Ok(checked.payload)
@@ -172,7 +172,7 @@ impl Facilitator for ChainlessFacilitator {
         self.check_unreachable()?;
         lock(&self.record).verified.push(request.clone());
         Ok(match self.check(request) {
-            Ok(payload) => VerifyResponse::valid(payload.authorization.from.to_string()),
+            Ok(payload) => VerifyResponse::valid(payload.authorization.from.into()),
             Err(invalid) => invalid,
         })
     }
@@ -195,12 +195,12 @@ impl Facilitator for ChainlessFacilitator {
                 ));
             }
         };
-        let payer = payload.authorization.from.to_string();
+        let payer = ChainAddress::from(payload.authorization.from);
         if let Some(reason) = lock(&self.settle_failure).clone() {
             return Ok(SettleResponse::failed(
                 reason,
                 "settlement failed (test facilitator)",
-                Some(payer),
+                Some(payer.clone()),
                 network,
             ));
         }
@@ -209,7 +209,7 @@ impl Facilitator for ChainlessFacilitator {
             return Ok(SettleResponse::failed(
                 Reason::NONCE_ALREADY_USED,
                 "authorization nonce was already used",
-                Some(payer),
+                Some(payer.clone()),
                 network,
             ));
         }

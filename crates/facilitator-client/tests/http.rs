@@ -86,7 +86,10 @@ async fn failure_documents_with_400_are_results() {
     let verify = facilitator.verify(&request()).await.unwrap();
     assert!(!verify.is_valid);
     assert_eq!(verify.invalid_reason, Some(Reason::INSUFFICIENT_FUNDS));
-    assert_eq!(verify.payer.as_deref(), Some("0xabc"));
+    assert_eq!(
+        verify.payer.as_ref().map(|payer| payer.as_str()),
+        Some("0xabc")
+    );
 
     let settle = facilitator.settle(&request()).await.unwrap();
     assert!(!settle.success);

@@ -290,7 +290,7 @@ async fn submit(
                 .iter()
                 .map(|q| {
                     let mut pending = q.pending.clone();
-                    pending.transaction = hash.to_string();
+                    pending.transaction = hash.into();
                     (
                         q.key.clone(),
                         Submission {
@@ -366,7 +366,7 @@ async fn release_all(
     ledger: &dyn SettlementLedger,
     holder: &str,
     keys: &[SettlementKey],
-) -> Result<(), bursar_store::LedgerError> {
+) -> Result<(), bursar_store::DatabaseError> {
     for key in keys {
         ledger.release(key, Some(holder)).await?;
     }
@@ -508,7 +508,7 @@ pub(crate) async fn item_response(
     };
     if let ItemOutcome::Settled = outcome {
         let mut response = pending.clone();
-        response.transaction = hash.to_string();
+        response.transaction = hash.into();
         return (response, SettlementState::Confirmed);
     }
     let used = Token::new(chain.clone(), item.token)
@@ -526,7 +526,7 @@ pub(crate) async fn item_response(
         .await
     {
         let mut response = pending.clone();
-        response.transaction = paid_by.to_string();
+        response.transaction = paid_by.into();
         return (response, SettlementState::Confirmed);
     }
     match outcome {

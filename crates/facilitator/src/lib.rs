@@ -158,6 +158,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod paid;
 pub mod reads;
+pub mod scheme;
 mod server;
 mod service;
 pub mod tokens;

@@ -16,14 +16,14 @@ use bursar_facilitator::{
     Refusal, payer_of, protected_router,
 };
 use bursar_protocol::{FacilitatorRequest, X402Version};
-use bursar_store::{KeyLimits, KeyStore, SqliteLedger};
+use bursar_store::{KeyLimits, KeyStore, SqliteDatabase};
 use rand::Rng;
 use scenarios::{Harness, PAYER_BALANCE, PRICE};
 use serde_json::Value;
 
 struct Protected {
     h: Harness,
-    keys: Arc<SqliteLedger>,
+    keys: Arc<SqliteDatabase>,
     url: String,
 }
 
@@ -47,7 +47,7 @@ async fn serve(app: axum::Router) -> String {
 
 async fn protected(policy: AccessPolicy, limiter: Arc<dyn RateLimiter>) -> Protected {
     let h = scenarios::harness(chain()).await;
-    let keys = Arc::new(SqliteLedger::memory());
+    let keys = Arc::new(SqliteDatabase::memory());
     let access = Access {
         policy,
         keys: keys.clone(),
@@ -246,7 +246,7 @@ async fn two_routers_share_one_limit_through_redis() {
     let second = Arc::new(connect().await);
     let chain = chain();
     let h = scenarios::harness(chain).await;
-    let keys = Arc::new(SqliteLedger::memory());
+    let keys = Arc::new(SqliteDatabase::memory());
     let app = |limiter: Arc<RedisLimiter>| {
         protected_router(
             h.facilitator.clone(),

@@ -134,8 +134,8 @@ fn requirements(setup: &Setup, pay_to: Address) -> PaymentRequirements {
         scheme: "exact".into(),
         network: Network::Eip155(setup.fixture.chain.chain_id()),
         amount: Amount::from(PRICE),
-        asset: setup.fixture.token.address().to_checksum(None),
-        pay_to: pay_to.to_checksum(None),
+        asset: setup.fixture.token.address().into(),
+        pay_to: pay_to.into(),
         max_timeout_seconds: 600,
         extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
     }
@@ -253,7 +253,7 @@ async fn thousand_distinct_payments(backend: Backend, db: Db) {
             .unwrap()
             .expect("a ledger row per payment");
         assert_eq!(row.state, SettlementState::Confirmed);
-        assert_eq!(row.tx_hash, Some(outcome.transaction.parse().unwrap()));
+        assert_eq!(row.tx_hash, Some(outcome.transaction.evm().unwrap()));
         assert!(
             setup
                 .fixture
@@ -266,7 +266,7 @@ async fn thousand_distinct_payments(backend: Backend, db: Db) {
     // Every transaction mined successfully, and they were real batches.
     for hash in &transactions {
         let receipt = chain
-            .receipt(hash.parse::<B256>().unwrap())
+            .receipt(hash.evm().unwrap())
             .await
             .unwrap()
             .expect("mined");
@@ -379,7 +379,7 @@ async fn eip3009_only_token_settles_in_batches(backend: Backend) {
     let mut gas_used = 0;
     for hash in &transactions {
         let receipt = chain
-            .receipt(hash.parse::<B256>().unwrap())
+            .receipt(hash.evm().unwrap())
             .await
             .unwrap()
             .expect("mined");
@@ -829,8 +829,8 @@ async fn recovery_finishes_a_mined_batch(backend: Backend, db: Db) {
                                     success: true,
                                     error_reason: None,
                                     error_message: None,
-                                    payer: Some(f.payer.address().to_checksum(None)),
-                                    transaction: hash.to_string(),
+                                    payer: Some(f.payer.address().into()),
+                                    transaction: hash.into(),
                                     network: network.clone(),
                                 },
                             },
@@ -977,9 +977,9 @@ async fn confirmation_depth_is_waited_for(backend: Backend, db: Db) {
     assert!(outcome.success, "{outcome:?}");
     let row = env.ledger.get(&key).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash, Some(outcome.transaction.parse().unwrap()));
+    assert_eq!(row.tx_hash, Some(outcome.transaction.evm().unwrap()));
     let receipt = chain
-        .receipt(outcome.transaction.parse::<B256>().unwrap())
+        .receipt(outcome.transaction.evm().unwrap())
         .await
         .unwrap()
         .unwrap();

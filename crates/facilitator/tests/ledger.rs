@@ -22,7 +22,7 @@ use bursar_protocol::exact_evm::ExactEvmPayload;
 use bursar_protocol::{Amount, FacilitatorRequest, Network, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
 use bursar_store::{
-    Claim, Claimant, LedgerError, SettlementKey, SettlementLedger, SettlementRecord,
+    Claim, Claimant, DatabaseError, SettlementKey, SettlementLedger, SettlementRecord,
     SettlementState, Submission,
 };
 use scenarios::{Harness, PAYER_BALANCE, PRICE};
@@ -105,8 +105,8 @@ fn paid_by(h: &Harness, hash: B256) -> SettleResponse {
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(h.fixture.payer.address().to_checksum(None)),
-        transaction: hash.to_string(),
+        payer: Some(h.fixture.payer.address().into()),
+        transaction: hash.into(),
         network: format!("eip155:{}", h.chain_id()),
     }
 }
@@ -190,17 +190,17 @@ async fn fingerprints_ignore_address_case_and_follow_the_terms() {
     let request = signed_request(&h).await;
     let fingerprint = payment_fingerprint(&request);
     let mut checksummed = request.clone();
-    let asset: Address = request.requirements.asset.parse().unwrap();
-    let pay_to: Address = request.requirements.pay_to.parse().unwrap();
-    checksummed.requirements.asset = asset.to_checksum(None);
-    checksummed.requirements.pay_to = pay_to.to_checksum(None);
+    let asset: Address = request.requirements.asset.evm().unwrap();
+    let pay_to: Address = request.requirements.pay_to.evm().unwrap();
+    checksummed.requirements.asset = asset.into();
+    checksummed.requirements.pay_to = pay_to.into();
     let mut lowercase = request.clone();
-    lowercase.requirements.asset = format!("{asset:#x}");
-    lowercase.requirements.pay_to = format!("{pay_to:#x}");
+    lowercase.requirements.asset = format!("{asset:#x}").into();
+    lowercase.requirements.pay_to = format!("{pay_to:#x}").into();
     assert_eq!(payment_fingerprint(&checksummed), fingerprint);
     assert_eq!(payment_fingerprint(&lowercase), fingerprint);
     let mut other = request.clone();
-    other.requirements.pay_to = format!("{:#x}", Address::repeat_byte(0x42));
+    other.requirements.pay_to = format!("{:#x}", Address::repeat_byte(0x42)).into();
     assert_ne!(payment_fingerprint(&other), fingerprint);
 }
 
@@ -312,8 +312,8 @@ async fn two_facilitators_sharing_postgres_settle_once() {
         .unwrap();
     assert_eq!(record.state, SettlementState::Confirmed);
     assert_eq!(
-        record.tx_hash.map(|hash| hash.to_string()).as_ref(),
-        hashes.iter().next()
+        record.tx_hash,
+        hashes.iter().next().and_then(|hash| hash.evm())
     );
 }
 
@@ -490,7 +490,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     assert_eq!(spent.state, SettlementState::Confirmed);
     assert_eq!(
         spent.tx_hash,
-        Some(spent_settled.transaction.parse().unwrap()),
+        Some(spent_settled.transaction.evm().unwrap()),
         "the transaction that paid, not the one recorded"
     );
     assert_eq!(spent.response, Some(spent_settled.clone()));
@@ -544,7 +544,7 @@ async fn recovery_finishes_broadcast_settlements_from_the_chain() {
     assert_eq!(used.state, SettlementState::Confirmed);
     assert_eq!(
         used.tx_hash,
-        Some(abandoned_used_settled.transaction.parse().unwrap())
+        Some(abandoned_used_settled.transaction.evm().unwrap())
     );
     assert!(ledger.get(&abandoned_unused).await.unwrap().is_none());
     assert!(ledger.get(&unused_valid).await.unwrap().is_none());
@@ -714,7 +714,7 @@ async fn record_unsent(
 ) {
     assert_eq!(ledger.claim(key, claimant).await.unwrap(), Claim::Claimed);
     let mut pending = pending.clone();
-    pending.transaction = hash.to_string();
+    pending.transaction = hash.into();
     ledger
         .mark_submitted(
             key,
@@ -903,7 +903,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
         "one transaction"
     );
     let receipt = chain
-        .receipt(settled.transaction.parse().unwrap())
+        .receipt(settled.transaction.evm().unwrap())
         .await
         .unwrap()
         .expect("mined");
@@ -911,7 +911,7 @@ async fn recorded_but_never_broadcast_is_released_by_the_same_instance(
     assert_paid_once(&h).await;
     let row = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.evm().unwrap()));
     let holder = row.holder.unwrap();
     assert!(
         holder.starts_with(&format!("{INSTANCE}/")) && holder != EARLIER_LIFE,
@@ -970,7 +970,7 @@ async fn an_earlier_lifes_claims_are_judged_at_once() {
     assert!(settled.success, "{settled:?}");
     let row = ledger.get(&ledger_key(&h, &taken)).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.evm().unwrap()));
     assert_ne!(row.holder.as_deref(), Some(EARLIER_LIFE));
 
     let recovered = restarted.recover().await.unwrap();
@@ -1067,7 +1067,7 @@ async fn a_live_claim_answers_in_progress_until_its_hold_lapses() {
     );
     let row = ledger.get(&k).await.unwrap().unwrap();
     assert_eq!(row.state, SettlementState::Confirmed);
-    assert_eq!(row.tx_hash, Some(settled.transaction.parse().unwrap()));
+    assert_eq!(row.tx_hash, Some(settled.transaction.evm().unwrap()));
     assert_ne!(row.holder.as_deref(), Some(live));
     assert_paid_once(&h).await;
 }
@@ -1147,7 +1147,7 @@ async fn a_paid_authorization_answers_success_with_the_transaction_that_paid() {
     let key = funded_key(&chain).await;
     let front = &h.fixture.sender;
     let network = format!("eip155:{}", h.chain_id());
-    let payer = Some(h.fixture.payer.address().to_checksum(None));
+    let payer = Some(h.fixture.payer.address().into());
     let reverted = SettleResponse::failed(
         Reason::TRANSACTION_FAILED,
         "reverted",
@@ -1239,18 +1239,26 @@ struct FrontRunWhenRecorded {
 
 #[async_trait::async_trait]
 impl SettlementLedger for FrontRunWhenRecorded {
-    async fn claim(&self, key: &SettlementKey, claimant: &Claimant) -> Result<Claim, LedgerError> {
+    async fn claim(
+        &self,
+        key: &SettlementKey,
+        claimant: &Claimant,
+    ) -> Result<Claim, DatabaseError> {
         self.inner.claim(key, claimant).await
     }
 
-    async fn take_over(&self, seen: &SettlementRecord, holder: &str) -> Result<bool, LedgerError> {
+    async fn take_over(
+        &self,
+        seen: &SettlementRecord,
+        holder: &str,
+    ) -> Result<bool, DatabaseError> {
         self.inner.take_over(seen, holder).await
     }
 
     async fn get_by_payment_id(
         &self,
         payment_id: &str,
-    ) -> Result<Option<SettlementRecord>, LedgerError> {
+    ) -> Result<Option<SettlementRecord>, DatabaseError> {
         self.inner.get_by_payment_id(payment_id).await
     }
 
@@ -1258,14 +1266,14 @@ impl SettlementLedger for FrontRunWhenRecorded {
         &self,
         holder: &str,
         items: &[(SettlementKey, Submission)],
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), DatabaseError> {
         self.inner.mark_batch_submitted(holder, items).await
     }
 
     async fn finish_many(
         &self,
         items: &[(SettlementKey, SettleResponse, SettlementState)],
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<u64, DatabaseError> {
         self.inner.finish_many(items).await
     }
 
@@ -1273,7 +1281,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
         &self,
         keys: &[SettlementKey],
         tx_hash: B256,
-    ) -> Result<u64, LedgerError> {
+    ) -> Result<u64, DatabaseError> {
         self.inner.release_unsent(keys, tx_hash).await
     }
 
@@ -1282,7 +1290,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
         key: &SettlementKey,
         holder: &str,
         submission: &Submission,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), DatabaseError> {
         let mut front_run = self.front_run.lock().await;
         if front_run.is_none() {
             let hash = self
@@ -1310,7 +1318,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
         key: &SettlementKey,
         response: &SettleResponse,
         state: SettlementState,
-    ) -> Result<(), LedgerError> {
+    ) -> Result<(), DatabaseError> {
         self.inner.finish(key, response, state).await
     }
 
@@ -1318,7 +1326,7 @@ impl SettlementLedger for FrontRunWhenRecorded {
         &self,
         key: &SettlementKey,
         response: &SettleResponse,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<bool, DatabaseError> {
         self.inner.correct_to_paid(key, response).await
     }
 
@@ -1326,22 +1334,22 @@ impl SettlementLedger for FrontRunWhenRecorded {
         &self,
         key: &SettlementKey,
         holder: Option<&str>,
-    ) -> Result<bool, LedgerError> {
+    ) -> Result<bool, DatabaseError> {
         self.inner.release(key, holder).await
     }
 
-    async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError> {
+    async fn unfinished(&self) -> Result<Vec<SettlementRecord>, DatabaseError> {
         self.inner.unfinished().await
     }
 
     async fn received_before(
         &self,
         created_before_ms: i64,
-    ) -> Result<Vec<SettlementRecord>, LedgerError> {
+    ) -> Result<Vec<SettlementRecord>, DatabaseError> {
         self.inner.received_before(created_before_ms).await
     }
 
-    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, LedgerError> {
+    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, DatabaseError> {
         self.inner.get(key).await
     }
 }

@@ -23,7 +23,7 @@ use bursar_facilitator::{
 };
 use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse, X402Version};
 use bursar_store::testkit::{TempPostgres, TempSqlite};
-use bursar_store::{Claimant, SettlementKey, SettlementLedger, SettlementState, SqliteLedger};
+use bursar_store::{Claimant, SettlementKey, SettlementLedger, SettlementState, SqliteDatabase};
 use scenarios::Harness;
 use serde_json::Value;
 
@@ -420,7 +420,7 @@ async fn metrics_route_is_open_can_be_left_out_or_served_alone() {
     let h = harness().await;
     let access = Access {
         policy: AccessPolicy::default(),
-        keys: Arc::new(SqliteLedger::memory()),
+        keys: Arc::new(SqliteDatabase::memory()),
         limiter: Arc::new(MemoryLimiter::new()),
     };
     // Behind API keys, /verify refuses a caller without a key; /metrics answers and counts it.
@@ -488,11 +488,11 @@ async fn assert_counts_unfinished(ledger: Arc<dyn SettlementLedger>) {
         error_reason: None,
         error_message: None,
         payer: None,
-        transaction: format!("0x{}", "ab".repeat(32)),
+        transaction: format!("0x{}", "ab".repeat(32)).into(),
         network: "eip155:31337".into(),
     };
     let submission = bursar_store::Submission {
-        tx_hash: pending.transaction.parse().unwrap(),
+        tx_hash: pending.transaction.evm().unwrap(),
         sender: PrivateKeySigner::random().address(),
         sender_nonce: 0,
         valid_before_s: u64::MAX >> 1,

@@ -28,8 +28,8 @@ fn signatures(c: &mut Criterion) {
         scheme: "exact".into(),
         network: Network::Eip155(CHAIN),
         amount: Amount::from(10_000u64),
-        asset: token.to_string(),
-        pay_to: pay_to.to_string(),
+        asset: token.into(),
+        pay_to: pay_to.into(),
         max_timeout_seconds: 60,
         extra: Some(json!({"name": "USD Coin", "version": "2"})),
     };

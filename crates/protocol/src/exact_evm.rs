@@ -190,10 +190,10 @@ pub fn authorization_for(
     from: Address,
     now_seconds: u64,
 ) -> Result<Authorization, String> {
-    let to: Address = requirements
+    let to = requirements
         .pay_to
-        .parse()
-        .map_err(|_| format!("payTo {:?} is not an EVM address", requirements.pay_to))?;
+        .evm()
+        .ok_or_else(|| format!("payTo {:?} is not an EVM address", requirements.pay_to))?;
     Ok(Authorization {
         from,
         to,
@@ -266,10 +266,10 @@ pub fn requirement_domain(requirements: &PaymentRequirements) -> Result<Eip712Do
     let (name, version) = requirements
         .eip712_name_version()
         .ok_or("requirement extra must carry the token's EIP-712 name and version")?;
-    let token: Address = requirements
+    let token = requirements
         .asset
-        .parse()
-        .map_err(|_| format!("asset {:?} is not an EVM address", requirements.asset))?;
+        .evm()
+        .ok_or_else(|| format!("asset {:?} is not an EVM address", requirements.asset))?;
     Ok(token_domain(name, version, chain_id, token))
 }
 
@@ -368,13 +368,13 @@ fn check_terms<'a>(
             "requirement extra must carry the token's EIP-712 name and version",
         ));
     };
-    let token: Address = requirements.asset.parse().map_err(|_| {
+    let token = requirements.asset.evm().ok_or_else(|| {
         Invalid::new(
             Reason::INVALID_PAYMENT_REQUIREMENTS,
             format!("asset {:?} is not an EVM address", requirements.asset),
         )
     })?;
-    let pay_to: Address = requirements.pay_to.parse().map_err(|_| {
+    let pay_to = requirements.pay_to.evm().ok_or_else(|| {
         Invalid::new(
             Reason::INVALID_PAYMENT_REQUIREMENTS,
             format!("payTo {:?} is not an EVM address", requirements.pay_to),
@@ -509,13 +509,13 @@ fn check_accepted_matches(
             "accepted network differs from the requirement",
         ));
     }
-    if !accepted.asset.eq_ignore_ascii_case(&requirements.asset) {
+    if !accepted.asset.names_same(&requirements.asset) {
         return Err(Invalid::new(
             Reason::ASSET_MISMATCH,
             "accepted asset differs from the requirement",
         ));
     }
-    if !accepted.pay_to.eq_ignore_ascii_case(&requirements.pay_to) {
+    if !accepted.pay_to.names_same(&requirements.pay_to) {
         return Err(Invalid::new(
             Reason::RECIPIENT_MISMATCH,
             "accepted payTo differs from the requirement",
@@ -556,8 +556,8 @@ mod tests {
             scheme: "exact".into(),
             network: Network::Eip155(CHAIN),
             amount: Amount::from(10_000u64),
-            asset: token().to_string(),
-            pay_to: pay_to().to_string(),
+            asset: token().into(),
+            pay_to: pay_to().into(),
             max_timeout_seconds: 60,
             extra: Some(json!({"name": "USD Coin", "version": "2"})),
         }

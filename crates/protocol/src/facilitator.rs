@@ -6,6 +6,7 @@ use serde_json::Value;
 use crate::codec;
 use crate::network::Network;
 use crate::reason::Reason;
+use crate::spelled::{ChainAddress, ChainTx};
 use crate::types::{
     BODY_BYTES_MAX, DecodeError, PaymentPayload, PaymentRequirements, Resource, X402Version, v1, v2,
 };
@@ -163,11 +164,11 @@ pub struct VerifyResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payer: Option<String>,
+    pub payer: Option<ChainAddress>,
 }
 
 impl VerifyResponse {
-    pub fn valid(payer: String) -> Self {
+    pub fn valid(payer: ChainAddress) -> Self {
         VerifyResponse {
             is_valid: true,
             invalid_reason: None,
@@ -176,7 +177,11 @@ impl VerifyResponse {
         }
     }
 
-    pub fn invalid(reason: Reason, message: impl Into<String>, payer: Option<String>) -> Self {
+    pub fn invalid(
+        reason: Reason,
+        message: impl Into<String>,
+        payer: Option<ChainAddress>,
+    ) -> Self {
         VerifyResponse {
             is_valid: false,
             invalid_reason: Some(reason),
@@ -198,10 +203,10 @@ pub struct SettleResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payer: Option<String>,
+    pub payer: Option<ChainAddress>,
     /// The transaction hash; empty on failure.
     #[serde(default)]
-    pub transaction: String,
+    pub transaction: ChainTx,
     #[serde(default)]
     pub network: String,
 }
@@ -210,7 +215,7 @@ impl SettleResponse {
     pub fn failed(
         reason: Reason,
         message: impl Into<String>,
-        payer: Option<String>,
+        payer: Option<ChainAddress>,
         network: String,
     ) -> Self {
         SettleResponse {
@@ -218,7 +223,7 @@ impl SettleResponse {
             error_reason: Some(reason),
             error_message: Some(message.into()),
             payer,
-            transaction: String::new(),
+            transaction: ChainTx::default(),
             network,
         }
     }

@@ -4,7 +4,8 @@
 //! parse into ([`types`]), the base64 header codec ([`codec`]), facilitator API documents
 //! ([`facilitator`]), networks ([`network`]), money ([`money`]), failure reasons ([`reason`]), and
 //! the `exact` scheme on EVM chains with EIP-3009 ([`exact_evm`]), and the output schema a seller
-//! publishes through the `bazaar` extension ([`bazaar`]).
+//! publishes through the `bazaar` extension ([`bazaar`]). Assets, recipients, payers and
+//! transactions keep the text the wire spelled them in, read once into their EVM form ([`spelled`]).
 //!
 //! Every decoder here is total: bad input is an error value, never a panic (see the property tests).
 
@@ -16,6 +17,7 @@ pub mod money;
 pub mod network;
 pub mod reason;
 pub mod scheme;
+pub mod spelled;
 pub mod types;
 
 pub use alloy_primitives::{Address, B256, Bytes, U256};
@@ -26,6 +28,7 @@ pub use money::{Amount, AmountError, AssetUnit};
 pub use network::{DEV_CHAIN_ID, Network};
 pub use reason::Reason;
 pub use scheme::SchemePayload;
+pub use spelled::{ChainAddress, ChainTx, Spelled};
 pub use types::{
     DecodeError, PaymentPayload, PaymentRequired, PaymentRequirements, Resource, X402Version,
 };

@@ -17,6 +17,7 @@ use crate::money::Amount;
 use crate::network::Network;
 use crate::reason::Reason;
 use crate::scheme::SchemePayload;
+use crate::spelled::ChainAddress;
 
 /// Largest JSON body Bursar parses for x402 documents and facilitator requests.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -82,8 +83,8 @@ pub struct PaymentRequirements {
     pub scheme: String,
     pub network: Network,
     pub amount: Amount,
-    pub asset: String,
-    pub pay_to: String,
+    pub asset: ChainAddress,
+    pub pay_to: ChainAddress,
     pub max_timeout_seconds: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<Value>,
@@ -188,9 +189,9 @@ pub mod v1 {
         pub mime_type: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub output_schema: Option<Value>,
-        pub pay_to: String,
+        pub pay_to: ChainAddress,
         pub max_timeout_seconds: u64,
-        pub asset: String,
+        pub asset: ChainAddress,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub extra: Option<Value>,
     }

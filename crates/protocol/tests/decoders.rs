@@ -50,8 +50,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         scheme: "exact".into(),
         network: Network::Eip155(CHAIN),
         amount: Amount::from(10_000u64),
-        asset: token().to_string(),
-        pay_to: pay_to().to_string(),
+        asset: token().into(),
+        pay_to: pay_to().into(),
         max_timeout_seconds: 60,
         extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
     };
@@ -101,8 +101,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(key.address().to_string()),
-        transaction: format!("{}", B256::repeat_byte(0xab)),
+        payer: Some(key.address().into()),
+        transaction: B256::repeat_byte(0xab).into(),
         network: "eip155:31337".into(),
     };
     let documents = vec![
@@ -181,10 +181,7 @@ fn checked_payment_is_sound(payload: &PaymentPayload, requirements: &PaymentRequ
             assert_eq!(checked.chain_id, chain);
             assert_eq!(requirements.network.chain_id(), Some(chain));
             assert_eq!(authorization.value, requirements.amount);
-            assert_eq!(
-                authorization.to.to_string().to_lowercase(),
-                requirements.pay_to.to_lowercase()
-            );
+            assert_eq!(Some(authorization.to), requirements.pay_to.evm());
             assert_eq!(checked.payer, authorization.from);
             assert!(authorization.valid_after <= U256::from(now));
             assert!(authorization.valid_before >= U256::from(now.saturating_add(6)));

@@ -86,8 +86,8 @@ async fn shifty_seller(network: &Network_, rotate_pay_to: bool) -> (String, Vec<
                     scheme: "exact".into(),
                     network: Network::Eip155(chain_id),
                     amount: Amount::from(PRICE + if rotate_pay_to { 0 } else { call * 1000 }),
-                    asset: token.to_checksum(None),
-                    pay_to: pay_to.to_checksum(None),
+                    asset: token.into(),
+                    pay_to: pay_to.into(),
                     max_timeout_seconds: 60,
                     extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
                 };
@@ -886,7 +886,7 @@ async fn foreign_seller() -> String {
         network: Network::Eip155(8453),
         amount: Amount::from(PRICE),
         asset: "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913".into(),
-        pay_to: PrivateKeySigner::random().address().to_checksum(None),
+        pay_to: PrivateKeySigner::random().address().into(),
         max_timeout_seconds: 60,
         extra: Some(json!({"name": "USD Coin", "version": "2"})),
     };

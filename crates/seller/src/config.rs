@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::Method;
 use bursar_facilitator_client::Facilitator;
 use bursar_protocol::exact_evm::SCHEME_EXACT;
-use bursar_protocol::{Address, Amount, AssetUnit, Network, PaymentRequirements};
+use bursar_protocol::{Amount, AssetUnit, ChainAddress, Network, PaymentRequirements};
 use serde_json::{Value, json};
 
 use crate::SellerError;
@@ -23,7 +23,7 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// `extra` so they can sign), and its display unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Asset {
-    pub address: String,
+    pub address: ChainAddress,
     pub eip712_name: String,
     pub eip712_version: String,
     /// Symbol and decimals, for logs and messages only.
@@ -32,7 +32,7 @@ pub struct Asset {
 
 impl Asset {
     pub fn new(
-        address: impl Into<String>,
+        address: impl Into<ChainAddress>,
         eip712_name: impl Into<String>,
         eip712_version: impl Into<String>,
         unit: AssetUnit,
@@ -72,7 +72,7 @@ pub struct Offer {
     pub network: Network,
     pub asset: Asset,
     pub amount: Amount,
-    pub pay_to: String,
+    pub pay_to: ChainAddress,
     pub max_timeout_seconds: u64,
 }
 
@@ -82,7 +82,7 @@ impl Offer {
         network: Network,
         asset: Asset,
         amount: Amount,
-        pay_to: impl Into<String>,
+        pay_to: impl Into<ChainAddress>,
     ) -> Self {
         Offer {
             network,
@@ -126,13 +126,13 @@ impl Offer {
                 self.network
             ));
         }
-        if self.asset.address.parse::<Address>().is_err() {
+        if self.asset.address.evm().is_none() {
             return Err(format!(
                 "asset {:?} is not an EVM address",
                 self.asset.address
             ));
         }
-        if self.pay_to.parse::<Address>().is_err() {
+        if self.pay_to.evm().is_none() {
             return Err(format!("payTo {:?} is not an EVM address", self.pay_to));
         }
         if self.asset.eip712_name.is_empty() || self.asset.eip712_version.is_empty() {

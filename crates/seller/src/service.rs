@@ -16,8 +16,8 @@ use bursar_protocol::codec::{
     HEADER_X_PAYMENT_RESPONSE,
 };
 use bursar_protocol::{
-    Amount, FacilitatorRequest, Network, PaymentPayload, PaymentRequired, PaymentRequirements,
-    Resource, SettleResponse, X402Version,
+    Amount, ChainAddress, FacilitatorRequest, Network, PaymentPayload, PaymentRequired,
+    PaymentRequirements, Resource, SettleResponse, X402Version,
 };
 use http_body_util::Limited;
 use serde_json::{Value, json};
@@ -31,7 +31,7 @@ use crate::config::{Offer, PaywallBuilder};
 pub struct PaymentInfo {
     /// The paying address as the facilitator reported it (or as the payload claims, when the
     /// facilitator did not say).
-    pub payer: Option<String>,
+    pub payer: Option<ChainAddress>,
     pub amount: Amount,
     pub network: Network,
     /// The requirement the payment was verified against.
@@ -416,9 +416,7 @@ impl Offered<'_> {
                     .and_then(|paid| {
                         candidates.iter().copied().find(|r| {
                             r.amount == paid.authorization.value
-                                && r.pay_to.parse().is_ok_and(|to: bursar_protocol::Address| {
-                                    to == paid.authorization.to
-                                })
+                                && r.pay_to.evm() == Some(paid.authorization.to)
                         })
                     })
                     .or_else(|| candidates.first().copied());
@@ -512,12 +510,12 @@ fn attach_settlement(headers: &mut HeaderMap, version: X402Version, settlement: 
 }
 
 /// The payer a payload claims, for facilitators that do not report one.
-fn claimed_payer(payload: &PaymentPayload) -> Option<String> {
+fn claimed_payer(payload: &PaymentPayload) -> Option<ChainAddress> {
     payload
         .payload
         .exact_evm()
         .ok()
-        .map(|exact| exact.authorization.from.to_string())
+        .map(|exact| exact.authorization.from.into())
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

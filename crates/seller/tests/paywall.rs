@@ -106,7 +106,10 @@ async fn start(options: Options) -> Seller {
         let runs = runs.clone();
         async move {
             runs.fetch_add(1, Ordering::SeqCst);
-            ([("x-payer", info.payer.unwrap_or_default())], body)
+            (
+                [("x-payer", info.payer.unwrap_or_default().to_string())],
+                body,
+            )
         }
     };
     let runs = handler_runs.clone();
@@ -163,7 +166,7 @@ fn pay(requirement: &PaymentRequirements, version: X402Version) -> PaymentPayloa
         name,
         domain_version,
         CHAIN,
-        requirement.asset.parse().unwrap(),
+        requirement.asset.evm().unwrap(),
     );
     let signature = exact_evm::sign_authorization(&signer, &authorization, &domain).unwrap();
     let payload = ExactEvmPayload {

@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{EntryKind, LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
 use crate::now_ms;
-use crate::sql::{PostgresLedger, SqliteLedger};
+use crate::sql::{PostgresDatabase, SqliteDatabase};
 
 /// Prefix of alert ids.
 pub const ALERT_ID_PREFIX: &str = "alr_";
@@ -134,7 +134,7 @@ pub enum AttemptOutcome {
     },
 }
 
-/// Alerts and their outbox. [`SqliteLedger`] and [`PostgresLedger`] implement it over the
+/// Alerts and their outbox. [`SqliteDatabase`] and [`PostgresDatabase`] implement it over the
 /// runtime's database; reach it with `RuntimeStore::alert_store`.
 #[async_trait::async_trait]
 pub trait AlertStore: Send + Sync + 'static {
@@ -506,8 +506,8 @@ macro_rules! alert_store_impl {
     };
 }
 
-alert_store_impl!(SqliteLedger);
-alert_store_impl!(PostgresLedger);
+alert_store_impl!(SqliteDatabase);
+alert_store_impl!(PostgresDatabase);
 
 #[cfg(test)]
 mod tests {

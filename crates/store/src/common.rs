@@ -4,7 +4,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::LedgerError;
+use crate::DatabaseError;
 use crate::keys::{hex_lower, random_hex};
 
 /// Longest wallet, agent, operator-key name accepted.
@@ -21,7 +21,7 @@ pub const LIST_ROWS_MAX: usize = 10_000;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
-    Store(Box<LedgerError>),
+    Store(Box<DatabaseError>),
     /// The same idempotency key (or client token, or unique name) was used with other content.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -37,15 +37,15 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-impl From<LedgerError> for StoreError {
-    fn from(error: LedgerError) -> Self {
+impl From<DatabaseError> for StoreError {
+    fn from(error: DatabaseError) -> Self {
         StoreError::Store(Box::new(error))
     }
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        StoreError::Store(Box::new(LedgerError::Database(error)))
+        StoreError::Store(Box::new(DatabaseError::Database(error)))
     }
 }
 

@@ -17,7 +17,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use crate::common::{LIST_ROWS_MAX, StoreError, new_id};
 use crate::now_ms;
-use crate::sql::{PostgresLedger, SqliteLedger};
+use crate::sql::{PostgresDatabase, SqliteDatabase};
 
 /// Prefix of compensation ids.
 pub const COMPENSATION_ID_PREFIX: &str = "cmp_";
@@ -147,7 +147,7 @@ pub struct CompensationRecord {
     pub updated_at_ms: i64,
 }
 
-/// Evidence and compensation records. [`SqliteLedger`] and [`PostgresLedger`] implement it over
+/// Evidence and compensation records. [`SqliteDatabase`] and [`PostgresDatabase`] implement it over
 /// the runtime's database; reach it with `RuntimeStore::compensation_store`.
 #[async_trait::async_trait]
 pub trait CompensationStore: Send + Sync + 'static {
@@ -606,5 +606,5 @@ macro_rules! compensation_store_impl {
     };
 }
 
-compensation_store_impl!(SqliteLedger);
-compensation_store_impl!(PostgresLedger);
+compensation_store_impl!(SqliteDatabase);
+compensation_store_impl!(PostgresDatabase);

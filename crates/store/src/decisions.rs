@@ -47,8 +47,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::common::{LIST_ROWS_MAX, RESOURCE_BYTES_MAX, StoreError, new_id, truncate};
-use crate::sql::{PostgresLedger, SqliteLedger};
-use crate::{LedgerError, now_ms};
+use crate::sql::{PostgresDatabase, SqliteDatabase};
+use crate::{DatabaseError, now_ms};
 
 /// The `prev_hash` of the first decision: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -126,7 +126,7 @@ impl ChainCheck {
     }
 }
 
-/// The decision trace. [`SqliteLedger`] and [`PostgresLedger`] implement it over the runtime's
+/// The decision trace. [`SqliteDatabase`] and [`PostgresDatabase`] implement it over the runtime's
 /// database; [`open_decision_store`] picks one from a URL.
 #[async_trait::async_trait]
 pub trait DecisionStore: Send + Sync + 'static {
@@ -143,13 +143,13 @@ pub trait DecisionStore: Send + Sync + 'static {
 /// Opens (creating and migrating) the decision store at `url`.
 pub async fn open_decision_store(
     url: &str,
-) -> Result<std::sync::Arc<dyn DecisionStore>, LedgerError> {
+) -> Result<std::sync::Arc<dyn DecisionStore>, DatabaseError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
+        Ok(std::sync::Arc::new(SqliteDatabase::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresLedger::open(url).await?))
+        Ok(std::sync::Arc::new(PostgresDatabase::open(url).await?))
     } else {
-        Err(LedgerError::UnsupportedUrl {
+        Err(DatabaseError::UnsupportedUrl {
             url: crate::redact(url),
         })
     }
@@ -676,5 +676,5 @@ macro_rules! decision_store_impl {
     };
 }
 
-decision_store_impl!(SqliteLedger);
-decision_store_impl!(PostgresLedger);
+decision_store_impl!(SqliteDatabase);
+decision_store_impl!(PostgresDatabase);

@@ -8,8 +8,8 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::sql::{PostgresLedger, SqliteLedger};
-use crate::{LedgerError, now_ms};
+use crate::sql::{PostgresDatabase, SqliteDatabase};
+use crate::{DatabaseError, now_ms};
 
 /// The prefix of every key, so a leaked key is recognizable in a scanner.
 pub const API_KEY_PREFIX: &str = "bsk_";
@@ -119,7 +119,7 @@ impl std::fmt::Debug for NewApiKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(transparent)]
-    Store(Box<LedgerError>),
+    Store(Box<DatabaseError>),
     #[error("invalid key limits: {0}")]
     InvalidLimits(String),
     #[error("invalid seller name: {0}")]
@@ -128,19 +128,19 @@ pub enum KeyError {
     Corrupt { id: String, message: String },
 }
 
-impl From<LedgerError> for KeyError {
-    fn from(error: LedgerError) -> Self {
+impl From<DatabaseError> for KeyError {
+    fn from(error: DatabaseError) -> Self {
         KeyError::Store(Box::new(error))
     }
 }
 
 impl From<sqlx::Error> for KeyError {
     fn from(error: sqlx::Error) -> Self {
-        KeyError::Store(Box::new(LedgerError::Database(error)))
+        KeyError::Store(Box::new(DatabaseError::Database(error)))
     }
 }
 
-/// The API key store. Implemented by [`SqliteLedger`] and [`PostgresLedger`] over the same
+/// The API key store. Implemented by [`SqliteDatabase`] and [`PostgresDatabase`] over the same
 /// database as the settlement ledger.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + 'static {
@@ -162,13 +162,13 @@ pub trait KeyStore: Send + Sync + 'static {
 }
 
 /// Opens (creating and migrating as [`crate::open`] does) the key store at `url`.
-pub async fn open_key_store(url: &str) -> Result<std::sync::Arc<dyn KeyStore>, LedgerError> {
+pub async fn open_key_store(url: &str) -> Result<std::sync::Arc<dyn KeyStore>, DatabaseError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
+        Ok(std::sync::Arc::new(SqliteDatabase::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresLedger::open(url).await?))
+        Ok(std::sync::Arc::new(PostgresDatabase::open(url).await?))
     } else {
-        Err(LedgerError::UnsupportedUrl {
+        Err(DatabaseError::UnsupportedUrl {
             url: crate::redact(url),
         })
     }
@@ -341,5 +341,5 @@ macro_rules! key_store_impl {
     };
 }
 
-key_store_impl!(SqliteLedger);
-key_store_impl!(PostgresLedger);
+key_store_impl!(SqliteDatabase);
+key_store_impl!(PostgresDatabase);

@@ -1,11 +1,15 @@
 //! # bursar-store
 //!
+//! Bursar's database, on SQLite ([`SqliteDatabase`]) or PostgreSQL ([`PostgresDatabase`]): the
+//! facilitator's settlement ledger, the runtime's store ([`runtime`]: wallets, grants, sessions,
+//! transfers and the runtime ledger of their entries) and the stores below, in one schema.
+//!
 //! The facilitator's settlement ledger: one row per EIP-3009 authorization it has taken on, so
 //! that a duplicate `/settle` gets the original outcome even after a restart, a settlement that
 //! was broadcast when the process died can be finished later, and several facilitator processes
 //! sharing one database never settle one authorization twice.
 //!
-//! - [`SettlementLedger`] is the seam; [`SqliteLedger`] and [`PostgresLedger`] implement it, and
+//! - [`SettlementLedger`] is the seam; [`SqliteDatabase`] and [`PostgresDatabase`] implement it, and
 //!   [`open`] picks one from a URL (`sqlite://path?mode=rwc`, `sqlite::memory:`,
 //!   `postgres://...`).
 //! - A row is keyed by [`SettlementKey`] (network, asset, payer, nonce). The table's UNIQUE constraint
@@ -63,7 +67,7 @@ pub use keys::{
     NewApiKey, SELLER_NAME_BYTES_MAX, open_key_store,
 };
 pub use runtime::{RuntimeStore, SqlRuntimeStore, open_runtime_store};
-pub use sql::{PostgresLedger, SqliteLedger};
+pub use sql::{PostgresDatabase, SqliteDatabase};
 
 /// Connections in a SQLite file ledger's pool (SQLite serializes writers anyway).
 pub const SQLITE_POOL_CONNECTIONS_MAX: u32 = 4;
@@ -81,7 +85,7 @@ pub const CLAIM_ATTEMPTS_MAX: usize = 16;
 /// address, the payer, and the authorization nonce.
 ///
 /// Stored as CAIP-2 and lowercase 0x hex, so one authorization has one row however its addresses
-/// were spelled; a stored key that does not read back is a corrupt row ([`LedgerError::CorruptKey`]).
+/// were spelled; a stored key that does not read back is a corrupt row ([`DatabaseError::CorruptKey`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SettlementKey {
     network: Network,
@@ -101,14 +105,14 @@ impl SettlementKey {
     }
 
     /// Reads a key from text (CAIP-2 or a v1 network name, 0x hex in any case); a part that does
-    /// not parse is a [`LedgerError::CorruptKey`].
+    /// not parse is a [`DatabaseError::CorruptKey`].
     pub fn parse(
         network: &str,
         asset: &str,
         payer: &str,
         nonce: &str,
-    ) -> Result<Self, LedgerError> {
-        let corrupt = |message: String| LedgerError::CorruptKey {
+    ) -> Result<Self, DatabaseError> {
+        let corrupt = |message: String| DatabaseError::CorruptKey {
             key: format!("{network}/{asset}/{payer}/{nonce}"),
             message,
         };
@@ -289,15 +293,16 @@ pub fn valid_payment_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Ledger failures. Operating errors, to be reported, never asserted away.
+/// Failures of Bursar's database (opening and migrating it) and of the settlement ledger in it.
+/// Operating errors, to be reported, never asserted away.
 #[derive(Debug, thiserror::Error)]
-pub enum LedgerError {
-    #[error("ledger database error: {0}")]
+pub enum DatabaseError {
+    #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("ledger migration failed: {0}")]
+    #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(
-        "unsupported ledger url {url:?}: expected sqlite://path, sqlite::memory: or postgres://"
+        "unsupported database url {url:?}: expected sqlite://path, sqlite::memory: or postgres://"
     )]
     UnsupportedUrl { url: String },
     #[error("settlement {key} cannot move to {to}: {reason}")]
@@ -324,30 +329,32 @@ pub trait SettlementLedger: Send + Sync + 'static {
     /// With a `payment_id`, the id names one payment forever: if a row holds it for another
     /// authorization or another fingerprint the answer is [`Claim::PaymentIdConflict`] and
     /// nothing is inserted; if a row holds it for this same payment, the answer is that row.
-    async fn claim(&self, key: &SettlementKey, claimant: &Claimant) -> Result<Claim, LedgerError>;
+    async fn claim(&self, key: &SettlementKey, claimant: &Claimant)
+    -> Result<Claim, DatabaseError>;
 
     /// Takes over a `received` claim exactly as `seen` shows it (same holder, same update time):
     /// its holder died or stalled before recording a broadcast, so nothing was broadcast for it.
     /// Returns whether `holder` now holds it; `false` when the row changed in between.
-    async fn take_over(&self, seen: &SettlementRecord, holder: &str) -> Result<bool, LedgerError>;
+    async fn take_over(&self, seen: &SettlementRecord, holder: &str)
+    -> Result<bool, DatabaseError>;
 
     /// The row holding `payment_id`, if any.
     async fn get_by_payment_id(
         &self,
         payment_id: &str,
-    ) -> Result<Option<SettlementRecord>, LedgerError>;
+    ) -> Result<Option<SettlementRecord>, DatabaseError>;
 
     /// `received` → `submitted` for every item of one batch transaction, atomically (all rows
     /// or none). A row already `submitted` takes the new hash: the batch was signed again after
     /// the node refused the earlier transaction's nonce, so the earlier one can never be mined.
     /// Called before the transaction is broadcast.
     /// Only rows `holder` holds move; if any does not, nothing is recorded
-    /// ([`LedgerError::Transition`] names it).
+    /// ([`DatabaseError::Transition`] names it).
     async fn mark_batch_submitted(
         &self,
         holder: &str,
         items: &[(SettlementKey, Submission)],
-    ) -> Result<(), LedgerError>;
+    ) -> Result<(), DatabaseError>;
 
     /// Finishes many settlements in one database transaction. Rows already final are left as
     /// they are (another process finished them from the same receipt); returns how many changed.
@@ -355,7 +362,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
     async fn finish_many(
         &self,
         items: &[(SettlementKey, SettleResponse, SettlementState)],
-    ) -> Result<u64, LedgerError>;
+    ) -> Result<u64, DatabaseError>;
 
     /// Deletes `submitted` rows recorded with `tx_hash` when the node definitively refused that
     /// transaction (it was never broadcast), so the payers may retry. Returns how many were
@@ -364,7 +371,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
         &self,
         keys: &[SettlementKey],
         tx_hash: B256,
-    ) -> Result<u64, LedgerError>;
+    ) -> Result<u64, DatabaseError>;
 
     /// `received` → `submitted`, recording the transaction before it is broadcast, so a crash
     /// at any point after is recoverable. Only the row's holder may; a row it already moved to
@@ -375,7 +382,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
         key: &SettlementKey,
         holder: &str,
         submission: &Submission,
-    ) -> Result<(), LedgerError>;
+    ) -> Result<(), DatabaseError>;
 
     /// `received`/`submitted` → `confirmed`/`failed`, recording the response given to callers
     /// (and, when confirmed, its transaction as the row's).
@@ -384,7 +391,7 @@ pub trait SettlementLedger: Send + Sync + 'static {
         key: &SettlementKey,
         response: &SettleResponse,
         state: SettlementState,
-    ) -> Result<(), LedgerError>;
+    ) -> Result<(), DatabaseError>;
 
     /// `failed` → `confirmed`: the chain shows the payment made after all (by a transaction the
     /// row did not know, such as one that front-ran its own). Returns whether the row changed.
@@ -392,31 +399,34 @@ pub trait SettlementLedger: Send + Sync + 'static {
         &self,
         key: &SettlementKey,
         response: &SettleResponse,
-    ) -> Result<bool, LedgerError>;
+    ) -> Result<bool, DatabaseError>;
 
     /// Deletes a `received` row held by `holder` (`None`: a row written without a holder), refused
     /// or abandoned before anything was broadcast, so the payer may retry. Returns whether a row
     /// was deleted; rows in any other state or held by another are left alone.
-    async fn release(&self, key: &SettlementKey, holder: Option<&str>)
-    -> Result<bool, LedgerError>;
+    async fn release(
+        &self,
+        key: &SettlementKey,
+        holder: Option<&str>,
+    ) -> Result<bool, DatabaseError>;
 
     /// Every `submitted` row, oldest first: what crash recovery must look at.
-    async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError>;
+    async fn unfinished(&self) -> Result<Vec<SettlementRecord>, DatabaseError>;
 
     /// `received` rows created before `created_before_ms` (unix ms), oldest first: claims whose
     /// holder may have died before recording a broadcast.
     async fn received_before(
         &self,
         created_before_ms: i64,
-    ) -> Result<Vec<SettlementRecord>, LedgerError>;
+    ) -> Result<Vec<SettlementRecord>, DatabaseError>;
 
     /// The row for `key`, if any.
-    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, LedgerError>;
+    async fn get(&self, key: &SettlementKey) -> Result<Option<SettlementRecord>, DatabaseError>;
 
     /// How many rows are `received` or `submitted` (every network, every process sharing the
     /// database): settlements not finished yet. The SQL ledgers count in the database; this
     /// default reads the rows.
-    async fn count_unfinished(&self) -> Result<u64, LedgerError> {
+    async fn count_unfinished(&self) -> Result<u64, DatabaseError> {
         let submitted = self.unfinished().await?.len();
         let received = self.received_before(i64::MAX).await?.len();
         Ok(u64::try_from(submitted + received).unwrap_or(u64::MAX))
@@ -424,13 +434,13 @@ pub trait SettlementLedger: Send + Sync + 'static {
 }
 
 /// Opens (creating if needed, for `sqlite://...?mode=rwc`) and migrates the ledger at `url`.
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn SettlementLedger>, LedgerError> {
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn SettlementLedger>, DatabaseError> {
     if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteLedger::open(url).await?))
+        Ok(std::sync::Arc::new(SqliteDatabase::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresLedger::open(url).await?))
+        Ok(std::sync::Arc::new(PostgresDatabase::open(url).await?))
     } else {
-        Err(LedgerError::UnsupportedUrl { url: redact(url) })
+        Err(DatabaseError::UnsupportedUrl { url: redact(url) })
     }
 }
 

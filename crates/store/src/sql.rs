@@ -13,7 +13,7 @@ use sqlx::{AssertSqlSafe, Row, SqlSafeStr};
 use tokio::sync::OnceCell;
 
 use crate::{
-    CLAIM_ATTEMPTS_MAX, Claim, Claimant, LedgerError, POOL_ACQUIRE_TIMEOUT,
+    CLAIM_ATTEMPTS_MAX, Claim, Claimant, DatabaseError, POOL_ACQUIRE_TIMEOUT,
     POSTGRES_POOL_CONNECTIONS_MAX, SQLITE_BUSY_TIMEOUT, SQLITE_POOL_CONNECTIONS_MAX, SettlementKey,
     SettlementLedger, SettlementRecord, SettlementState, Submission, now_ms,
 };
@@ -240,7 +240,7 @@ fn select_submitted() -> String {
 const COUNT_UNFINISHED: &str =
     "SELECT COUNT(*) FROM settlements WHERE state IN ('received', 'submitted')";
 
-fn record_from_row<R>(row: &R) -> Result<SettlementRecord, LedgerError>
+fn record_from_row<R>(row: &R) -> Result<SettlementRecord, DatabaseError>
 where
     R: Row,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -254,7 +254,7 @@ where
         row.try_get("nonce")?,
     );
     let key = SettlementKey::parse(&network, &asset, &payer, &nonce)?;
-    let corrupt = |message: String| LedgerError::Corrupt {
+    let corrupt = |message: String| DatabaseError::Corrupt {
         key: key.clone(),
         message,
     };
@@ -276,7 +276,7 @@ where
         .map(u64::try_from)
         .transpose()
         .map_err(|_| corrupt("negative sender_nonce".into()))?;
-    let address = |column: &str| -> Result<Option<Address>, LedgerError> {
+    let address = |column: &str| -> Result<Option<Address>, DatabaseError> {
         let text: Option<String> = row.try_get(column)?;
         text.map(|text| {
             text.parse::<Address>()
@@ -284,7 +284,7 @@ where
         })
         .transpose()
     };
-    let hash = |column: &str| -> Result<Option<B256>, LedgerError> {
+    let hash = |column: &str| -> Result<Option<B256>, DatabaseError> {
         let text: Option<String> = row.try_get(column)?;
         text.map(|text| {
             text.parse::<B256>()
@@ -329,7 +329,7 @@ fn lower_hex(address: &Address) -> String {
 /// row recorded, when another transaction used the authorization).
 fn confirmed_transaction(response: &SettleResponse, state: SettlementState) -> Option<String> {
     (state == SettlementState::Confirmed && !response.transaction.is_empty())
-        .then(|| response.transaction.clone())
+        .then(|| response.transaction.to_string())
 }
 
 /// Binds [`MARK_SUBMITTED`]'s parameters.
@@ -369,11 +369,11 @@ macro_rules! ledger_impl {
     ($ledger:ident, $pool:ty, $migrations:expr) => {
         impl $ledger {
             /// Runs the embedded migrations once per handle.
-            pub(crate) async fn ready(&self) -> Result<&$pool, LedgerError> {
+            pub(crate) async fn ready(&self) -> Result<&$pool, DatabaseError> {
                 self.migrated
                     .get_or_try_init(|| async {
                         migrator($migrations).run(&self.pool).await?;
-                        Ok::<(), LedgerError>(())
+                        Ok::<(), DatabaseError>(())
                     })
                     .await?;
                 Ok(&self.pool)
@@ -391,7 +391,7 @@ macro_rules! ledger_impl {
                 &self,
                 key: &SettlementKey,
                 claimant: &Claimant,
-            ) -> Result<Claim, LedgerError> {
+            ) -> Result<Claim, DatabaseError> {
                 let pool = self.ready().await?;
                 for _ in 0..CLAIM_ATTEMPTS_MAX {
                     if let Some(id) = &claimant.payment_id
@@ -431,7 +431,7 @@ macro_rules! ledger_impl {
                         return Ok(Claim::Existing(Box::new(record)));
                     }
                 }
-                Err(LedgerError::ClaimContended {
+                Err(DatabaseError::ClaimContended {
                     key: key.clone(),
                     attempts: CLAIM_ATTEMPTS_MAX,
                 })
@@ -441,7 +441,7 @@ macro_rules! ledger_impl {
                 &self,
                 seen: &SettlementRecord,
                 holder: &str,
-            ) -> Result<bool, LedgerError> {
+            ) -> Result<bool, DatabaseError> {
                 let pool = self.ready().await?;
                 let key = &seen.key;
                 let updated = sqlx::query(TAKE_OVER)
@@ -464,7 +464,7 @@ macro_rules! ledger_impl {
             async fn get_by_payment_id(
                 &self,
                 payment_id: &str,
-            ) -> Result<Option<SettlementRecord>, LedgerError> {
+            ) -> Result<Option<SettlementRecord>, DatabaseError> {
                 let pool = self.ready().await?;
                 let row = sqlx::query(AssertSqlSafe(select_by_payment_id()))
                     .bind(payment_id)
@@ -477,7 +477,7 @@ macro_rules! ledger_impl {
                 &self,
                 holder: &str,
                 items: &[(SettlementKey, Submission)],
-            ) -> Result<(), LedgerError> {
+            ) -> Result<(), DatabaseError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
                 let now = now_ms();
@@ -501,10 +501,10 @@ macro_rules! ledger_impl {
             async fn finish_many(
                 &self,
                 items: &[(SettlementKey, SettleResponse, SettlementState)],
-            ) -> Result<u64, LedgerError> {
+            ) -> Result<u64, DatabaseError> {
                 if let Some((key, _, state)) = items.iter().find(|(_, _, state)| !state.is_final())
                 {
-                    return Err(LedgerError::Transition {
+                    return Err(DatabaseError::Transition {
                         key: key.clone(),
                         to: *state,
                         reason: "finish takes confirmed or failed".into(),
@@ -541,7 +541,7 @@ macro_rules! ledger_impl {
                 &self,
                 keys: &[SettlementKey],
                 tx_hash: B256,
-            ) -> Result<u64, LedgerError> {
+            ) -> Result<u64, DatabaseError> {
                 let pool = self.ready().await?;
                 let mut transaction = pool.begin().await?;
                 let mut deleted = 0;
@@ -565,7 +565,7 @@ macro_rules! ledger_impl {
                 key: &SettlementKey,
                 holder: &str,
                 submission: &Submission,
-            ) -> Result<(), LedgerError> {
+            ) -> Result<(), DatabaseError> {
                 let pool = self.ready().await?;
                 let updated = bind_submission(
                     sqlx::query(MARK_SUBMITTED),
@@ -586,9 +586,9 @@ macro_rules! ledger_impl {
                 key: &SettlementKey,
                 response: &SettleResponse,
                 state: SettlementState,
-            ) -> Result<(), LedgerError> {
+            ) -> Result<(), DatabaseError> {
                 if !state.is_final() {
-                    return Err(LedgerError::Transition {
+                    return Err(DatabaseError::Transition {
                         key: key.clone(),
                         to: state,
                         reason: "finish takes confirmed or failed".into(),
@@ -619,7 +619,7 @@ macro_rules! ledger_impl {
                 &self,
                 key: &SettlementKey,
                 response: &SettleResponse,
-            ) -> Result<bool, LedgerError> {
+            ) -> Result<bool, DatabaseError> {
                 let pool = self.ready().await?;
                 let updated = sqlx::query(CORRECT_TO_PAID)
                     .bind(key.network.caip2())
@@ -627,7 +627,7 @@ macro_rules! ledger_impl {
                     .bind(lower_hex(&key.payer))
                     .bind(key.nonce.to_string())
                     .bind(response_json(response))
-                    .bind(&response.transaction)
+                    .bind(response.transaction.as_str())
                     .bind(now_ms())
                     .execute(pool)
                     .await?
@@ -639,7 +639,7 @@ macro_rules! ledger_impl {
                 &self,
                 key: &SettlementKey,
                 holder: Option<&str>,
-            ) -> Result<bool, LedgerError> {
+            ) -> Result<bool, DatabaseError> {
                 let pool = self.ready().await?;
                 let deleted = sqlx::query(RELEASE)
                     .bind(key.network.caip2())
@@ -653,7 +653,7 @@ macro_rules! ledger_impl {
                 Ok(deleted == 1)
             }
 
-            async fn unfinished(&self) -> Result<Vec<SettlementRecord>, LedgerError> {
+            async fn unfinished(&self) -> Result<Vec<SettlementRecord>, DatabaseError> {
                 let pool = self.ready().await?;
                 let rows = sqlx::query(AssertSqlSafe(select_submitted()))
                     .fetch_all(pool)
@@ -664,7 +664,7 @@ macro_rules! ledger_impl {
             async fn received_before(
                 &self,
                 created_before_ms: i64,
-            ) -> Result<Vec<SettlementRecord>, LedgerError> {
+            ) -> Result<Vec<SettlementRecord>, DatabaseError> {
                 let pool = self.ready().await?;
                 let rows = sqlx::query(AssertSqlSafe(select_received_before()))
                     .bind(created_before_ms)
@@ -676,7 +676,7 @@ macro_rules! ledger_impl {
             async fn get(
                 &self,
                 key: &SettlementKey,
-            ) -> Result<Option<SettlementRecord>, LedgerError> {
+            ) -> Result<Option<SettlementRecord>, DatabaseError> {
                 let pool = self.ready().await?;
                 let row = sqlx::query(AssertSqlSafe(select_one()))
                     .bind(key.network.caip2())
@@ -688,7 +688,7 @@ macro_rules! ledger_impl {
                 row.as_ref().map(record_from_row).transpose()
             }
 
-            async fn count_unfinished(&self) -> Result<u64, LedgerError> {
+            async fn count_unfinished(&self) -> Result<u64, DatabaseError> {
                 let pool = self.ready().await?;
                 let count: i64 = sqlx::query_scalar(COUNT_UNFINISHED).fetch_one(pool).await?;
                 Ok(u64::try_from(count).unwrap_or(0))
@@ -702,7 +702,7 @@ macro_rules! ledger_impl {
                 key: &SettlementKey,
                 updated: u64,
                 to: SettlementState,
-            ) -> Result<(), LedgerError> {
+            ) -> Result<(), DatabaseError> {
                 if updated == 1 {
                     return Ok(());
                 }
@@ -710,7 +710,7 @@ macro_rules! ledger_impl {
                     Some(record) => format!("it is {}", record.state),
                     None => "there is no such settlement".to_string(),
                 };
-                Err(LedgerError::Transition {
+                Err(DatabaseError::Transition {
                     key: key.clone(),
                     to,
                     reason,
@@ -720,28 +720,29 @@ macro_rules! ledger_impl {
     };
 }
 
-/// A ledger in a SQLite file (WAL, busy timeout) or in memory.
+/// Bursar's database in a SQLite file (WAL, busy timeout) or in memory: the settlement ledger,
+/// and every other store on the same pool ([`crate::SqlRuntimeStore`] wraps it for the runtime).
 #[derive(Debug, Clone)]
-pub struct SqliteLedger {
+pub struct SqliteDatabase {
     pool: SqlitePool,
     migrated: std::sync::Arc<OnceCell<()>>,
 }
 
-impl SqliteLedger {
+impl SqliteDatabase {
     /// Opens and migrates `sqlite://path?mode=rwc` or `sqlite::memory:`.
-    pub async fn open(url: &str) -> Result<SqliteLedger, LedgerError> {
-        let ledger = SqliteLedger::lazy(url)?;
+    pub async fn open(url: &str) -> Result<SqliteDatabase, DatabaseError> {
+        let ledger = SqliteDatabase::lazy(url)?;
         ledger.ready().await?;
         Ok(ledger)
     }
 
     /// A fresh, private in-memory ledger, usable without an async context: connections are made
     /// and migrations run on first use. Its contents end with the process.
-    pub fn memory() -> SqliteLedger {
-        SqliteLedger::lazy("sqlite::memory:").expect("the in-memory url is valid")
+    pub fn memory() -> SqliteDatabase {
+        SqliteDatabase::lazy("sqlite::memory:").expect("the in-memory url is valid")
     }
 
-    fn lazy(url: &str) -> Result<SqliteLedger, LedgerError> {
+    fn lazy(url: &str) -> Result<SqliteDatabase, DatabaseError> {
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         let mut options = SqliteConnectOptions::from_str(url)?.busy_timeout(SQLITE_BUSY_TIMEOUT);
         // An in-memory database lives as long as its one connection: never close it, never open
@@ -758,31 +759,31 @@ impl SqliteLedger {
         let pool = pool_options
             .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
-        Ok(SqliteLedger {
+        Ok(SqliteDatabase {
             pool,
             migrated: Default::default(),
         })
     }
 }
 
-ledger_impl!(SqliteLedger, SqlitePool, SQLITE_MIGRATIONS);
+ledger_impl!(SqliteDatabase, SqlitePool, SQLITE_MIGRATIONS);
 
-/// A ledger in a PostgreSQL database; several facilitator processes may share one.
+/// Bursar's database in PostgreSQL; several facilitator or runtime processes may share one.
 #[derive(Debug, Clone)]
-pub struct PostgresLedger {
+pub struct PostgresDatabase {
     pool: PgPool,
     migrated: std::sync::Arc<OnceCell<()>>,
 }
 
-impl PostgresLedger {
+impl PostgresDatabase {
     /// Connects to `postgres://...` and migrates.
-    pub async fn open(url: &str) -> Result<PostgresLedger, LedgerError> {
+    pub async fn open(url: &str) -> Result<PostgresDatabase, DatabaseError> {
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_CONNECTIONS_MAX)
             .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        let ledger = PostgresLedger {
+        let ledger = PostgresDatabase {
             pool,
             migrated: Default::default(),
         };
@@ -791,4 +792,4 @@ impl PostgresLedger {
     }
 }
 
-ledger_impl!(PostgresLedger, PgPool, POSTGRES_MIGRATIONS);
+ledger_impl!(PostgresDatabase, PgPool, POSTGRES_MIGRATIONS);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use alloy_primitives::{Address, B256, address};
 use bursar_protocol::{Amount, Reason, SettleResponse};
 use bursar_store::{
-    Claim, Claimant, LedgerError, SettlementKey, SettlementLedger, SettlementState, Submission,
+    Claim, Claimant, DatabaseError, SettlementKey, SettlementLedger, SettlementState, Submission,
     open,
 };
 
@@ -36,7 +36,7 @@ fn success(tx: B256) -> SettleResponse {
         error_reason: None,
         error_message: None,
         payer: Some(PAYER.into()),
-        transaction: tx.to_string(),
+        transaction: tx.to_string().into(),
         network: NETWORK.into(),
     }
 }
@@ -193,7 +193,7 @@ pub async fn states_move_one_way(url: &str) {
     assert!(ledger.get(&k).await.unwrap().is_none());
     assert!(matches!(
         ledger.mark_submitted(&k, HOLDER, &submission(tx(1))).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert_eq!(
         ledger.claim(&k, &claimant(fingerprint(3))).await.unwrap(),
@@ -221,7 +221,7 @@ pub async fn states_move_one_way(url: &str) {
     );
     assert!(matches!(
         ledger.mark_submitted(&k, OTHER, &submission(tx(2))).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert_eq!(
         ledger.get(&k).await.unwrap().unwrap(),
@@ -236,7 +236,7 @@ pub async fn states_move_one_way(url: &str) {
         ledger
             .finish(&k, &success(tx(1)), SettlementState::Submitted)
             .await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
 
     ledger
@@ -255,12 +255,12 @@ pub async fn states_move_one_way(url: &str) {
     );
     assert!(matches!(
         ledger.finish(&k, &failed, SettlementState::Failed).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert!(!ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert!(matches!(
         ledger.mark_submitted(&k, HOLDER, &submission(tx(2))).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert_eq!(
         ledger.get(&k).await.unwrap().unwrap().state,
@@ -600,7 +600,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     assert_eq!(received.tx_hash, None);
 
     match ledger.mark_submitted(&k, OTHER, &submission(tx(1))).await {
-        Err(LedgerError::Transition { key, to, .. }) => {
+        Err(DatabaseError::Transition { key, to, .. }) => {
             assert_eq!(key, k);
             assert_eq!(to, SettlementState::Submitted);
         }
@@ -635,7 +635,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     };
     assert!(matches!(
         ledger.mark_submitted(&k, OTHER, &resigned).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert_eq!(ledger.get(&k).await.unwrap().unwrap(), submitted);
     ledger.mark_submitted(&k, HOLDER, &resigned).await.unwrap();
@@ -663,7 +663,7 @@ pub async fn only_the_holder_records_a_transaction(url: &str) {
     for holder in [HOLDER, OTHER] {
         assert!(matches!(
             ledger.mark_batch_submitted(holder, &both).await,
-            Err(LedgerError::Transition { .. })
+            Err(DatabaseError::Transition { .. })
         ));
         for k in [&mine, &theirs] {
             let record = ledger.get(k).await.unwrap().unwrap();
@@ -766,7 +766,7 @@ pub async fn take_over_is_compare_and_swap(url: &str) {
     assert!(!ledger.take_over(&seen, winner).await.unwrap());
     assert!(matches!(
         ledger.mark_submitted(&k, HOLDER, &submission(tx(1))).await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert!(!ledger.release(&k, Some(HOLDER)).await.unwrap());
     assert_eq!(ledger.get(&k).await.unwrap().unwrap(), taken);
@@ -940,7 +940,7 @@ pub async fn confirmed_finish_records_its_transaction(url: &str) {
         .finish(
             &key(94),
             &SettleResponse {
-                transaction: String::new(),
+                transaction: String::new().into(),
                 ..success(tx(0))
             },
             SettlementState::Confirmed,
@@ -1074,7 +1074,7 @@ pub async fn migration_0012_keeps_earlier_rows(url: &str) {
         ledger
             .mark_submitted(&claimed, HOLDER, &submission(tx(1)))
             .await,
-        Err(LedgerError::Transition { .. })
+        Err(DatabaseError::Transition { .. })
     ));
     assert!(!ledger.release(&claimed, Some(HOLDER)).await.unwrap());
     let seen = ledger.get(&claimed).await.unwrap().unwrap();
@@ -1133,7 +1133,7 @@ conformance!(
 
 #[tokio::test]
 async fn in_memory_ledger_works_without_opening() {
-    let ledger = bursar_store::SqliteLedger::memory();
+    let ledger = bursar_store::SqliteDatabase::memory();
     assert_eq!(
         ledger
             .claim(&key(1), &claimant(fingerprint(1)))
@@ -1144,6 +1144,6 @@ async fn in_memory_ledger_works_without_opening() {
     assert_eq!(ledger.get(&key(1)).await.unwrap().unwrap().key, key(1));
     assert!(matches!(
         open("mysql://localhost/x").await,
-        Err(LedgerError::UnsupportedUrl { .. })
+        Err(DatabaseError::UnsupportedUrl { .. })
     ));
 }

@@ -153,7 +153,7 @@ async fn digests_compare_in_constant_time_and_hide_nothing_secret() {
     assert!(digest.constant_time_eq(&KeyDigest::of("bsk_example")));
     assert!(!digest.constant_time_eq(&KeyDigest::of("bsk_examplf")));
     assert_eq!(digest.to_hex().len(), 64);
-    let memory = bursar_store::SqliteLedger::memory();
+    let memory = bursar_store::SqliteDatabase::memory();
     let created = memory.create("m", KeyLimits::default()).await.unwrap();
     assert!(
         memory

@@ -294,7 +294,7 @@ async fn level(args: &BenchArgs, mode: Mode, concurrency: usize) -> Result<Level
             group_reads: !args.single_reads,
             ..Default::default()
         },
-        Arc::new(bursar_store::SqliteLedger::memory()),
+        Arc::new(bursar_store::SqliteDatabase::memory()),
     );
     let nonces_before = transaction_total(evm.as_ref(), &sender_addresses).await?;
     let (address, server, _official) =

@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use alloy_primitives::B256;
 use bursar_chain::Token;
-use bursar_protocol::{Amount, FacilitatorRequest, Reason, SettleResponse};
+use bursar_protocol::{Amount, ChainAddress, FacilitatorRequest, Reason, SettleResponse};
 use bursar_store::{
-    Claim, Claimant, LedgerError, SettlementKey, SettlementRecord, SettlementState,
+    Claim, Claimant, DatabaseError, SettlementKey, SettlementRecord, SettlementState,
 };
 
 use crate::paid::{self, Terms};
+use crate::scheme::PaymentKey;
 
 use super::recovery::submitted_transaction;
 use super::settle::{Settled, in_progress, ledger_failure, paid_response, payment_id_conflict};
@@ -20,8 +21,8 @@ use super::settle::{Settled, in_progress, ledger_failure, paid_response, payment
 use super::recovery::RecoveryOutcome;
 use super::settle::payment_identifier;
 use super::{
-    AuthorizationKey, HELD_CLAIM_WAIT, LocalFacilitator, SETTLE_RECEIPT_TIMEOUT,
-    SETTLED_ELSEWHERE_WAIT_TIMEOUT, SETTLEMENT_LEDGER_POLL_INTERVAL, duration_ms, now_ms,
+    HELD_CLAIM_WAIT, LocalFacilitator, SETTLE_RECEIPT_TIMEOUT, SETTLED_ELSEWHERE_WAIT_TIMEOUT,
+    SETTLEMENT_LEDGER_POLL_INTERVAL, duration_ms, now_ms,
 };
 
 impl LocalFacilitator {
@@ -30,13 +31,13 @@ impl LocalFacilitator {
     pub(super) async fn settle_durably(
         &self,
         request: &FacilitatorRequest,
-        key: AuthorizationKey,
+        key: PaymentKey,
         fingerprint: B256,
         terms: Terms,
         network: String,
     ) -> (SettleResponse, bool) {
         let ledger_key = self.ledger_key(key);
-        let payer = Some(key.payer.to_checksum(None));
+        let payer = Some(key.payer.into());
         let deadline = Instant::now() + SETTLED_ELSEWHERE_WAIT_TIMEOUT;
         let payment_id = payment_identifier(request).ok().flatten();
         let claimant = Claimant {
@@ -149,9 +150,9 @@ impl LocalFacilitator {
         &self,
         mut record: SettlementRecord,
         deadline: Instant,
-        authorization: AuthorizationKey,
+        authorization: PaymentKey,
         terms: Terms,
-    ) -> Result<Followed, LedgerError> {
+    ) -> Result<Followed, DatabaseError> {
         let started = Instant::now();
         let mut examined = false;
         loop {
@@ -172,7 +173,7 @@ impl LocalFacilitator {
                         // was used by another transaction: answer from the chain, as recovery
                         // does, rather than take the claim over only to be refused for a used
                         // nonce.
-                        let token = Token::new(self.chain.clone(), authorization.token);
+                        let token = Token::new(self.chain.clone(), authorization.asset);
                         if let Ok(true) = token
                             .authorization_state(authorization.payer, authorization.nonce)
                             .await
@@ -262,7 +263,7 @@ impl LocalFacilitator {
     pub(super) async fn paid_after_all(
         &self,
         key: &SettlementKey,
-        authorization: AuthorizationKey,
+        authorization: PaymentKey,
         terms: Terms,
         recorded: SettleResponse,
     ) -> SettleResponse {
@@ -288,10 +289,10 @@ impl LocalFacilitator {
     /// `None` when unused, used otherwise, or the chain could not be read.
     pub(super) async fn used_to_pay(
         &self,
-        authorization: AuthorizationKey,
+        authorization: PaymentKey,
         terms: Option<Terms>,
     ) -> Option<B256> {
-        let token = Token::new(self.chain.clone(), authorization.token);
+        let token = Token::new(self.chain.clone(), authorization.asset);
         match token
             .authorization_state(authorization.payer, authorization.nonce)
             .await
@@ -305,7 +306,7 @@ impl LocalFacilitator {
         }
         match paid::transaction_that_paid(
             self.chain.as_ref(),
-            authorization.token,
+            authorization.asset,
             authorization.payer,
             authorization.nonce,
             terms,
@@ -329,7 +330,7 @@ impl LocalFacilitator {
     ) -> SettleResponse {
         match self.check(request).await {
             Err(invalid) => {
-                let payer = invalid.payer.map(|p| p.to_checksum(None));
+                let payer = invalid.payer.map(ChainAddress::from);
                 SettleResponse::failed(invalid.reason, invalid.message, payer, network)
             }
             Ok(checked) => SettleResponse::failed(
@@ -338,7 +339,7 @@ impl LocalFacilitator {
                     "authorization nonce {} was already presented with a different payment",
                     checked.payload.authorization.nonce
                 ),
-                Some(checked.payer.to_checksum(None)),
+                Some(checked.payer.into()),
                 network,
             ),
         }

@@ -15,12 +15,13 @@ use bursar_protocol::exact_evm::SCHEME_EXACT;
 use bursar_protocol::{
     FacilitatorRequest, Network, SettleResponse, SupportedKind, SupportedResponse, VerifyResponse,
 };
-use bursar_store::{SettlementLedger, SqliteLedger};
+use bursar_store::{SettlementLedger, SqliteDatabase};
 use tokio::sync::watch;
 
 use crate::batch::{self, BatchConfig, Batcher};
 use crate::hooks::{FacilitatorHooks, NoHooks};
 use crate::metrics::FacilitatorMetrics;
+use crate::scheme::PaymentKey;
 use crate::tokens::TokenSupportCache;
 
 pub use recovery::{Recovered, RecoveryOutcome};
@@ -82,14 +83,6 @@ pub struct FacilitatorConfig {
     pub claim_hold: Option<Duration>,
 }
 
-/// One authorization, as the token identifies it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct AuthorizationKey {
-    token: Address,
-    payer: Address,
-    nonce: B256,
-}
-
 enum Entry {
     InFlight {
         fingerprint: B256,
@@ -103,9 +96,9 @@ enum Entry {
 
 #[derive(Default)]
 struct Settlements {
-    entries: HashMap<AuthorizationKey, Entry>,
+    entries: HashMap<PaymentKey, Entry>,
     /// Finished keys, oldest first, to bound memory.
-    finished: VecDeque<AuthorizationKey>,
+    finished: VecDeque<PaymentKey>,
 }
 
 /// The facilitator: stateless checks, chain checks, and settlement from its own account.
@@ -180,7 +173,7 @@ impl LocalFacilitator {
     /// A facilitator with a private in-memory ledger: exactly-once within this process only, and
     /// forgotten on exit. Servers use [`LocalFacilitator::with_ledger`].
     pub fn new(chain: Arc<dyn EvmChain>, sender: Account, config: FacilitatorConfig) -> Self {
-        Self::with_ledger(chain, sender, config, Arc::new(SqliteLedger::memory()))
+        Self::with_ledger(chain, sender, config, Arc::new(SqliteDatabase::memory()))
     }
 
     /// A facilitator that records settlements in `ledger` (see [`bursar_store::open`]).

@@ -8,14 +8,15 @@ use std::time::Duration;
 use alloy_primitives::B256;
 use bursar_chain::Token;
 use bursar_protocol::{Reason, SettleResponse};
-use bursar_store::{LedgerError, SettlementKey, SettlementRecord, SettlementState};
+use bursar_store::{DatabaseError, SettlementKey, SettlementRecord, SettlementState};
 
 use crate::batch;
 use crate::paid::Terms;
+use crate::scheme::PaymentKey;
 
 use super::settle::{mined_outcome, paid_response};
 
-use super::{AuthorizationKey, LocalFacilitator, duration_ms, now_ms, now_seconds};
+use super::{LocalFacilitator, duration_ms, now_ms, now_seconds};
 
 impl LocalFacilitator {
     /// The outcome a mined transaction gives a `submitted` row: per item for a batch. A
@@ -33,13 +34,13 @@ impl LocalFacilitator {
         if receipt.success
             && let Some(outcome) = batch::receipt_item_outcome(
                 receipt,
-                authorization.token,
+                authorization.asset,
                 authorization.payer,
                 authorization.nonce,
             )
         {
             let item = batch::ItemRef {
-                token: authorization.token,
+                token: authorization.asset,
                 payer: authorization.payer,
                 nonce: authorization.nonce,
                 terms,
@@ -62,7 +63,7 @@ impl LocalFacilitator {
     /// Finishes or releases what a previous life of this facilitator (or another process sharing
     /// its ledger) left unfinished. Call it at startup, before serving; see the crate docs for
     /// the rules. Never broadcasts anything.
-    pub async fn recover(&self) -> Result<Vec<Recovered>, LedgerError> {
+    pub async fn recover(&self) -> Result<Vec<Recovered>, DatabaseError> {
         self.recover_rows(None).await
     }
 
@@ -106,7 +107,7 @@ impl LocalFacilitator {
     pub(super) async fn recover_rows(
         &self,
         idle_for: Option<Duration>,
-    ) -> Result<Vec<Recovered>, LedgerError> {
+    ) -> Result<Vec<Recovered>, DatabaseError> {
         let network = self.network();
         let idle_cutoff_ms = idle_for.map(|idle| now_ms().saturating_sub(duration_ms(idle)));
         let mut recovered = Vec::new();
@@ -152,7 +153,7 @@ impl LocalFacilitator {
     pub(super) async fn recover_received(&self, record: &SettlementRecord) -> RecoveryOutcome {
         let pending = |why: String| RecoveryOutcome::Pending { why };
         let authorization = authorization_of(&record.key);
-        let token = Token::new(self.chain.clone(), authorization.token);
+        let token = Token::new(self.chain.clone(), authorization.asset);
         match token
             .authorization_state(authorization.payer, authorization.nonce)
             .await
@@ -183,7 +184,7 @@ impl LocalFacilitator {
     pub(super) async fn finish_used(
         &self,
         record: &SettlementRecord,
-        authorization: AuthorizationKey,
+        authorization: PaymentKey,
         network: String,
     ) -> RecoveryOutcome {
         let (outcome, state) = match self.used_to_pay(authorization, record_terms(record)).await {
@@ -195,7 +196,7 @@ impl LocalFacilitator {
                 SettleResponse::failed(
                     Reason::NONCE_ALREADY_USED,
                     "the authorization nonce was used by a transaction that did not make this payment",
-                    Some(authorization.payer.to_checksum(None)),
+                    Some(authorization.payer.into()),
                     network,
                 ),
                 SettlementState::Failed,
@@ -252,7 +253,7 @@ impl LocalFacilitator {
             }
             Ok(None) => {}
         }
-        let token = Token::new(self.chain.clone(), authorization.token);
+        let token = Token::new(self.chain.clone(), authorization.asset);
         match token
             .authorization_state(authorization.payer, authorization.nonce)
             .await
@@ -344,9 +345,9 @@ pub enum RecoveryOutcome {
 }
 
 /// The authorization a ledger key names.
-pub(super) fn authorization_of(key: &SettlementKey) -> AuthorizationKey {
-    AuthorizationKey {
-        token: key.asset(),
+pub(super) fn authorization_of(key: &SettlementKey) -> PaymentKey {
+    PaymentKey {
+        asset: key.asset(),
         payer: key.payer(),
         nonce: key.nonce(),
     }

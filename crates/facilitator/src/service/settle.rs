@@ -5,22 +5,23 @@
 
 use std::time::Instant;
 
-use alloy_primitives::{Address, B256, keccak256};
-use bursar_chain::{CallOutcome, ChainError, Token};
+use alloy_primitives::{Address, B256, U256, keccak256};
+use bursar_chain::{CallOutcome, CallRequest, ChainError, TxRequest};
 use bursar_contracts::describe_revert;
-use bursar_protocol::exact_evm::{self, CheckedPayment};
+use bursar_protocol::exact_evm::{self, CheckedPayment, ExactEvm};
 use bursar_protocol::facilitator::network_name;
-use bursar_protocol::{FacilitatorRequest, Reason, SettleResponse};
-use bursar_store::{LedgerError, SettlementKey, SettlementState, Submission};
+use bursar_protocol::{ChainAddress, ChainTx, FacilitatorRequest, Reason, SettleResponse};
+use bursar_store::{DatabaseError, SettlementKey, SettlementState, Submission};
 use tokio::sync::{oneshot, watch};
 
 use crate::batch::{self, Batcher, Queued};
 use crate::hooks::payer_of;
 use crate::paid::Terms;
+use crate::scheme::{PaymentKey, Scheme, SettlementScheme};
 
 use super::{
-    AuthorizationKey, Entry, LocalFacilitator, PAYMENT_ID_CONFLICT, PAYMENT_ID_INVALID,
-    PAYMENT_IDENTIFIER_EXTENSION, SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_REMEMBERED_MAX,
+    Entry, LocalFacilitator, PAYMENT_ID_CONFLICT, PAYMENT_ID_INVALID, PAYMENT_IDENTIFIER_EXTENSION,
+    SETTLE_GAS_LIMIT, SETTLE_RECEIPT_TIMEOUT, SETTLED_REMEMBERED_MAX,
 };
 
 impl LocalFacilitator {
@@ -44,7 +45,7 @@ impl LocalFacilitator {
             Err(refusal) => SettleResponse::failed(
                 refusal.reason,
                 refusal.message,
-                payer_of(request).map(|payer| payer.to_checksum(None)),
+                payer_of(request).map(ChainAddress::from),
                 request.network_name(),
             ),
         };
@@ -58,8 +59,8 @@ impl LocalFacilitator {
 
     pub(super) async fn settle_unhooked(&self, request: &FacilitatorRequest) -> SettleResponse {
         let network = request.network_name();
-        let exact = match request.payload.payload.exact_evm() {
-            Ok(exact) => exact,
+        let exact = match Scheme::of(&request.payload.payload) {
+            Ok(Scheme::ExactEvm(exact)) => exact,
             Err(message) => {
                 // Another scheme is refused for its scheme, as verification refuses it.
                 let (reason, message) =
@@ -70,28 +71,23 @@ impl LocalFacilitator {
                 return SettleResponse::failed(reason, message, None, network);
             }
         };
-        let Ok(token) = request.requirements.asset.parse::<Address>() else {
+        let Some(key) = ExactEvm::payment_key(exact, &request.requirements) else {
             return SettleResponse::failed(
                 Reason::INVALID_PAYMENT_REQUIREMENTS,
                 format!(
                     "asset {:?} is not an EVM address",
                     request.requirements.asset
                 ),
-                Some(exact.authorization.from.to_checksum(None)),
+                Some(exact.authorization.from.into()),
                 network,
             );
-        };
-        let key = AuthorizationKey {
-            token,
-            payer: exact.authorization.from,
-            nonce: exact.authorization.nonce,
         };
         let fingerprint = payment_fingerprint(request);
         let terms = Terms {
             pay_to: exact.authorization.to,
             value: exact.authorization.value.atomic(),
         };
-        let payer = Some(exact.authorization.from.to_checksum(None));
+        let payer = Some(key.payer.into());
         match payment_identifier(request) {
             Err(message) => {
                 return SettleResponse::failed(
@@ -139,7 +135,7 @@ impl LocalFacilitator {
                 SettleResponse::failed(
                     Reason::UNEXPECTED_SETTLE_ERROR,
                     format!("settlement task failed: {error}"),
-                    Some(key.payer.to_checksum(None)),
+                    Some(key.payer.into()),
                     network,
                 )
             }
@@ -148,7 +144,7 @@ impl LocalFacilitator {
 
     /// What this process does with a settle of `key`, from the settlements in memory: answer a
     /// finished one, join one running, or lead it (a settle entry is inserted as in flight).
-    fn join_or_lead(&self, key: AuthorizationKey, fingerprint: B256, network: &str) -> Action {
+    fn join_or_lead(&self, key: PaymentKey, fingerprint: B256, network: &str) -> Action {
         let mut settlements = self.settlements.lock().expect("lock");
         match settlements.entries.get(&key) {
             Some(Entry::Done {
@@ -165,7 +161,7 @@ impl LocalFacilitator {
                     Action::Return(SettleResponse::failed(
                         Reason::SETTLEMENT_IN_PROGRESS,
                         "another payment with this authorization nonce is being settled",
-                        Some(key.payer.to_checksum(None)),
+                        Some(key.payer.into()),
                         network.to_string(),
                     ))
                 }
@@ -191,7 +187,7 @@ impl LocalFacilitator {
     /// before broadcast are forgotten so the payer may fix the problem and try again.
     pub(super) fn finish(
         &self,
-        key: AuthorizationKey,
+        key: PaymentKey,
         fingerprint: B256,
         outcome: &SettleResponse,
         remember: bool,
@@ -217,8 +213,8 @@ impl LocalFacilitator {
     }
 
     /// The ledger's name for an authorization on this facilitator's chain.
-    pub(super) fn ledger_key(&self, key: AuthorizationKey) -> SettlementKey {
-        SettlementKey::new(self.network(), key.token, key.payer, key.nonce)
+    pub(super) fn ledger_key(&self, key: PaymentKey) -> SettlementKey {
+        SettlementKey::new(self.network(), key.asset, key.payer, key.nonce)
     }
 
     /// Verifies, simulates, records the transaction, broadcasts it, waits, records the outcome.
@@ -240,28 +236,30 @@ impl LocalFacilitator {
                 return Settled::Done(refusal, false);
             }
         };
-        let payer = checked.payer.to_checksum(None);
-        let authorization = &checked.payload.authorization;
+        let payer = ChainAddress::from(checked.payer);
         let pending = |hash: B256| SettleResponse {
             success: true,
             error_reason: None,
             error_message: None,
             payer: Some(payer.clone()),
-            transaction: hash.to_string(),
+            transaction: hash.into(),
             network: network.clone(),
         };
-        let valid_before_s = u64::try_from(authorization.valid_before).unwrap_or(u64::MAX);
+        let valid_before_s = ExactEvm::valid_before_seconds(&checked);
         // The transaction is recorded before it is broadcast: a crash at any point leaves either
         // a `received` claim (nothing was sent) or a `submitted` row naming the transaction.
         let recorded: std::sync::Mutex<Option<B256>> = std::sync::Mutex::new(None);
-        let ledger_error: std::sync::Mutex<Option<LedgerError>> = std::sync::Mutex::new(None);
-        let token = Token::new(self.chain.clone(), checked.token);
-        let sent = token
-            .submit_transfer_with_authorization_recorded(
-                &self.sender,
-                authorization,
-                &checked.payload.signature,
-                Some(SETTLE_GAS_LIMIT),
+        let ledger_error: std::sync::Mutex<Option<DatabaseError>> = std::sync::Mutex::new(None);
+        let call = ExactEvm::settlement_call(&checked);
+        let sent = self
+            .sender
+            .send_recorded(
+                TxRequest {
+                    to: Some(call.to),
+                    data: call.data,
+                    value: U256::ZERO,
+                    gas_limit: Some(SETTLE_GAS_LIMIT),
+                },
                 |hash, nonce| {
                     let submission = Submission {
                         tx_hash: hash,
@@ -296,7 +294,7 @@ impl LocalFacilitator {
         let ledger_error = ledger_error.lock().expect("lock").take();
         let hash = match (sent, recorded, ledger_error) {
             (Ok(hash), _, _) => hash,
-            (Err(_), _, Some(LedgerError::Transition { .. })) => return Settled::ClaimLost,
+            (Err(_), _, Some(DatabaseError::Transition { .. })) => return Settled::ClaimLost,
             (Err(_), _, Some(error)) => {
                 self.release_claim(key).await;
                 return Settled::Done(ledger_failure(error, Some(payer), network), false);
@@ -328,7 +326,7 @@ impl LocalFacilitator {
         key: &SettlementKey,
         recorded: Option<B256>,
         error: ChainError,
-        payer: String,
+        payer: ChainAddress,
         network: String,
     ) -> Settled {
         let released = match recorded {
@@ -368,7 +366,7 @@ impl LocalFacilitator {
         pending: SettleResponse,
         network: String,
     ) -> Settled {
-        let payer = checked.payer.to_checksum(None);
+        let payer = ChainAddress::from(checked.payer);
         let authorization = &checked.payload.authorization;
         match batch::confirmed_receipt(
             self.chain.as_ref(),
@@ -386,15 +384,8 @@ impl LocalFacilitator {
                     tracing::info!(tx = %hash, payer = %payer, value = %authorization.value, "settled");
                 } else if let Some(paid_by) = self
                     .used_to_pay(
-                        AuthorizationKey {
-                            token: checked.token,
-                            payer: checked.payer,
-                            nonce: authorization.nonce,
-                        },
-                        Some(Terms {
-                            pay_to: authorization.to,
-                            value: authorization.value.atomic(),
-                        }),
+                        ExactEvm::checked_key(checked),
+                        Some(ExactEvm::terms(checked)),
                     )
                     .await
                 {
@@ -455,7 +446,7 @@ impl LocalFacilitator {
                 SettleResponse::failed(
                     invalid.reason,
                     invalid.message,
-                    invalid.payer.map(|p| p.to_checksum(None)),
+                    invalid.payer.map(ChainAddress::from),
                     network.clone(),
                 )
             })
@@ -467,25 +458,20 @@ impl LocalFacilitator {
                 return (refusal, false);
             }
         };
-        let payer = checked.payer.to_checksum(None);
-        let authorization = checked.payload.authorization.clone();
+        let payer = ChainAddress::from(checked.payer);
         let (reply, outcome) = oneshot::channel();
         let queued = Queued {
             key: key.clone(),
-            item: bursar_contracts::BatchItem {
-                token: checked.token,
-                authorization: authorization.clone(),
-                signature: checked.payload.signature.clone(),
-            },
+            item: ExactEvm::batch_item(&checked),
             pending: SettleResponse {
                 success: true,
                 error_reason: None,
                 error_message: None,
                 payer: Some(payer.clone()),
-                transaction: String::new(),
+                transaction: ChainTx::default(),
                 network: network.clone(),
             },
-            valid_before_s: u64::try_from(authorization.valid_before).unwrap_or(u64::MAX),
+            valid_before_s: ExactEvm::valid_before_seconds(&checked),
             reply,
         };
         if !batcher.enqueue(queued) {
@@ -526,7 +512,7 @@ impl LocalFacilitator {
         let checked = match self.check(request).await {
             Ok(checked) => checked,
             Err(invalid) => {
-                let payer = invalid.payer.map(|p| p.to_checksum(None));
+                let payer = invalid.payer.map(ChainAddress::from);
                 return Err(SettleResponse::failed(
                     invalid.reason,
                     invalid.message,
@@ -535,19 +521,23 @@ impl LocalFacilitator {
                 ));
             }
         };
-        let payer = checked.payer.to_checksum(None);
-        let authorization = &checked.payload.authorization;
-        let signature = &checked.payload.signature;
-        let token = Token::new(self.chain.clone(), checked.token);
+        let payer = ChainAddress::from(checked.payer);
+        let call = ExactEvm::settlement_call(&checked);
         let refused = |reason: Reason, message: String| {
             SettleResponse::failed(reason, message, Some(payer.clone()), network.clone())
         };
 
         // Simulate first: a transaction that would revert costs gas and settles nothing.
-        match token
-            .simulate_transfer_with_authorization(self.sender.address(), authorization, signature)
-            .await
-        {
+        let simulated = self
+            .chain
+            .call(CallRequest {
+                from: Some(self.sender.address()),
+                to: Some(call.to),
+                data: call.data,
+                value: U256::ZERO,
+            })
+            .await;
+        match simulated {
             Ok(CallOutcome::Success(_)) => {}
             Ok(CallOutcome::Revert(data)) => {
                 return Err(refused(
@@ -587,8 +577,8 @@ pub(super) fn paid_response(payer: Address, hash: B256, network: String) -> Sett
         success: true,
         error_reason: None,
         error_message: None,
-        payer: Some(payer.to_checksum(None)),
-        transaction: hash.to_string(),
+        payer: Some(payer.into()),
+        transaction: hash.into(),
         network,
     }
 }
@@ -614,7 +604,7 @@ pub(super) fn mined_outcome(
     }
 }
 
-pub(super) fn in_progress(payer: Option<String>, network: String) -> SettleResponse {
+pub(super) fn in_progress(payer: Option<ChainAddress>, network: String) -> SettleResponse {
     SettleResponse::failed(
         Reason::SETTLEMENT_IN_PROGRESS,
         "another payment with this authorization nonce is being settled",
@@ -624,8 +614,8 @@ pub(super) fn in_progress(payer: Option<String>, network: String) -> SettleRespo
 }
 
 pub(super) fn ledger_failure(
-    error: LedgerError,
-    payer: Option<String>,
+    error: DatabaseError,
+    payer: Option<ChainAddress>,
     network: String,
 ) -> SettleResponse {
     tracing::error!(%error, "settlement ledger unavailable");
@@ -680,7 +670,7 @@ pub fn payment_identifier(request: &FacilitatorRequest) -> Result<Option<String>
 
 pub(super) fn payment_id_conflict(
     id: &str,
-    payer: Option<String>,
+    payer: Option<ChainAddress>,
     network: String,
 ) -> SettleResponse {
     SettleResponse::failed(
@@ -697,9 +687,11 @@ pub fn payment_fingerprint(request: &FacilitatorRequest) -> B256 {
     let requirements = &request.requirements;
     // An address in its one stored form (lowercase 0x hex); anything else as given (such a
     // payment fails verification whatever its fingerprint).
-    let address = |text: &str| {
-        text.parse::<Address>()
-            .map_or_else(|_| text.to_string(), |address| format!("{address:#x}"))
+    let address = |spelled: &ChainAddress| {
+        spelled.evm().map_or_else(
+            || spelled.as_str().to_string(),
+            |address| format!("{address:#x}"),
+        )
     };
     let material = serde_json::json!([
         request.payload.payload.to_json_value(),

@@ -9,7 +9,7 @@ use alloy_sol_types::{SolCall, sol};
 use bursar_chain::{CallOutcome, CallRequest, ChainError, Token};
 use bursar_contracts::{describe_revert, revert_reason};
 use bursar_protocol::exact_evm::{self, CheckedPayment, Invalid};
-use bursar_protocol::{FacilitatorRequest, Reason, VerifyResponse};
+use bursar_protocol::{ChainAddress, FacilitatorRequest, Reason, VerifyResponse};
 
 use crate::hooks::payer_of;
 use crate::tokens::{self, ProbeFailure, TokenSupport};
@@ -31,7 +31,7 @@ impl LocalFacilitator {
             Err(refusal) => VerifyResponse::invalid(
                 refusal.reason,
                 refusal.message,
-                payer_of(request).map(|payer| payer.to_checksum(None)),
+                payer_of(request).map(ChainAddress::from),
             ),
         };
         hooks.after_verify(request, &response).await;
@@ -41,7 +41,7 @@ impl LocalFacilitator {
 
     pub(super) async fn verify_unhooked(&self, request: &FacilitatorRequest) -> VerifyResponse {
         match self.check(request).await {
-            Ok(checked) => VerifyResponse::valid(checked.payer.to_checksum(None)),
+            Ok(checked) => VerifyResponse::valid(checked.payer.into()),
             Err(invalid) => invalid_response(invalid),
         }
     }
@@ -294,6 +294,6 @@ pub(super) fn invalid_response(invalid: Invalid) -> VerifyResponse {
     VerifyResponse::invalid(
         invalid.reason,
         invalid.message,
-        invalid.payer.map(|p| p.to_checksum(None)),
+        invalid.payer.map(ChainAddress::from),
     )
 }

@@ -68,8 +68,8 @@ impl Harness {
             scheme: "exact".into(),
             network: Network::Eip155(self.chain_id()),
             amount: Amount::from(PRICE),
-            asset: self.fixture.token.address().to_checksum(None),
-            pay_to: self.pay_to.to_checksum(None),
+            asset: self.fixture.token.address().into(),
+            pay_to: self.pay_to.into(),
             max_timeout_seconds: 60,
             extra: Some(json!({"name": TOKEN_NAME, "version": "2"})),
         }
@@ -98,7 +98,7 @@ impl Harness {
         edit(&mut authorization);
         // Signed for the requirement's asset, which is the fixture's token unless a case names
         // another.
-        let asset = requirements.asset.parse().expect("an EVM asset");
+        let asset = requirements.asset.evm().expect("an EVM asset");
         let domain = exact_evm::token_domain(TOKEN_NAME, "2", self.chain_id(), asset);
         let signature = exact_evm::sign_authorization(signer, &authorization, &domain).unwrap();
         ExactEvmPayload {
@@ -526,7 +526,7 @@ pub async fn verified_then_drained_is_refused_without_a_transaction(chain: Arc<d
     // The payer moves the funds: a second authorization for everything but PRICE - 1.
     let drain_to = PrivateKeySigner::random().address();
     let mut drain_requirements = requirements.clone();
-    drain_requirements.pay_to = drain_to.to_checksum(None);
+    drain_requirements.pay_to = drain_to.into();
     drain_requirements.amount = Amount::from(PAYER_BALANCE - (PRICE - 1));
     let drain = h
         .authorization(&drain_requirements, &h.fixture.payer, |_| {})
@@ -663,7 +663,7 @@ pub async fn token_without_eip3009_is_refused(chain: Arc<dyn DevChain>) {
     let token = h.fixture.token.address();
     let payer = h.fixture.payer.address();
     let mut no_code = h.requirements();
-    no_code.asset = Address::repeat_byte(0x42).to_checksum(None);
+    no_code.asset = Address::repeat_byte(0x42).into();
     let cases = [
         (h.requirements(), "does not implement EIP-3009"),
         (no_code, "there is no contract"),

@@ -59,8 +59,8 @@ fn offer_terms(quote: &Quote) -> Result<(u64, Address), &'static str> {
     let asset = quote
         .requirement
         .asset
-        .parse::<Address>()
-        .map_err(|_| "the offer's asset is not an address")?;
+        .evm()
+        .ok_or("the offer's asset is not an address")?;
     Ok((valid_before_s, asset))
 }
 
@@ -428,7 +428,7 @@ mod tests {
             quote: &quote,
         };
         let (valid_before_s, asset) = offer_terms(&quote).unwrap();
-        assert_eq!(asset, quote.requirement.asset.parse::<Address>().unwrap());
+        assert_eq!(asset, quote.requirement.asset.evm().unwrap());
         assert_eq!(valid_before_s, 1_800_000_060);
         let transfer = new_transfer(payment, valid_before_s, asset, Vec::new());
         assert_eq!(transfer.session_id, "ses_1");

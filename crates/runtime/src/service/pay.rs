@@ -10,7 +10,7 @@ use std::sync::Arc;
 use alloy_signer_local::PrivateKeySigner;
 use bursar_buyer::{Asked, BuyerError, PaidResponse, PayingClient, RequestSpec};
 use bursar_governance::{Policy, endpoint_of};
-use bursar_protocol::{Address, Amount, B256};
+use bursar_protocol::{Amount, B256};
 use bursar_store::runtime::{Denial, SessionRecord, TransferRecord, TransferState};
 use serde_json::{Value, json};
 
@@ -269,7 +269,7 @@ impl Runtime {
         let offer = offered.first();
         let code = "no_payable_offer";
         let message = reasons.join("; ");
-        let payee = offer.and_then(|offer| offer.pay_to.parse::<Address>().ok());
+        let payee = offer.and_then(|offer| offer.pay_to.evm());
         let denied = self
             .inner
             .store
@@ -304,7 +304,7 @@ impl Runtime {
             resource: request.url.to_string(),
             payee: payee
                 .map(|payee| format!("{payee:#x}"))
-                .or_else(|| offer.map(|offer| offer.pay_to.clone())),
+                .or_else(|| offer.map(|offer| offer.pay_to.to_string())),
             amount: offer.map(|offer| offer.amount),
         };
         self.record_decision(session, subject, None, Some(code), vec![rule])
@@ -357,7 +357,7 @@ impl Runtime {
             BuyerError::PaymentRejected { reason, settlement } => {
                 // A hash the seller reported, if it reads as one; the chain decides later.
                 if let Some(settlement) = &settlement
-                    && let Ok(hash) = settlement.transaction.parse::<B256>()
+                    && let Some(hash) = settlement.transaction.evm()
                     && let Err(error) = self.inner.store.note_tx_hash(&transfer.id, hash).await
                 {
                     return error.into();
@@ -475,7 +475,7 @@ fn reported_tx(response: &PaidResponse) -> Option<B256> {
         .settlement
         .as_ref()
         .filter(|settlement| settlement.success)
-        .and_then(|settlement| settlement.transaction.parse().ok())
+        .and_then(|settlement| settlement.transaction.evm())
 }
 
 /// A fetched response as the agent gets it.

@@ -15,7 +15,7 @@ use super::two_phase::reserve_in;
 use crate::common::StoreError;
 use crate::db::{Db, Tx, statement};
 use crate::decisions::StoredDecision;
-use crate::sql::SqliteLedger;
+use crate::sql::SqliteDatabase;
 
 /// The most reservations one transaction (and its one `fsync`) carries.
 pub const GROUP_RESERVATIONS_MAX: usize = 64;
@@ -45,7 +45,7 @@ impl std::fmt::Debug for Waiting {
 
 impl GroupCommit {
     /// Starts the committer over `ledger`'s pool (in the current tokio runtime).
-    pub(super) fn start(ledger: SqliteLedger) -> GroupCommit {
+    pub(super) fn start(ledger: SqliteDatabase) -> GroupCommit {
         let (queue, waiting) = mpsc::channel(QUEUED_RESERVATIONS_MAX);
         tokio::spawn(commit_groups(ledger, waiting));
         GroupCommit { queue }
@@ -78,7 +78,7 @@ impl GroupCommit {
     }
 }
 
-async fn commit_groups(ledger: SqliteLedger, mut waiting: mpsc::Receiver<Waiting>) {
+async fn commit_groups(ledger: SqliteDatabase, mut waiting: mpsc::Receiver<Waiting>) {
     let mut group = Vec::with_capacity(GROUP_RESERVATIONS_MAX);
     while waiting.recv_many(&mut group, GROUP_RESERVATIONS_MAX).await > 0 {
         let results = match ledger.ready().await {

@@ -63,8 +63,8 @@ use crate::alerts::AlertStore;
 use crate::compensation::CompensationStore;
 use crate::db::Db;
 use crate::decisions::DecisionStore;
-use crate::sql::{PostgresLedger, SqliteLedger};
-use crate::{LedgerError, redact};
+use crate::sql::{PostgresDatabase, SqliteDatabase};
+use crate::{DatabaseError, redact};
 
 /// The narrow runtime store traits, for `use bursar_store::runtime::prelude::*`.
 pub mod prelude {
@@ -105,8 +105,8 @@ pub struct SqlRuntimeStore {
 
 #[derive(Debug, Clone)]
 enum Backend {
-    Sqlite(SqliteLedger),
-    Postgres(PostgresLedger),
+    Sqlite(SqliteDatabase),
+    Postgres(PostgresDatabase),
 }
 
 impl SqlRuntimeStore {
@@ -133,8 +133,8 @@ impl SqlRuntimeStore {
     }
 }
 
-impl From<SqliteLedger> for SqlRuntimeStore {
-    fn from(ledger: SqliteLedger) -> Self {
+impl From<SqliteDatabase> for SqlRuntimeStore {
+    fn from(ledger: SqliteDatabase) -> Self {
         SqlRuntimeStore {
             backend: Backend::Sqlite(ledger),
             group: Arc::default(),
@@ -142,8 +142,8 @@ impl From<SqliteLedger> for SqlRuntimeStore {
     }
 }
 
-impl From<PostgresLedger> for SqlRuntimeStore {
-    fn from(ledger: PostgresLedger) -> Self {
+impl From<PostgresDatabase> for SqlRuntimeStore {
+    fn from(ledger: PostgresDatabase) -> Self {
         SqlRuntimeStore {
             backend: Backend::Postgres(ledger),
             group: Arc::default(),
@@ -175,16 +175,16 @@ impl RuntimeStore for SqlRuntimeStore {
 }
 
 /// Opens (creating and migrating) the runtime store at `url`.
-pub async fn open_runtime_store(url: &str) -> Result<Arc<dyn RuntimeStore>, LedgerError> {
+pub async fn open_runtime_store(url: &str) -> Result<Arc<dyn RuntimeStore>, DatabaseError> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqlRuntimeStore::from(
-            SqliteLedger::open(url).await?,
+            SqliteDatabase::open(url).await?,
         )))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(SqlRuntimeStore::from(
-            PostgresLedger::open(url).await?,
+            PostgresDatabase::open(url).await?,
         )))
     } else {
-        Err(LedgerError::UnsupportedUrl { url: redact(url) })
+        Err(DatabaseError::UnsupportedUrl { url: redact(url) })
     }
 }
