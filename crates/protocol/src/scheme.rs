@@ -88,8 +88,8 @@
 //!     scheme: Tally::NAME.into(),
 //!     network: "eip155:31337".parse().unwrap(),
 //!     amount: Amount::from(5u64),
-//!     asset: Address::ZERO.to_string(),
-//!     pay_to: Address::repeat_byte(2).to_string(),
+//!     asset: Address::ZERO.into(),
+//!     pay_to: Address::repeat_byte(2).into(),
 //!     max_timeout_seconds: 60,
 //!     extra: None,
 //! };
