@@ -6,6 +6,7 @@
 //! the `exact` scheme on EVM chains with EIP-3009 ([`exact_evm`]), and the output schema a seller
 //! publishes through the `bazaar` extension ([`bazaar`]). Assets, recipients, payers and
 //! transactions keep the text the wire spelled them in, read once into their EVM form ([`spelled`]).
+//! [`mcp`] is x402 over MCP: the documents a paid `tools/call` carries.
 //!
 //! Every decoder here is total: bad input is an error value, never a panic (see the property tests).
 
@@ -13,6 +14,7 @@ pub mod bazaar;
 pub mod codec;
 pub mod exact_evm;
 pub mod facilitator;
+pub mod mcp;
 pub mod money;
 pub mod network;
 pub mod reason;

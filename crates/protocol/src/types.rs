@@ -350,6 +350,24 @@ impl PaymentRequired {
         })
     }
 
+    /// The document in its own version's JSON: the v1 body or the v2 `PAYMENT-REQUIRED`
+    /// document (what an MCP payment-required result carries).
+    pub fn to_json_value(&self) -> Value {
+        let value = match self.version {
+            X402Version::V1 => serde_json::to_value(self.to_v1()),
+            X402Version::V2 => serde_json::to_value(self.to_v2()),
+        };
+        value.expect("a payment-required document serializes")
+    }
+
+    /// Reads a document of either version from its JSON.
+    pub fn from_json(json: &[u8]) -> Result<Self, DecodeError> {
+        match peek_version(json)? {
+            X402Version::V1 => Self::from_v1_body(json),
+            X402Version::V2 => Self::from_v2(serde_json::from_slice(json).map_err(json_error)?),
+        }
+    }
+
     pub fn from_v1_body(body: &[u8]) -> Result<Self, DecodeError> {
         if body.len() > BODY_BYTES_MAX {
             return Err(DecodeError::TooLarge);
