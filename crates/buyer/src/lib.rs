@@ -348,16 +348,23 @@ impl PayingClient {
             return Ok(Asked::Answered(Box::new(finish(first, None).await?)));
         }
         let required = read_payment_required(first, self.v1_only).await?;
+        Ok(Asked::PaymentRequired(Box::new(self.quote(required)?)))
+    }
+
+    /// What the client would pay for `required`, however the terms arrived (an HTTP 402, an MCP
+    /// tool result): the offer chosen by the client's rules and the authorization to sign.
+    /// Nothing is signed.
+    pub fn quote(&self, required: PaymentRequired) -> Result<Quote, BuyerError> {
         let requirement = self.choose(&required)?.clone();
         // The scheme builds what is signed (`PaymentScheme::message`); the signer signs it as
         // EIP-712 typed data, so a remote signer sees what it signs.
         let authorization = ExactEvm::message(&requirement, self.signer.address(), now())
             .map_err(BuyerError::InvalidPaymentRequired)?;
-        Ok(Asked::PaymentRequired(Box::new(Quote {
+        Ok(Quote {
             required,
             requirement,
             authorization,
-        })))
+        })
     }
 
     /// Signs a quote's authorization and encodes the payment header, in the protocol version of

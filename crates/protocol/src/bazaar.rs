@@ -6,7 +6,8 @@
 //! - v2: `extensions.bazaar = {info, schema}`, where `schema` is a JSON Schema of `info` and the
 //!   response body's own schema sits at `schema.properties.output.properties.example`.
 //!
-//! [`published_output_schema`] reads either; [`http_extension`] writes the v2 form.
+//! [`published_output_schema`] reads either; [`http_extension`] writes the v2 form for an HTTP
+//! route and [`mcp_extension`] for an MCP tool.
 
 use serde_json::{Value, json};
 
@@ -99,6 +100,62 @@ pub fn http_extension(method: &str, output_schema: &Value) -> Value {
     })
 }
 
+/// The v2 `bazaar` extension for a paid MCP tool: `info.input` describes the tool (its name,
+/// description, transport and input schema), and when the tool publishes an output schema it sits
+/// where [`published_output_schema`] reads it, as for HTTP routes.
+pub fn mcp_extension(
+    tool_name: &str,
+    description: Option<&str>,
+    input_schema: &Value,
+    output_schema: Option<&Value>,
+) -> Value {
+    let mut input = json!({
+        "type": "mcp",
+        "toolName": tool_name,
+        "transport": "streamable-http",
+        "inputSchema": input_schema,
+    });
+    let mut input_properties = json!({
+        "type": {"type": "string", "const": "mcp"},
+        "toolName": {"type": "string"},
+        "transport": {"type": "string", "enum": ["streamable-http", "sse"]},
+        "inputSchema": {"type": "object"},
+    });
+    if let Some(description) = description {
+        input["description"] = json!(description);
+        input_properties["description"] = json!({"type": "string"});
+    }
+    let mut info = json!({ "input": input });
+    let mut properties = json!({
+        "input": {
+            "type": "object",
+            "properties": input_properties,
+            "required": ["type", "toolName", "inputSchema"],
+            "additionalProperties": false,
+        },
+    });
+    if let Some(output_schema) = output_schema {
+        info["output"] = json!({"type": "json"});
+        properties["output"] = json!({
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "example": output_schema,
+            },
+            "required": ["type"],
+        });
+    }
+    json!({
+        "info": info,
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": properties,
+            "required": ["input"],
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +172,29 @@ mod tests {
             accepts: Vec::new(),
             extensions,
         }
+    }
+
+    #[test]
+    fn an_mcp_tool_publishes_its_schemas() {
+        let input = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let output = json!({"type": "object", "required": ["forecast"]});
+        let extension = mcp_extension("forecast", Some("Weather"), &input, Some(&output));
+        assert_eq!(extension["info"]["input"]["type"], "mcp");
+        assert_eq!(extension["info"]["input"]["toolName"], "forecast");
+        assert_eq!(extension["info"]["input"]["inputSchema"], input);
+        let extensions = json!({ BAZAAR: extension });
+        assert_eq!(
+            published_output_schema(&required(None, Some(extensions))),
+            Some(&output)
+        );
+        let bare = mcp_extension("ping", None, &json!({"type": "object"}), None);
+        assert!(bare["info"].get("output").is_none());
+        assert!(bare["info"]["input"].get("description").is_none());
+        let extensions = json!({ BAZAAR: bare });
+        assert_eq!(
+            published_output_schema(&required(None, Some(extensions))),
+            None
+        );
     }
 
     #[test]

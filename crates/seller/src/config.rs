@@ -119,7 +119,7 @@ impl Offer {
         self.asset.unit.format(self.amount)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if self.network.chain_id().is_none() {
             return Err(format!(
                 "network {} is not an EVM (eip155) network",

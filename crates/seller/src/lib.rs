@@ -25,6 +25,9 @@
 //! The handler finds what was paid in the [`PaymentInfo`] request extension. Requests to routes
 //! that are not priced pass through untouched.
 //!
+//! MCP tools are priced the same way with [`PaidTools`], which wraps any rmcp server (see
+//! [`mcp`]).
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use axum::{Router, routing::get, http::Method};
@@ -52,12 +55,14 @@
 //! ```
 
 mod config;
+pub mod mcp;
 mod service;
 
 pub use bursar_facilitator_client::Facilitator;
 pub use config::{
     Asset, DEFAULT_MAX_TIMEOUT_SECONDS, Offer, PaywallBuilder, PricedRoute, REQUEST_BODY_BYTES_MAX,
 };
+pub use mcp::{PaidTools, PricedTool};
 pub use service::{PaymentInfo, PaywallLayer, PaywallService};
 
 /// Why a paywall could not be built. Requests never fail with this type: every request problem is

@@ -393,42 +393,7 @@ struct Offered<'a> {
 impl Offered<'_> {
     /// The offered requirement this payload pays.
     fn select(&self, payload: &PaymentPayload) -> Result<&PaymentRequirements, String> {
-        let requirements = &self.route.requirements;
-        match payload.version {
-            X402Version::V2 => {
-                let Some(accepted) = &payload.accepted else {
-                    return Err("payment payload has no accepted requirement".into());
-                };
-                requirements
-                    .iter()
-                    .find(|offered| *offered == accepted)
-                    .ok_or_else(|| "accepted requirement is not offered".to_string())
-            }
-            X402Version::V1 => {
-                let candidates: Vec<&PaymentRequirements> = requirements
-                    .iter()
-                    .filter(|r| r.scheme == payload.scheme && r.network == payload.network)
-                    .collect();
-                // Several offers on one network (different assets or prices): prefer the one the
-                // authorization actually pays.
-                let paid = payload.payload.exact_evm().ok();
-                let best = paid
-                    .and_then(|paid| {
-                        candidates.iter().copied().find(|r| {
-                            r.amount == paid.authorization.value
-                                && r.pay_to.evm() == Some(paid.authorization.to)
-                        })
-                    })
-                    .or_else(|| candidates.first().copied());
-                best.ok_or_else(|| {
-                    format!(
-                        "no offered requirement uses scheme {:?} on network {}",
-                        truncate(&payload.scheme),
-                        payload.network
-                    )
-                })
-            }
-        }
+        select(&self.route.requirements, payload)
     }
 
     fn price_of(&self, requirement: &PaymentRequirements) -> String {
@@ -480,6 +445,49 @@ impl Offered<'_> {
             headers.insert("access-control-expose-headers", value);
         }
         response
+    }
+}
+
+/// The offered requirement `payload` pays: v2, the one equal to its `accepted`; v1, by scheme and
+/// network (preferring the offer the authorization actually pays). `Err` says why none.
+pub(crate) fn select<'a>(
+    requirements: &'a [PaymentRequirements],
+    payload: &PaymentPayload,
+) -> Result<&'a PaymentRequirements, String> {
+    match payload.version {
+        X402Version::V2 => {
+            let Some(accepted) = &payload.accepted else {
+                return Err("payment payload has no accepted requirement".into());
+            };
+            requirements
+                .iter()
+                .find(|offered| *offered == accepted)
+                .ok_or_else(|| "accepted requirement is not offered".to_string())
+        }
+        X402Version::V1 => {
+            let candidates: Vec<&PaymentRequirements> = requirements
+                .iter()
+                .filter(|r| r.scheme == payload.scheme && r.network == payload.network)
+                .collect();
+            // Several offers on one network (different assets or prices): prefer the one the
+            // authorization actually pays.
+            let paid = payload.payload.exact_evm().ok();
+            let best = paid
+                .and_then(|paid| {
+                    candidates.iter().copied().find(|r| {
+                        r.amount == paid.authorization.value
+                            && r.pay_to.evm() == Some(paid.authorization.to)
+                    })
+                })
+                .or_else(|| candidates.first().copied());
+            best.ok_or_else(|| {
+                format!(
+                    "no offered requirement uses scheme {:?} on network {}",
+                    truncate(&payload.scheme),
+                    payload.network
+                )
+            })
+        }
     }
 }
 
