@@ -76,6 +76,14 @@ async function bursarPay(url, extra = []) {
   });
 }
 
+/// Calls a paid tool of Bursar's demo MCP server with the official Python x402 MCP client.
+async function payTool(tool, args, env = {}) {
+  return run(PYTHON_BIN, [join(INTEROP_DIR, "python/pay_mcp.py"), `${bursarPaywallUrl}/mcp`, tool, JSON.stringify(args)], {
+    env: { X402_PAYER_KEY: net.keys.payer.key, ...env },
+    timeoutMs: 60_000,
+  });
+}
+
 before(async () => {
   net = await startChain();
   bursarFacilitatorUrl = await startBursarFacilitator(net);
@@ -217,6 +225,28 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     const receipt = decodePaymentResponseHeader(outcome.paymentResponse);
     assertSettled(receipt);
     assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("7. x402 (Python, x402.mcp + mcp, streamable HTTP) -> Bursar paid MCP tool -> Bursar facilitator", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await payTool("weather", { city: "Porto" });
+    assert.equal(result.code, 0, `python MCP client: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
+    assert.deepEqual(outcome.tools, ["weather", "joke", "report"], "the tools are listed");
+    assert.equal(outcome.isError, false, JSON.stringify(outcome));
+    assert.equal(outcome.paymentMade, true);
+    assert.equal(JSON.parse(outcome.content[0]).city, "Porto");
+    assertSettled(outcome.paymentResponse);
+    assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("7b. the official MCP client registered only for another network signs nothing; no money moves", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const start = await balances(net);
+    const result = await payTool("weather", { city: "Porto" }, { X402_NETWORK: "eip155:8453" });
+    const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
+    assert.ok(outcome.error, `the client refuses to pay: ${result.stdout}`);
+    t.diagnostic(`refused: ${outcome.error}`);
+    assertNothingMoved(start, await balances(net));
   });
 
   test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {

@@ -457,6 +457,18 @@ async fn print_banner(network: &DevNetwork, info: &DevInfo, ledger: &str) {
         );
     }
     println!(
+        "  demo MCP     {}{} (streamable HTTP; x402 over MCP, paid per tools/call)",
+        info.api_url,
+        crate::demo_tools::MCP_PATH
+    );
+    for tool in crate::demo_tools::DEMO_TOOLS {
+        println!(
+            "                 tool {:<15} {}",
+            tool.name,
+            usdc.format(Amount::from(tool.price_atomic))
+        );
+    }
+    println!(
         "  buyer        {}  balance {}",
         info.buyer,
         usdc.format(balance)

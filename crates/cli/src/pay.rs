@@ -100,7 +100,8 @@ impl DemoApiConfig {
 }
 
 /// The demo paid API: three priced routes behind the paywall, verified and settled through the
-/// facilitator's HTTP API, plus a free index at `/`.
+/// facilitator's HTTP API, a free index at `/`, and three paid MCP tools at `/mcp` (streamable
+/// HTTP) settled through the same facilitator.
 pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
     let mut client = HttpFacilitator::new(&config.facilitator_url)?;
     if let Some(key) = &config.facilitator_api_key {
@@ -114,7 +115,8 @@ pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
         AssetUnit::usdc(),
     );
     let network = Network::Eip155(config.chain_id);
-    let mut paywall = PaywallLayer::builder(facilitator).public_base_url(config.api_url.clone());
+    let mut paywall =
+        PaywallLayer::builder(facilitator.clone()).public_base_url(config.api_url.clone());
     for route in DEMO_ROUTES {
         paywall = paywall.route(
             PricedRoute::new(Method::GET, route.path)
@@ -129,6 +131,16 @@ pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
         );
     }
     let paywall = paywall.build()?;
+    let tools = crate::demo_tools::paid_demo_tools(
+        facilitator,
+        &network,
+        &asset,
+        &config.pay_to.to_checksum(None),
+    )?;
+    let public_host = url::Url::parse(&config.api_url)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_string));
+    let mcp = crate::demo_tools::mcp_service(tools, public_host);
     let index = DEMO_ROUTES
         .iter()
         .map(|r| {
@@ -152,6 +164,7 @@ pub fn demo_api(config: &DemoApiConfig) -> Result<Router> {
             }),
         )
         .layer(paywall)
+        .nest_service(crate::demo_tools::MCP_PATH, mcp)
         .route("/", get(move || async move { axum::Json(json!({"routes": index})) })))
 }
 
@@ -209,6 +222,15 @@ pub async fn serve_demo_api(args: DemoApiArgs) -> Result<()> {
     println!(
         "Bursar demo API on {api_url} for eip155:{} (token {}, paying {}, facilitator {})",
         config.chain_id, config.token, config.pay_to, config.facilitator_url
+    );
+    println!(
+        "Paid MCP tools on {api_url}{} (streamable HTTP): {}",
+        crate::demo_tools::MCP_PATH,
+        crate::demo_tools::DEMO_TOOLS
+            .iter()
+            .map(|tool| tool.name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     crate::dev::serve(listener, app).await
 }

@@ -72,6 +72,17 @@ pub struct PaidTools<S> {
     prices: Arc<HashMap<String, ToolPrice>>,
 }
 
+/// A copy serving another session: the same prices and facilitator, a copy of the server.
+impl<S: Clone> Clone for PaidTools<S> {
+    fn clone(&self) -> Self {
+        PaidTools {
+            inner: self.inner.clone(),
+            facilitator: self.facilitator.clone(),
+            prices: self.prices.clone(),
+        }
+    }
+}
+
 impl<S> std::fmt::Debug for PaidTools<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaidTools")
