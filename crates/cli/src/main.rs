@@ -18,6 +18,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent_mcp;
 mod audit;
 mod bench;
 mod demo_tools;
@@ -94,6 +95,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Measure signature verification and facilitator /verify throughput.
     Bench(bench::BenchArgs),
+    /// An MCP server for agents (stdio, or streamable HTTP with --listen): fetch paid resources
+    /// and read the budget within a runtime session; the agent never sees a key.
+    Mcp(agent_mcp::McpArgs),
 }
 
 /// The default data dir.
@@ -208,6 +212,7 @@ fn main() -> ExitCode {
             Command::Alerts(args) => runtime::alerts(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Mcp(args) => agent_mcp::serve(args).await,
         }
     });
     drop(runtime);

@@ -219,12 +219,13 @@ pub async fn serve_demo_api(args: DemoApiArgs) -> Result<()> {
         pay_to: args.pay_to,
     };
     let app = demo_api(&config)?;
+    // One line: whoever reads the address may stop reading after it.
     println!(
-        "Bursar demo API on {api_url} for eip155:{} (token {}, paying {}, facilitator {})",
-        config.chain_id, config.token, config.pay_to, config.facilitator_url
-    );
-    println!(
-        "Paid MCP tools on {api_url}{} (streamable HTTP): {}",
+        "Bursar demo API on {api_url} for eip155:{} (token {}, paying {}, facilitator {}); paid MCP tools at {api_url}{} ({})",
+        config.chain_id,
+        config.token,
+        config.pay_to,
+        config.facilitator_url,
         crate::demo_tools::MCP_PATH,
         crate::demo_tools::DEMO_TOOLS
             .iter()

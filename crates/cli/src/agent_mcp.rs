@@ -1,0 +1,311 @@
+//! `bursar mcp`: an MCP server for agents, paying inside a runtime session.
+//!
+//! The agent's MCP client lists and calls tools; each tool is an authenticated call to the
+//! runtime's API with the session's token, so every payment goes through the session's budget,
+//! policies, evidence and ledger below the agent. The agent never sees a key or a signed payload:
+//! the runtime holds the wallet and answers with the content and a receipt.
+//!
+//! Tools: `fetch` (an HTTP resource, paid within the session when the seller asks) and
+//! `budget` (what the session may still spend). Served over stdio (the default: the agent
+//! spawns `bursar mcp`) or streamable HTTP (`--listen`), where each request must carry the
+//! session token as `Authorization: Bearer`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::devnet::DevInfo;
+
+#[derive(clap::Args)]
+pub struct McpArgs {
+    /// The session's token (bst_...), as `bursar session create` printed it. Over streamable
+    /// HTTP, a request's own `Authorization: Bearer` token is used instead.
+    #[arg(long, env = "BURSAR_SESSION_TOKEN", hide_env_values = true)]
+    pub session: Option<String>,
+    /// The runtime's API. Default: the one `bursar dev` runs, else http://127.0.0.1:4030.
+    #[arg(long, env = "BURSAR_RUNTIME_URL")]
+    pub runtime_url: Option<String>,
+    /// Serve MCP over streamable HTTP on this address (path /mcp) instead of stdio.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The agent-facing tools, calling the runtime.
+#[derive(Clone)]
+pub struct AgentTools {
+    http: reqwest::Client,
+    runtime_url: Arc<str>,
+    /// The token given at start (stdio); over HTTP each request brings its own.
+    token: Option<Arc<str>>,
+}
+
+/// The session a token belongs to: `bst_<session id>_<secret>`.
+fn session_of(token: &str) -> Option<&str> {
+    token
+        .strip_prefix(bursar_runtime::tokens::SESSION_TOKEN_PREFIX)
+        .and_then(|rest| rest.rsplit_once('_'))
+        .map(|(id, _)| id)
+        .filter(|id| !id.is_empty())
+}
+
+fn object(value: Value) -> Arc<JsonObject> {
+    match value {
+        Value::Object(object) => Arc::new(object),
+        _ => Arc::default(),
+    }
+}
+
+fn definitions() -> Vec<Tool> {
+    let fetch_input = json!({
+        "type": "object",
+        "properties": {
+            "url": {"type": "string", "description": "The http(s) URL to fetch"},
+            "method": {"type": "string", "default": "GET"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "body": {"type": "string", "description": "The request body, as text"},
+            "phase": {"type": "string", "description": "The agent's phase, for phase policies"},
+            "step": {"type": "string", "description": "The agent's step label, kept with the payment's evidence"},
+        },
+        "required": ["url"],
+    });
+    vec![
+        Tool::new(
+            "fetch",
+            "Fetch an HTTP resource. When the server asks for payment (HTTP 402, x402), it is \
+             paid from this session's budget, under its policies; the answer says what was paid.",
+            object(fetch_input),
+        ),
+        Tool::new(
+            "budget",
+            "What this session has spent, has reserved and may still spend, and until when.",
+            object(json!({"type": "object", "properties": {}})),
+        ),
+    ]
+}
+
+impl AgentTools {
+    pub fn new(runtime_url: &str, token: Option<String>) -> AgentTools {
+        AgentTools {
+            http: reqwest::Client::new(),
+            runtime_url: runtime_url.trim_end_matches('/').into(),
+            token: token.map(Into::into),
+        }
+    }
+
+    /// The token of this call: the HTTP request's bearer token, else the one given at start.
+    fn token_of(&self, context: &RequestContext<RoleServer>) -> Option<String> {
+        let from_http = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.headers.get(http::header::AUTHORIZATION))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_string);
+        from_http.or_else(|| self.token.as_deref().map(str::to_string))
+    }
+
+    /// Calls the runtime; `Err` is the message the agent reads.
+    async fn runtime(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> std::result::Result<Value, String> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.runtime_url))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| format!("the payments runtime cannot be reached: {error}"))?;
+        let status = response.status();
+        let document: Value = response
+            .json()
+            .await
+            .map_err(|error| format!("the payments runtime answered HTTP {status}: {error}"))?;
+        if status.is_success() {
+            return Ok(document);
+        }
+        let code = document["error"]["code"].as_str().unwrap_or("error");
+        let message = document["error"]["message"].as_str().unwrap_or_default();
+        Err(format!("{code}: {message}"))
+    }
+
+    async fn fetch(&self, token: &str, arguments: &JsonObject) -> CallToolResult {
+        let Some(session) = session_of(token) else {
+            return refusal("the session token is not a Bursar session token (bst_...)");
+        };
+        let Some(url) = arguments.get("url").and_then(Value::as_str) else {
+            return refusal("fetch needs a url");
+        };
+        let mut request = json!({
+            "url": url,
+            "method": arguments.get("method").and_then(Value::as_str).unwrap_or("GET"),
+        });
+        for field in ["headers", "body", "phase", "step"] {
+            if let Some(value) = arguments.get(field).filter(|value| !value.is_null()) {
+                request[field] = value.clone();
+            }
+        }
+        let path = format!("/v1/sessions/{session}/fetch");
+        match self
+            .runtime(reqwest::Method::POST, &path, token, Some(request))
+            .await
+        {
+            Ok(fetched) => {
+                let status = fetched["status"].as_u64().unwrap_or(0);
+                let outcome = json!({
+                    "status": status,
+                    "contentType": fetched["headers"]["content-type"],
+                    "body": fetched["body"],
+                    "bodyBase64": fetched["bodyBase64"],
+                    "payment": fetched["payment"],
+                    "cachedFrom": fetched["cachedFrom"],
+                    "validation": fetched["validation"],
+                });
+                let mut result = CallToolResult::structured(outcome);
+                // A seller's failure is the agent's to handle; it is still an error result.
+                result.is_error = Some(!(200..300).contains(&status));
+                result
+            }
+            Err(message) => refusal(&message),
+        }
+    }
+
+    async fn budget(&self, token: &str) -> CallToolResult {
+        let Some(session) = session_of(token) else {
+            return refusal("the session token is not a Bursar session token (bst_...)");
+        };
+        match self
+            .runtime(
+                reqwest::Method::GET,
+                &format!("/v1/sessions/{session}"),
+                token,
+                None,
+            )
+            .await
+        {
+            Ok(shown) => CallToolResult::structured(shown),
+            Err(message) => refusal(&message),
+        }
+    }
+}
+
+fn refusal(message: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+impl ServerHandler for AgentTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("bursar", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(definitions()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        definitions().into_iter().find(|tool| tool.name == name)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let Some(token) = self.token_of(&context) else {
+            return Ok(refusal(
+                "no session token: start `bursar mcp --session bst_...` (or set \
+                 BURSAR_SESSION_TOKEN), or send Authorization: Bearer bst_... over HTTP",
+            )
+            .into());
+        };
+        let arguments = request.arguments.unwrap_or_default();
+        let result = match request.name.as_ref() {
+            "fetch" => self.fetch(&token, &arguments).await,
+            "budget" => self.budget(&token).await,
+            other => {
+                return Err(McpError::invalid_params(
+                    format!("there is no tool {other:?}; the tools are fetch and budget"),
+                    None,
+                ));
+            }
+        };
+        Ok(result.into())
+    }
+}
+
+/// `bursar mcp`: serves the agent tools over stdio, or over streamable HTTP with `--listen`.
+pub async fn serve(args: McpArgs) -> Result<()> {
+    let runtime_url = args
+        .runtime_url
+        .clone()
+        .or_else(|| {
+            DevInfo::load(&args.data_dir)
+                .ok()
+                .and_then(|info| info.runtime_url)
+        })
+        .unwrap_or_else(|| format!("http://{}", crate::runtime::RUNTIME_LISTEN_DEFAULT));
+    if let Some(token) = &args.session
+        && session_of(token).is_none()
+    {
+        return Err(crate::pay::failure(
+            2,
+            "--session must be a session token (bst_...), as `bursar session create` printed it"
+                .into(),
+        ));
+    }
+    let tools = AgentTools::new(&runtime_url, args.session.clone());
+    match args.listen {
+        None => {
+            let running = tools
+                .serve(rmcp::transport::stdio())
+                .await
+                .context("starting the MCP server on stdio")?;
+            running.waiting().await.context("the MCP session ended")?;
+            Ok(())
+        }
+        Some(listen) => serve_http(tools, listen).await,
+    }
+}
+
+async fn serve_http(tools: AgentTools, listen: SocketAddr) -> Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} for MCP"))?;
+    let service = StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        Arc::new(LocalSessionManager::default()),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    eprintln!(
+        "bursar mcp on http://{}/mcp (streamable HTTP; send Authorization: Bearer <session token>)",
+        listener.local_addr()?
+    );
+    crate::dev::serve(listener, app).await
+}

@@ -1,0 +1,148 @@
+//! `bursar mcp` as an agent uses it: an MCP client (rmcp's) spawns it over stdio with a session
+//! token, lists its tools and calls them; payments go through the runtime inside `bursar dev`,
+//! and balances are read from the chain.
+
+mod common;
+use common::*;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::transport::TokioChildProcess;
+use rmcp::{RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+/// Spawns `bursar mcp` over stdio with `token` and connects to it.
+async fn connect(dev: &Dev, token: &str) -> RunningService<RoleClient, ()> {
+    let mut command = tokio::process::Command::new(BURSAR);
+    command
+        .args(["mcp", "--session", token, "--runtime-url"])
+        .arg(dev.info["runtimeUrl"].as_str().unwrap())
+        .env_remove("BURSAR_SESSION_TOKEN")
+        .env("BURSAR_LOG", "warn");
+    let transport = TokioChildProcess::new(command).expect("spawn bursar mcp");
+    ().serve(transport).await.expect("the MCP handshake")
+}
+
+async fn call(
+    client: &RunningService<RoleClient, ()>,
+    tool: &str,
+    arguments: Value,
+) -> CallToolResult {
+    let arguments = arguments.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(arguments))
+        .await
+        .expect("a tool result")
+}
+
+fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|block| block.as_text().map(|text| text.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let (_session, token) = open_session(&dev, &key, "mcp-agent", "0.20");
+    let (buyer, seller) = (dev.buyer(), dev.seller());
+    let (buyer_start, seller_start) = (dev.balance(&buyer), dev.balance(&seller));
+    let weather = dev.api("/weather");
+    let report = dev.api("/report");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let (tools, paid, budget, refused) = runtime.block_on(async {
+        let client = connect(&dev, &token).await;
+        let tools: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|tool| tool.name.to_string())
+            .collect();
+        let paid = call(&client, "fetch", json!({"url": weather, "step": "look-up"})).await;
+        let budget = call(&client, "budget", json!({})).await;
+        // The report (0.25) is above what the session may spend (0.19 left): refused below the
+        // agent, nothing signed.
+        let refused = call(&client, "fetch", json!({"url": report})).await;
+        client.cancel().await.ok();
+        (tools, paid, budget, refused)
+    });
+
+    assert_eq!(tools, ["fetch", "budget"]);
+    assert_ne!(paid.is_error, Some(true), "{}", text(&paid));
+    let outcome = paid.structured_content.clone().expect("structured output");
+    assert_eq!(outcome["status"], 200, "{outcome}");
+    assert!(outcome["body"].as_str().unwrap().contains("Lisbon"));
+    assert_eq!(outcome["payment"]["amountAtomic"], "10000");
+    assert_eq!(
+        outcome["payment"]["payTo"].as_str().unwrap().to_lowercase(),
+        seller.to_lowercase()
+    );
+    // The agent sees a receipt, never a key or a signed payload.
+    let shown = serde_json::to_string(&paid).unwrap();
+    for secret in [
+        "privateKey",
+        "signature",
+        "PAYMENT-SIGNATURE",
+        "authorization",
+    ] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+
+    let budget = budget.structured_content.expect("the session");
+    assert_eq!(budget["maxSpendAtomic"], "200000", "{budget}");
+    let spent = budget["postedAtomic"]
+        .as_str()
+        .unwrap()
+        .parse::<u128>()
+        .unwrap()
+        + budget["reservedAtomic"]
+            .as_str()
+            .unwrap()
+            .parse::<u128>()
+            .unwrap();
+    assert_eq!(spent, WEATHER_PRICE);
+    assert_eq!(budget["remainingAtomic"], "190000");
+
+    assert_eq!(refused.is_error, Some(true));
+    let why = text(&refused);
+    assert!(why.contains("budget") || why.contains("exceed"), "{why}");
+    assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
+    assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
+}
+
+#[test]
+fn a_wrong_session_token_is_refused_and_nothing_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let (session, _token) = open_session(&dev, &key, "mcp-agent", "0.20");
+    let buyer = dev.buyer();
+    let buyer_start = dev.balance(&buyer);
+    let weather = dev.api("/weather");
+    let forged = format!("bst_{session}_{}", "0".repeat(64));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (fetched, budget) = runtime.block_on(async {
+        let client = connect(&dev, &forged).await;
+        let fetched = call(&client, "fetch", json!({"url": weather})).await;
+        let budget = call(&client, "budget", json!({})).await;
+        client.cancel().await.ok();
+        (fetched, budget)
+    });
+    for result in [&fetched, &budget] {
+        assert_eq!(result.is_error, Some(true));
+        assert!(text(result).contains("unauthorized"), "{}", text(result));
+    }
+    assert_eq!(dev.balance(&buyer), buyer_start);
+
+    // Not a session token at all: the command refuses to start.
+    let output = dev.bursar(&["mcp", "--session", "not-a-token"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("session token"));
+}
