@@ -30,6 +30,8 @@
 
 use std::sync::Arc;
 
+pub mod mcp;
+
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::Eip712Domain;
 use bursar_protocol::codec::{
@@ -153,6 +155,9 @@ pub struct RequestSpec {
     pub url: Url,
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// Set for a tool call of an MCP server ([`RequestSpec::tool_call`]): the call is made over
+    /// MCP, and `url` and `body` only account for it.
+    pub tool: Option<Box<mcp::ToolCall>>,
 }
 
 impl RequestSpec {
@@ -163,6 +168,7 @@ impl RequestSpec {
             url,
             headers: HeaderMap::new(),
             body: bytes::Bytes::new(),
+            tool: None,
         })
     }
 
@@ -210,6 +216,7 @@ impl TryFrom<reqwest::Request> for RequestSpec {
             url: request.url().clone(),
             headers: request.headers().clone(),
             body,
+            tool: None,
         })
     }
 }
@@ -341,6 +348,9 @@ impl PayingClient {
         if request.body.len() > REQUEST_BODY_BYTES_MAX {
             return Err(BuyerError::RequestTooLarge(request.body.len()));
         }
+        if let Some(call) = &request.tool {
+            return self.ask_tool(call).await;
+        }
         let carries_payment = request.headers.contains_key(HEADER_PAYMENT_SIGNATURE)
             || request.headers.contains_key(HEADER_X_PAYMENT);
         let first = self.execute(request, None).await?;
@@ -402,6 +412,11 @@ impl PayingClient {
             version = required.version.number(),
             "paying for request"
         );
+        if let Some(call) = &request.tool {
+            return self
+                .pay_tool(call, required, requirement, authorization, signed)
+                .await;
+        }
         let second = self.execute(request, Some(signed.header)).await?;
         let settlement = settlement_of(second.headers());
         if second.status() == StatusCode::PAYMENT_REQUIRED {
@@ -419,6 +434,76 @@ impl PayingClient {
             settlement,
         };
         finish(second, Some(receipt)).await
+    }
+
+    /// [`PayingClient::ask`] for a tool call: the call without payment.
+    async fn ask_tool(&self, call: &mcp::ToolCall) -> Result<Asked, BuyerError> {
+        match mcp::call(&self.http, call, None).await? {
+            mcp::Answer::PaymentRequired(required) => {
+                Ok(Asked::PaymentRequired(Box::new(self.quote(required)?)))
+            }
+            mcp::Answer::Result(result) => match mcp::payment_required_in(&result) {
+                Some(required) => Ok(Asked::PaymentRequired(Box::new(self.quote(required?)?))),
+                None => Ok(Asked::Answered(Box::new(mcp::response(&result, None)?))),
+            },
+        }
+    }
+
+    /// [`PayingClient::pay`] for a tool call: the call again with the payment in `_meta`. Asked
+    /// for payment again, the client does not pay again.
+    async fn pay_tool(
+        &self,
+        call: &mcp::ToolCall,
+        required: PaymentRequired,
+        requirement: PaymentRequirements,
+        authorization: Authorization,
+        signed: SignedPayment,
+    ) -> Result<PaidResponse, BuyerError> {
+        tracing::info!(
+            server = %call.server,
+            tool = %call.name,
+            amount = %self.describe(&requirement, requirement.amount),
+            network = %requirement.network,
+            pay_to = %requirement.pay_to,
+            "paying for tool call"
+        );
+        let result = match mcp::call(&self.http, call, Some(&signed.payload)).await? {
+            mcp::Answer::PaymentRequired(again) => {
+                return Err(BuyerError::PaymentRejected {
+                    reason: again
+                        .error
+                        .unwrap_or_else(|| "payment required again".into()),
+                    settlement: None,
+                });
+            }
+            mcp::Answer::Result(result) => result,
+        };
+        let settlement = mcp::settlement(&result);
+        if let Some(again) = mcp::payment_required_in(&result) {
+            let reason = match (&settlement, again) {
+                (Some(failed), _) if !failed.success => failed
+                    .error_reason
+                    .as_ref()
+                    .map(|reason| reason.to_string())
+                    .unwrap_or_else(|| "settlement failed".into()),
+                (_, Ok(again)) => again
+                    .error
+                    .unwrap_or_else(|| "payment required again".into()),
+                (_, Err(error)) => error.to_string(),
+            };
+            tracing::warn!(tool = %call.name, %reason, "tool payment rejected; not paying again");
+            return Err(BuyerError::PaymentRejected {
+                reason,
+                settlement: settlement.map(Box::new),
+            });
+        }
+        let receipt = PaymentReceipt {
+            version: required.version,
+            requirement,
+            authorization,
+            settlement,
+        };
+        mcp::response(&result, Some(receipt))
     }
 
     /// The offer to pay: the cheapest that passes every rule.

@@ -5,8 +5,9 @@
 //! policies, evidence and ledger below the agent. The agent never sees a key or a signed payload:
 //! the runtime holds the wallet and answers with the content and a receipt.
 //!
-//! Tools: `fetch` (an HTTP resource, paid within the session when the seller asks) and
-//! `budget` (what the session may still spend). Served over stdio (the default: the agent
+//! Tools: `fetch` (an HTTP resource, paid within the session when the seller asks),
+//! `call_tool` (a tool of an upstream MCP server, paid the same way when it asks) and `budget`
+//! (what the session may still spend). Served over stdio (the default: the agent
 //! spawns `bursar mcp`) or streamable HTTP (`--listen`), where each request must carry the
 //! session token as `Authorization: Bearer`.
 
@@ -86,6 +87,23 @@ fn definitions() -> Vec<Tool> {
             object(fetch_input),
         ),
         Tool::new(
+            "call_tool",
+            "Call a tool of an MCP server (streamable HTTP). When the tool asks for payment \
+             (x402), it is paid from this session's budget, under its policies; the answer says \
+             what was paid.",
+            object(json!({
+                "type": "object",
+                "properties": {
+                    "server": {"type": "string", "description": "The server's MCP endpoint URL"},
+                    "tool": {"type": "string"},
+                    "arguments": {"type": "object"},
+                    "phase": {"type": "string"},
+                    "step": {"type": "string"},
+                },
+                "required": ["server", "tool"],
+            })),
+        ),
+        Tool::new(
             "budget",
             "What this session has spent, has reserved and may still spend, and until when.",
             object(json!({"type": "object", "properties": {}})),
@@ -147,9 +165,6 @@ impl AgentTools {
     }
 
     async fn fetch(&self, token: &str, arguments: &JsonObject) -> CallToolResult {
-        let Some(session) = session_of(token) else {
-            return refusal("the session token is not a Bursar session token (bst_...)");
-        };
         let Some(url) = arguments.get("url").and_then(Value::as_str) else {
             return refusal("fetch needs a url");
         };
@@ -157,12 +172,33 @@ impl AgentTools {
             "url": url,
             "method": arguments.get("method").and_then(Value::as_str).unwrap_or("GET"),
         });
-        for field in ["headers", "body", "phase", "step"] {
-            if let Some(value) = arguments.get(field).filter(|value| !value.is_null()) {
-                request[field] = value.clone();
-            }
-        }
-        let path = format!("/v1/sessions/{session}/fetch");
+        copy_fields(
+            arguments,
+            &mut request,
+            &["headers", "body", "phase", "step"],
+        );
+        self.paid_call(token, "fetch", request).await
+    }
+
+    async fn call_tool(&self, token: &str, arguments: &JsonObject) -> CallToolResult {
+        let (Some(server), Some(tool)) = (
+            arguments.get("server").and_then(Value::as_str),
+            arguments.get("tool").and_then(Value::as_str),
+        ) else {
+            return refusal("call_tool needs a server and a tool");
+        };
+        let mut request = json!({"server": server, "tool": tool});
+        copy_fields(arguments, &mut request, &["arguments", "phase", "step"]);
+        self.paid_call(token, "tools/call", request).await
+    }
+
+    /// A request the runtime pays within the session (`fetch` or `tools/call`), its answer as
+    /// the tool's result.
+    async fn paid_call(&self, token: &str, action: &str, request: Value) -> CallToolResult {
+        let Some(session) = session_of(token) else {
+            return refusal("the session token is not a Bursar session token (bst_...)");
+        };
+        let path = format!("/v1/sessions/{session}/{action}");
         match self
             .runtime(reqwest::Method::POST, &path, token, Some(request))
             .await
@@ -206,6 +242,14 @@ impl AgentTools {
     }
 }
 
+fn copy_fields(from: &JsonObject, to: &mut Value, fields: &[&str]) {
+    for field in fields {
+        if let Some(value) = from.get(*field).filter(|value| !value.is_null()) {
+            to[*field] = value.clone();
+        }
+    }
+}
+
 fn refusal(message: &str) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
@@ -243,10 +287,13 @@ impl ServerHandler for AgentTools {
         let arguments = request.arguments.unwrap_or_default();
         let result = match request.name.as_ref() {
             "fetch" => self.fetch(&token, &arguments).await,
+            "call_tool" => self.call_tool(&token, &arguments).await,
             "budget" => self.budget(&token).await,
             other => {
                 return Err(McpError::invalid_params(
-                    format!("there is no tool {other:?}; the tools are fetch and budget"),
+                    format!(
+                        "there is no tool {other:?}; the tools are fetch, call_tool and budget"
+                    ),
                     None,
                 ));
             }

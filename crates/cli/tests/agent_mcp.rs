@@ -56,7 +56,8 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
     let report = dev.api("/report");
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
-    let (tools, paid, budget, refused) = runtime.block_on(async {
+    let tools_url = dev.api("/mcp");
+    let (tools, paid, tool_paid, budget, refused) = runtime.block_on(async {
         let client = connect(&dev, &token).await;
         let tools: Vec<String> = client
             .list_all_tools()
@@ -66,15 +67,22 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
             .map(|tool| tool.name.to_string())
             .collect();
         let paid = call(&client, "fetch", json!({"url": weather, "step": "look-up"})).await;
+        // A paid tool of an upstream MCP server (the demo tools of `bursar dev`).
+        let tool_paid = call(
+            &client,
+            "call_tool",
+            json!({"server": tools_url, "tool": "weather", "arguments": {"city": "Porto"}}),
+        )
+        .await;
         let budget = call(&client, "budget", json!({})).await;
-        // The report (0.25) is above what the session may spend (0.19 left): refused below the
+        // The report (0.25) is above what the session may spend (0.18 left): refused below the
         // agent, nothing signed.
         let refused = call(&client, "fetch", json!({"url": report})).await;
         client.cancel().await.ok();
-        (tools, paid, budget, refused)
+        (tools, paid, tool_paid, budget, refused)
     });
 
-    assert_eq!(tools, ["fetch", "budget"]);
+    assert_eq!(tools, ["fetch", "call_tool", "budget"]);
     assert_ne!(paid.is_error, Some(true), "{}", text(&paid));
     let outcome = paid.structured_content.clone().expect("structured output");
     assert_eq!(outcome["status"], 200, "{outcome}");
@@ -95,6 +103,22 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
 
+    assert_ne!(tool_paid.is_error, Some(true), "{}", text(&tool_paid));
+    let outcome = tool_paid
+        .structured_content
+        .clone()
+        .expect("structured output");
+    assert_eq!(outcome["status"], 200, "{outcome}");
+    let output: Value = serde_json::from_str(outcome["body"].as_str().unwrap()).unwrap();
+    assert_eq!(output["city"], "Porto");
+    assert_eq!(outcome["contentType"], "application/json");
+    assert_eq!(outcome["payment"]["amountAtomic"], "10000");
+    assert_eq!(outcome["payment"]["state"], "posted", "{outcome}");
+    assert!(
+        outcome["validation"]["passed"].as_bool().unwrap_or(true),
+        "{outcome}"
+    );
+
     let budget = budget.structured_content.expect("the session");
     assert_eq!(budget["maxSpendAtomic"], "200000", "{budget}");
     let spent = budget["postedAtomic"]
@@ -107,14 +131,14 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
             .unwrap()
             .parse::<u128>()
             .unwrap();
-    assert_eq!(spent, WEATHER_PRICE);
-    assert_eq!(budget["remainingAtomic"], "190000");
+    assert_eq!(spent, 2 * WEATHER_PRICE);
+    assert_eq!(budget["remainingAtomic"], "180000");
 
     assert_eq!(refused.is_error, Some(true));
     let why = text(&refused);
     assert!(why.contains("budget") || why.contains("exceed"), "{why}");
-    assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
-    assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
+    assert_eq!(dev.balance(&buyer), buyer_start - 2 * WEATHER_PRICE);
+    assert_eq!(dev.balance(&seller), seller_start + 2 * WEATHER_PRICE);
 }
 
 #[test]

@@ -90,6 +90,35 @@ impl FetchRequest {
     }
 }
 
+/// A tool call of an MCP server (streamable HTTP), paid through the session when the server asks.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ToolCallRequest {
+    /// The server's MCP endpoint (http or https), such as `https://tools.example.com/mcp`.
+    pub server: String,
+    pub tool: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+    /// The agent's phase (`explore`, `execute`, ...), for phase policies.
+    pub phase: Option<String>,
+    /// The agent's step label, kept with the payment's evidence (see `/failures`).
+    pub step: Option<String>,
+}
+
+impl ToolCallRequest {
+    fn into_spec(self) -> Result<RequestSpec, RuntimeError> {
+        let server = url::Url::parse(&self.server)
+            .map_err(|e| RuntimeError::Invalid(format!("server {:?}: {e}", self.server)))?;
+        RequestSpec::tool_call(bursar_buyer::mcp::ToolCall {
+            server,
+            name: self.tool,
+            arguments: self.arguments,
+        })
+        .map_err(|e| RuntimeError::Invalid(e.to_string()))
+    }
+}
+
 /// The payment made for a request; amounts in the token's smallest unit and in the currency's.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -192,6 +221,26 @@ pub async fn fetch(
     State(runtime): State<Runtime>,
     SessionAgent(session): SessionAgent,
     JsonBody(mut request): JsonBody<FetchRequest>,
+) -> ApiResult<Json<FetchedBody>> {
+    let phase = request.phase.take();
+    let step = request.step.take();
+    let fetched = runtime
+        .fetch_labelled(&session, request.into_spec()?, phase, step)
+        .await?;
+    Ok(Json(FetchedBody::of(&runtime, fetched)))
+}
+
+#[utoipa::path(post, path = "/v1/sessions/{session}/tools/call", tag = "sessions",
+    request_body = ToolCallRequest, params(("session" = String, Path)),
+    responses((status = 200, body = FetchedBody,
+        description = "The tool's answer as a response: 200 with its structured output (JSON) or \
+            its text, 500 when the tool reported an error; paid for when the server asked. Its \
+            payments are accounted under the server's URL with the tool's name appended")),
+    security(("bearer" = [])))]
+pub async fn call_tool(
+    State(runtime): State<Runtime>,
+    SessionAgent(session): SessionAgent,
+    JsonBody(mut request): JsonBody<ToolCallRequest>,
 ) -> ApiResult<Json<FetchedBody>> {
     let phase = request.phase.take();
     let step = request.step.take();

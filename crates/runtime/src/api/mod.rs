@@ -70,6 +70,7 @@ pub fn router(runtime: Runtime) -> Router {
             post(sessions::close_session),
         )
         .route("/v1/sessions/{session}/fetch", post(fetch::fetch))
+        .route("/v1/sessions/{session}/tools/call", post(fetch::call_tool))
         .route(
             "/v1/sessions/{session}/transfers",
             get(sessions::session_transfers),
@@ -118,7 +119,7 @@ pub fn router(runtime: Runtime) -> Router {
         grants::create_grant, grants::list_grants, grants::revoke_grant,
         grants::revoke_all_grants,
         sessions::create_session, sessions::show_session, sessions::close_session,
-        sessions::session_transfers, fetch::fetch,
+        sessions::session_transfers, fetch::fetch, fetch::call_tool,
         compensations::mark_failed, compensations::session_compensations,
         compensations::list_compensations,
         policies::show_policy, policies::put_policy, policies::delete_policy,
