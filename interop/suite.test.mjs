@@ -14,8 +14,8 @@ import { createWalletClient, publicActions } from "viem";
 
 import {
   CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
-  BURSAR_BIN, balances, run, startBursarFacilitator, startBursarPaywall, startChain, startNodeServer,
-  stopAll,
+  BURSAR_BIN, balances, run, start as startProcess, startBursarFacilitator, startBursarPaywall,
+  startChain, startNodeServer, stopAll,
 } from "./lib/harness.mjs";
 
 const CASE_TIMEOUT_MS = 90_000;
@@ -25,6 +25,7 @@ let bursarPaywallUrl; // Bursar paywall settled by Bursar's facilitator
 let paywallOnOfficialFacilitatorUrl; // Bursar paywall settled by the official facilitator
 let expressUrl; // official @x402/express settled by Bursar's facilitator
 let expressV1Url; // legacy x402-express 1.x settled by Bursar's facilitator
+let officialMcpUrl; // the official Python x402 MCP server (FastMCP), settled by Bursar's facilitator
 
 /// Asserts the payer lost and the seller gained exactly `price` between two balance snapshots.
 function assertMoved(beforeBalances, afterBalances, price) {
@@ -114,6 +115,19 @@ before(async () => {
     PAY_TO: net.keys.seller.address,
     PRICE: String(PRICE.weather),
   });
+  const { match } = await startProcess("official-python-mcp", PYTHON_BIN, [join(INTEROP_DIR, "python/mcp_server.py")], {
+    env: {
+      FACILITATOR_URL: bursarFacilitatorUrl,
+      CHAIN_ID: String(CHAIN_ID),
+      TOKEN: net.token,
+      TOKEN_NAME,
+      TOKEN_VERSION,
+      PAY_TO: net.keys.seller.address,
+      PRICE: String(PRICE.weather),
+    },
+    ready: /listening on (http:\/\/\S+)/,
+  });
+  officialMcpUrl = match[1];
 }, { timeout: 120_000 });
 
 after(async () => {
@@ -246,6 +260,30 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
     assert.ok(outcome.error, `the client refuses to pay: ${result.stdout}`);
     t.diagnostic(`refused: ${outcome.error}`);
+    assertNothingMoved(start, await balances(net));
+  });
+
+  test("8. bursar pay --tool (the runtime's MCP client) -> official Python x402 MCP server -> Bursar facilitator", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await bursarPay(officialMcpUrl, ["--tool", "forecast", "--arguments", JSON.stringify({ city: "Braga" })]);
+    assert.equal(result.code, 0, `bursar pay --tool: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout);
+    assert.equal(outcome.status, 200);
+    assert.equal(JSON.parse(outcome.body).city, "Braga");
+    assert.equal(outcome.receipt.settled, true);
+    assert.match(outcome.receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/);
+    assert.equal(outcome.receipt.x402Version, 2);
+    assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("8b. bursar pay --tool with a maximum below the tool's price signs nothing; no money moves", { timeout: CASE_TIMEOUT_MS }, async () => {
+    const start = await balances(net);
+    const result = await run(BURSAR_BIN, ["pay", officialMcpUrl, "--tool", "forecast", "--arguments", JSON.stringify({ city: "Braga" }), "--max", "0.001", "--json"], {
+      env: { BURSAR_PRIVATE_KEY: net.keys.payer.key, BURSAR_DATA_DIR: join(WORK_DIR, "no-dev-network"), BURSAR_LOG: "warn" },
+      timeoutMs: 60_000,
+    });
+    assert.equal(result.code, 3, `refused as not payable: ${result.stdout}\n${result.stderr}`);
+    assert.match(result.stderr, /exceeds your maximum/);
     assertNothingMoved(start, await balances(net));
   });
 

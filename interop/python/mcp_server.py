@@ -2,8 +2,8 @@
 
 The tool `forecast` costs PRICE atomic units of TOKEN on CHAIN_ID, paid to PAY_TO and verified
 and settled through the facilitator at FACILITATOR_URL (all from the environment). It is served
-over MCP's streamable HTTP transport on 127.0.0.1 (a free port) and prints
-"listening on http://127.0.0.1:<port>/mcp" when ready.
+over MCP's streamable HTTP transport on 127.0.0.1 (a free port, bound before it is announced) and
+prints "listening on http://127.0.0.1:<port>/mcp".
 """
 
 import asyncio
@@ -18,12 +18,6 @@ from x402.http import FacilitatorConfig, HTTPFacilitatorClient
 from x402.mcp import create_payment_wrapper
 from x402.mechanisms.evm.exact import ExactEvmServerScheme
 from x402.schemas import PaymentRequirements, ResourceInfo
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def main() -> None:
@@ -48,7 +42,11 @@ async def main() -> None:
         accepts=accepts,
         resource=ResourceInfo(url="mcp://tool/forecast", description="Tomorrow's forecast"),
     )
-    port = free_port()
+    # Bound (and so accepting connections) before the address is announced.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    port = sock.getsockname()[1]
     mcp = FastMCP("x402-forecast", host="127.0.0.1", port=port)
 
     @mcp.tool(name="forecast", description="Tomorrow's forecast for a city")
@@ -58,7 +56,7 @@ async def main() -> None:
 
     config = uvicorn.Config(mcp.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
     print(f"listening on http://127.0.0.1:{port}/mcp", flush=True)
-    await uvicorn.Server(config).serve()
+    await uvicorn.Server(config).serve(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -273,8 +273,54 @@ pub struct PayArgs {
     /// failed and compensated later (`bursar session fail <id> --step S`).
     #[arg(long, requires = "session")]
     pub step: Option<String>,
+    /// Call this tool of the MCP server at the URL (streamable HTTP) instead of fetching the
+    /// URL, paying when the tool asks (x402 over MCP).
+    #[arg(long, conflicts_with_all = ["session", "method", "data", "headers", "v1"])]
+    pub tool: Option<String>,
+    /// The tool's arguments, a JSON object (with --tool).
+    #[arg(long, requires = "tool", default_value = "{}")]
+    pub arguments: String,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: PathBuf,
+}
+
+/// The request `bursar pay` makes: the URL, or (with --tool) a tool call of the MCP server there.
+fn pay_request(args: &PayArgs) -> Result<RequestSpec> {
+    if let Some(tool) = &args.tool {
+        let server =
+            url::Url::parse(&args.url).map_err(|e| failure(2, format!("{}: {e}", args.url)))?;
+        let arguments = match serde_json::from_str(&args.arguments) {
+            Ok(serde_json::Value::Object(arguments)) => arguments,
+            _ => {
+                return Err(failure(
+                    2,
+                    format!("--arguments {:?} is not a JSON object", args.arguments),
+                ));
+            }
+        };
+        let call = bursar_buyer::mcp::ToolCall {
+            server,
+            name: tool.clone(),
+            arguments,
+        };
+        return RequestSpec::tool_call(call).map_err(|e| failure(2, e.to_string()));
+    }
+    let method: Method = args
+        .method
+        .parse()
+        .map_err(|_| failure(2, format!("{:?} is not an HTTP method", args.method)))?;
+    let mut request = RequestSpec::new(method, &args.url)
+        .map_err(|e| failure(2, format!("{}: {e}", args.url)))?;
+    for header in &args.headers {
+        let (name, value) = parse_header(header)?;
+        request = request
+            .header(name, value)
+            .map_err(|e| failure(2, format!("header {header:?}: {e}")))?;
+    }
+    if let Some(data) = &args.data {
+        request = request.body(data.clone());
+    }
+    Ok(request)
 }
 
 fn payer_key(key_env: &str, data_dir: &std::path::Path) -> Result<PrivateKeySigner> {
@@ -330,21 +376,7 @@ pub async fn pay(args: PayArgs) -> Result<()> {
     if let Ok(info) = DevInfo::load(&args.data_dir) {
         client = client.asset_unit(Network::Eip155(info.chain_id), info.token, usdc.clone());
     }
-    let method: Method = args
-        .method
-        .parse()
-        .map_err(|_| failure(2, format!("{:?} is not an HTTP method", args.method)))?;
-    let mut request = RequestSpec::new(method, &args.url)
-        .map_err(|e| failure(2, format!("{}: {e}", args.url)))?;
-    for header in &args.headers {
-        let (name, value) = parse_header(header)?;
-        request = request
-            .header(name, value)
-            .map_err(|e| failure(2, format!("header {header:?}: {e}")))?;
-    }
-    if let Some(data) = &args.data {
-        request = request.body(data.clone());
-    }
+    let request = pay_request(&args)?;
     let response = match client.send(request).await {
         Ok(response) => response,
         Err(error @ BuyerError::NoPayableRequirement { .. }) => {
