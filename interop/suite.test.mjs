@@ -13,7 +13,7 @@ import { wrapFetchWithPayment as wrapFetchWithPaymentV1, decodeXPaymentResponse 
 import { createWalletClient, publicActions } from "viem";
 
 import {
-  CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
+  CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, REPO_DIR, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
   BURSAR_BIN, balances, run, start as startProcess, startBursarFacilitator, startBursarPaywall,
   startChain, startNodeServer, stopAll,
 } from "./lib/harness.mjs";
@@ -285,6 +285,17 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     assert.equal(result.code, 3, `refused as not payable: ${result.stdout}\n${result.stderr}`);
     assert.match(result.stderr, /exceeds your maximum/);
     assertNothingMoved(start, await balances(net));
+  });
+
+  test("9. example agent (official mcp Python client, scripted model) -> bursar mcp (stdio and HTTP) -> runtime of bursar dev", { timeout: 240_000 }, async (t) => {
+    // Its own `bursar dev` (embedded chain): the agent pays through a session; see the script.
+    const result = await run(PYTHON_BIN, [join(REPO_DIR, "examples/agent-mcp/test_agent.py"), "--bursar", BURSAR_BIN], {
+      timeoutMs: 200_000,
+    });
+    assert.equal(result.code, 0, `example agent: ${result.stdout}\n${result.stderr}`);
+    const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
+    assert.equal(outcome.passed, true);
+    t.diagnostic(`stdio: ${outcome.stdio.steps.length - 1} paid, then ${outcome.stdio.steps.at(-1).refused.split(":")[0]}`);
   });
 
   test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {
