@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unused_macros)]
 
+pub mod mcp;
 pub mod openapi;
 
 use std::collections::HashMap;
@@ -95,6 +96,7 @@ pub async fn network() -> Network_ {
             payee.to_checksum(None),
         )
     };
+    let tools = mcp::service(facilitator.clone(), offer(PRICE));
     let paywall = PaywallLayer::builder(facilitator)
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
@@ -183,6 +185,7 @@ pub async fn network() -> Network_ {
         )
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
+        .nest_service("/mcp", tools)
         .route("/rejects", get(rejecting))
         .layer(axum::middleware::from_fn(count_payments));
     let seller_url = serve(app).await;
@@ -384,6 +387,26 @@ impl RuntimeUnderTest {
             session["id"].as_str().unwrap().to_string(),
             session["token"].as_str().unwrap().to_string(),
         )
+    }
+
+    /// The agent's call of `tool` of the test network's MCP server, through its session.
+    pub async fn call_tool(
+        &self,
+        network: &Network_,
+        session_id: &str,
+        token: &str,
+        tool: &str,
+    ) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            &format!("/v1/sessions/{session_id}/tools/call"),
+            Some(token),
+            Some(
+                json!({"server": format!("{}/mcp", network.seller_url), "tool": tool,
+                        "arguments": {"city": "Lisbon"}}),
+            ),
+        )
+        .await
     }
 
     /// The agent's paid GET through its session.

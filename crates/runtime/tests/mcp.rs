@@ -1,0 +1,178 @@
+//! The runtime paying MCP tools inside sessions, over the test network's paid MCP tools
+//! (streamable HTTP, settled by the in-process facilitator on the embedded chain): the same
+//! reservation, policies, evidence, posting and validation as HTTP, and the hostile cases.
+
+mod common;
+
+use alloy_primitives::U256;
+use common::{Network_, PRICE, RuntimeUnderTest};
+use serde_json::Value;
+
+struct Setup {
+    network: Network_,
+    rt: RuntimeUnderTest,
+    session: String,
+    token: String,
+    // Removed when the test ends, after the runtime.
+    _database: bursar_store::testkit::TempSqlite,
+}
+
+async fn setup(budget: &str) -> Setup {
+    let network = common::network().await;
+    let database = bursar_store::testkit::TempSqlite::new();
+    let rt = common::runtime(&network, &database.url()).await;
+    let (wallet, _) = rt.funded_wallet(&network, "agent", 1000 * PRICE).await;
+    let grant = rt.grant(&wallet, "tool-agent", None).await;
+    let (session, token) = rt.session(&grant, budget, None).await;
+    Setup {
+        network,
+        rt,
+        session,
+        token,
+        _database: database,
+    }
+}
+
+impl Setup {
+    async fn call(&self, tool: &str) -> (u16, Value) {
+        self.rt
+            .call_tool(&self.network, &self.session, &self.token, tool)
+            .await
+    }
+
+    async fn ledger_kinds(&self) -> Vec<String> {
+        let (status, ledger) = self
+            .rt
+            .operator(
+                http::Method::GET,
+                &format!("/v1/ledger?sessionId={}", self.session),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{ledger}");
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn atomic(value: &Value) -> u64 {
+    value.as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_tool_is_reserved_paid_posted_and_validated_like_a_request() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let (status, free) = setup.call("free").await;
+    assert_eq!(status, 200, "{free}");
+    assert!(free["payment"].is_null(), "a free tool is not paid: {free}");
+
+    let (status, paid) = setup.call("paid").await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["status"], 200);
+    assert_eq!(paid["headers"]["content-type"], "application/json");
+    let body: Value = serde_json::from_str(paid["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["sky"], "clear");
+    assert_eq!(atomic(&paid["payment"]["amountAtomic"]), PRICE);
+    assert_eq!(paid["payment"]["state"], "posted", "{paid}");
+    assert_eq!(paid["validation"]["passed"], true, "{paid}");
+    assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
+
+    // The ledger holds the reservation and the post.
+    assert_eq!(setup.ledger_kinds().await, ["reserve", "post"]);
+    let (_, session_body) = setup
+        .rt
+        .operator(
+            http::Method::GET,
+            &format!("/v1/sessions/{}", setup.session),
+            None,
+        )
+        .await;
+    assert_eq!(atomic(&session_body["postedAtomic"]), PRICE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_payment_fails_validation() {
+    let setup = setup("1.00").await;
+    let (status, paid) = setup.call("broken-output").await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(
+        atomic(&paid["payment"]["amountAtomic"]),
+        PRICE,
+        "it was paid"
+    );
+    assert_eq!(paid["validation"]["passed"], false, "{paid}");
+    let why = paid["validation"]["failure"].as_str().unwrap();
+    assert!(why.contains("schema"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_required_again_after_paying_is_rejected_and_nothing_settles() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let (status, rejected) = setup.call("reask").await;
+    assert_eq!(status, 502, "{rejected}");
+    assert_eq!(rejected["error"]["code"], "payment_rejected", "{rejected}");
+    assert_eq!(network.balance(network.payee).await, U256::ZERO);
+    // Not paid twice: the next call is held back by the backoff after a 402 to a paid call.
+    let (status, again) = setup.call("reask").await;
+    assert_eq!(status, 403, "{again}");
+    assert_eq!(network.balance(network.payee).await, U256::ZERO);
+    assert_eq!(
+        setup
+            .ledger_kinds()
+            .await
+            .iter()
+            .filter(|kind| *kind == "reserve")
+            .count(),
+        1,
+        "one reservation, for the one payment made"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_by_repetition_is_stopped_with_nothing_signed() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let mut paid = 0;
+    let mut refusal = None;
+    for _ in 0..15 {
+        let (status, answer) = setup.call("paid").await;
+        if status == 200 {
+            paid += 1;
+        } else {
+            refusal = Some((status, answer));
+            break;
+        }
+    }
+    let (status, refusal) = refusal.expect("the repetition was stopped");
+    assert_eq!(status, 403, "{refusal}");
+    assert!(
+        paid <= 10,
+        "at most the default's per-endpoint rate: {paid}"
+    );
+    assert_eq!(
+        network.balance(network.payee).await,
+        U256::from(PRICE * paid),
+        "exactly the calls that were paid moved money"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_priced_over_what_the_session_allows_is_refused_with_nothing_signed() {
+    // 25% of 0.039 is just under the tool's 0.01: the default per-call cap refuses it.
+    let setup = setup("0.039").await;
+    let network = &setup.network;
+    let (status, refused) = setup.call("paid").await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(network.balance(network.payee).await, U256::ZERO);
+    assert_eq!(
+        setup.ledger_kinds().await,
+        ["deny"],
+        "denied before anything was reserved"
+    );
+}
