@@ -15,6 +15,9 @@
 //! 2. [`RuntimeStore::reserve`] per second, called directly, at concurrency 1 and 16 over many
 //!    sessions.
 //! 3. [`RuntimeStore::post`] per second on the transfers reserved in 2.
+//! 4. MCP tool calls over streamable HTTP to a [`bursar_seller::PaidTools`] server: a free tool
+//!    and a paid one (verified and settled by the facilitator on the embedded chain), through the
+//!    runtime and by the paying client alone; paid minus free is what paying adds to a call.
 //!
 //! Numbers depend on the machine: compare the ratios within one run.
 
@@ -86,6 +89,9 @@ struct Report {
     latencies: Vec<Latencies>,
     /// Paid, under the default policy's rules read from a policy file.
     policy_file: Latencies,
+    /// MCP tool calls: (unpaid, paid) through the runtime, then (unpaid, paid) by the paying
+    /// client alone.
+    mcp: Vec<Latencies>,
     throughput: Vec<Throughput>,
 }
 
@@ -154,9 +160,22 @@ async fn fetch_latencies(
     requests: usize,
     paid: bool,
 ) -> Latencies {
+    let spec = || RequestSpec::get(url).expect("url");
+    spec_latencies(runtime, session, label, spec, requests, paid).await
+}
+
+/// [`fetch_latencies`] for any request (an MCP tool call, say).
+async fn spec_latencies(
+    runtime: &Runtime,
+    session: &SessionRecord,
+    label: &'static str,
+    spec: impl Fn() -> RequestSpec,
+    requests: usize,
+    paid: bool,
+) -> Latencies {
     let mut samples = Vec::with_capacity(requests);
     for i in 0..WARM_UP + requests {
-        let spec = RequestSpec::get(url).expect("url");
+        let spec = spec();
         let started = Instant::now();
         let fetched = runtime
             .fetch(session, spec)
@@ -173,6 +192,72 @@ async fn fetch_latencies(
         label: label.to_string(),
         samples,
     }
+}
+
+/// A call of `tool` of the test network's MCP server.
+fn tool_call(network: &common::Network_, tool: &str) -> RequestSpec {
+    RequestSpec::tool_call(bursar_buyer::mcp::ToolCall {
+        server: format!("{}/mcp", network.seller_url).parse().expect("url"),
+        name: tool.into(),
+        arguments: serde_json::Map::new(),
+    })
+    .expect("tool call")
+}
+
+/// MCP tool calls, free and paid (verified and settled by the facilitator), through the runtime
+/// and by the paying client alone.
+async fn mcp_latencies(
+    network: &common::Network_,
+    runtime: &Runtime,
+    session: &SessionRecord,
+    paid_session: &SessionRecord,
+) -> Vec<Latencies> {
+    let mut rows = vec![
+        spec_latencies(
+            runtime,
+            session,
+            "runtime, unpaid (free tool)",
+            || tool_call(network, "free"),
+            REQUESTS_SETTLED,
+            false,
+        )
+        .await,
+        spec_latencies(
+            runtime,
+            paid_session,
+            "runtime, paid (PaidTools + facilitator)",
+            || tool_call(network, "paid"),
+            REQUESTS_SETTLED,
+            true,
+        )
+        .await,
+    ];
+    let signer = PrivateKeySigner::random();
+    network.mint(signer.address(), 1_000_000_000).await;
+    let client = bursar_buyer::PayingClient::new(reqwest::Client::new(), Arc::new(signer))
+        .max_amount(Amount::from(PRICE))
+        .allow_network(Network::Eip155(network.chain.chain_id()));
+    for (label, tool, paid) in [
+        ("client alone, unpaid (free tool)", "free", false),
+        ("client alone, paid (PaidTools + facilitator)", "paid", true),
+    ] {
+        let mut samples = Vec::with_capacity(REQUESTS_SETTLED);
+        for i in 0..WARM_UP + REQUESTS_SETTLED {
+            let started = Instant::now();
+            let response = client.send(tool_call(network, tool)).await.expect(label);
+            let elapsed = started.elapsed();
+            assert_eq!(response.status, 200, "{label}");
+            assert_eq!(response.payment.is_some(), paid, "{label}");
+            if i >= WARM_UP {
+                samples.push(elapsed);
+            }
+        }
+        rows.push(Latencies {
+            label: label.into(),
+            samples,
+        });
+    }
+    rows
 }
 
 fn transfer_for(session: &SessionRecord, payer: Address, payee: Address) -> NewTransfer {
@@ -352,6 +437,14 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
         .await,
     );
 
+    let mcp = mcp_latencies(
+        &network,
+        &runtime,
+        &fresh_session().await,
+        &fresh_session().await,
+    )
+    .await;
+
     let policy_path = std::env::temp_dir().join(format!(
         "bursar-overhead-{}-{store}.toml",
         std::process::id()
@@ -443,6 +536,7 @@ async fn measure(store: &'static str, store_url: &str) -> Report {
         store,
         latencies,
         policy_file,
+        mcp,
         throughput,
     }
 }
@@ -505,6 +599,27 @@ fn print(reports: &[Report]) {
             row(report.store, part);
         }
         row(report.store, &report.latencies[2]);
+    }
+    println!();
+    println!(
+        "MCP tool calls (streamable HTTP, a session per call; the paid tool verifies and settles \
+         on the embedded chain), {REQUESTS_SETTLED} sequential calls after {WARM_UP} warm-up:"
+    );
+    for report in reports {
+        for pair in report.mcp.chunks(2) {
+            let (unpaid, paid) = (&pair[0], &pair[1]);
+            row(report.store, unpaid);
+            row(report.store, paid);
+            println!(
+                "{:<11} {:<34} {:>5} {:>9.3} {:>9.3} {:>9.3}",
+                report.store,
+                "= paid - unpaid",
+                "",
+                ms(paid.percentile(50.0)) - ms(unpaid.percentile(50.0)),
+                ms(paid.percentile(99.0)) - ms(unpaid.percentile(99.0)),
+                ms(paid.mean()) - ms(unpaid.mean()),
+            );
+        }
     }
     println!();
     println!(
