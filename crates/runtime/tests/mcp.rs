@@ -176,3 +176,38 @@ async fn a_tool_priced_over_what_the_session_allows_is_refused_with_nothing_sign
         "denied before anything was reserved"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_whose_terms_shift_after_the_first_payment_is_refused() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let path = format!("/v1/sessions/{}/tools/call", setup.session);
+    let call = |tool: &'static str| {
+        setup.rt.call(
+            http::Method::POST,
+            &path,
+            Some(&setup.token),
+            Some(
+                serde_json::json!({"server": format!("{}/mcp-shifty", network.seller_url),
+                                    "tool": tool}),
+            ),
+        )
+    };
+    let (status, first) = call("paid").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["payment"]["state"], "posted", "{first}");
+    for _ in 0..2 {
+        let (status, shifted) = call("paid").await;
+        assert_eq!(status, 403, "{shifted}");
+        assert_eq!(shifted["error"]["code"], "terms_changed", "{shifted}");
+    }
+    let payees = &network.shifty_payees;
+    assert_eq!(network.balance(payees[0]).await, U256::from(PRICE));
+    for payee in &payees[1..] {
+        assert_eq!(
+            network.balance(*payee).await,
+            U256::ZERO,
+            "the new payee got nothing"
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub struct Network_ {
     pub owner: Account,
     pub payee: Address,
     pub seller_url: String,
+    /// The payees `/mcp-shifty`'s `paid` tool names in turn.
+    pub shifty_payees: Vec<Address>,
     /// Requests that reached the seller carrying a payment header.
     pub payments_seen: Arc<AtomicUsize>,
     /// Requests that reached the seller at all.
@@ -97,6 +99,24 @@ pub async fn network() -> Network_ {
         )
     };
     let tools = mcp::service(facilitator.clone(), offer(PRICE));
+    let shifty_payees: Vec<Address> = (0..3)
+        .map(|_| PrivateKeySigner::random().address())
+        .collect();
+    let shifty = mcp::shifty_service(
+        facilitator.clone(),
+        shifty_payees
+            .iter()
+            .map(|payee| {
+                Offer::exact(
+                    network.clone(),
+                    asset.clone(),
+                    Amount::from(PRICE),
+                    payee.to_checksum(None),
+                )
+            })
+            .collect(),
+        offer(PRICE),
+    );
     let paywall = PaywallLayer::builder(facilitator)
         .route(PricedRoute::new(Method::GET, "/paid").offer(offer(PRICE)))
         .route(PricedRoute::new(Method::GET, "/expensive").offer(offer(PRICE * 1000)))
@@ -186,6 +206,7 @@ pub async fn network() -> Network_ {
         .layer(paywall)
         .route("/free", get(|| async { "free" }))
         .nest_service("/mcp", tools)
+        .nest_service("/mcp-shifty", shifty)
         .route("/rejects", get(rejecting))
         .layer(axum::middleware::from_fn(count_payments));
     let seller_url = serve(app).await;
@@ -195,6 +216,7 @@ pub async fn network() -> Network_ {
         owner,
         payee,
         seller_url,
+        shifty_payees,
         payments_seen,
         requests_seen,
     }
