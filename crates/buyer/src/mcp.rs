@@ -125,6 +125,56 @@ pub(crate) async fn call(
     }
 }
 
+/// The tools `server` lists (`tools/list`, following its pages up to 20), each as its JSON
+/// definition (`name`, `description`, `inputSchema`, ...). Listing is free: nothing is paid.
+pub async fn list_tools(http: &reqwest::Client, server: &Url) -> Result<Vec<Value>, BuyerError> {
+    const PAGES_MAX: u64 = 20;
+    let mut session = Session {
+        http,
+        url: server,
+        id: None,
+    };
+    let initialize = json!({
+        "protocolVersion": PROTOCOL_VERSION,
+        "capabilities": {},
+        "clientInfo": {"name": "bursar", "version": env!("CARGO_PKG_VERSION")},
+    });
+    let listed = async {
+        session
+            .request(0, "initialize", initialize)
+            .await?
+            .map_err(|error| {
+                BuyerError::Http(format!("the MCP server refused to initialize: {error}"))
+            })?;
+        session.notify("notifications/initialized").await?;
+        let mut tools = Vec::new();
+        let mut cursor: Option<Value> = None;
+        for page in 1..=PAGES_MAX {
+            let params = match &cursor {
+                Some(cursor) => json!({"cursor": cursor}),
+                None => json!({}),
+            };
+            let result = session
+                .request(page, "tools/list", params)
+                .await?
+                .map_err(|error| {
+                    BuyerError::Http(format!("the MCP server refused tools/list: {error}"))
+                })?;
+            if let Some(listed) = result.get("tools").and_then(Value::as_array) {
+                tools.extend(listed.iter().cloned());
+            }
+            cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(tools)
+    }
+    .await;
+    session.close().await;
+    listed
+}
+
 /// A tool result as a response: 200 with the structured output or the text, 500 when the tool
 /// reported an error, and the settlement from `_meta` in the receipt.
 pub(crate) fn response(

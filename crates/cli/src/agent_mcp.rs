@@ -7,7 +7,9 @@
 //!
 //! Tools: `fetch` (an HTTP resource, paid within the session when the seller asks),
 //! `call_tool` (a tool of an upstream MCP server, paid the same way when it asks) and `budget`
-//! (what the session may still spend). Served over stdio (the default: the agent
+//! (what the session may still spend). In proxy mode (`--upstream URL`, repeatable) every tool
+//! of the upstream servers is offered as a plain tool too: the agent calls it by name and gets
+//! its output, and the runtime pays it within the session. Served over stdio (the default: the agent
 //! spawns `bursar mcp`) or streamable HTTP (`--listen`), where each request must carry the
 //! session token as `Authorization: Bearer`.
 
@@ -37,6 +39,10 @@ pub struct McpArgs {
     /// Serve MCP over streamable HTTP on this address (path /mcp) instead of stdio.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Proxy mode: re-expose every tool of this paid MCP server (its streamable HTTP URL) as a
+    /// plain tool, paid below the agent within the session (repeatable).
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<url::Url>,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: std::path::PathBuf,
 }
@@ -48,6 +54,18 @@ pub struct AgentTools {
     runtime_url: Arc<str>,
     /// The token given at start (stdio); over HTTP each request brings its own.
     token: Option<Arc<str>>,
+    /// Proxy mode: the upstream servers, and the tools of theirs last listed, by the name the
+    /// agent sees.
+    upstreams: Arc<[url::Url]>,
+    proxied: Arc<std::sync::Mutex<std::collections::HashMap<String, Proxied>>>,
+}
+
+/// An upstream tool, as the agent sees it.
+#[derive(Clone)]
+struct Proxied {
+    server: url::Url,
+    tool: String,
+    definition: Tool,
 }
 
 /// The session a token belongs to: `bst_<session id>_<secret>`.
@@ -112,12 +130,111 @@ fn definitions() -> Vec<Tool> {
 }
 
 impl AgentTools {
-    pub fn new(runtime_url: &str, token: Option<String>) -> AgentTools {
+    pub fn new(runtime_url: &str, token: Option<String>, upstreams: Vec<url::Url>) -> AgentTools {
         AgentTools {
             http: reqwest::Client::new(),
             runtime_url: runtime_url.trim_end_matches('/').into(),
             token: token.map(Into::into),
+            upstreams: upstreams.into(),
+            proxied: Arc::default(),
         }
+    }
+
+    /// Lists the upstream servers' tools again. A tool named like one of Bursar's own, or like
+    /// one listed before it, is offered as `<name>_<n>` (n: the upstream's position, from 1).
+    /// An upstream that cannot be listed is left out, and logged.
+    async fn list_upstreams(&self) -> Vec<Tool> {
+        let mut proxied = std::collections::HashMap::new();
+        let own: Vec<String> = definitions()
+            .into_iter()
+            .map(|tool| tool.name.to_string())
+            .collect();
+        for (position, server) in self.upstreams.iter().enumerate() {
+            let listed = match bursar_buyer::mcp::list_tools(&self.http, server).await {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(%server, %error, "upstream MCP server not listed");
+                    continue;
+                }
+            };
+            for value in listed {
+                let Ok(mut definition) = serde_json::from_value::<Tool>(value) else {
+                    continue;
+                };
+                let tool = definition.name.to_string();
+                let mut name = tool.clone();
+                if own.contains(&name) || proxied.contains_key(&name) {
+                    name = format!("{tool}_{}", position + 1);
+                }
+                definition.name = name.clone().into();
+                let described = definition
+                    .description
+                    .as_deref()
+                    .unwrap_or(&tool)
+                    .to_string();
+                definition.description = Some(
+                    format!("{described} (from {server}; paid within your session when it asks)")
+                        .into(),
+                );
+                proxied.insert(
+                    name,
+                    Proxied {
+                        server: server.clone(),
+                        tool,
+                        definition,
+                    },
+                );
+            }
+        }
+        let mut tools: Vec<Tool> = proxied.values().map(|p| p.definition.clone()).collect();
+        tools.sort_by(|a, b| a.name.cmp(&b.name));
+        *self.proxied.lock().expect("lock") = proxied;
+        tools
+    }
+
+    /// The upstream tool the agent's `name` stands for (listing the upstreams when it is not
+    /// known yet).
+    async fn proxied(&self, name: &str) -> Option<Proxied> {
+        if self.upstreams.is_empty() {
+            return None;
+        }
+        if let Some(known) = self.proxied.lock().expect("lock").get(name) {
+            return Some(known.clone());
+        }
+        self.list_upstreams().await;
+        self.proxied.lock().expect("lock").get(name).cloned()
+    }
+
+    /// Calls an upstream tool within the session; the agent gets the tool's own output (and the
+    /// receipt in `_meta["bursar/payment"]`).
+    async fn call_proxied(
+        &self,
+        token: &str,
+        proxied: &Proxied,
+        arguments: JsonObject,
+    ) -> CallToolResult {
+        let request = json!({
+            "server": proxied.server.as_str(),
+            "tool": proxied.tool,
+            "arguments": arguments,
+        });
+        let answered = self.paid_call(token, "tools/call", request).await;
+        let Some(outcome) = answered.structured_content.clone() else {
+            return answered; // a refusal: its message is the content
+        };
+        let body = outcome["body"].as_str().unwrap_or_default();
+        let mut result = match serde_json::from_str::<Value>(body) {
+            Ok(structured @ Value::Object(_)) => CallToolResult::structured(structured),
+            _ => CallToolResult::success(vec![ContentBlock::text(body)]),
+        };
+        result.is_error = answered.is_error;
+        if !outcome["payment"].is_null() {
+            let mut meta = rmcp::model::MetaObject::default();
+            meta.0
+                .insert("bursar/payment".into(), outcome["payment"].clone());
+            result.meta = Some(meta);
+        }
+        result
     }
 
     /// The token of this call: the HTTP request's bearer token, else the one given at start.
@@ -265,11 +382,19 @@ impl ServerHandler for AgentTools {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(definitions()))
+        let mut tools = definitions();
+        tools.extend(self.list_upstreams().await);
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        definitions().into_iter().find(|tool| tool.name == name)
+        definitions()
+            .into_iter()
+            .find(|tool| tool.name == name)
+            .or_else(|| {
+                let proxied = self.proxied.lock().expect("lock");
+                proxied.get(name).map(|p| p.definition.clone())
+            })
     }
 
     async fn call_tool(
@@ -290,9 +415,13 @@ impl ServerHandler for AgentTools {
             "call_tool" => self.call_tool(&token, &arguments).await,
             "budget" => self.budget(&token).await,
             other => {
+                if let Some(proxied) = self.proxied(other).await {
+                    return Ok(self.call_proxied(&token, &proxied, arguments).await.into());
+                }
                 return Err(McpError::invalid_params(
                     format!(
-                        "there is no tool {other:?}; the tools are fetch, call_tool and budget"
+                        "there is no tool {other:?}; see tools/list (fetch, call_tool, budget and \
+                         the upstream servers' tools)"
                     ),
                     None,
                 ));
@@ -322,7 +451,7 @@ pub async fn serve(args: McpArgs) -> Result<()> {
                 .into(),
         ));
     }
-    let tools = AgentTools::new(&runtime_url, args.session.clone());
+    let tools = AgentTools::new(&runtime_url, args.session.clone(), args.upstreams.clone());
     match args.listen {
         None => {
             let running = tools

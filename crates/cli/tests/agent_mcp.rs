@@ -13,9 +13,16 @@ use serde_json::{Value, json};
 
 /// Spawns `bursar mcp` over stdio with `token` and connects to it.
 async fn connect(dev: &Dev, token: &str) -> RunningService<RoleClient, ()> {
+    connect_with(dev, token, &[]).await
+}
+
+/// [`connect`] with more arguments for `bursar mcp`.
+async fn connect_with(dev: &Dev, token: &str, extra: &[&str]) -> RunningService<RoleClient, ()> {
     let mut command = tokio::process::Command::new(BURSAR);
     command
-        .args(["mcp", "--session", token, "--runtime-url"])
+        .args(["mcp", "--session", token])
+        .args(extra)
+        .arg("--runtime-url")
         .arg(dev.info["runtimeUrl"].as_str().unwrap())
         .env_remove("BURSAR_SESSION_TOKEN")
         .env("BURSAR_LOG", "warn");
@@ -169,4 +176,45 @@ fn a_wrong_session_token_is_refused_and_nothing_moves() {
     let output = dev.bursar(&["mcp", "--session", "not-a-token"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("session token"));
+}
+
+#[test]
+fn proxy_mode_offers_upstream_paid_tools_as_plain_tools_paid_within_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let (_session, token) = open_session(&dev, &key, "proxy-agent", "0.20");
+    let (buyer, seller) = (dev.buyer(), dev.seller());
+    let (buyer_start, seller_start) = (dev.balance(&buyer), dev.balance(&seller));
+    let upstream = dev.api("/mcp");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (tools, answer) = runtime.block_on(async {
+        let client = connect_with(&dev, &token, &["--upstream", &upstream]).await;
+        let tools: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|tool| tool.name.to_string())
+            .collect();
+        let answer = call(&client, "weather", json!({"city": "Evora"})).await;
+        client.cancel().await.ok();
+        (tools, answer)
+    });
+    assert_eq!(
+        tools,
+        ["fetch", "call_tool", "budget", "joke", "report", "weather"]
+    );
+    // The agent gets the tool's own output, and a receipt beside it.
+    assert_ne!(answer.is_error, Some(true), "{}", text(&answer));
+    let output = answer
+        .structured_content
+        .clone()
+        .expect("the tool's output");
+    assert_eq!(output["city"], "Evora");
+    let receipt = &answer.meta.as_ref().expect("a receipt").0["bursar/payment"];
+    assert_eq!(receipt["amountAtomic"], "10000", "{receipt}");
+    assert_eq!(receipt["state"], "posted", "{receipt}");
+    assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
+    assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
 }
