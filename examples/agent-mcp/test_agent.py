@@ -92,7 +92,7 @@ def run_agent(bursar: str, info: dict, token: str, mcp_url: str | None = None) -
 
 
 def check_paid_until_refused(report: dict, paid_steps: int) -> None:
-    assert report["tools"] == ["fetch", "call_tool", "budget"], report
+    assert report["tools"] == ["fetch", "call_tool", "search", "budget"], report
     steps = report["steps"]
     assert len(steps) == paid_steps + 1, report
     for step in steps[:paid_steps]:

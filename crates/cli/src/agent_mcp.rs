@@ -7,7 +7,8 @@
 //!
 //! Tools: `fetch` (an HTTP resource, paid within the session when the seller asks),
 //! `call_tool` (a tool of an upstream MCP server, paid the same way when it asks) and `budget`
-//! (what the session may still spend). In proxy mode (`--upstream URL`, repeatable) every tool
+//! (what the session may still spend), and `search` (the discovery catalogs given with `--catalog`).
+//! In proxy mode (`--upstream URL`, repeatable) every tool
 //! of the upstream servers is offered as a plain tool too: the agent calls it by name and gets
 //! its output, and the runtime pays it within the session. Served over stdio (the default: the agent
 //! spawns `bursar mcp`) or streamable HTTP (`--listen`), where each request must carry the
@@ -43,6 +44,10 @@ pub struct McpArgs {
     /// plain tool, paid below the agent within the session (repeatable).
     #[arg(long = "upstream")]
     pub upstreams: Vec<url::Url>,
+    /// A facilitator whose discovery catalog (`GET /discovery/resources`) the `search` tool reads
+    /// (repeatable).
+    #[arg(long = "catalog")]
+    pub catalogs: Vec<url::Url>,
     #[arg(long, env = "BURSAR_DATA_DIR", default_value = ".bursar")]
     pub data_dir: std::path::PathBuf,
 }
@@ -58,6 +63,8 @@ pub struct AgentTools {
     /// agent sees.
     upstreams: Arc<[url::Url]>,
     proxied: Arc<std::sync::Mutex<std::collections::HashMap<String, Proxied>>>,
+    /// Facilitators whose discovery catalogs `search` reads.
+    catalogs: Arc<[url::Url]>,
 }
 
 /// An upstream tool, as the agent sees it.
@@ -122,6 +129,19 @@ fn definitions() -> Vec<Tool> {
             })),
         ),
         Tool::new(
+            "search",
+            "Search the discovery catalogs of paid resources and tools (x402 Bazaar): what they \
+             are, their price and how to call them.",
+            object(json!({
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "description": "Words to look for"},
+                    "type": {"type": "string", "enum": ["http", "mcp"]},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+                },
+            })),
+        ),
+        Tool::new(
             "budget",
             "What this session has spent, has reserved and may still spend, and until when.",
             object(json!({"type": "object", "properties": {}})),
@@ -130,14 +150,77 @@ fn definitions() -> Vec<Tool> {
 }
 
 impl AgentTools {
-    pub fn new(runtime_url: &str, token: Option<String>, upstreams: Vec<url::Url>) -> AgentTools {
+    pub fn new(
+        runtime_url: &str,
+        token: Option<String>,
+        upstreams: Vec<url::Url>,
+        catalogs: Vec<url::Url>,
+    ) -> AgentTools {
         AgentTools {
             http: reqwest::Client::new(),
             runtime_url: runtime_url.trim_end_matches('/').into(),
             token: token.map(Into::into),
             upstreams: upstreams.into(),
             proxied: Arc::default(),
+            catalogs: catalogs.into(),
         }
+    }
+
+    /// Searches the configured discovery catalogs: the items (`resource`, `type`, `accepts`,
+    /// `metadata`, ...) whose resource URL or description contains `query` (every item when it
+    /// is empty), at most `limit`. A catalog that cannot be read is reported beside the results.
+    async fn search(&self, arguments: &JsonObject) -> CallToolResult {
+        const LIMIT_MAX: usize = 100;
+        if self.catalogs.is_empty() {
+            return refusal(
+                "no discovery catalog is configured: start bursar mcp with --catalog URL",
+            );
+        }
+        let query = arguments
+            .get("query")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_lowercase();
+        let kind = arguments.get("type").and_then(Value::as_str);
+        let limit = arguments
+            .get("limit")
+            .and_then(Value::as_u64)
+            .map_or(20, |limit| (limit as usize).min(LIMIT_MAX));
+        let mut items = Vec::new();
+        let mut unreadable = Vec::new();
+        for catalog in self.catalogs.iter() {
+            let mut url = catalog.clone();
+            url.set_path(&format!(
+                "{}/discovery/resources",
+                catalog.path().trim_end_matches('/')
+            ));
+            url.query_pairs_mut()
+                .append_pair("limit", &LIMIT_MAX.to_string());
+            if let Some(kind) = kind {
+                url.query_pairs_mut().append_pair("type", kind);
+            }
+            let read = async {
+                let response = self
+                    .http
+                    .get(url.clone())
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                response.json::<Value>().await
+            };
+            match read.await {
+                Ok(document) => {
+                    let listed = document["items"].as_array().cloned().unwrap_or_default();
+                    items.extend(listed.into_iter().filter(|item| {
+                        query.is_empty() || item.to_string().to_lowercase().contains(&query)
+                    }));
+                }
+                Err(error) => unreadable.push(json!({"catalog": catalog.as_str(),
+                                                     "error": error.to_string()})),
+            }
+        }
+        items.truncate(limit);
+        CallToolResult::structured(json!({"items": items, "unreadable": unreadable}))
     }
 
     /// Lists the upstream servers' tools again. A tool named like one of Bursar's own, or like
@@ -414,14 +497,15 @@ impl ServerHandler for AgentTools {
             "fetch" => self.fetch(&token, &arguments).await,
             "call_tool" => self.call_tool(&token, &arguments).await,
             "budget" => self.budget(&token).await,
+            "search" => self.search(&arguments).await,
             other => {
                 if let Some(proxied) = self.proxied(other).await {
                     return Ok(self.call_proxied(&token, &proxied, arguments).await.into());
                 }
                 return Err(McpError::invalid_params(
                     format!(
-                        "there is no tool {other:?}; see tools/list (fetch, call_tool, budget and \
-                         the upstream servers' tools)"
+                        "there is no tool {other:?}; see tools/list (fetch, call_tool, search, budget \
+                         and the upstream servers' tools)"
                     ),
                     None,
                 ));
@@ -451,7 +535,12 @@ pub async fn serve(args: McpArgs) -> Result<()> {
                 .into(),
         ));
     }
-    let tools = AgentTools::new(&runtime_url, args.session.clone(), args.upstreams.clone());
+    let tools = AgentTools::new(
+        &runtime_url,
+        args.session.clone(),
+        args.upstreams.clone(),
+        args.catalogs.clone(),
+    );
     match args.listen {
         None => {
             let running = tools

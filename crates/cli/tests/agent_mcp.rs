@@ -89,7 +89,7 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
         (tools, paid, tool_paid, budget, refused)
     });
 
-    assert_eq!(tools, ["fetch", "call_tool", "budget"]);
+    assert_eq!(tools, ["fetch", "call_tool", "search", "budget"]);
     assert_ne!(paid.is_error, Some(true), "{}", text(&paid));
     let outcome = paid.structured_content.clone().expect("structured output");
     assert_eq!(outcome["status"], 200, "{outcome}");
@@ -203,7 +203,15 @@ fn proxy_mode_offers_upstream_paid_tools_as_plain_tools_paid_within_the_session(
     });
     assert_eq!(
         tools,
-        ["fetch", "call_tool", "budget", "joke", "report", "weather"]
+        [
+            "fetch",
+            "call_tool",
+            "search",
+            "budget",
+            "joke",
+            "report",
+            "weather"
+        ]
     );
     // The agent gets the tool's own output, and a receipt beside it.
     assert_ne!(answer.is_error, Some(true), "{}", text(&answer));
@@ -217,4 +225,94 @@ fn proxy_mode_offers_upstream_paid_tools_as_plain_tools_paid_within_the_session(
     assert_eq!(receipt["state"], "posted", "{receipt}");
     assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
     assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
+}
+
+/// A discovery catalog (`GET /discovery/resources`, x402 Bazaar's shape) on loopback, honoring
+/// `type`.
+async fn catalog() -> String {
+    use axum::extract::Query;
+    let items = json!([
+        {"resource": "https://api.example.com/weather", "type": "http", "x402Version": 2,
+         "accepts": [], "lastUpdated": "2026-12-01T00:00:00Z",
+         "metadata": {"description": "Current weather for a city"}},
+        {"resource": "mcp://tool/joke", "type": "mcp", "x402Version": 2, "accepts": [],
+         "lastUpdated": "2026-12-01T00:00:00Z", "metadata": {"description": "A programmer joke"}},
+        {"resource": "mcp://tool/forecast", "type": "mcp", "x402Version": 2, "accepts": [],
+         "lastUpdated": "2026-12-01T00:00:00Z", "metadata": {"description": "Weather tomorrow"}},
+    ]);
+    let app = axum::Router::new().route(
+        "/discovery/resources",
+        axum::routing::get(
+            move |Query(query): Query<std::collections::HashMap<String, String>>| {
+                let items: Vec<Value> = items
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|item| query.get("type").is_none_or(|kind| item["type"] == *kind))
+                    .cloned()
+                    .collect();
+                let total = items.len();
+                async move {
+                    axum::Json(json!({"x402Version": 2, "items": items,
+                        "pagination": {"limit": 100, "offset": 0, "total": total}}))
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[test]
+fn search_reads_the_configured_discovery_catalogs() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let (_session, token) = open_session(&dev, &key, "searching-agent", "0.20");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (weather, tools, unreachable) = runtime.block_on(async {
+        let catalog = catalog().await;
+        let client = connect_with(
+            &dev,
+            &token,
+            &["--catalog", &catalog, "--catalog", "http://127.0.0.1:9"],
+        )
+        .await;
+        let weather = call(&client, "search", json!({"query": "weather"})).await;
+        let tools = call(&client, "search", json!({"type": "mcp"})).await;
+        client.cancel().await.ok();
+        let bare = connect(&dev, &token).await;
+        let unreachable = call(&bare, "search", json!({})).await;
+        bare.cancel().await.ok();
+        (weather, tools, unreachable)
+    });
+    let found = weather.structured_content.expect("results");
+    let resources: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        ["https://api.example.com/weather", "mcp://tool/forecast"]
+    );
+    assert_eq!(
+        found["unreadable"].as_array().unwrap().len(),
+        1,
+        "the closed port is reported"
+    );
+    let found = tools.structured_content.expect("results");
+    assert_eq!(found["items"].as_array().unwrap().len(), 2);
+    assert!(
+        found["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|item| item["type"] == "mcp")
+    );
+    assert_eq!(unreachable.is_error, Some(true));
+    assert!(text(&unreachable).contains("--catalog"));
 }
