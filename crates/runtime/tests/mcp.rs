@@ -163,12 +163,17 @@ async fn draining_by_repetition_is_stopped_with_nothing_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tool_priced_over_what_the_session_allows_is_refused_with_nothing_signed() {
-    // 25% of 0.039 is just under the tool's 0.01: the default per-call cap refuses it.
-    let setup = setup("0.039").await;
+async fn a_tool_priced_just_under_the_session_cap_is_refused_with_nothing_signed() {
+    // 0.01 of a 0.0101 session: under the cap, but over the default policy's per-call maximum
+    // (a quarter of the budget), as the HTTP twin.
+    let setup = setup("0.0101").await;
     let network = &setup.network;
     let (status, refused) = setup.call("paid").await;
     assert_eq!(status, 403, "{refused}");
+    assert_eq!(
+        refused["error"]["code"], "max_per_call_exceeded",
+        "{refused}"
+    );
     assert_eq!(network.balance(network.payee).await, U256::ZERO);
     assert_eq!(
         setup.ledger_kinds().await,
