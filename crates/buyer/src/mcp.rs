@@ -282,20 +282,25 @@ impl Session<'_> {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .is_some_and(|value| value.starts_with("text/event-stream"));
-        let text = crate::read_body(response, RESPONSE_BODY_BYTES_MAX)
-            .await?
-            .ok_or(BuyerError::ResponseTooLarge)?;
-        let text = String::from_utf8_lossy(&text);
         if !status.is_success() {
+            let text = crate::read_body(response, RESPONSE_BODY_BYTES_MAX)
+                .await?
+                .unwrap_or_default();
             return Err(BuyerError::Http(format!(
                 "the MCP server answered {method} with HTTP {status}: {}",
-                text.chars().take(200).collect::<String>()
+                String::from_utf8_lossy(&text)
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
             )));
         }
         let message = if streamed {
-            events(&text).find(|message| message.get("id") == Some(&json!(id)))
+            answer_in_stream(response, id).await?
         } else {
-            serde_json::from_str::<Value>(&text).ok()
+            let text = crate::read_body(response, RESPONSE_BODY_BYTES_MAX)
+                .await?
+                .ok_or(BuyerError::ResponseTooLarge)?;
+            serde_json::from_slice::<Value>(&text).ok()
         };
         let Some(message) = message else {
             return Err(BuyerError::Http(format!(
@@ -343,6 +348,38 @@ impl Session<'_> {
                 .await;
         }
     }
+}
+
+/// The message answering request `id` in a server-sent event stream, read as it arrives: the
+/// stream is left as soon as the answer is in (a server may keep it open for more).
+async fn answer_in_stream(
+    mut response: reqwest::Response,
+    id: u64,
+) -> Result<Option<Value>, BuyerError> {
+    let answers = |text: &str| events(text).find(|message| message.get("id") == Some(&json!(id)));
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut read = 0;
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| crate::http_error(&error))?
+    {
+        read += chunk.len();
+        if read > RESPONSE_BODY_BYTES_MAX {
+            return Err(BuyerError::ResponseTooLarge);
+        }
+        // CR LF line ends read as LF (CRs carry nothing in the JSON-RPC messages).
+        buffer.extend(chunk.iter().filter(|byte| **byte != b'\r'));
+        // Complete events only: up to the last blank line (an ASCII boundary).
+        let Some(end) = buffer.windows(2).rposition(|pair| pair == b"\n\n") else {
+            continue;
+        };
+        let complete: Vec<u8> = buffer.drain(..end + 2).collect();
+        if let Some(found) = answers(&String::from_utf8_lossy(&complete)) {
+            return Ok(Some(found));
+        }
+    }
+    Ok(answers(&String::from_utf8_lossy(&buffer)))
 }
 
 /// The JSON messages of a server-sent event stream (one per event's `data` lines).

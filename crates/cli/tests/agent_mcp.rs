@@ -149,7 +149,7 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
 }
 
 #[test]
-fn a_wrong_session_token_is_refused_and_nothing_moves() {
+fn wrong_and_expired_session_tokens_are_refused_and_nothing_moves() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Dev::start(dir.path());
     let key = dev.info["operatorKey"].as_str().unwrap().to_string();
@@ -170,6 +170,39 @@ fn a_wrong_session_token_is_refused_and_nothing_moves() {
         assert_eq!(result.is_error, Some(true));
         assert!(text(result).contains("unauthorized"), "{}", text(result));
     }
+    assert_eq!(dev.balance(&buyer), buyer_start);
+
+    // An expired session: refused too, and nothing moves.
+    let (status, grant) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/grants",
+        &key,
+        Some(json!({"walletId": "demo", "agent": "brief-agent"})),
+    );
+    assert_eq!(status, 201, "{grant}");
+    let (status, brief) = runtime_call(
+        &dev,
+        reqwest::Method::POST,
+        "/v1/sessions",
+        &key,
+        Some(json!({"grantId": grant["id"], "maxSpendAmount": "0.20", "expiresInSeconds": 1})),
+    );
+    assert_eq!(status, 201, "{brief}");
+    // Past its expiry by the wall clock, whatever the load: the runtime compares times.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let expired = runtime.block_on(async {
+        let client = connect(&dev, brief["token"].as_str().unwrap()).await;
+        let fetched = call(&client, "fetch", json!({"url": weather})).await;
+        client.cancel().await.ok();
+        fetched
+    });
+    assert_eq!(expired.is_error, Some(true));
+    assert!(
+        text(&expired).contains("session_expired"),
+        "{}",
+        text(&expired)
+    );
     assert_eq!(dev.balance(&buyer), buyer_start);
 
     // Not a session token at all: the command refuses to start.
