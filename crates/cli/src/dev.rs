@@ -259,6 +259,14 @@ fn describe_batching(config: &bursar_facilitator::BatchConfig) -> String {
 
 /// Serves a router until Ctrl-C or SIGTERM.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> Result<()> {
+    use axum::serve::ListenerExt;
+    // Small writes go out at once: a streamed answer (an MCP event after its priming event, say)
+    // is not held back waiting for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;

@@ -50,8 +50,13 @@ pub struct Network_ {
 }
 
 async fn serve(app: Router) -> String {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    // As Bursar's servers do: streamed answers are not held back by Nagle's algorithm.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
