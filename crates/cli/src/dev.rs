@@ -259,18 +259,24 @@ fn describe_batching(config: &bursar_facilitator::BatchConfig) -> String {
 
 /// Serves a router until Ctrl-C or SIGTERM.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> Result<()> {
-    use axum::serve::ListenerExt;
-    // Small writes go out at once: a streamed answer (an MCP event after its priming event, say)
-    // is not held back waiting for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, app)
+    axum::serve(nodelay(listener), app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
+}
+
+/// `listener` with `TCP_NODELAY` on every connection it accepts: small writes go out at once, so
+/// a streamed answer (an MCP event after its priming event, say) is not held back waiting for the
+/// client's delayed ACK.
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    })
 }
 
 pub async fn shutdown_signal() {
@@ -634,6 +640,8 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         metrics: !args.no_metrics && args.metrics_listen.is_none(),
     };
     let app = bursar_facilitator::protected_router_with(facilitator, access, options);
+    // Whole answers, one write each: no stream for Nagle's algorithm to hold back (and the
+    // client address needs the plain listener).
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
