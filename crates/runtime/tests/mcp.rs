@@ -216,3 +216,90 @@ async fn a_tool_whose_terms_shift_after_the_first_payment_is_refused() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_tool_call_keeps_its_evidence_and_its_failed_step_is_compensated() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let server = format!("{}/mcp", network.seller_url);
+    let (status, paid) = setup
+        .rt
+        .call(
+            http::Method::POST,
+            &format!("/v1/sessions/{}/tools/call", setup.session),
+            Some(&setup.token),
+            Some(serde_json::json!({"server": server, "tool": "paid", "step": "forecast"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{paid}");
+    assert_eq!(paid["payment"]["state"], "posted", "{paid}");
+    let tx = paid["payment"]["txHash"].as_str().unwrap().to_string();
+
+    // The agent marks the step failed: settled, so a refund claim with the call's evidence.
+    let (status, marked) = setup
+        .rt
+        .call(
+            http::Method::POST,
+            &format!("/v1/sessions/{}/failures", setup.session),
+            Some(&setup.token),
+            Some(serde_json::json!({"step": "forecast", "reason": "the forecast was wrong"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{marked}");
+    let record = &marked["compensations"][0];
+    assert_eq!(record["outcome"], "refund_claim", "{record}");
+    assert_eq!(record["settleTxHash"], tx.as_str());
+    let evidence = &record["evidence"];
+    assert_eq!(evidence["step"], "forecast");
+    assert_eq!(evidence["request"]["url"], format!("{server}/paid"));
+    assert_eq!(evidence["response"]["status"], 200);
+    assert_eq!(evidence["receipt"]["transaction"], tx.as_str());
+    assert_eq!(network.balance(network.payee).await, U256::from(PRICE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_tool_call_again_is_served_from_the_paid_response_cache() {
+    let setup = setup("1.00").await;
+    let network = &setup.network;
+    let response = setup
+        .rt
+        .http
+        .put(format!(
+            "{}/v1/sessions/{}/policy",
+            setup.rt.url, setup.session
+        ))
+        .bearer_auth(&setup.rt.operator_key)
+        .body("[cache]\nttl = \"1h\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let (status, first) = setup.call("paid").await;
+    assert_eq!(status, 200, "{first}");
+    let transfer = first["payment"]["transferId"].as_str().unwrap().to_string();
+    let (status, again) = setup.call("paid").await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["cachedFrom"], transfer.as_str(), "{again}");
+    assert_eq!(again["body"], first["body"]);
+    assert_eq!(
+        network.balance(network.payee).await,
+        U256::from(PRICE),
+        "paid once"
+    );
+    // Other arguments ask another question: paid for, not served from the cache.
+    let (status, other) = setup
+        .rt
+        .call(
+            http::Method::POST,
+            &format!("/v1/sessions/{}/tools/call", setup.session),
+            Some(&setup.token),
+            Some(
+                serde_json::json!({"server": format!("{}/mcp", network.seller_url),
+                                    "tool": "paid", "arguments": {"city": "Porto"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{other}");
+    assert!(other["cachedFrom"].is_null(), "{other}");
+    assert_eq!(network.balance(network.payee).await, U256::from(2 * PRICE));
+}

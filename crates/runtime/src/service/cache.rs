@@ -18,9 +18,17 @@ impl Runtime {
         policies: &[Policy],
         request: &RequestSpec,
     ) -> Option<(CacheKey, i64)> {
-        if request.method != http::Method::GET {
-            return None;
-        }
+        // A GET by its URL; a tool call (MCP) by its tool and arguments: tool calls are POSTs
+        // underneath, but a call with the same arguments asks for the same answer.
+        let resource = match &request.tool {
+            Some(call) => format!(
+                "{} {}",
+                request.url,
+                serde_json::Value::Object(call.arguments.clone())
+            ),
+            None if request.method == http::Method::GET => request.url.to_string(),
+            None => return None,
+        };
         // The most restrictive wins: the shortest lifetime, and session scope over wallet.
         let rules: Vec<_> = policies.iter().filter_map(|p| p.cache).collect();
         let ttl_seconds = rules.iter().map(|r| r.ttl_seconds).min()?;
@@ -33,7 +41,7 @@ impl Runtime {
             format!("session {}", session.id)
         };
         let ttl_ms = i64::try_from(ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-        Some(((scope, request.url.to_string()), ttl_ms))
+        Some(((scope, resource), ttl_ms))
     }
 
     pub(super) fn cached(&self, key: &CacheKey) -> Option<CachedResponse> {
