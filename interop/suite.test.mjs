@@ -4,6 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { readFileSync, rmSync } from "node:fs";
 
 import { wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
 import { x402Client } from "@x402/core/client";
@@ -14,7 +15,7 @@ import { createWalletClient, publicActions } from "viem";
 
 import {
   CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, REPO_DIR, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
-  BURSAR_BIN, balances, run, start as startProcess, startBursarFacilitator, startBursarPaywall,
+  BURSAR_BIN, balances, freePort, run, start as startProcess, startBursarFacilitator, startBursarPaywall,
   startChain, startNodeServer, stopAll,
 } from "./lib/harness.mjs";
 
@@ -296,6 +297,58 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     const outcome = JSON.parse(result.stdout.trim().split("\n").pop());
     assert.equal(outcome.passed, true);
     t.diagnostic(`stdio: ${outcome.stdio.steps.length - 1} paid, then ${outcome.stdio.steps.at(-1).refused.split(":")[0]}`);
+  });
+
+  test("10. Bursar's runtime (a session of bursar dev) -> official Python x402 MCP server -> Bursar facilitator", { timeout: 180_000 }, async () => {
+    // bursar dev (embedded chain, facilitator, runtime with its demo wallet) and the official
+    // server settled by that facilitator; the agent calls the tool through its session.
+    const dataDir = join(WORK_DIR, "dev-runtime");
+    rmSync(dataDir, { recursive: true, force: true });
+    {
+      const ports = [await freePort(), await freePort(), await freePort()];
+      await startProcess("bursar-dev-runtime", BURSAR_BIN, [
+        "dev", "--data-dir", dataDir, "--facilitator-port", String(ports[0]),
+        "--api-port", String(ports[1]), "--runtime-port", String(ports[2]),
+      ], { env: { BURSAR_LOG: "warn" }, ready: /session token\s+bst_/ });
+      const dev = JSON.parse(readFileSync(join(dataDir, "dev.json"), "utf8"));
+      const price = 20_000n;
+      const { match } = await startProcess("official-python-mcp-dev", PYTHON_BIN, [join(INTEROP_DIR, "python/mcp_server.py")], {
+        env: {
+          FACILITATOR_URL: dev.facilitatorUrl, CHAIN_ID: String(dev.chainId), TOKEN: dev.token,
+          TOKEN_NAME: dev.tokenName, TOKEN_VERSION: dev.tokenVersion, PAY_TO: dev.seller,
+          PRICE: String(price),
+        },
+        ready: /listening on (http:\/\/\S+)/,
+      });
+      const api = async (method, path, token, body) => {
+        const response = await fetch(`${dev.runtimeUrl}${path}`, {
+          method,
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        return { status: response.status, body: await response.json() };
+      };
+      const balanceOf = async (address) => {
+        const response = await fetch(`${dev.facilitatorUrl}/dev/balance/${address}`);
+        return BigInt((await response.json()).balance);
+      };
+      const grant = await api("POST", "/v1/grants", dev.operatorKey, { walletId: "demo", agent: "interop" });
+      assert.equal(grant.status, 201, JSON.stringify(grant.body));
+      const session = await api("POST", "/v1/sessions", dev.operatorKey, { grantId: grant.body.id, maxSpendAmount: "0.50" });
+      assert.equal(session.status, 201, JSON.stringify(session.body));
+      const [buyerStart, sellerStart] = [await balanceOf(dev.buyer), await balanceOf(dev.seller)];
+      const called = await api("POST", `/v1/sessions/${session.body.id}/tools/call`, session.body.token, {
+        server: match[1], tool: "forecast", arguments: { city: "Coimbra" },
+      });
+      assert.equal(called.status, 200, JSON.stringify(called.body));
+      assert.equal(called.body.status, 200, JSON.stringify(called.body));
+      assert.equal(JSON.parse(called.body.body).city, "Coimbra");
+      assert.equal(called.body.payment.amountAtomic, String(price));
+      assert.equal(called.body.payment.state, "posted", JSON.stringify(called.body));
+      assert.match(called.body.payment.txHash ?? "", /^0x[0-9a-fA-F]{64}$/);
+      assert.equal(buyerStart - (await balanceOf(dev.buyer)), price, "buyer balance change");
+      assert.equal((await balanceOf(dev.seller)) - sellerStart, price, "seller balance change");
+    }
   });
 
   test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {
