@@ -288,7 +288,7 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     assertNothingMoved(start, await balances(net));
   });
 
-  test("9. example agent (official mcp Python client, scripted model) -> bursar mcp (stdio and HTTP) -> runtime of bursar dev", { timeout: 240_000 }, async (t) => {
+  test("9. example agent (Strands Agents, scripted model, mcp SDK) -> bursar mcp (stdio and HTTP) -> runtime of bursar dev", { timeout: 240_000 }, async (t) => {
     // Its own `bursar dev` (embedded chain): the agent pays through a session; see the script.
     const result = await run(PYTHON_BIN, [join(REPO_DIR, "examples/agent-mcp/test_agent.py"), "--bursar", BURSAR_BIN], {
       timeoutMs: 200_000,

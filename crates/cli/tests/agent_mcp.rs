@@ -349,3 +349,76 @@ fn search_reads_the_configured_discovery_catalogs() {
     assert_eq!(unreachable.is_error, Some(true));
     assert!(text(&unreachable).contains("--catalog"));
 }
+
+/// `bursar mcp --listen`: rmcp's streamable HTTP client with the session token as bearer lists
+/// and calls the tools; without a token, or with another's, nothing is paid.
+#[test]
+fn over_streamable_http_the_bearer_token_is_the_session() {
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Dev::start(dir.path());
+    let key = dev.info["operatorKey"].as_str().unwrap().to_string();
+    let (_session, token) = open_session(&dev, &key, "http-agent", "0.20");
+    let (buyer, seller) = (dev.buyer(), dev.seller());
+    let (buyer_start, seller_start) = (dev.balance(&buyer), dev.balance(&seller));
+    let mut server = std::process::Command::new(BURSAR)
+        .args(["mcp", "--listen", "127.0.0.1:0", "--runtime-url"])
+        .arg(dev.info["runtimeUrl"].as_str().unwrap())
+        .env_remove("BURSAR_SESSION_TOKEN")
+        .env("BURSAR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bursar mcp --listen");
+    let mut line = String::new();
+    BufReader::new(server.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    let weather = dev.api("/weather");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let connect_http = |bearer: Option<&str>| {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone());
+        if let Some(bearer) = bearer {
+            config = config.auth_header(bearer.to_string());
+        }
+        ().serve(StreamableHttpClientTransport::from_config(config))
+    };
+    let (tools, paid, anonymous) = runtime.block_on(async {
+        let client = connect_http(Some(&token)).await.expect("the MCP handshake");
+        let tools: Vec<String> = client
+            .list_all_tools()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|tool| tool.name.to_string())
+            .collect();
+        let paid = call(&client, "fetch", json!({"url": weather})).await;
+        client.cancel().await.ok();
+        let anonymous = connect_http(None).await.expect("the MCP handshake");
+        let refused = call(&anonymous, "fetch", json!({"url": weather})).await;
+        anonymous.cancel().await.ok();
+        (tools, paid, refused)
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(tools, ["fetch", "call_tool", "search", "budget"]);
+    let outcome = paid.structured_content.clone().expect("structured output");
+    assert_eq!(outcome["status"], 200, "{outcome}");
+    assert_eq!(outcome["payment"]["amountAtomic"], "10000");
+    assert_eq!(anonymous.is_error, Some(true));
+    assert!(
+        text(&anonymous).contains("no session token"),
+        "{}",
+        text(&anonymous)
+    );
+    assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
+    assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
+}
