@@ -303,3 +303,16 @@ async fn the_same_tool_call_again_is_served_from_the_paid_response_cache() {
     assert!(other["cachedFrom"].is_null(), "{other}");
     assert_eq!(network.balance(network.payee).await, U256::from(2 * PRICE));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_json_rpc_402_form_is_understood_and_paid() {
+    let setup = setup("1.00").await;
+    let (status, paid) = setup.call("legacy").await;
+    assert_eq!(status, 200, "{paid}");
+    let body: Value = serde_json::from_str(paid["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["sky"], "clear");
+    assert_eq!(atomic(&paid["payment"]["amountAtomic"]), PRICE, "{paid}");
+    // The server never settled: the reservation stays pending until the chain decides.
+    assert_eq!(paid["payment"]["state"], "pending", "{paid}");
+    assert_eq!(setup.ledger_kinds().await, ["reserve"]);
+}

@@ -1,7 +1,8 @@
 //! Paid MCP tools for runtime tests and benches, served over streamable HTTP at `/mcp` of the
 //! test network's seller: `free` (not priced), `paid` (priced, answers what its output schema
-//! promises), `broken-output` (priced, answers something else) and `reask` (asks for payment
-//! again after being paid, and never settles).
+//! promises), `broken-output` (priced, answers something else), `reask` (asks for payment
+//! again after being paid, and never settles) and `legacy` (asks for payment the older way, as
+//! JSON-RPC error 402, and answers a paid call without settling it).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,7 +28,7 @@ fn definitions() -> Vec<Tool> {
     let input = json!({"type": "object", "properties": {"city": {"type": "string"}}});
     let output = json!({"type": "object", "properties": {"sky": {"type": "string"}},
                         "required": ["sky"]});
-    ["free", "paid", "broken-output", "reask"]
+    ["free", "paid", "broken-output", "reask", "legacy"]
         .into_iter()
         .map(|name| {
             let mut tool = Tool::new(name, format!("the {name} tool"), object(input.clone()));
@@ -63,7 +64,7 @@ impl ServerHandler for TestTools {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let result = match request.name.as_ref() {
             "free" | "paid" => CallToolResult::structured(json!({"sky": "clear"})),
@@ -71,6 +72,18 @@ impl ServerHandler for TestTools {
             // Asks for payment whatever it is sent, so a paid call is asked again.
             "reask" => serde_json::from_value(mcp::payment_required_result(&self.reask))
                 .map_err(|e| McpError::internal_error(e.to_string(), None))?,
+            // The older form: payment required as JSON-RPC error 402; a call carrying a payment
+            // is answered (this lenient server never settles it).
+            "legacy" if mcp::payment_in_meta(&context.meta.0.0).is_none() => {
+                return Err(McpError::new(
+                    rmcp::model::ErrorCode(
+                        i32::try_from(mcp::PAYMENT_REQUIRED_ERROR_CODE).unwrap(),
+                    ),
+                    "Payment required",
+                    Some(self.reask.to_json_value()),
+                ));
+            }
+            "legacy" => CallToolResult::structured(json!({"sky": "clear"})),
             other => CallToolResult::error(vec![ContentBlock::text(format!("no tool {other}"))]),
         };
         Ok(result.into())
