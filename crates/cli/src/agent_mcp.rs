@@ -143,7 +143,8 @@ fn definitions() -> Vec<Tool> {
         ),
         Tool::new(
             "budget",
-            "What this session has spent, has reserved and may still spend, and until when.",
+            "What this session has spent, has reserved and may still spend, until when, and its \
+             budget alerts.",
             object(json!({"type": "object", "properties": {}})),
         ),
     ]
@@ -436,7 +437,23 @@ impl AgentTools {
             )
             .await
         {
-            Ok(shown) => CallToolResult::structured(shown),
+            Ok(mut shown) => {
+                // The session's budget alerts beside it (a failure to read them is said, not
+                // hidden).
+                let alerts = self
+                    .runtime(
+                        reqwest::Method::GET,
+                        &format!("/v1/sessions/{session}/alerts"),
+                        token,
+                        None,
+                    )
+                    .await;
+                shown["alerts"] = match alerts {
+                    Ok(listed) => listed["alerts"].clone(),
+                    Err(message) => json!({"unreadable": message}),
+                };
+                CallToolResult::structured(shown)
+            }
             Err(message) => refusal(&message),
         }
     }

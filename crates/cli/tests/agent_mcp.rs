@@ -140,6 +140,10 @@ fn an_agent_pays_through_bursar_mcp_over_stdio_within_its_session() {
             .unwrap();
     assert_eq!(spent, 2 * WEATHER_PRICE);
     assert_eq!(budget["remainingAtomic"], "180000");
+    assert!(
+        budget["alerts"].is_array(),
+        "the session's alerts: {budget}"
+    );
 
     assert_eq!(refused.is_error, Some(true));
     let why = text(&refused);

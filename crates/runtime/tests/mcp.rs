@@ -316,3 +316,29 @@ async fn the_older_json_rpc_402_form_is_understood_and_paid() {
     assert_eq!(paid["payment"]["state"], "pending", "{paid}");
     assert_eq!(setup.ledger_kinds().await, ["reserve"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reads_its_sessions_budget_alerts() {
+    // Two tool calls of 0.01 spend half of 0.04: the default policy's 50% alert.
+    let setup = setup("0.04").await;
+    for _ in 0..2 {
+        let (status, paid) = setup.call("paid").await;
+        assert_eq!(status, 200, "{paid}");
+    }
+    let (status, listed) = setup
+        .rt
+        .call(
+            http::Method::GET,
+            &format!("/v1/sessions/{}/alerts", setup.session),
+            Some(&setup.token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let alerts = listed["alerts"].as_array().unwrap();
+    assert!(!alerts.is_empty(), "{listed}");
+    assert!(
+        listed["webhook"].is_null(),
+        "the webhook is the operator's: {listed}"
+    );
+}

@@ -8,7 +8,7 @@ use bursar_store::runtime::LedgerEntry;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Operator;
+use super::auth::{Operator, SessionReader};
 use super::body::QueryParams;
 use super::error::ApiResult;
 use super::{LEDGER_PAGE_MAX, hex};
@@ -185,6 +185,25 @@ pub async fn list_alerts(
     Ok(Json(AlertList {
         alerts: alerts.iter().map(AlertListingBody::from).collect(),
         webhook: runtime.alert_webhook().map(|webhook| webhook.display_url()),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/sessions/{session}/alerts", tag = "sessions",
+    params(("session" = String, Path)),
+    responses((status = 200, body = AlertList,
+        description = "The session's budget alerts, newest first (its agent may read them)")),
+    security(("bearer" = [])))]
+pub async fn session_alerts(
+    State(runtime): State<Runtime>,
+    reader: SessionReader,
+) -> ApiResult<Json<AlertList>> {
+    let alerts = runtime
+        .alerts(Some(reader.session_id.as_str()), LEDGER_PAGE_MAX)
+        .await?;
+    Ok(Json(AlertList {
+        alerts: alerts.iter().map(AlertListingBody::from).collect(),
+        // Where alerts go is the operator's business.
+        webhook: None,
     }))
 }
 

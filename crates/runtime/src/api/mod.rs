@@ -71,6 +71,7 @@ pub fn router(runtime: Runtime) -> Router {
         )
         .route("/v1/sessions/{session}/fetch", post(fetch::fetch))
         .route("/v1/sessions/{session}/tools/call", post(fetch::call_tool))
+        .route("/v1/sessions/{session}/alerts", get(ledger::session_alerts))
         .route(
             "/v1/sessions/{session}/transfers",
             get(sessions::session_transfers),
@@ -124,7 +125,7 @@ pub fn router(runtime: Runtime) -> Router {
         compensations::list_compensations,
         policies::show_policy, policies::put_policy, policies::delete_policy,
         policies::list_pauses, policies::lift_pause, policies::learn_policy,
-        ledger::ledger, ledger::list_alerts, ledger::reconcile,
+        ledger::ledger, ledger::list_alerts, ledger::session_alerts, ledger::reconcile,
     ),
     components(schemas(ErrorBody)),
     modifiers(&Conventions),
