@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { readFileSync, rmSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
 
 import { wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
 import { x402Client } from "@x402/core/client";
@@ -349,6 +349,54 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
       assert.equal(buyerStart - (await balanceOf(dev.buyer)), price, "buyer balance change");
       assert.equal((await balanceOf(dev.seller)) - sellerStart, price, "seller balance change");
     }
+  });
+
+  test("11. bursar runtime (on anvil, a session) -> official Python x402 MCP server -> Bursar facilitator", { timeout: 180_000 }, async () => {
+    // A `bursar runtime` on the anvil chain with its own SQLite database and a wallet it creates
+    // (funded by minting); the agent calls the official server's tool through its session.
+    const dataDir = join(WORK_DIR, "runtime-anvil");
+    rmSync(dataDir, { recursive: true, force: true });
+    mkdirSync(dataDir, { recursive: true });
+    const databaseUrl = `sqlite://${join(dataDir, "runtime.sqlite")}?mode=rwc`;
+    const keys = await run(BURSAR_BIN, ["operator-keys", "create", "--name", "interop", "--database-url", databaseUrl, "--data-dir", dataDir], {
+      env: { BURSAR_LOG: "warn" },
+      timeoutMs: 60_000,
+    });
+    assert.equal(keys.code, 0, `operator-keys create: ${keys.stdout}\n${keys.stderr}`);
+    const operatorKey = keys.stdout.split("\n").find((line) => line.startsWith("key: ")).slice(5).trim();
+    const port = await freePort();
+    const { match } = await startProcess("bursar-runtime-anvil", BURSAR_BIN, [
+      "runtime", "--listen", `127.0.0.1:${port}`, "--rpc-url", net.rpcUrl, "--token", net.token,
+      "--database-url", databaseUrl, "--data-dir", dataDir, "--light-kdf",
+      "--egress-allow", "127.0.0.0/8",
+    ], { env: { BURSAR_PASSPHRASE: "interop runtime passphrase", BURSAR_LOG: "warn" }, ready: /listening on (http:\/\/\S+)/ });
+    const runtimeUrl = match[1];
+    const api = async (method, path, token, body) => {
+      const response = await fetch(`${runtimeUrl}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: response.status, body: await response.json() };
+    };
+    const wallet = await api("POST", "/v1/wallets", operatorKey, { name: "agent-wallet" });
+    assert.equal(wallet.status, 201, JSON.stringify(wallet.body));
+    await net.mint(wallet.body.address, 1_000_000n);
+    const grant = await api("POST", "/v1/grants", operatorKey, { walletId: wallet.body.id, agent: "interop" });
+    assert.equal(grant.status, 201, JSON.stringify(grant.body));
+    const session = await api("POST", "/v1/sessions", operatorKey, { grantId: grant.body.id, maxSpendAmount: "0.50" });
+    assert.equal(session.status, 201, JSON.stringify(session.body));
+    const [walletStart, sellerStart] = [await net.balanceOf(wallet.body.address), await net.balanceOf(net.keys.seller.address)];
+    const called = await api("POST", `/v1/sessions/${session.body.id}/tools/call`, session.body.token, {
+      server: officialMcpUrl, tool: "forecast", arguments: { city: "Aveiro" },
+    });
+    assert.equal(called.status, 200, JSON.stringify(called.body));
+    assert.equal(called.body.status, 200, JSON.stringify(called.body));
+    assert.equal(JSON.parse(called.body.body).city, "Aveiro");
+    assert.equal(called.body.payment.amountAtomic, String(PRICE.weather));
+    assert.match(called.body.payment.txHash ?? "", /^0x[0-9a-fA-F]{64}$/, JSON.stringify(called.body));
+    assert.equal(walletStart - (await net.balanceOf(wallet.body.address)), PRICE.weather, "wallet balance change");
+    assert.equal((await net.balanceOf(net.keys.seller.address)) - sellerStart, PRICE.weather, "seller balance change");
   });
 
   test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {

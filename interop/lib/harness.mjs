@@ -184,7 +184,16 @@ export async function startChain() {
 
   const balanceOf = (address) =>
     publicClient.readContract({ address: token, abi: ERC20, functionName: "balanceOf", args: [address] });
-  return { rpcUrl, chain, transport, publicClient, keys, token, balanceOf };
+  const mint = async (to, amount) => {
+    const hash = await deployer.writeContract({
+      address: token,
+      abi: TOKEN_ABI_EXTRA,
+      functionName: "mint",
+      args: [to, amount],
+    });
+    await publicClient.waitForTransactionReceipt({ hash, timeout: 10_000 });
+  };
+  return { rpcUrl, chain, transport, publicClient, keys, token, balanceOf, mint };
 }
 
 /// `bursar facilitator` on the anvil chain; resolves with its URL.
