@@ -171,7 +171,6 @@ impl AgentTools {
     /// `metadata`, ...) whose resource URL or description contains `query` (every item when it
     /// is empty), at most `limit`. A catalog that cannot be read is reported beside the results.
     async fn search(&self, arguments: &JsonObject) -> CallToolResult {
-        const LIMIT_MAX: usize = 100;
         if self.catalogs.is_empty() {
             return refusal(
                 "no discovery catalog is configured: start bursar mcp with --catalog URL",
@@ -180,48 +179,14 @@ impl AgentTools {
         let query = arguments
             .get("query")
             .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_lowercase();
+            .unwrap_or_default();
         let kind = arguments.get("type").and_then(Value::as_str);
         let limit = arguments
             .get("limit")
             .and_then(Value::as_u64)
-            .map_or(20, |limit| (limit as usize).min(LIMIT_MAX));
-        let mut items = Vec::new();
-        let mut unreadable = Vec::new();
-        for catalog in self.catalogs.iter() {
-            let mut url = catalog.clone();
-            url.set_path(&format!(
-                "{}/discovery/resources",
-                catalog.path().trim_end_matches('/')
-            ));
-            url.query_pairs_mut()
-                .append_pair("limit", &LIMIT_MAX.to_string());
-            if let Some(kind) = kind {
-                url.query_pairs_mut().append_pair("type", kind);
-            }
-            let read = async {
-                let response = self
-                    .http
-                    .get(url.clone())
-                    .send()
-                    .await?
-                    .error_for_status()?;
-                response.json::<Value>().await
-            };
-            match read.await {
-                Ok(document) => {
-                    let listed = document["items"].as_array().cloned().unwrap_or_default();
-                    items.extend(listed.into_iter().filter(|item| {
-                        query.is_empty() || item.to_string().to_lowercase().contains(&query)
-                    }));
-                }
-                Err(error) => unreadable.push(json!({"catalog": catalog.as_str(),
-                                                     "error": error.to_string()})),
-            }
-        }
-        items.truncate(limit);
-        CallToolResult::structured(json!({"items": items, "unreadable": unreadable}))
+            .map_or(20, |limit| usize::try_from(limit).unwrap_or(usize::MAX));
+        let found = crate::discovery::search(&self.http, &self.catalogs, query, kind, limit).await;
+        CallToolResult::structured(found.to_json())
     }
 
     /// Lists the upstream servers' tools again. A tool named like one of Bursar's own, or like

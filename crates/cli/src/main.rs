@@ -24,6 +24,7 @@ mod bench;
 mod demo_tools;
 mod dev;
 mod devnet;
+mod discovery;
 mod keys;
 mod pay;
 mod runtime;
@@ -95,6 +96,9 @@ enum Command {
     Audit(audit::AuditArgs),
     /// Measure signature verification and facilitator /verify throughput.
     Bench(bench::BenchArgs),
+    /// Search discovery catalogs (x402 Bazaar, GET /discovery/resources) for paid resources and
+    /// tools.
+    Discover(discovery::DiscoverArgs),
     /// An MCP server for agents (stdio, or streamable HTTP with --listen): fetch paid resources
     /// and read the budget within a runtime session; the agent never sees a key.
     Mcp(agent_mcp::McpArgs),
@@ -213,6 +217,7 @@ fn main() -> ExitCode {
             Command::Audit(args) => audit::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Mcp(args) => agent_mcp::serve(args).await,
+            Command::Discover(args) => discovery::discover(args).await,
         }
     });
     drop(runtime);

@@ -426,3 +426,49 @@ fn over_streamable_http_the_bearer_token_is_the_session() {
     assert_eq!(dev.balance(&buyer), buyer_start - WEATHER_PRICE);
     assert_eq!(dev.balance(&seller), seller_start + WEATHER_PRICE);
 }
+
+/// `bursar discover`: the same search on the command line, as JSON or one line per listing; no
+/// readable catalog is an error that says what to check.
+#[test]
+fn discover_searches_catalogs_from_the_command_line() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let catalog = runtime.block_on(catalog());
+    let output = std::process::Command::new(BURSAR)
+        .args(["discover", "weather", "--catalog", &catalog, "--json"])
+        .env_remove("BURSAR_CATALOGS")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let found: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let resources: Vec<&str> = found["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        ["https://api.example.com/weather", "mcp://tool/forecast"]
+    );
+
+    let output = std::process::Command::new(BURSAR)
+        .args(["discover", "--type", "mcp", "--catalog", &catalog])
+        .env_remove("BURSAR_CATALOGS")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    assert!(
+        listed.lines().all(|line| line.starts_with("mcp://tool/")),
+        "{listed}"
+    );
+
+    let output = std::process::Command::new(BURSAR)
+        .args(["discover", "--catalog", "http://127.0.0.1:9"])
+        .env_remove("BURSAR_CATALOGS")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no catalog could be read"));
+}
