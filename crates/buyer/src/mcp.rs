@@ -87,23 +87,7 @@ pub(crate) async fn call(
     call: &ToolCall,
     payment: Option<&PaymentPayload>,
 ) -> Result<Answer, BuyerError> {
-    let mut session = Session {
-        http,
-        url: &call.server,
-        id: None,
-    };
-    let initialize = json!({
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "bursar", "version": env!("CARGO_PKG_VERSION")},
-    });
-    session
-        .request(0, "initialize", initialize)
-        .await?
-        .map_err(|error| {
-            BuyerError::Http(format!("the MCP server refused to initialize: {error}"))
-        })?;
-    session.notify("notifications/initialized").await?;
+    let mut session = Session::open(http, &call.server).await?;
     let mut params = json!({"name": call.name, "arguments": call.arguments});
     if let Some(payment) = payment {
         let mut meta = Map::new();
@@ -129,24 +113,8 @@ pub(crate) async fn call(
 /// definition (`name`, `description`, `inputSchema`, ...). Listing is free: nothing is paid.
 pub async fn list_tools(http: &reqwest::Client, server: &Url) -> Result<Vec<Value>, BuyerError> {
     const PAGES_MAX: u64 = 20;
-    let mut session = Session {
-        http,
-        url: server,
-        id: None,
-    };
-    let initialize = json!({
-        "protocolVersion": PROTOCOL_VERSION,
-        "capabilities": {},
-        "clientInfo": {"name": "bursar", "version": env!("CARGO_PKG_VERSION")},
-    });
+    let mut session = Session::open(http, server).await?;
     let listed = async {
-        session
-            .request(0, "initialize", initialize)
-            .await?
-            .map_err(|error| {
-                BuyerError::Http(format!("the MCP server refused to initialize: {error}"))
-            })?;
-        session.notify("notifications/initialized").await?;
         let mut tools = Vec::new();
         let mut cursor: Option<Value> = None;
         for page in 1..=PAGES_MAX {
@@ -246,7 +214,39 @@ struct Session<'a> {
     id: Option<HeaderValue>,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    /// Opens a session: `initialize`, then the `initialized` notification. A session the server
+    /// opened but that failed on the way is closed.
+    async fn open(http: &'a reqwest::Client, url: &'a Url) -> Result<Session<'a>, BuyerError> {
+        let mut session = Session {
+            http,
+            url,
+            id: None,
+        };
+        let initialize = json!({
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "bursar", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let opened = async {
+            session
+                .request(0, "initialize", initialize)
+                .await?
+                .map_err(|error| {
+                    BuyerError::Http(format!("the MCP server refused to initialize: {error}"))
+                })?;
+            session.notify("notifications/initialized").await
+        }
+        .await;
+        match opened {
+            Ok(()) => Ok(session),
+            Err(error) => {
+                session.close().await;
+                Err(error)
+            }
+        }
+    }
+
     fn post(&self, body: Value) -> reqwest::RequestBuilder {
         let mut builder = self
             .http

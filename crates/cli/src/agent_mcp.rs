@@ -26,6 +26,9 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
 
+use bursar_runtime::tokens::session_named as session_of;
+
+use crate::demo_tools::object;
 use crate::devnet::DevInfo;
 
 #[derive(clap::Args)]
@@ -73,22 +76,6 @@ struct Proxied {
     server: url::Url,
     tool: String,
     definition: Tool,
-}
-
-/// The session a token belongs to: `bst_<session id>_<secret>`.
-fn session_of(token: &str) -> Option<&str> {
-    token
-        .strip_prefix(bursar_runtime::tokens::SESSION_TOKEN_PREFIX)
-        .and_then(|rest| rest.rsplit_once('_'))
-        .map(|(id, _)| id)
-        .filter(|id| !id.is_empty())
-}
-
-fn object(value: Value) -> Arc<JsonObject> {
-    match value {
-        Value::Object(object) => Arc::new(object),
-        _ => Arc::default(),
-    }
 }
 
 fn definitions() -> Vec<Tool> {

@@ -50,7 +50,8 @@ pub const DEMO_TOOLS: &[DemoTool] = &[
 #[derive(Debug, Clone, Copy)]
 pub struct DemoTools;
 
-fn object(value: Value) -> Arc<JsonObject> {
+/// A JSON object (a tool's schema) as rmcp holds it; anything else is the empty object.
+pub fn object(value: Value) -> Arc<JsonObject> {
     match value {
         Value::Object(object) => Arc::new(object),
         _ => Arc::default(),

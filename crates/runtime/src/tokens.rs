@@ -71,13 +71,21 @@ impl TokenKey {
         if token.len() > TOKEN_BYTES_MAX {
             return None;
         }
-        let rest = token.strip_prefix(SESSION_TOKEN_PREFIX)?;
-        let (session_id, presented) = rest.rsplit_once('_')?;
+        let session_id = session_named(token)?;
+        let presented = &token[SESSION_TOKEN_PREFIX.len() + session_id.len() + 1..];
         let expected = self.mac(session_id);
         let equal: bool =
             subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), presented.as_bytes()).into();
         equal.then(|| session_id.to_string())
     }
+}
+
+/// The session a token names (`bst_<session id>_<secret>`), unverified: the agent's tools use it
+/// to address their session's routes, and the runtime verifies the token on each call.
+pub fn session_named(token: &str) -> Option<&str> {
+    let rest = token.strip_prefix(SESSION_TOKEN_PREFIX)?;
+    let (session_id, _) = rest.rsplit_once('_')?;
+    Some(session_id).filter(|id| !id.is_empty())
 }
 
 /// Whether `credential` looks like a session token (as opposed to an operator key).

@@ -339,8 +339,7 @@ impl<S: ServerHandler> ServerHandler for PaidTools<S> {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let prices = self.prices.clone();
-        match prices.get(request.name.as_ref()) {
+        match self.prices.get(request.name.as_ref()) {
             Some(price) => self.call_priced(price, request, context).await,
             None => self.inner.call_tool(request, context).await,
         }

@@ -14,10 +14,7 @@ pub async fn pay_through_session(
     step: Option<&str>,
     as_json: bool,
 ) -> Result<()> {
-    let session_id = token
-        .strip_prefix(bursar_runtime::tokens::SESSION_TOKEN_PREFIX)
-        .and_then(|rest| rest.rsplit_once('_'))
-        .map(|(id, _)| id.to_string())
+    let session_id = bursar_runtime::tokens::session_named(token)
         .ok_or_else(|| failure(2, "--session must be a session token (bst_...)".into()))?;
     let api = remote.api();
     let headers: serde_json::Map<String, Value> = headers

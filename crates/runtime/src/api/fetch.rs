@@ -222,12 +222,8 @@ pub async fn fetch(
     SessionAgent(session): SessionAgent,
     JsonBody(mut request): JsonBody<FetchRequest>,
 ) -> ApiResult<Json<FetchedBody>> {
-    let phase = request.phase.take();
-    let step = request.step.take();
-    let fetched = runtime
-        .fetch_labelled(&session, request.into_spec()?, phase, step)
-        .await?;
-    Ok(Json(FetchedBody::of(&runtime, fetched)))
+    let (phase, step) = (request.phase.take(), request.step.take());
+    paid(&runtime, &session, request.into_spec()?, phase, step).await
 }
 
 #[utoipa::path(post, path = "/v1/sessions/{session}/tools/call", tag = "sessions",
@@ -242,10 +238,18 @@ pub async fn call_tool(
     SessionAgent(session): SessionAgent,
     JsonBody(mut request): JsonBody<ToolCallRequest>,
 ) -> ApiResult<Json<FetchedBody>> {
-    let phase = request.phase.take();
-    let step = request.step.take();
-    let fetched = runtime
-        .fetch_labelled(&session, request.into_spec()?, phase, step)
-        .await?;
-    Ok(Json(FetchedBody::of(&runtime, fetched)))
+    let (phase, step) = (request.phase.take(), request.step.take());
+    paid(&runtime, &session, request.into_spec()?, phase, step).await
+}
+
+/// The request (an HTTP request or a tool call) made, and paid when asked, within `session`.
+async fn paid(
+    runtime: &Runtime,
+    session: &bursar_store::runtime::SessionRecord,
+    spec: RequestSpec,
+    phase: Option<String>,
+    step: Option<String>,
+) -> ApiResult<Json<FetchedBody>> {
+    let fetched = runtime.fetch_labelled(session, spec, phase, step).await?;
+    Ok(Json(FetchedBody::of(runtime, fetched)))
 }
