@@ -53,6 +53,53 @@ pub struct DevArgs {
     /// --no-default-policy switches it off.
     #[command(flatten)]
     pub policy: crate::runtime::PolicyFlags,
+    #[command(flatten)]
+    pub catalog: CatalogFlags,
+}
+
+/// The discovery catalog a facilitator keeps (`GET /discovery/resources`), in its ledger's
+/// database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CatalogFlags {
+    /// Keep no discovery catalog (by default the facilitator lists the resources whose payments
+    /// it verifies and settles, when their sellers publish the bazaar extension).
+    #[arg(long)]
+    pub no_catalog: bool,
+    /// Days a listing stays in the catalog without being paid for again.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub catalog_ttl_days: u64,
+    /// Most resources one payee may have listed (more are not listed; their payments are not
+    /// affected).
+    #[arg(long, default_value_t = 1_000)]
+    pub catalog_listings_per_payee: u64,
+}
+
+impl CatalogFlags {
+    /// `facilitator` with its catalog in the database at `url`, unless switched off.
+    pub async fn attach(
+        &self,
+        facilitator: LocalFacilitator,
+        url: &str,
+    ) -> Result<LocalFacilitator> {
+        if self.no_catalog {
+            return Ok(facilitator);
+        }
+        let store = bursar_store::open_catalog_store(url)
+            .await
+            .context("cannot open the discovery catalog")?;
+        let catalog = bursar_catalog::Catalog::new(
+            store,
+            bursar_catalog::CatalogConfig {
+                ttl: std::time::Duration::from_secs(self.catalog_ttl_days * 24 * 3600),
+                limits: bursar_store::catalog::CatalogLimits {
+                    listings_per_payee_max: self.catalog_listings_per_payee,
+                    ..Default::default()
+                },
+            },
+        );
+        catalog.spawn_pruning(bursar_catalog::PRUNE_INTERVAL_DEFAULT);
+        Ok(facilitator.with_catalog(catalog))
+    }
 }
 
 #[derive(clap::Args)]
@@ -136,6 +183,8 @@ pub struct FacilitatorArgs {
     /// (or recovery) may take it over: covers verifying, simulating and recording a broadcast.
     #[arg(long, default_value_t = bursar_facilitator::CLAIM_HOLD_DEFAULT.as_secs())]
     pub claim_hold_secs: u64,
+    #[command(flatten)]
+    pub catalog: CatalogFlags,
 }
 
 /// The instance name file in the data dir.
@@ -419,6 +468,13 @@ async fn dev_facilitator(
         },
         ledger,
     );
+    let facilitator = args
+        .catalog
+        .attach(
+            facilitator,
+            &ledger_url(args.ledger_url.as_deref(), &args.data_dir)?,
+        )
+        .await?;
     Ok((facilitator, batching))
 }
 
@@ -600,6 +656,13 @@ pub async fn facilitator(args: FacilitatorArgs) -> Result<()> {
         },
         ledger,
     );
+    let facilitator = args
+        .catalog
+        .attach(
+            facilitator,
+            &ledger_url(args.ledger_url.as_deref(), &args.data_dir)?,
+        )
+        .await?;
     recover(&facilitator).await?;
     let listener = bind(args.listen, "facilitator").await?;
     println!(

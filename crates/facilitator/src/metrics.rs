@@ -64,13 +64,16 @@ const BATCH_BUCKETS: [f64; 11] = [
 ];
 
 /// The routes counted by name in `bursar_facilitator_http_requests_total`.
-const ROUTES: [&str; 6] = [
+const ROUTES: [&str; 9] = [
     "/verify",
     "/settle",
     "/supported",
     "/health",
     "/metrics",
     "/openapi.json",
+    "/discovery/resources",
+    "/discovery/search",
+    "/discovery/reports",
 ];
 
 /// The `route` label of a request path: the route, or `other`.

@@ -93,7 +93,12 @@ fn routes(facilitator: LocalFacilitator, options: RouterOptions) -> Router {
     if options.metrics {
         routes = routes.route("/metrics", get(metrics));
     }
-    routes.fallback(not_found).with_state(facilitator)
+    let catalog = facilitator.catalog();
+    let mut routes = routes.with_state(facilitator);
+    if let Some(catalog) = catalog {
+        routes = routes.merge(bursar_catalog::router(catalog));
+    }
+    routes.fallback(not_found)
 }
 
 fn with_outer_layers(routes: Router, metrics: FacilitatorMetrics) -> Router {

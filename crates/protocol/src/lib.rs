@@ -12,6 +12,7 @@
 
 pub mod bazaar;
 pub mod codec;
+pub mod discovery;
 pub mod exact_evm;
 pub mod facilitator;
 pub mod mcp;

@@ -74,6 +74,14 @@ pub struct Resource {
     /// v1 carries the output schema on each requirement; v2 moves it to extensions. Kept here.
     #[serde(default, skip_serializing)]
     pub output_schema: Option<Value>,
+    /// Bazaar service metadata (v2): a short name for the service, topical tags and an icon,
+    /// kept as sent (a catalog checks them before listing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon_url: Option<String>,
 }
 
 /// One way to pay: scheme, network, price, asset and recipient. This is the v2 wire shape.
@@ -230,6 +238,7 @@ pub mod v1 {
                 description: Some(self.description.clone()).filter(|d| !d.is_empty()),
                 mime_type: Some(self.mime_type.clone()).filter(|m| !m.is_empty()),
                 output_schema: self.output_schema.clone(),
+                ..Resource::default()
             };
             Ok((requirements, resource))
         }

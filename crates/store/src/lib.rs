@@ -40,6 +40,7 @@
 //!   database per test.
 
 pub mod alerts;
+pub mod catalog;
 mod common;
 pub mod compensation;
 mod db;
@@ -56,6 +57,7 @@ use alloy_primitives::{Address, B256};
 use bursar_protocol::{Amount, Network, SettleResponse};
 
 pub use alerts::{AlertRecord, AlertStore, AttemptOutcome, DeliveryState, NewAlert};
+pub use catalog::{CatalogStore, open_catalog_store};
 pub use common::StoreError;
 pub use compensation::{
     CompensationOutcome, CompensationRecord, CompensationStore, EvidenceRecord, NewCompensation,

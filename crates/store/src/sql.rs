@@ -85,6 +85,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "policy state",
         include_str!("../migrations/sqlite/0013_policy_state.sql"),
     ),
+    (
+        14,
+        "discovery catalog",
+        include_str!("../migrations/sqlite/0014_catalog.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -151,6 +156,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "policy state",
         include_str!("../migrations/postgres/0013_policy_state.sql"),
+    ),
+    (
+        14,
+        "discovery catalog",
+        include_str!("../migrations/postgres/0014_catalog.sql"),
     ),
 ];
 

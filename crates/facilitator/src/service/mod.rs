@@ -137,6 +137,8 @@ pub struct Inner {
     instance_prefix: Option<String>,
     /// See [`FacilitatorConfig::claim_hold`].
     claim_hold: Duration,
+    /// The discovery catalog fed by verifications and settlements, when kept.
+    catalog: RwLock<Option<bursar_catalog::Catalog>>,
 }
 
 impl std::fmt::Debug for LocalFacilitator {
@@ -244,6 +246,7 @@ impl LocalFacilitator {
                 holder,
                 instance_prefix,
                 claim_hold,
+                catalog: RwLock::new(None),
             }),
         }
     }
@@ -257,6 +260,19 @@ impl LocalFacilitator {
     pub fn with_hooks(self, hooks: Arc<dyn FacilitatorHooks>) -> Self {
         *self.hooks.write().expect("lock") = hooks;
         self
+    }
+
+    /// Keeps `catalog` (for this facilitator and its clones): every valid verification and every
+    /// settlement of a payment whose seller published the `bazaar` extension is recorded in it,
+    /// and the routers serve it at `/discovery/*`.
+    pub fn with_catalog(self, catalog: bursar_catalog::Catalog) -> Self {
+        *self.catalog.write().expect("lock") = Some(catalog);
+        self
+    }
+
+    /// The catalog this facilitator feeds, if it keeps one.
+    pub fn catalog(&self) -> Option<bursar_catalog::Catalog> {
+        self.catalog.read().expect("lock").clone()
     }
 
     /// The metrics this facilitator records, served by `GET /metrics`.

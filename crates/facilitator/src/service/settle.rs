@@ -53,6 +53,9 @@ impl LocalFacilitator {
         // version's form; the caller gets its own.
         response.network = request.network_name();
         hooks.after_settle(request, &response).await;
+        if let Some(catalog) = self.catalog() {
+            catalog.recorder().settled(request, &response);
+        }
         self.metrics.settled(&response, started.elapsed());
         response
     }

@@ -35,6 +35,9 @@ impl LocalFacilitator {
             ),
         };
         hooks.after_verify(request, &response).await;
+        if let Some(catalog) = self.catalog() {
+            catalog.recorder().verified(request, &response);
+        }
         self.metrics.verified(&response, started.elapsed());
         response
     }
