@@ -11,6 +11,7 @@ import { x402Client } from "@x402/core/client";
 import { HTTPFacilitatorClient } from "@x402/core/server";
 import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment as wrapFetchWithPaymentV1, decodeXPaymentResponse } from "x402-fetch";
+import { withBazaar } from "@x402/extensions/bazaar";
 import { createWalletClient, publicActions } from "viem";
 
 import {
@@ -410,6 +411,45 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     assert.match(outcome.receipt.transaction ?? "", /^0x[0-9a-fA-F]{64}$/);
     assert.equal(outcome.receipt.x402Version, 2);
     assertMoved(start, await balances(net), PRICE.weather);
+  });
+
+  test("12. official @x402/express route declaring the bazaar extension, paid by the official client through Bursar's facilitator, is catalogued; the official bazaar clients (npm and PyPI) list and search Bursar's catalog", { timeout: CASE_TIMEOUT_MS }, async (t) => {
+    const start = await balances(net);
+    const paying = wrapFetchWithPayment(fetch, officialClient());
+    const response = await paying(`${expressUrl}/forecast/lisbon`);
+    assert.equal(response.status, 200);
+    assert.equal((await response.json()).city, "lisbon");
+    assertMoved(start, await balances(net), PRICE.weather);
+
+    const template = `${expressUrl}/forecast/:city`;
+    const catalog = withBazaar(new HTTPFacilitatorClient({ url: bursarFacilitatorUrl }));
+    const page = await catalog.extensions.bazaar.listResources({ type: "http", limit: 100 });
+    assert.equal(page.x402Version, 2);
+    const listing = page.items.find((item) => item.resource === template);
+    assert.ok(listing, `catalogued under its route template: ${JSON.stringify(page.items.map((item) => item.resource))}`);
+    assert.equal(page.pagination.total, page.items.length);
+    assert.equal(listing.type, "http");
+    assert.equal(listing.routeTemplate, "/forecast/:city");
+    assert.equal(listing.accepts[0].amount, String(PRICE.weather));
+    assert.equal(listing.accepts[0].payTo.toLowerCase(), net.keys.seller.address.toLowerCase());
+    assert.equal(listing.description, "Three-day forecast for a city");
+    assert.equal(listing.extensions.bazaar.info.output.example.city, "Lisbon");
+    assert.equal(typeof listing.lastUpdated, "string");
+    assert.equal(listing.reputation.settled, true);
+    assert.equal(listing.reputation.settledCount, 1);
+    assert.equal(listing.reputation.distinctPayers, 1);
+    const found = await catalog.extensions.bazaar.search({ query: "forecast" });
+    assert.ok(found.resources.some((item) => item.resource === template), "found by the official search client");
+
+    const python = await run(PYTHON_BIN, [join(INTEROP_DIR, "python/bazaar_list.py"), bursarFacilitatorUrl, "forecast"], { timeoutMs: 60_000 });
+    assert.equal(python.code, 0, `${python.stdout}\n${python.stderr}`);
+    const listed = JSON.parse(python.stdout.trim().split("\n").pop());
+    assert.equal(listed.x402Version, 2);
+    const pythonListing = listed.items.find((item) => item.resource === template);
+    assert.ok(pythonListing, "listed by x402.extensions.bazaar");
+    assert.equal(pythonListing.accepts[0].amount, String(PRICE.weather));
+    assert.ok(listed.found.includes(template), "searched by x402.extensions.bazaar");
+    t.diagnostic(`catalogued ${template}: settled ${listing.reputation.settledCount}, ${page.pagination.total} listing(s)`);
   });
 
   test("4b. bursar pay --v1 -> legacy x402-express 1.x -> Bursar facilitator (v1)", { timeout: CASE_TIMEOUT_MS }, async () => {

@@ -620,11 +620,16 @@ impl PayingClient {
             .await?;
         let scheme_payload = ExactEvm::payload(authorization.clone(), signature);
         let payload = match required.version {
-            X402Version::V2 => PaymentPayload::new_v2(
-                requirement.clone(),
-                Some(required.resource.clone()),
-                scheme_payload,
-            ),
+            // The seller's extensions are echoed, as x402 v2 clients do: a facilitator catalogs
+            // the resource from its `bazaar` extension.
+            X402Version::V2 => PaymentPayload {
+                extensions: required.extensions.clone(),
+                ..PaymentPayload::new_v2(
+                    requirement.clone(),
+                    Some(required.resource.clone()),
+                    scheme_payload,
+                )
+            },
             X402Version::V1 => PaymentPayload::new_v1(
                 requirement.scheme.clone(),
                 requirement.network.clone(),

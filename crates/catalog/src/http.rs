@@ -8,7 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bursar_protocol::discovery::{
-    ListingPage, Pagination, PaymentReport, ResourceKind, report_message,
+    ListingPage, Pagination, PaymentReport, ResourceKind, normalized_resource, report_message,
+    split_origin, template_matches,
 };
 use bursar_protocol::exact_evm::recover_signer;
 use bursar_protocol::{Address, Amount, Network};
@@ -22,6 +23,8 @@ use crate::listing::listing_of;
 /// Listings per page unless `limit` says otherwise, and the most one page holds.
 pub const LISTING_LIMIT_DEFAULT: u64 = 20;
 pub const LISTING_LIMIT_MAX: u64 = 100;
+/// Listings of one origin considered for a `resource` lookup.
+const RESOURCE_CANDIDATES_MAX: u64 = 1_000;
 /// Largest report body.
 const REPORT_BYTES_MAX: usize = 4 * 1024;
 
@@ -55,6 +58,7 @@ struct Params {
     query: Option<String>,
     settled: Option<String>,
     extensions: Option<String>,
+    resource: Option<String>,
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -158,6 +162,13 @@ fn query_of(
             ..CatalogQuery::default()
         });
     }
+    let resource = match params.resource.as_deref() {
+        None => None,
+        Some(text) => Some(
+            normalized_resource(text)
+                .ok_or_else(|| bad_request("resource must be an http(s) or mcp URL"))?,
+        ),
+    };
     let words = words.unwrap_or_default();
     if words.len() > 512 {
         return Err(bad_request("the query is longer than 512 bytes"));
@@ -171,6 +182,7 @@ fn query_of(
         pay_to,
         max_amount,
         settled_only,
+        resource,
         seen_since_ms: catalog.seen_since_ms(crate::now_ms()),
         limit,
         offset,
@@ -194,20 +206,53 @@ async fn run(
         return Ok((0, Vec::new()));
     }
     catalog.recorder().flush().await;
-    let page = catalog.store().search(query).await.map_err(|store_error| {
-        tracing::warn!(%store_error, "catalog: search failed");
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "catalog_unavailable",
-            "the catalog's database could not be read; try again",
-        )
-    })?;
+    if let Some(resource) = &query.resource {
+        // Candidates of the resource's origin, narrowed to those whose template fits, then paged.
+        let candidates = CatalogQuery {
+            limit: RESOURCE_CANDIDATES_MAX,
+            offset: 0,
+            ..query.clone()
+        };
+        let page = search_page(catalog, &candidates).await?;
+        let path = split_origin(resource).map(|(_, path)| path).unwrap_or("/");
+        let fitting: Vec<_> = page
+            .listings
+            .iter()
+            .filter(|record| match &record.route_template {
+                None => &record.resource == resource,
+                Some(template) => template_matches(template, path),
+            })
+            .collect();
+        let total = fitting.len() as u64;
+        let items = fitting
+            .into_iter()
+            .skip(usize::try_from(query.offset).unwrap_or(usize::MAX))
+            .take(usize::try_from(query.limit).unwrap_or(usize::MAX))
+            .map(|record| serde_json::to_value(listing_of(record)).unwrap_or_default())
+            .collect();
+        return Ok((total, items));
+    }
+    let page = search_page(catalog, query).await?;
     let items = page
         .listings
         .iter()
         .map(|record| serde_json::to_value(listing_of(record)).unwrap_or_default())
         .collect();
     Ok((page.total, items))
+}
+
+async fn search_page(
+    catalog: &Catalog,
+    query: &CatalogQuery,
+) -> Result<bursar_store::catalog::CatalogPage, Response> {
+    catalog.store().search(query).await.map_err(|store_error| {
+        tracing::warn!(%store_error, "catalog: search failed");
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catalog_unavailable",
+            "the catalog's database could not be read; try again",
+        )
+    })
 }
 
 async fn resources(
@@ -306,6 +351,8 @@ async fn report(State(catalog): State<Catalog>, body: axum::body::Bytes) -> Resp
         payer: report.payer,
         nonce: report.nonce,
     };
+    // What the facilitator saw before this report is written first.
+    catalog.recorder().flush().await;
     match catalog
         .store()
         .report(&payment, report.kind, crate::now_ms())

@@ -386,6 +386,12 @@ pub async fn run(args: DevArgs) -> Result<()> {
         previous_operator_key,
         &args.policy,
         dev_egress(api_listener.local_addr()?),
+        // Its own facilitator's catalog, unless the facilitator keeps none.
+        if args.catalog.no_catalog {
+            Vec::new()
+        } else {
+            vec![facilitator_url.parse()?]
+        },
     )
     .await?;
 

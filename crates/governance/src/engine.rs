@@ -31,6 +31,30 @@ pub struct Proposal {
     pub phase: Option<String>,
     /// The session's whole budget, for `max_per_call_percent`; `None` outside a session.
     pub session_budget: Option<Amount>,
+    /// What each catalog named by a `[reputation]` rule in force lists for this endpoint under
+    /// these terms (the caller looks them up; see [`crate::ReputationRule`]).
+    pub listings: std::collections::BTreeMap<url::Url, ListingLookup>,
+}
+
+/// What a catalog lists for the endpoint being paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListingLookup {
+    /// Listed under the terms being paid (its payee, network and asset), with these facts.
+    Listed(ListingFacts),
+    /// Not listed, or listed under other terms (another payee): the listing's reputation is not
+    /// this seller's.
+    NotListed,
+    /// The catalog could not be read (why): fail closed.
+    Unreadable(String),
+}
+
+/// A listing's reputation, as a catalog computed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListingFacts {
+    pub settled_count: u64,
+    pub distinct_payers: u64,
+    /// Basis points (0 to 10,000).
+    pub failure_rate_bps: u64,
 }
 
 /// The terms of an earlier payment to the same endpoint.
@@ -78,6 +102,12 @@ pub enum DenyCode {
     PayeeNotAllowed,
     NetworkNotAllowed,
     AssetNotAllowed,
+    /// A `[reputation]` catalog does not list the endpoint under these terms.
+    NotListed,
+    /// The endpoint's listing falls below a `[reputation]` bar.
+    ReputationTooLow,
+    /// A `[reputation]` catalog could not be read (fail closed).
+    ReputationUnknown,
     /// The declared phase allows no payments.
     PhaseNoSpend,
     /// The endpoint failed response validations and is paused.
@@ -100,11 +130,14 @@ pub enum DenyCode {
 
 impl DenyCode {
     /// Every code, most specific first.
-    pub const ALL: [DenyCode; 13] = [
+    pub const ALL: [DenyCode; 16] = [
         DenyCode::PayeeDenied,
         DenyCode::PayeeNotAllowed,
         DenyCode::NetworkNotAllowed,
         DenyCode::AssetNotAllowed,
+        DenyCode::NotListed,
+        DenyCode::ReputationTooLow,
+        DenyCode::ReputationUnknown,
         DenyCode::PhaseNoSpend,
         DenyCode::EndpointPaused,
         DenyCode::TermsChanged,
@@ -123,6 +156,9 @@ impl DenyCode {
             DenyCode::PayeeNotAllowed => "payee_not_allowed",
             DenyCode::NetworkNotAllowed => "network_not_allowed",
             DenyCode::AssetNotAllowed => "asset_not_allowed",
+            DenyCode::NotListed => "not_listed",
+            DenyCode::ReputationTooLow => "reputation_too_low",
+            DenyCode::ReputationUnknown => "reputation_unknown",
             DenyCode::PhaseNoSpend => "phase_no_spend",
             DenyCode::EndpointPaused => "endpoint_paused",
             DenyCode::TermsChanged => "terms_changed",
@@ -268,6 +304,86 @@ impl Evaluation {
     }
 }
 
+/// The `[reputation]` rule of one policy against what its catalog lists.
+fn check_reputation(
+    evaluation: &mut Evaluation,
+    source: &str,
+    rule: &crate::ReputationRule,
+    proposal: &Proposal,
+) {
+    let catalog = rule.catalog.as_str();
+    let lookup = proposal.listings.get(&rule.catalog);
+    let input = |facts: Option<&ListingFacts>| {
+        json!({"catalog": catalog, "minSettled": rule.min_settled,
+               "minDistinctPayers": rule.min_distinct_payers,
+               "maxFailureRateBps": rule.max_failure_rate_bps,
+               "settledCount": facts.map(|f| f.settled_count),
+               "distinctPayers": facts.map(|f| f.distinct_payers),
+               "failureRateBps": facts.map(|f| f.failure_rate_bps)})
+    };
+    let (facts, failure) = match lookup {
+        None => (
+            None,
+            Some((
+                DenyCode::ReputationUnknown,
+                format!("the catalog {catalog} was not consulted"),
+            )),
+        ),
+        Some(ListingLookup::Unreadable(why)) => (
+            None,
+            Some((
+                DenyCode::ReputationUnknown,
+                format!(
+                    "the catalog {catalog} could not be read ({why}); a reputation rule fails closed"
+                ),
+            )),
+        ),
+        Some(ListingLookup::NotListed) => (
+            None,
+            Some((
+                DenyCode::NotListed,
+                format!(
+                    "the catalog {catalog} does not list this endpoint with this payee, network and asset"
+                ),
+            )),
+        ),
+        Some(ListingLookup::Listed(facts)) => {
+            let mut short = Vec::new();
+            if facts.settled_count < rule.min_settled {
+                short.push(format!(
+                    "{} settled payments (at least {} wanted)",
+                    facts.settled_count, rule.min_settled
+                ));
+            }
+            if facts.distinct_payers < rule.min_distinct_payers {
+                short.push(format!(
+                    "{} distinct payers (at least {} wanted)",
+                    facts.distinct_payers, rule.min_distinct_payers
+                ));
+            }
+            if let Some(max) = rule.max_failure_rate_bps
+                && facts.failure_rate_bps > max
+            {
+                short.push(format!(
+                    "a failure rate of {} bps (at most {max} allowed)",
+                    facts.failure_rate_bps
+                ));
+            }
+            let failure = (!short.is_empty()).then(|| {
+                (
+                    DenyCode::ReputationTooLow,
+                    format!(
+                        "the endpoint's listing in {catalog} shows {}",
+                        short.join(", ")
+                    ),
+                )
+            });
+            (Some(facts), failure)
+        }
+    };
+    evaluation.check("reputation", source, input(facts), failure);
+}
+
 /// The part of a URL that names an endpoint: scheme, host, port and path (no query).
 pub fn endpoint_of(url: &url::Url) -> String {
     format!(
@@ -313,6 +429,9 @@ pub fn evaluate(
     }
     for policy in policies {
         let source = policy.source.as_str();
+        if let Some(rule) = &policy.reputation {
+            check_reputation(&mut evaluation, source, rule, proposal);
+        }
         if let Some(max) = policy.max_per_call {
             evaluation.check(
                 "max_per_call",

@@ -36,11 +36,11 @@ pub mod policy;
 
 pub use engine::{
     BACKOFF_BASE_MS, BACKOFF_MAX_MS, DenyCode, EndpointHistory, EndpointPause, Evaluation,
-    Proposal, RuleResult, Terms, backoff_ms, backoff_ms_from, endpoint_of, evaluate, host_matches,
-    percent_of,
+    ListingFacts, ListingLookup, Proposal, RuleResult, Terms, backoff_ms, backoff_ms_from,
+    endpoint_of, evaluate, host_matches, percent_of,
 };
 pub use policy::{
     ALERT_THRESHOLDS_DEFAULT, CacheRule, CacheScope, DEFAULT_POLICY_SOURCE, DEFAULT_POLICY_TOML,
-    Limit, PaidResponse, PayeeMatch, PhaseRule, Policy, PolicyError, Validation, WindowCap,
-    WindowScope, alert_thresholds, parse_period,
+    Limit, PaidResponse, PayeeMatch, PhaseRule, Policy, PolicyError, ReputationRule, Validation,
+    WindowCap, WindowScope, alert_thresholds, parse_period,
 };

@@ -51,6 +51,13 @@
 //! thresholds = [50, 75]                  # percent of any budget: the session's, each window cap
 //!                                        # (default [50, 75] when no policy sets them)
 //!
+//! [reputation]                           # before signing, the endpoint must be listed in this
+//! catalog = "https://facilitator.example" # discovery catalog (GET /discovery/resources), with
+//! min_settled = 10                       # at least this many settled payments,
+//! min_distinct_payers = 3                # from at least this many payers,
+//! max_failure_rate_percent = 5           # and problems in at most this share of its payments
+//!                                        # (a catalog that cannot be read denies: fail closed)
+//!
 //! [cache]                                # opt-in: serve a paid GET again instead of paying twice
 //! ttl = "24h"
 //! scope = "session"                      # or "wallet"
@@ -125,6 +132,16 @@ struct Document {
     validators: Vec<ValidationDocument>,
     cache: Option<CacheDocument>,
     alerts: Option<AlertsDocument>,
+    reputation: Option<ReputationDocument>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReputationDocument {
+    catalog: String,
+    min_settled: Option<u64>,
+    min_distinct_payers: Option<u64>,
+    max_failure_rate_percent: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -558,10 +575,24 @@ pub struct Policy {
     /// `[[validators]]`: checks for particular endpoints.
     pub validators: Vec<Validation>,
     pub cache: Option<CacheRule>,
+    /// `[reputation]`: what the endpoint's listing in a discovery catalog must show.
+    pub reputation: Option<ReputationRule>,
     /// `[alerts] thresholds`: percentages (1..=100, ascending, no duplicates) of any budget at
     /// which an alert is raised; `None` when this policy does not say (see
     /// [`alert_thresholds`]).
     pub alert_thresholds: Option<Vec<u8>>,
+}
+
+/// `[reputation]`: the endpoint must be listed in `catalog` (a facilitator's base URL serving
+/// `GET /discovery/resources`) under the terms being paid, with at least `min_settled` settled
+/// payments from at least `min_distinct_payers` payers, and a failure rate (settlement failures
+/// and payers' reports per payment) of at most `max_failure_rate_bps` basis points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReputationRule {
+    pub catalog: url::Url,
+    pub min_settled: u64,
+    pub min_distinct_payers: u64,
+    pub max_failure_rate_bps: Option<u64>,
 }
 
 /// The alert thresholds when no policy sets them: 50% and 75% of any budget.
@@ -654,6 +685,7 @@ impl Policy {
             validators: Vec::new(),
             cache: None,
             alert_thresholds: None,
+            reputation: None,
         }
     }
 
@@ -903,6 +935,36 @@ impl Policy {
                 Some(percents)
             }
         };
+        let reputation = match document.reputation {
+            None => None,
+            Some(rule) => {
+                let catalog = url::Url::parse(&rule.catalog)
+                    .ok()
+                    .filter(|url| matches!(url.scheme(), "http" | "https"))
+                    .ok_or_else(|| {
+                        invalid(
+                            "reputation.catalog",
+                            format!("{:?} is not an http(s) URL of a catalog", rule.catalog),
+                        )
+                    })?;
+                let max_failure_rate_bps = match rule.max_failure_rate_percent {
+                    None => None,
+                    Some(percent) if (0..=100).contains(&percent) => Some(percent as u64 * 100),
+                    Some(percent) => {
+                        return Err(invalid(
+                            "reputation.max_failure_rate_percent",
+                            format!("{percent} is not a whole percentage from 0 to 100"),
+                        ));
+                    }
+                };
+                Some(ReputationRule {
+                    catalog,
+                    min_settled: rule.min_settled.unwrap_or(0),
+                    min_distinct_payers: rule.min_distinct_payers.unwrap_or(0),
+                    max_failure_rate_bps,
+                })
+            }
+        };
         let max_per_call_percent = match document.max_per_call_percent {
             None => None,
             Some(percent) => match u8::try_from(percent) {
@@ -929,6 +991,7 @@ impl Policy {
                 })?,
         };
         Ok(Policy {
+            reputation,
             alert_thresholds,
             cache,
             validation,

@@ -31,6 +31,7 @@ fn proposal(url: &str, atomic: u64) -> Proposal {
         amount: Amount::from(atomic),
         phase: None,
         session_budget: None,
+        listings: Default::default(),
     }
 }
 
@@ -803,7 +804,10 @@ fn the_most_specific_failure_is_reported_and_every_failure_recorded() {
     sorted.sort();
     assert_eq!(sorted, DenyCode::ALL.to_vec());
     assert_eq!(DenyCode::ALL[0].as_str(), "payee_denied");
-    assert_eq!(DenyCode::ALL[12].as_str(), "max_per_call_exceeded");
+    assert_eq!(
+        DenyCode::ALL[DenyCode::ALL.len() - 1].as_str(),
+        "max_per_call_exceeded"
+    );
 }
 
 #[test]
@@ -963,5 +967,81 @@ fn documented_policies_parse() {
     assert_eq!(docs.len(), 1, "the format example in the crate docs");
     for block in readme.iter().chain(&docs) {
         Policy::parse(block, &usdc(), "docs").unwrap_or_else(|e| panic!("{e}:\n{block}"));
+    }
+}
+
+#[test]
+fn reputation_rules_deny_below_the_bar_and_fail_closed() {
+    use bursar_governance::{ListingFacts, ListingLookup};
+    let rule = policy(
+        "[reputation]\ncatalog = \"http://127.0.0.1:4020\"\nmin_settled = 3\nmin_distinct_payers = 2\nmax_failure_rate_percent = 10\n",
+    );
+    let catalog: url::Url = "http://127.0.0.1:4020".parse().unwrap();
+    let with = |lookup: Option<ListingLookup>| {
+        let mut proposal = proposal("https://api.example.com/x", 1_000);
+        if let Some(lookup) = lookup {
+            proposal.listings.insert(catalog.clone(), lookup);
+        }
+        evaluate(
+            std::slice::from_ref(&rule),
+            &proposal,
+            &EndpointHistory::default(),
+            0,
+        )
+    };
+    let good = ListingFacts {
+        settled_count: 3,
+        distinct_payers: 2,
+        failure_rate_bps: 1_000,
+    };
+    assert!(with(Some(ListingLookup::Listed(good))).allowed());
+    let denial = |lookup| with(lookup).denial.map(|(code, _)| code);
+    assert_eq!(denial(None).as_deref(), Some("reputation_unknown"));
+    assert_eq!(
+        denial(Some(ListingLookup::Unreadable("timeout".into()))).as_deref(),
+        Some("reputation_unknown")
+    );
+    assert_eq!(
+        denial(Some(ListingLookup::NotListed)).as_deref(),
+        Some("not_listed")
+    );
+    for low in [
+        ListingFacts {
+            settled_count: 2,
+            ..good
+        },
+        ListingFacts {
+            distinct_payers: 1,
+            ..good
+        },
+        ListingFacts {
+            failure_rate_bps: 1_001,
+            ..good
+        },
+    ] {
+        assert_eq!(
+            denial(Some(ListingLookup::Listed(low))).as_deref(),
+            Some("reputation_too_low")
+        );
+    }
+    let evaluation = with(Some(ListingLookup::Listed(ListingFacts {
+        settled_count: 0,
+        ..good
+    })));
+    let rule_json = evaluation
+        .rules
+        .iter()
+        .find(|r| r.rule == "reputation")
+        .unwrap()
+        .to_json();
+    assert_eq!(rule_json["input"]["settledCount"], 0);
+    assert!(evaluation.denial.unwrap().1.contains("0 settled payments"));
+    for bad in [
+        "[reputation]\ncatalog = \"ftp://x\"\n",
+        "[reputation]\nmin_settled = 1\n",
+        "[reputation]\ncatalog = \"http://x\"\nmax_failure_rate_percent = 101\n",
+        "[reputation]\ncatalog = \"http://x\"\nunknown = 1\n",
+    ] {
+        assert!(Policy::parse(bad, &usdc(), "test").is_err(), "{bad}");
     }
 }

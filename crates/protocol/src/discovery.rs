@@ -442,6 +442,85 @@ fn last_updated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D:
     })
 }
 
+impl Listing {
+    /// Whether this listing describes a call of `operation` (HTTP method or MCP tool name) to
+    /// `url` (its query and fragment ignored; a listing with a route template matches any value
+    /// of its `:param` segments) paid to `pay_to` on `network` in `asset`. A listing of the same
+    /// resource under another payee does not: its reputation is not this seller's.
+    pub fn describes(
+        &self,
+        url: &str,
+        operation: &str,
+        pay_to: &Address,
+        network: &str,
+        asset: &Address,
+    ) -> bool {
+        let Ok(wanted) = normalize_url(url, None) else {
+            return false;
+        };
+        let resource_matches = match &self.route_template {
+            None => self.resource.eq_ignore_ascii_case(&wanted),
+            Some(template) => match (
+                self.resource.strip_suffix(template.as_str()),
+                split_origin(&wanted),
+            ) {
+                (Some(origin), Some((wanted_origin, path))) => {
+                    origin.eq_ignore_ascii_case(wanted_origin) && template_matches(template, path)
+                }
+                _ => false,
+            },
+        };
+        let operation_matches = match self.kind.as_str() {
+            "mcp" => self.tool_name.as_deref() == Some(operation),
+            _ => self
+                .method
+                .as_deref()
+                .unwrap_or("GET")
+                .eq_ignore_ascii_case(operation),
+        };
+        resource_matches
+            && operation_matches
+            && self.accepts.iter().any(|terms| {
+                terms.pay_to.evm().as_ref() == Some(pay_to)
+                    && terms.asset.evm().as_ref() == Some(asset)
+                    && terms.network.caip2() == network
+            })
+    }
+}
+
+/// `url` as a catalog keys resources (no query or fragment, lower-case scheme and host), or
+/// `None` when a catalog would not list it.
+pub fn normalized_resource(url: &str) -> Option<String> {
+    normalize_url(url, None).ok()
+}
+
+/// `scheme://authority` and the path of a normalized URL.
+pub fn split_origin(url: &str) -> Option<(&str, &str)> {
+    let after_scheme = url.find("://")? + 3;
+    match url[after_scheme..].find('/') {
+        Some(slash) => Some(url.split_at(after_scheme + slash)),
+        None => Some((url, "/")),
+    }
+}
+
+/// Whether `path` fits `template` segment by segment (`:name` matches any one non-empty
+/// segment).
+pub fn template_matches(template: &str, path: &str) -> bool {
+    let mut wanted = path.split('/');
+    for part in template.split('/') {
+        match wanted.next() {
+            Some(segment) if part.starts_with(':') => {
+                if segment.is_empty() {
+                    return false;
+                }
+            }
+            Some(segment) if segment == part => {}
+            _ => return false,
+        }
+    }
+    wanted.next().is_none()
+}
+
 /// The page `GET /discovery/resources` answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -548,6 +627,19 @@ pub fn report_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_match_segments() {
+        assert!(template_matches("/users/:id", "/users/42"));
+        assert!(template_matches("/w/:country/:city", "/w/fr/paris"));
+        assert!(!template_matches("/users/:id", "/users/"));
+        assert!(!template_matches("/users/:id", "/users/42/x"));
+        assert!(!template_matches("/users/:id", "/admins/42"));
+        assert_eq!(
+            split_origin("https://h:1/a/b"),
+            Some(("https://h:1", "/a/b"))
+        );
+    }
 
     #[test]
     fn iso_dates() {

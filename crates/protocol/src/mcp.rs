@@ -166,6 +166,7 @@ mod tests {
                 description: Some("Tool: forecast".into()),
                 mime_type: Some("application/json".into()),
                 output_schema: None,
+                ..Default::default()
             },
             accepts: vec![PaymentRequirements {
                 scheme: "exact".into(),

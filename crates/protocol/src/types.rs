@@ -525,7 +525,7 @@ mod tests {
                 url: "https://api.example.com/weather".into(),
                 description: Some("Weather".into()),
                 mime_type: Some("application/json".into()),
-                output_schema: None,
+                ..Resource::default()
             },
             accepts: vec![requirements()],
             extensions: None,

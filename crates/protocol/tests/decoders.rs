@@ -74,6 +74,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         description: Some("a report".into()),
         mime_type: Some("application/json".into()),
         output_schema: None,
+        ..Default::default()
     };
     let payload_v2 =
         PaymentPayload::new_v2(requirements.clone(), Some(resource.clone()), exact.clone());

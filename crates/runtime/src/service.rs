@@ -26,6 +26,7 @@ mod approve;
 mod cache;
 mod pay;
 mod policies;
+pub mod reputation;
 mod signers;
 
 pub(crate) use accounting::{ChainEvidence, authorization_key};
@@ -84,6 +85,10 @@ pub struct RuntimeConfig {
     /// parameters) running at once, across wallets. Default: the number of cores, at most
     /// [`KDF_CONCURRENCY_MAX_DEFAULT`].
     pub kdf_concurrency: usize,
+    /// Discovery catalogs (facilitators' base URLs serving `/discovery/resources`) the runtime
+    /// reads for agents and reports problems with paid responses to; see
+    /// [`crate::service::reputation`]. `[reputation]` rules name their own catalogs.
+    pub catalogs: Vec<url::Url>,
 }
 
 /// The default bound on concurrent key derivations: the cores, at most 4 (about 1 GiB of
@@ -108,6 +113,7 @@ impl RuntimeConfig {
             cancel_gas_account: None,
             egress: EgressPolicy::default(),
             kdf_concurrency: kdf_concurrency_default(),
+            catalogs: Vec::new(),
         }
     }
 }

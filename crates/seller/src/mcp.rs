@@ -165,7 +165,7 @@ impl<S: ServerHandler> PaidTools<S> {
                     .and_then(|definition| definition.description.map(|d| d.to_string()))
                     .or_else(|| Some(format!("Tool: {tool}"))),
                 mime_type: Some("application/json".into()),
-                output_schema: None,
+                ..Resource::default()
             },
             accepts: price.requirements.clone(),
             extensions: extension,

@@ -179,6 +179,7 @@ impl Paywall {
             description: route.description.clone(),
             mime_type: route.mime_type.clone(),
             output_schema: route.output_schema.clone(),
+            ..Resource::default()
         };
         let offered = Offered { route, resource };
 

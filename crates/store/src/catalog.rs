@@ -104,6 +104,9 @@ pub struct CatalogQuery {
     /// Only listings offered at this price or less (in some terms that match the other filters).
     pub max_amount: Option<Amount>,
     pub settled_only: bool,
+    /// Only listings of this resource (a normalized URL): listed under it exactly, or under a
+    /// route template of its origin (the caller matches the template's segments).
+    pub resource: Option<String>,
     /// Only listings seen at or after this time (older ones have aged out).
     pub seen_since_ms: i64,
     pub limit: u64,
@@ -242,18 +245,26 @@ fn address_text(address: &Address) -> String {
     format!("0x{}", hex_lower(address.as_slice()))
 }
 
-/// `%`, `_` and `\` escaped for `LIKE ... ESCAPE '\'`.
-fn like_pattern(word: &str) -> String {
-    let mut escaped = String::with_capacity(word.len() + 2);
-    escaped.push('%');
-    for c in word.chars() {
+/// `text` with `%`, `_` and `\` escaped for `LIKE ... ESCAPE '\'`.
+fn like_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 2);
+    for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
             escaped.push('\\');
         }
         escaped.push(c);
     }
-    escaped.push('%');
     escaped
+}
+
+/// Contains `word`.
+fn like_pattern(word: &str) -> String {
+    format!("%{}%", like_escaped(word))
+}
+
+/// `origin` followed by a path.
+fn like_prefix(origin: &str) -> String {
+    format!("{}/%", like_escaped(origin))
 }
 
 const LISTING_COLUMNS: &str = "id, resource, kind, operation, route_template, x402_version, \
@@ -310,6 +321,16 @@ fn search_filter(query: &CatalogQuery) -> (String, Vec<SearchBind>) {
     }
     if query.settled_only {
         clauses.push("l.settled_count > 0".into());
+    }
+    if let Some(resource) = &query.resource {
+        let exact = next(&mut binds, SearchBind::Text(resource.clone()));
+        let origin = bursar_protocol::discovery::split_origin(resource)
+            .map(|(origin, _)| origin)
+            .unwrap_or(resource);
+        let templates = next(&mut binds, SearchBind::Text(like_prefix(origin)));
+        clauses.push(format!(
+            "(l.resource = {exact} OR (l.route_template IS NOT NULL AND l.resource LIKE {templates} ESCAPE '\\'))"
+        ));
     }
     for word in query
         .words

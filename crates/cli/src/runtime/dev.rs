@@ -150,6 +150,7 @@ pub async fn dev_runtime(
     previous_operator_key: Option<String>,
     policy: &PolicyFlags,
     egress: EgressPolicy,
+    catalogs: Vec<url::Url>,
 ) -> Result<DevRuntime> {
     let (passphrase, passphrase_source) = dev_passphrase(data_dir)?;
     let url = database_url(database_url_arg, data_dir)?;
@@ -157,7 +158,7 @@ pub async fn dev_runtime(
     let currency = dev_currency(network);
     policy.check(&currency.unit)?;
     let runtime = open_runtime(
-        &url, chain, currency, passphrase, true, policy, None, None, egress,
+        &url, chain, currency, passphrase, true, policy, None, None, egress, catalogs,
     )
     .await?;
     let store = runtime.store().clone();

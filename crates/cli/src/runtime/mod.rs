@@ -114,6 +114,11 @@ pub struct RuntimeArgs {
     /// runtime's own API, private networks and cloud metadata endpoints.
     #[arg(long, conflicts_with = "egress_allow")]
     pub egress_allow_any: bool,
+    /// A discovery catalog (a facilitator's base URL serving /discovery/resources; repeatable):
+    /// problems with paid responses (failed validations, payment required again after paying,
+    /// compensated steps) are reported to it, signed by the paying wallet.
+    #[arg(long = "catalog", env = "BURSAR_CATALOGS", value_delimiter = ',')]
+    pub catalogs: Vec<url::Url>,
 }
 
 impl RuntimeArgs {
@@ -238,12 +243,14 @@ pub async fn open_runtime(
     alert_webhook: Option<bursar_runtime::AlertWebhook>,
     cancel_gas_key: Option<alloy_signer_local::PrivateKeySigner>,
     egress: EgressPolicy,
+    catalogs: Vec<url::Url>,
 ) -> Result<Runtime> {
     let store = bursar_store::open_runtime_store(database_url)
         .await
         .context("cannot open the runtime database")?;
     let mut config = RuntimeConfig::new(currency);
     config.egress = egress;
+    config.catalogs = catalogs;
     config.policy_file = policy.policy.clone();
     config.default_policy = !policy.no_default_policy;
     config.alert_webhook = alert_webhook;
@@ -318,6 +325,7 @@ pub async fn serve(args: RuntimeArgs) -> Result<()> {
         alert_webhook,
         cancel_gas_key,
         args.egress(),
+        args.catalogs.clone(),
     )
     .await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -291,6 +291,14 @@ impl Runtime {
         let mut account: Option<Arc<Account>> = None;
         let mut out = Vec::with_capacity(transfers.len());
         for transfer in transfers {
+            // A settled payment for a failed step: the catalogs hear of it (a refund is claimed).
+            if transfer.state == bursar_store::runtime::TransferState::Posted {
+                self.report(
+                    &transfer,
+                    bursar_protocol::discovery::ReportKind::Compensated,
+                    &[],
+                );
+            }
             let record = self
                 .compensate(&session, transfer, &failure, reason, &mut account)
                 .await?;

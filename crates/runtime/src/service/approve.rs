@@ -175,7 +175,9 @@ impl Runtime {
                     .await);
             }
         };
+        let listings = super::reputation::lookups(policies, payment.request, payment.quote).await;
         let proposal = Proposal {
+            listings,
             url: payment.request.url.clone(),
             network: payment.quote.requirement.network.caip2(),
             asset,

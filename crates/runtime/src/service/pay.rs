@@ -10,6 +10,7 @@ use std::sync::Arc;
 use alloy_signer_local::PrivateKeySigner;
 use bursar_buyer::{Asked, BuyerError, PaidResponse, PayingClient, RequestSpec};
 use bursar_governance::{Policy, endpoint_of};
+use bursar_protocol::discovery::ReportKind;
 use bursar_protocol::{Amount, B256};
 use bursar_store::runtime::{Denial, SessionRecord, TransferRecord, TransferState};
 use serde_json::{Value, json};
@@ -132,6 +133,13 @@ impl Runtime {
             Err(error) => {
                 self.record_outcome(session, &request, step.as_deref(), &approved, Err(&error))
                     .await;
+                if matches!(error, BuyerError::PaymentRejected { .. }) {
+                    self.report(
+                        &approved.transfer,
+                        ReportKind::PaymentRequiredAfterPayment,
+                        policies.as_deref().unwrap_or_default(),
+                    );
+                }
                 Err(self.not_paid(approved.transfer, error).await)
             }
         }
@@ -161,6 +169,13 @@ impl Runtime {
             )
         );
         let payment = payment?;
+        if validation.as_ref().is_some_and(|v| v.failure.is_some()) {
+            self.report(
+                &approved.transfer,
+                ReportKind::ValidationFailed,
+                policies.as_deref().unwrap_or_default(),
+            );
+        }
         if let Some((key, ttl_ms)) = cache
             && response.status.is_success()
             && validation.as_ref().is_none_or(|v| v.failure.is_none())

@@ -47,6 +47,8 @@ pub struct Network_ {
     pub payments_seen: Arc<AtomicUsize>,
     /// Requests that reached the seller at all.
     pub requests_seen: Arc<AtomicUsize>,
+    /// The facilitator's discovery catalog (its base URL, serving `/discovery/resources`).
+    pub catalog_url: String,
 }
 
 async fn serve(app: Router) -> String {
@@ -82,11 +84,14 @@ pub async fn network() -> Network_ {
         .await
         .expect("deploy token");
     let evm: Arc<dyn EvmChain> = chain.clone();
-    let facilitator: Arc<dyn Facilitator> = Arc::new(LocalFacilitator::new(
-        evm,
-        settler,
-        FacilitatorConfig::default(),
-    ));
+    let catalog = bursar_catalog::Catalog::new(
+        Arc::new(bursar_store::SqliteDatabase::memory()),
+        bursar_catalog::CatalogConfig::default(),
+    );
+    let catalog_url = serve(bursar_catalog::router(catalog.clone())).await;
+    let facilitator: Arc<dyn Facilitator> = Arc::new(
+        LocalFacilitator::new(evm, settler, FacilitatorConfig::default()).with_catalog(catalog),
+    );
     let payee = PrivateKeySigner::random().address();
     let asset = Asset::new(
         token.address().to_checksum(None),
@@ -224,6 +229,7 @@ pub async fn network() -> Network_ {
         shifty_payees,
         payments_seen,
         requests_seen,
+        catalog_url,
     }
 }
 
