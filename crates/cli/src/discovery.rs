@@ -23,7 +23,10 @@ impl Found {
 }
 
 /// The listings of `catalogs` (of `kind`, `http` or `mcp`, when given) whose text contains
-/// `query` (case-insensitive; every listing when it is empty), at most `limit`, in catalog order.
+/// every word of `query` (case-insensitive; every listing when it is empty), merged: a resource
+/// listed by several catalogs (same URL, kind, and method or tool) appears once, in the order
+/// first seen, with `catalogs` naming every catalog that lists it and `reputations` what each of
+/// them knows of it. At most `limit`.
 pub async fn search(
     http: &reqwest::Client,
     catalogs: &[url::Url],
@@ -31,11 +34,12 @@ pub async fn search(
     kind: Option<&str>,
     limit: usize,
 ) -> Found {
-    let query = query.to_lowercase();
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
     let mut found = Found {
         items: Vec::new(),
         unreadable: Vec::new(),
     };
+    let mut seen: Vec<(String, String, String)> = Vec::new();
     for catalog in catalogs {
         let mut url = catalog.clone();
         url.set_path(&format!(
@@ -44,6 +48,10 @@ pub async fn search(
         ));
         url.query_pairs_mut()
             .append_pair("limit", &LISTINGS_MAX.to_string());
+        if !query.trim().is_empty() {
+            // Bursar's catalogs search server-side; others ignore `q` (filtered below).
+            url.query_pairs_mut().append_pair("q", query.trim());
+        }
         if let Some(kind) = kind {
             url.query_pairs_mut().append_pair("type", kind);
         }
@@ -54,9 +62,41 @@ pub async fn search(
         match read.await {
             Ok(document) => {
                 let listed = document["items"].as_array().cloned().unwrap_or_default();
-                found.items.extend(listed.into_iter().filter(|item| {
-                    query.is_empty() || item.to_string().to_lowercase().contains(&query)
-                }));
+                for item in listed {
+                    let text = item.to_string().to_lowercase();
+                    if !words.iter().all(|word| text.contains(word.as_str())) {
+                        continue;
+                    }
+                    let key = (
+                        item["resource"].as_str().unwrap_or_default().to_string(),
+                        item["type"].as_str().unwrap_or_default().to_string(),
+                        item["toolName"]
+                            .as_str()
+                            .or(item["method"].as_str())
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                    let source =
+                        json!({"catalog": catalog.as_str(), "reputation": item["reputation"]});
+                    match seen.iter().position(|known| *known == key) {
+                        Some(index) => {
+                            let merged = &mut found.items[index];
+                            if let Some(catalogs) = merged["catalogs"].as_array_mut() {
+                                catalogs.push(json!(catalog.as_str()));
+                            }
+                            if let Some(reputations) = merged["reputations"].as_array_mut() {
+                                reputations.push(source);
+                            }
+                        }
+                        None => {
+                            let mut item = item;
+                            item["catalogs"] = json!([catalog.as_str()]);
+                            item["reputations"] = json!([source]);
+                            seen.push(key);
+                            found.items.push(item);
+                        }
+                    }
+                }
             }
             Err(error) => found
                 .unreadable
@@ -69,7 +109,7 @@ pub async fn search(
 
 #[derive(clap::Args)]
 pub struct DiscoverArgs {
-    /// Words to look for in the listings (every listing when left out).
+    /// Words every listing must contain (every listing when left out).
     #[arg(default_value = "")]
     pub query: String,
     /// A facilitator whose catalog to read (its base URL; repeatable).
@@ -111,15 +151,26 @@ pub async fn discover(args: DiscoverArgs) -> Result<()> {
                 (Some(amount), Some(network)) => format!("{amount} atomic on {network}"),
                 _ => "-".into(),
             };
-            let description = item["metadata"]["description"]
+            let description = item["description"]
                 .as_str()
+                .or_else(|| item["metadata"]["description"].as_str())
                 .or_else(|| offer["description"].as_str())
                 .unwrap_or_default();
+            let reputation = &item["reputation"];
+            let standing = match reputation["settledCount"].as_u64() {
+                Some(settled) => format!(
+                    "{settled} settled, {} payers, {} bps failing",
+                    reputation["distinctPayers"].as_u64().unwrap_or_default(),
+                    reputation["failureRateBps"].as_u64().unwrap_or_default()
+                ),
+                None => "no reputation".into(),
+            };
             println!(
-                "{:<48} {:<4} {:<32} {description}",
+                "{:<48} {:<4} {:<32} {:<40} {description}",
                 item["resource"].as_str().unwrap_or("?"),
                 item["type"].as_str().unwrap_or("?"),
-                price
+                price,
+                standing
             );
         }
         for unreadable in &found.unreadable {

@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy_primitives::Address;
-use common::{Network_, PRICE, RuntimeUnderTest, network, runtime};
+use common::{Network_, PRICE, RuntimeUnderTest, network, runtime, runtime_with};
 use http::Method;
 use serde_json::{Value, json};
 
@@ -159,4 +159,46 @@ pub async fn reputation_is_checked_before_signing(store_url: &str) {
     }
 }
 
-on_both_databases!(reputation_is_checked_before_signing);
+/// A runtime with catalogs reports a paid response that failed validation to them (signed by
+/// the paying wallet), and its learned allowlist says what the catalogs know of each payee.
+pub async fn runtimes_report_to_their_catalogs(store_url: &str) {
+    let network = network().await;
+    let catalog: url::Url = network.catalog_url.parse().unwrap();
+    let rt = runtime_with(&network, store_url, |config| {
+        config.catalogs = vec![catalog.clone()];
+    })
+    .await;
+    // The default policy holds paid responses to the seller's published schema: /report-broken
+    // breaks it after being paid.
+    let agent = agent(&rt, &network, "").await;
+    let broken = format!("{}/report-broken", network.seller_url);
+    let (status, body) = agent.fetch(&rt, &broken).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["validation"]["failure"].is_string(), "{body}");
+    // The report travels in the background: wait (bounded) until the catalog counts it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let listed = loop {
+        let listed = listing(&network, &broken).await;
+        if listed["reputation"]["validationFailures"] == 1 {
+            break listed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the catalog never counted the report: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(listed["reputation"]["settledCount"], 1);
+    assert_eq!(listed["reputation"]["failureRateBps"], 10_000);
+
+    let learned = rt.runtime.learn_allowlist(None, 30).await.unwrap();
+    assert!(
+        learned.contains("left out: 1 listing(s) in"),
+        "a payee whose listing failed every payment is proposed commented out:\n{learned}"
+    );
+}
+
+on_both_databases!(
+    reputation_is_checked_before_signing,
+    runtimes_report_to_their_catalogs
+);

@@ -11,6 +11,10 @@ use serde_json::Value;
 use super::{POLICY_CACHE_ENTRIES_MAX, Runtime, ValidationOutcome, now_ms};
 use crate::error::RuntimeError;
 
+/// A payee whose catalog listings fail more often than this (basis points) is left out of a
+/// learned allowlist.
+pub const LEARN_FAILURE_RATE_BPS_MAX: u64 = 1_000;
+
 impl Runtime {
     // ----- governance -----
 
@@ -109,7 +113,10 @@ impl Runtime {
     }
 
     /// one wallet, or all): the hosts paid and the payTo addresses used, most paid first, as a
-    /// TOML document ready to attach, with each entry's count as a comment.
+    /// TOML document ready to attach, with each entry's count as a comment. With catalogs
+    /// configured ([`crate::RuntimeConfig::catalogs`]), each payee's standing there is said
+    /// beside it, and a payee whose listings fail in more than
+    /// [`LEARN_FAILURE_RATE_BPS_MAX`] basis points of their payments is left out (commented).
     pub async fn learn_allowlist(
         &self,
         wallet: Option<&str>,
@@ -152,6 +159,26 @@ impl Runtime {
                 .collect::<String>()
         };
         let (hosts, payees) = (sorted(hosts), sorted(payees));
+        // What the runtime's catalogs know of each payee: said beside it, and a payee whose
+        // listings fail too often is proposed commented out.
+        let mut payee_lines = String::new();
+        for (payee, count) in &payees {
+            let standing =
+                super::reputation::payee_standing(&self.inner.config.catalogs, payee).await;
+            match standing {
+                Some(standing) if standing.worst_failure_rate_bps > LEARN_FAILURE_RATE_BPS_MAX => {
+                    payee_lines.push_str(&format!(
+                        "    # \"{payee}\", # {count} payments; left out: {}\n",
+                        standing.describe()
+                    ));
+                }
+                Some(standing) => payee_lines.push_str(&format!(
+                    "    \"{payee}\", # {count} payments; {}\n",
+                    standing.describe()
+                )),
+                None => payee_lines.push_str(&format!("    \"{payee}\", # {count} payments\n")),
+            }
+        }
         let mut document = format!(
             "# Proposed from the payments that settled in the last {days} days{}.\n\
              # Review before attaching: only these hosts and payTo addresses could be paid.\n\
@@ -162,7 +189,7 @@ impl Runtime {
                 .unwrap_or_default()
         );
         document.push_str(&format!("allow_domains = [\n{}]\n", list(&hosts)));
-        document.push_str(&format!("allow_addresses = [\n{}]\n", list(&payees)));
+        document.push_str(&format!("allow_addresses = [\n{payee_lines}]\n"));
         // The proposal must itself be a valid policy.
         self.check_policy(&document)?;
         Ok(document)

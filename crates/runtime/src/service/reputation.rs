@@ -201,3 +201,66 @@ impl Runtime {
         });
     }
 }
+
+/// What catalogs list for one payee, summed over its listings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PayeeStanding {
+    pub listings: u64,
+    pub settled: u64,
+    pub worst_failure_rate_bps: u64,
+    pub catalogs: Vec<String>,
+}
+
+impl PayeeStanding {
+    pub fn describe(&self) -> String {
+        format!(
+            "{} listing(s) in {}: {} settled payments, worst failure rate {}.{:02}%",
+            self.listings,
+            self.catalogs.join(", "),
+            self.settled,
+            self.worst_failure_rate_bps / 100,
+            self.worst_failure_rate_bps % 100
+        )
+    }
+}
+
+/// The payee's listings in `catalogs` (`?payTo=`), or `None` when no catalog lists it or none
+/// could be read.
+pub(crate) async fn payee_standing(catalogs: &[url::Url], payee: &str) -> Option<PayeeStanding> {
+    let mut standing = PayeeStanding::default();
+    for catalog in catalogs {
+        let mut url = catalog.clone();
+        url.set_path(&format!(
+            "{}/discovery/resources",
+            catalog.path().trim_end_matches('/')
+        ));
+        url.query_pairs_mut()
+            .append_pair("payTo", payee)
+            .append_pair("limit", "100");
+        let Ok(page) = read(url).await else {
+            continue;
+        };
+        let mut listed = false;
+        for listing in &page.items {
+            if !listing
+                .accepts
+                .iter()
+                .any(|terms| terms.pay_to.as_str().eq_ignore_ascii_case(payee))
+            {
+                continue;
+            }
+            listed = true;
+            standing.listings += 1;
+            if let Some(reputation) = &listing.reputation {
+                standing.settled += reputation.settled_count;
+                standing.worst_failure_rate_bps = standing
+                    .worst_failure_rate_bps
+                    .max(reputation.failure_rate_bps);
+            }
+        }
+        if listed {
+            standing.catalogs.push(catalog.to_string());
+        }
+    }
+    (standing.listings > 0).then_some(standing)
+}
