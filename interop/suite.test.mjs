@@ -4,7 +4,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 
 import { wrapFetchWithPayment, decodePaymentResponseHeader } from "@x402/fetch";
 import { x402Client } from "@x402/core/client";
@@ -13,6 +13,7 @@ import { ExactEvmScheme } from "@x402/evm/exact/client";
 import { wrapFetchWithPayment as wrapFetchWithPaymentV1, decodeXPaymentResponse } from "x402-fetch";
 import { withBazaar } from "@x402/extensions/bazaar";
 import { createWalletClient, publicActions } from "viem";
+import { generatePrivateKey, privateKeyToAccount } from "viem/accounts";
 
 import {
   CHAIN_ID, INTEROP_DIR, NETWORK, PRICE, PYTHON_BIN, REPO_DIR, TOKEN_NAME, TOKEN_VERSION, V1_NETWORK, WORK_DIR,
@@ -21,6 +22,10 @@ import {
 } from "./lib/harness.mjs";
 
 const CASE_TIMEOUT_MS = 90_000;
+const TRANSFER_ABI = [{
+  type: "function", name: "transfer", stateMutability: "nonpayable",
+  inputs: [{ name: "to", type: "address" }, { name: "amount", type: "uint256" }], outputs: [{ type: "bool" }],
+}];
 let net;
 let bursarFacilitatorUrl;
 let bursarPaywallUrl; // Bursar paywall settled by Bursar's facilitator
@@ -85,6 +90,52 @@ async function payTool(tool, args, env = {}) {
     env: { X402_PAYER_KEY: net.keys.payer.key, ...env },
     timeoutMs: 60_000,
   });
+}
+
+/// A `bursar runtime` on the anvil chain (its own SQLite database in WORK_DIR/`name`), with a
+/// wallet it creates (minted 1 token), a grant and a session of `budget`; `api(method, path,
+/// credential, body)` calls it.
+async function anvilRuntimeSession(name, budget = "0.50") {
+  const dataDir = join(WORK_DIR, name);
+  rmSync(dataDir, { recursive: true, force: true });
+  mkdirSync(dataDir, { recursive: true });
+  const databaseUrl = `sqlite://${join(dataDir, "runtime.sqlite")}?mode=rwc`;
+  const keys = await run(BURSAR_BIN, ["operator-keys", "create", "--name", "interop", "--database-url", databaseUrl, "--data-dir", dataDir], {
+    env: { BURSAR_LOG: "warn" },
+    timeoutMs: 60_000,
+  });
+  assert.equal(keys.code, 0, `operator-keys create: ${keys.stdout}\n${keys.stderr}`);
+  const operatorKey = keys.stdout.split("\n").find((line) => line.startsWith("key: ")).slice(5).trim();
+  const port = await freePort();
+  const { match } = await startProcess(`bursar-${name}`, BURSAR_BIN, [
+    "runtime", "--listen", `127.0.0.1:${port}`, "--rpc-url", net.rpcUrl, "--token", net.token,
+    "--database-url", databaseUrl, "--data-dir", dataDir, "--light-kdf",
+    "--egress-allow", "127.0.0.0/8",
+  ], { env: { BURSAR_PASSPHRASE: "interop runtime passphrase", BURSAR_LOG: "warn" }, ready: /listening on (http:\/\/\S+)/ });
+  const runtimeUrl = match[1];
+  const api = async (method, path, token, body) => {
+    const response = await fetch(`${runtimeUrl}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${token}`, "content-type": body === undefined || typeof body === "object" ? "application/json" : "text/plain" },
+      body: body === undefined ? undefined : typeof body === "object" ? JSON.stringify(body) : body,
+    });
+    const text = await response.text();
+    let parsed;
+    try { parsed = JSON.parse(text); } catch { parsed = text; }
+    return { status: response.status, body: parsed };
+  };
+  const wallet = await api("POST", "/v1/wallets", operatorKey, { name: "agent-wallet" });
+  assert.equal(wallet.status, 201, JSON.stringify(wallet.body));
+  await net.mint(wallet.body.address, 1_000_000n);
+  const grant = await api("POST", "/v1/grants", operatorKey, { walletId: wallet.body.id, agent: "interop" });
+  assert.equal(grant.status, 201, JSON.stringify(grant.body));
+  const newSession = async (maxSpendAmount) => {
+    const created = await api("POST", "/v1/sessions", operatorKey, { grantId: grant.body.id, maxSpendAmount });
+    assert.equal(created.status, 201, JSON.stringify(created.body));
+    return created.body;
+  };
+  const session = await newSession(budget);
+  return { api, operatorKey, wallet: wallet.body, session, newSession };
 }
 
 before(async () => {
@@ -355,40 +406,9 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
   test("11. bursar runtime (on anvil, a session) -> official Python x402 MCP server -> Bursar facilitator", { timeout: 180_000 }, async () => {
     // A `bursar runtime` on the anvil chain with its own SQLite database and a wallet it creates
     // (funded by minting); the agent calls the official server's tool through its session.
-    const dataDir = join(WORK_DIR, "runtime-anvil");
-    rmSync(dataDir, { recursive: true, force: true });
-    mkdirSync(dataDir, { recursive: true });
-    const databaseUrl = `sqlite://${join(dataDir, "runtime.sqlite")}?mode=rwc`;
-    const keys = await run(BURSAR_BIN, ["operator-keys", "create", "--name", "interop", "--database-url", databaseUrl, "--data-dir", dataDir], {
-      env: { BURSAR_LOG: "warn" },
-      timeoutMs: 60_000,
-    });
-    assert.equal(keys.code, 0, `operator-keys create: ${keys.stdout}\n${keys.stderr}`);
-    const operatorKey = keys.stdout.split("\n").find((line) => line.startsWith("key: ")).slice(5).trim();
-    const port = await freePort();
-    const { match } = await startProcess("bursar-runtime-anvil", BURSAR_BIN, [
-      "runtime", "--listen", `127.0.0.1:${port}`, "--rpc-url", net.rpcUrl, "--token", net.token,
-      "--database-url", databaseUrl, "--data-dir", dataDir, "--light-kdf",
-      "--egress-allow", "127.0.0.0/8",
-    ], { env: { BURSAR_PASSPHRASE: "interop runtime passphrase", BURSAR_LOG: "warn" }, ready: /listening on (http:\/\/\S+)/ });
-    const runtimeUrl = match[1];
-    const api = async (method, path, token, body) => {
-      const response = await fetch(`${runtimeUrl}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return { status: response.status, body: await response.json() };
-    };
-    const wallet = await api("POST", "/v1/wallets", operatorKey, { name: "agent-wallet" });
-    assert.equal(wallet.status, 201, JSON.stringify(wallet.body));
-    await net.mint(wallet.body.address, 1_000_000n);
-    const grant = await api("POST", "/v1/grants", operatorKey, { walletId: wallet.body.id, agent: "interop" });
-    assert.equal(grant.status, 201, JSON.stringify(grant.body));
-    const session = await api("POST", "/v1/sessions", operatorKey, { grantId: grant.body.id, maxSpendAmount: "0.50" });
-    assert.equal(session.status, 201, JSON.stringify(session.body));
-    const [walletStart, sellerStart] = [await net.balanceOf(wallet.body.address), await net.balanceOf(net.keys.seller.address)];
-    const called = await api("POST", `/v1/sessions/${session.body.id}/tools/call`, session.body.token, {
+    const { api, wallet, session } = await anvilRuntimeSession("runtime-anvil");
+    const [walletStart, sellerStart] = [await net.balanceOf(wallet.address), await net.balanceOf(net.keys.seller.address)];
+    const called = await api("POST", `/v1/sessions/${session.id}/tools/call`, session.token, {
       server: officialMcpUrl, tool: "forecast", arguments: { city: "Aveiro" },
     });
     assert.equal(called.status, 200, JSON.stringify(called.body));
@@ -396,8 +416,113 @@ describe("interop with the official x402 SDKs", { concurrency: false }, () => {
     assert.equal(JSON.parse(called.body.body).city, "Aveiro");
     assert.equal(called.body.payment.amountAtomic, String(PRICE.weather));
     assert.match(called.body.payment.txHash ?? "", /^0x[0-9a-fA-F]{64}$/, JSON.stringify(called.body));
-    assert.equal(walletStart - (await net.balanceOf(wallet.body.address)), PRICE.weather, "wallet balance change");
+    assert.equal(walletStart - (await net.balanceOf(wallet.address)), PRICE.weather, "wallet balance change");
     assert.equal((await net.balanceOf(net.keys.seller.address)) - sellerStart, PRICE.weather, "seller balance change");
+  });
+
+  test("13. bursar paywall in front of a Python service: paid by the official Python client and by bursar runtime, catalogued with its price and schema, reputation after a failed settlement, and a [reputation] policy refusing it with nothing signed", { timeout: 240_000 }, async (t) => {
+    // The example Python service (stdlib only), with a hook to act between verify and settle.
+    const holdDir = join(WORK_DIR, "hold");
+    mkdirSync(holdDir, { recursive: true });
+    const { match: upstreamMatch } = await startProcess("python-forecast-service", PYTHON_BIN, [join(INTEROP_DIR, "python/held_upstream.py"), holdDir], {
+      ready: /forecast service on (http:\/\/\S+)/,
+    });
+    const outputSchema = { type: "object", required: ["city", "days"], properties: { city: { type: "string" }, days: { type: "array" } } };
+    const config = join(WORK_DIR, "paywall.toml");
+    writeFileSync(config, [
+      `[defaults]`,
+      `network = "${NETWORK}"`,
+      `asset = "${net.token}"`,
+      `asset_name = "${TOKEN_NAME}"`,
+      `asset_version = "${TOKEN_VERSION}"`,
+      `pay_to = "${net.keys.seller.address}"`,
+      `[[route]]`,
+      `path = "/forecast/:city"`,
+      `price = "${PRICE.weather}"`,
+      `description = "Forecast for a city"`,
+      `mime_type = "application/json"`,
+      `output_schema = '''${JSON.stringify(outputSchema)}'''`,
+      ``,
+    ].join("\n"));
+    const { match: paywallMatch } = await startProcess("bursar-paywall-python", BURSAR_BIN, [
+      "paywall", "--upstream", upstreamMatch[1], "--config", config, "--listen", "127.0.0.1:0", "--facilitator-url", bursarFacilitatorUrl,
+    ], { env: { BURSAR_LOG: "warn" }, ready: /(http:\/\/127\.0\.0\.1:\d+)/ });
+    const paywall = paywallMatch[1];
+    const route = `${paywall}/forecast/lisbon`;
+
+    // 1. The official Python client pays.
+    const start = await balances(net);
+    const paid = await run(PYTHON_BIN, [join(INTEROP_DIR, "python/pay.py"), route], { env: { X402_PAYER_KEY: net.keys.payer.key }, timeoutMs: 60_000 });
+    const paidOutcome = JSON.parse(paid.stdout.trim().split("\n").pop());
+    assert.equal(paidOutcome.status, 200, paid.stdout + paid.stderr);
+    assert.equal(JSON.parse(paidOutcome.body).source, "forecast-service");
+    assertMoved(start, await balances(net), PRICE.weather);
+
+    // 2. Bursar's runtime pays, in a session.
+    const { api, operatorKey, wallet, session, newSession } = await anvilRuntimeSession("runtime-paywall");
+    let walletStart = await net.balanceOf(wallet.address);
+    let sellerStart = await net.balanceOf(net.keys.seller.address);
+    const fetched = await api("POST", `/v1/sessions/${session.id}/fetch`, session.token, { url: route });
+    assert.equal(fetched.status, 200, JSON.stringify(fetched.body));
+    assert.equal(JSON.parse(fetched.body.body).city, "lisbon");
+    assert.equal(fetched.body.payment.amountAtomic, String(PRICE.weather));
+    assert.equal(walletStart - (await net.balanceOf(wallet.address)), PRICE.weather, "wallet balance change");
+    assert.equal((await net.balanceOf(net.keys.seller.address)) - sellerStart, PRICE.weather, "seller balance change");
+
+    // 3. Catalogued by Bursar's facilitator under the route's template, with price and schema.
+    const lookup = async () => {
+      const page = await (await fetch(`${bursarFacilitatorUrl}/discovery/resources?resource=${encodeURIComponent(route)}`)).json();
+      assert.equal(page.items.length, 1, JSON.stringify(page));
+      return page.items[0];
+    };
+    let listing = await lookup();
+    assert.equal(listing.resource, `${paywall}/forecast/:city`);
+    assert.equal(listing.routeTemplate, "/forecast/:city");
+    assert.equal(listing.accepts[0].amount, String(PRICE.weather));
+    assert.equal(listing.description, "Forecast for a city");
+    assert.deepEqual(listing.extensions.bazaar.schema.properties.output.properties.example, outputSchema);
+    assert.deepEqual([listing.reputation.settledCount, listing.reputation.distinctPayers, listing.reputation.settlementFailures], [2, 2, 0]);
+
+    // 4. A failed settlement: a payer verified valid, then empty when the paywall settles.
+    const failingKey = generatePrivateKey();
+    const failing = privateKeyToAccount(failingKey);
+    await net.publicClient.request({ method: "anvil_setBalance", params: [failing.address, "0x3635C9ADC5DEA00000"] });
+    await net.mint(failing.address, PRICE.weather);
+    writeFileSync(join(holdDir, "hold"), "1");
+    const sellerBefore = await net.balanceOf(net.keys.seller.address);
+    const held = run(PYTHON_BIN, [join(INTEROP_DIR, "python/pay.py"), `${route}?hold=1`], { env: { X402_PAYER_KEY: failingKey }, timeoutMs: 90_000 });
+    const arrived = join(holdDir, "arrived");
+    const deadline = Date.now() + 60_000;
+    while (!existsSync(arrived)) {
+      assert.ok(Date.now() < deadline, "the verified request never reached the service");
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const drainer = createWalletClient({ account: failing, chain: net.chain, transport: net.transport });
+    const drained = await drainer.writeContract({
+      address: net.token, abi: TRANSFER_ABI, functionName: "transfer", args: [net.keys.deployer.address, PRICE.weather],
+    });
+    await net.publicClient.waitForTransactionReceipt({ hash: drained, timeout: 10_000 });
+    rmSync(join(holdDir, "hold"));
+    const heldOutcome = JSON.parse((await held).stdout.trim().split("\n").pop());
+    assert.notEqual(heldOutcome.status, 200, JSON.stringify(heldOutcome));
+    assert.equal(await net.balanceOf(net.keys.seller.address), sellerBefore, "nothing was settled");
+    listing = await lookup();
+    assert.equal(listing.reputation.settlementFailures, 1, JSON.stringify(listing.reputation));
+    assert.equal(listing.reputation.failureRateBps, 3333);
+
+    // 5. A session whose policy wants at most 10% failures refuses it before signing.
+    const careful = await newSession("0.50");
+    const attached = await api("PUT", `/v1/sessions/${careful.id}/policy`, operatorKey,
+      `[reputation]\ncatalog = "${bursarFacilitatorUrl}"\nmin_settled = 1\nmax_failure_rate_percent = 10\n`);
+    assert.equal(attached.status, 200, JSON.stringify(attached.body));
+    walletStart = await net.balanceOf(wallet.address);
+    sellerStart = await net.balanceOf(net.keys.seller.address);
+    const refused = await api("POST", `/v1/sessions/${careful.id}/fetch`, careful.token, { url: route });
+    assert.equal(refused.status, 403, JSON.stringify(refused.body));
+    assert.equal(refused.body.error.code, "reputation_too_low", JSON.stringify(refused.body));
+    assert.equal(await net.balanceOf(wallet.address), walletStart, "nothing signed or paid");
+    assert.equal(await net.balanceOf(net.keys.seller.address), sellerStart);
+    t.diagnostic(`listing ${listing.resource}: ${JSON.stringify(listing.reputation)}; refused: ${refused.body.error.message}`);
   });
 
   test("4. bursar pay -> official @x402/express -> Bursar facilitator (v2)", { timeout: CASE_TIMEOUT_MS }, async () => {

@@ -1,5 +1,6 @@
 """Lists a facilitator's discovery catalog with the official x402 Python bazaar client and prints
-what it read as JSON.
+what it read as JSON. (Its bazaar client makes synchronous requests: it wraps the synchronous
+facilitator client.)
 
 Usage: bazaar_list.py FACILITATOR_URL [QUERY]
 Lists `type=http` resources (list_resources); with QUERY, also searches (search).
@@ -13,11 +14,11 @@ from x402.extensions.bazaar import (
     SearchDiscoveryResourcesParams,
     with_bazaar,
 )
-from x402.http import FacilitatorConfig, HTTPFacilitatorClient
+from x402.http import FacilitatorConfig, HTTPFacilitatorClientSync
 
 
 def main(url: str, query: str | None) -> int:
-    client = with_bazaar(HTTPFacilitatorClient(FacilitatorConfig(url=url)))
+    client = with_bazaar(HTTPFacilitatorClientSync(FacilitatorConfig(url=url)))
     listed = client.extensions.bazaar.list_resources(ListDiscoveryResourcesParams(type="http", limit=100))
     outcome = {
         "x402Version": listed.x402_version,
