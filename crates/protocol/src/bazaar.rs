@@ -6,8 +6,9 @@
 //! - v2: `extensions.bazaar = {info, schema}`, where `schema` is a JSON Schema of `info` and the
 //!   response body's own schema sits at `schema.properties.output.properties.example`.
 //!
-//! [`published_output_schema`] reads either; [`http_extension`] writes the v2 form for an HTTP
-//! route and [`mcp_extension`] for an MCP tool.
+//! [`published_output_schema`] reads either; [`HttpDiscovery`] (or [`http_extension`]) writes the
+//! v2 form for an HTTP route, with its input and, for a route with path parameters, its
+//! `routeTemplate`; [`mcp_extension`] writes it for an MCP tool.
 
 use serde_json::{Value, json};
 
@@ -69,35 +70,121 @@ fn looks_like_schema(value: &Value) -> bool {
 /// `info` describes the call, `schema` validates `info` and carries the response's schema at
 /// `properties.output.properties.example`.
 pub fn http_extension(method: &str, output_schema: &Value) -> Value {
-    json!({
-        "info": {
-            "input": {"type": "http", "method": method},
-            "output": {"type": "json"},
-        },
-        "schema": {
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "type": "object",
-            "properties": {
-                "input": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string", "const": "http"},
-                        "method": {"type": "string", "enum": [method]},
-                    },
-                    "required": ["type", "method"],
-                },
-                "output": {
-                    "type": "object",
-                    "properties": {
-                        "type": {"type": "string"},
-                        "example": output_schema,
-                    },
-                    "required": ["type"],
-                },
+    HttpDiscovery {
+        output_schema: Some(output_schema),
+        ..HttpDiscovery::new(method)
+    }
+    .extension()
+}
+
+/// What an HTTP route publishes about itself in the v2 `bazaar` extension.
+///
+/// The extension's `info.input` is the official SDKs' `QueryInput` for methods without a body
+/// (`{type: "http", method, pathParams?}`) and `BodyInput` for `POST`, `PUT` and `PATCH`
+/// (`{type: "http", method, bodyType: "json", body: {}, pathParams?}`). The input schema, when
+/// given, goes in `schema.properties.input.properties.queryParams` (or `.body`), the output schema
+/// in `schema.properties.output.properties.example` (where [`published_output_schema`] reads it),
+/// and a route with path parameters adds `routeTemplate` (`/users/:id`) next to `info` and
+/// `schema`, with the concrete values in `info.input.pathParams`.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpDiscovery<'a> {
+    pub method: &'a str,
+    /// The route's pattern in `:param` syntax, for routes with parameters.
+    pub route_template: Option<&'a str>,
+    /// The parameters' values in the requested path (name, value).
+    pub path_params: &'a [(String, String)],
+    /// JSON Schema of the query parameters (methods without a body) or of the JSON body.
+    pub input_schema: Option<&'a Value>,
+    /// JSON Schema of the JSON response body.
+    pub output_schema: Option<&'a Value>,
+}
+
+impl<'a> HttpDiscovery<'a> {
+    pub fn new(method: &'a str) -> Self {
+        HttpDiscovery {
+            method,
+            route_template: None,
+            path_params: &[],
+            input_schema: None,
+            output_schema: None,
+        }
+    }
+
+    /// Whether the method sends its input as a body (`POST`, `PUT`, `PATCH`).
+    pub fn has_body(&self) -> bool {
+        matches!(self.method, "POST" | "PUT" | "PATCH")
+    }
+
+    /// The extension's value (what goes under `extensions.bazaar`).
+    pub fn extension(&self) -> Value {
+        let method = self.method;
+        let mut input = json!({"type": "http", "method": method});
+        let mut input_properties = json!({
+            "type": {"type": "string", "const": "http"},
+            "method": {"type": "string", "enum": [method]},
+        });
+        let mut input_required = vec!["type", "method"];
+        if self.has_body() {
+            input["bodyType"] = json!("json");
+            input["body"] = json!({});
+            input_properties["bodyType"] = json!({"type": "string", "enum": ["json"]});
+            input_properties["body"] = self
+                .input_schema
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            input_required.extend(["bodyType", "body"]);
+        } else if let Some(schema) = self.input_schema {
+            let mut query = json!({"type": "object"});
+            if let (Some(query), Some(schema)) = (query.as_object_mut(), schema.as_object()) {
+                for (key, value) in schema {
+                    query.insert(key.clone(), value.clone());
+                }
+            }
+            input_properties["queryParams"] = query;
+        }
+        if self.route_template.is_some() {
+            let values: serde_json::Map<String, Value> = self
+                .path_params
+                .iter()
+                .map(|(name, value)| (name.clone(), json!(value)))
+                .collect();
+            input["pathParams"] = Value::Object(values);
+            input_properties["pathParams"] = json!({"type": "object"});
+        }
+        let mut info = json!({ "input": input });
+        let mut properties = json!({
+            "input": {
+                "type": "object",
+                "properties": input_properties,
+                "required": input_required,
+                "additionalProperties": false,
             },
-            "required": ["input"],
-        },
-    })
+        });
+        if let Some(output_schema) = self.output_schema {
+            info["output"] = json!({"type": "json"});
+            properties["output"] = json!({
+                "type": "object",
+                "properties": {
+                    "type": {"type": "string"},
+                    "example": output_schema,
+                },
+                "required": ["type"],
+            });
+        }
+        let mut extension = json!({
+            "info": info,
+            "schema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": properties,
+                "required": ["input"],
+            },
+        });
+        if let Some(template) = self.route_template {
+            extension["routeTemplate"] = json!(template);
+        }
+        extension
+    }
 }
 
 /// The v2 `bazaar` extension for a paid MCP tool: `info.input` describes the tool (its name,
@@ -205,6 +292,55 @@ mod tests {
             published_output_schema(&required(None, Some(extensions))),
             Some(&schema)
         );
+    }
+
+    #[test]
+    fn a_route_template_and_an_input_schema_are_published() {
+        let output = json!({"type": "object", "required": ["city"]});
+        let query = json!({"properties": {"days": {"type": "integer"}}});
+        let params = vec![("city".to_string(), "paris".to_string())];
+        let extension = HttpDiscovery {
+            route_template: Some("/forecast/:city"),
+            path_params: &params,
+            input_schema: Some(&query),
+            output_schema: Some(&output),
+            ..HttpDiscovery::new("GET")
+        }
+        .extension();
+        assert_eq!(extension["routeTemplate"], "/forecast/:city");
+        assert_eq!(
+            extension["info"]["input"],
+            json!({"type": "http", "method": "GET", "pathParams": {"city": "paris"}})
+        );
+        let input = &extension["schema"]["properties"]["input"]["properties"];
+        assert_eq!(input["queryParams"]["type"], "object");
+        assert_eq!(
+            input["queryParams"]["properties"]["days"]["type"],
+            "integer"
+        );
+        assert_eq!(input["pathParams"], json!({"type": "object"}));
+        let extensions = json!({ BAZAAR: extension });
+        assert_eq!(
+            published_output_schema(&required(None, Some(extensions))),
+            Some(&output)
+        );
+
+        let body = json!({"type": "object", "required": ["text"]});
+        let post = HttpDiscovery {
+            input_schema: Some(&body),
+            ..HttpDiscovery::new("POST")
+        }
+        .extension();
+        assert!(post.get("routeTemplate").is_none());
+        assert_eq!(
+            post["info"]["input"],
+            json!({"type": "http", "method": "POST", "bodyType": "json", "body": {}})
+        );
+        assert_eq!(
+            post["schema"]["properties"]["input"]["properties"]["body"],
+            body
+        );
+        assert!(post["info"].get("output").is_none());
     }
 
     #[test]

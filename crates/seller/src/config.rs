@@ -1,6 +1,5 @@
 //! Paywall configuration: assets, offers, priced routes and the builder.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::http::Method;
@@ -10,6 +9,7 @@ use bursar_protocol::{Amount, AssetUnit, ChainAddress, Network, PaymentRequireme
 use serde_json::{Value, json};
 
 use crate::SellerError;
+use crate::pattern::{PathMatching, RoutePattern};
 use crate::service::{Paywall, PaywallLayer, PricedRouteSpec};
 
 /// Default `maxTimeoutSeconds` of an offer: how long a buyer's authorization stays valid.
@@ -145,17 +145,26 @@ impl Offer {
     }
 }
 
-/// A priced route: a method and an exact path, what it sells, and the offers that pay for it.
+/// A priced route: a method and a path pattern, what it sells, and the offers that pay for it.
 ///
-/// Matching is exact: the request's method must equal `method` and its path (without the query
-/// string) must equal `path` byte for byte. There are no patterns, no prefix matches and no
-/// trailing-slash folding; `HEAD` does not match a `GET` route.
+/// The request's method must equal `method` (`HEAD` does not match a `GET` route) and its path,
+/// without the query, must match the pattern: a path such as `/weather`, or one with parameters
+/// such as `/users/:id` or `/files/*path` (see [`crate::pattern`] for the rules). Segments are
+/// compared percent-decoded; by default there is no case or trailing-slash folding (see
+/// [`PaywallBuilder::path_matching`]). When several routes match, the most specific prices the
+/// request: at the first segment where they differ, a literal beats a parameter, which beats a
+/// rest parameter.
+///
+/// The resource URL of a 402 is the concrete URL requested; a route with parameters also
+/// publishes its pattern as `routeTemplate` in the v2 `bazaar` extension, so discovery catalogs
+/// list the route once.
 #[derive(Debug, Clone)]
 pub struct PricedRoute {
     method: Method,
     path: String,
     description: Option<String>,
     mime_type: Option<String>,
+    input_schema: Option<Value>,
     output_schema: Option<Value>,
     offers: Vec<Offer>,
 }
@@ -167,6 +176,7 @@ impl PricedRoute {
             path: path.into(),
             description: None,
             mime_type: None,
+            input_schema: None,
             output_schema: None,
             offers: Vec::new(),
         }
@@ -179,6 +189,13 @@ impl PricedRoute {
 
     pub fn mime_type(mut self, mime_type: impl Into<String>) -> Self {
         self.mime_type = Some(mime_type.into());
+        self
+    }
+
+    /// The JSON Schema of the request's input, published in v2's `bazaar` extension: of the query
+    /// parameters for methods without a body, of the JSON body for `POST`, `PUT` and `PATCH`.
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(schema);
         self
     }
 
@@ -195,6 +212,23 @@ impl PricedRoute {
         self
     }
 
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The path pattern, as given.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn offers(&self) -> &[Offer] {
+        &self.offers
+    }
+
+    pub fn description_text(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
     fn name(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
@@ -207,6 +241,7 @@ pub struct PaywallBuilder {
     public_base_url: Option<String>,
     settle_before_handler: bool,
     request_body_bytes_max: usize,
+    path_matching: PathMatching,
 }
 
 impl std::fmt::Debug for PaywallBuilder {
@@ -215,6 +250,7 @@ impl std::fmt::Debug for PaywallBuilder {
             .field("routes", &self.routes)
             .field("public_base_url", &self.public_base_url)
             .field("settle_before_handler", &self.settle_before_handler)
+            .field("path_matching", &self.path_matching)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +263,7 @@ impl PaywallBuilder {
             public_base_url: None,
             settle_before_handler: false,
             request_body_bytes_max: REQUEST_BODY_BYTES_MAX,
+            path_matching: PathMatching::Strict,
         }
     }
 
@@ -256,28 +293,39 @@ impl PaywallBuilder {
         self
     }
 
+    /// How literally request paths must equal the routes' patterns: [`PathMatching::Strict`] by
+    /// default; [`PathMatching::Loose`] for a paywall in front of a server whose routing folds
+    /// case or trailing slashes.
+    pub fn path_matching(mut self, matching: PathMatching) -> Self {
+        self.path_matching = matching;
+        self
+    }
+
     pub fn build(self) -> Result<PaywallLayer, SellerError> {
         let public_base_url = match self.public_base_url {
             Some(url) => Some(validate_base_url(&url)?),
             None => None,
         };
-        let mut seen = HashSet::new();
-        let mut routes = Vec::with_capacity(self.routes.len());
+        let mut routes: Vec<PricedRouteSpec> = Vec::with_capacity(self.routes.len());
         for route in self.routes {
             let invalid = |message: String| SellerError::InvalidRoute {
                 route: route.name(),
                 message,
             };
-            if !route.path.starts_with('/') {
-                return Err(invalid("path must start with '/'".into()));
-            }
-            if route.path.contains('?') || route.path.contains('#') {
-                return Err(invalid(
-                    "path must not carry a query or fragment (matching ignores the query)".into(),
-                ));
-            }
-            if !seen.insert((route.method.clone(), route.path.clone())) {
-                return Err(invalid("route is priced twice".into()));
+            let pattern = RoutePattern::parse(&route.path).map_err(invalid)?;
+            if let Some(twin) = routes
+                .iter()
+                .find(|other| other.method == route.method && other.pattern.same_shape(&pattern))
+            {
+                return Err(invalid(if twin.pattern.as_str() == route.path {
+                    "route is priced twice".into()
+                } else {
+                    format!(
+                        "route matches the same paths as {} {}",
+                        twin.method,
+                        twin.pattern.as_str()
+                    )
+                }));
             }
             if route.offers.is_empty() {
                 return Err(invalid("route has no offers".into()));
@@ -293,20 +341,24 @@ impl PaywallBuilder {
             }
             routes.push(PricedRouteSpec {
                 method: route.method,
-                path: route.path,
+                pattern,
                 description: route.description,
                 mime_type: route.mime_type,
+                input_schema: route.input_schema,
                 output_schema: route.output_schema,
                 requirements: route.offers.iter().map(Offer::requirement).collect(),
                 offers: route.offers,
             });
         }
+        // The most specific pattern first: the first route that matches prices the request.
+        routes.sort_by(|a, b| a.pattern.specificity_cmp(&b.pattern));
         Ok(PaywallLayer::new(Paywall {
             facilitator: self.facilitator,
             routes,
             public_base_url,
             settle_before_handler: self.settle_before_handler,
             request_body_bytes_max: self.request_body_bytes_max,
+            path_matching: self.path_matching,
         }))
     }
 }

@@ -56,6 +56,8 @@
 
 mod config;
 pub mod mcp;
+pub mod pattern;
+pub mod proxy;
 mod service;
 
 pub use bursar_facilitator_client::Facilitator;
@@ -63,6 +65,7 @@ pub use config::{
     Asset, DEFAULT_MAX_TIMEOUT_SECONDS, Offer, PaywallBuilder, PricedRoute, REQUEST_BODY_BYTES_MAX,
 };
 pub use mcp::{PaidTools, PricedTool};
+pub use pattern::PathMatching;
 pub use service::{PaymentInfo, PaywallLayer, PaywallService};
 
 /// Why a paywall could not be built. Requests never fail with this type: every request problem is
@@ -73,4 +76,6 @@ pub enum SellerError {
     InvalidRoute { route: String, message: String },
     #[error("invalid public base url {url:?}: {message}")]
     InvalidBaseUrl { url: String, message: String },
+    #[error("invalid upstream {url:?}: {message}")]
+    InvalidUpstream { url: String, message: String },
 }

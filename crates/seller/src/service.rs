@@ -24,6 +24,7 @@ use serde_json::{Value, json};
 use tower::{Layer, Service};
 
 use crate::config::{Offer, PaywallBuilder};
+use crate::pattern::{PathMatching, RoutePattern};
 
 /// What a request paid, available to the handler as a request extension:
 /// `Extension(info): Extension<PaymentInfo>`.
@@ -46,9 +47,10 @@ pub struct PaymentInfo {
 
 pub(crate) struct PricedRouteSpec {
     pub method: Method,
-    pub path: String,
+    pub pattern: RoutePattern,
     pub description: Option<String>,
     pub mime_type: Option<String>,
+    pub input_schema: Option<Value>,
     pub output_schema: Option<Value>,
     pub offers: Vec<Offer>,
     pub requirements: Vec<PaymentRequirements>,
@@ -60,6 +62,7 @@ pub(crate) struct Paywall {
     pub public_base_url: Option<String>,
     pub settle_before_handler: bool,
     pub request_body_bytes_max: usize,
+    pub path_matching: PathMatching,
 }
 
 /// The paywall as a tower layer; add it with `Router::layer` or `Router::route_layer`.
@@ -157,10 +160,20 @@ fn payment_header(headers: &HeaderMap) -> PaymentHeader<'_> {
 }
 
 impl Paywall {
-    fn route_for(&self, method: &Method, path: &str) -> Option<&PricedRouteSpec> {
-        self.routes
-            .iter()
-            .find(|route| route.method == *method && route.path == path)
+    /// The route that prices `method path` (the routes are sorted most specific first), with the
+    /// values of its parameters.
+    fn route_for(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Option<(&PricedRouteSpec, Vec<(String, String)>)> {
+        self.routes.iter().find_map(|route| {
+            if route.method != *method {
+                return None;
+            }
+            let params = route.pattern.matches(path, self.path_matching)?;
+            Some((route, params))
+        })
     }
 
     async fn handle<S>(&self, mut inner: S, request: Request<Body>) -> Response
@@ -168,7 +181,8 @@ impl Paywall {
         S: Service<Request<Body>, Response = Response, Error = Infallible> + Send,
         S::Future: Send,
     {
-        let Some(route) = self.route_for(request.method(), request.uri().path()) else {
+        let Some((route, path_params)) = self.route_for(request.method(), request.uri().path())
+        else {
             return match inner.call(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
@@ -181,7 +195,11 @@ impl Paywall {
             output_schema: route.output_schema.clone(),
             ..Resource::default()
         };
-        let offered = Offered { route, resource };
+        let offered = Offered {
+            route,
+            resource,
+            path_params,
+        };
 
         if let Some(length) = declared_length(request.headers())
             && length > self.request_body_bytes_max as u64
@@ -197,7 +215,7 @@ impl Paywall {
 
         let header = match payment_header(request.headers()) {
             PaymentHeader::Missing => {
-                tracing::debug!(route = %route.path, "payment required");
+                tracing::debug!(route = %route.pattern.as_str(), "payment required");
                 return offered.payment_required(
                     "payment required: send PAYMENT-SIGNATURE (x402 v2) or X-PAYMENT (x402 v1)",
                     None,
@@ -214,7 +232,7 @@ impl Paywall {
         let payload = match PaymentPayload::from_header(header) {
             Ok(payload) => payload,
             Err(error) => {
-                tracing::debug!(route = %route.path, %error, "unreadable payment header");
+                tracing::debug!(route = %route.pattern.as_str(), %error, "unreadable payment header");
                 return offered.payment_required(&format!("invalid payment header: {error}"), None);
             }
         };
@@ -233,7 +251,7 @@ impl Paywall {
         let verified = match self.facilitator.verify(&facilitator_request).await {
             Ok(verified) => verified,
             Err(error) => {
-                tracing::warn!(route = %route.path, %error, "verification failed: facilitator unavailable");
+                tracing::warn!(route = %route.pattern.as_str(), %error, "verification failed: facilitator unavailable");
                 return json_error(
                     StatusCode::BAD_GATEWAY,
                     &format!("payment could not be verified: {error}"),
@@ -250,7 +268,7 @@ impl Paywall {
                 Some(message) if !message.is_empty() => format!("{reason}: {message}"),
                 _ => reason,
             };
-            tracing::info!(route = %route.path, payer = ?verified.payer, %message, "payment refused");
+            tracing::info!(route = %route.pattern.as_str(), payer = ?verified.payer, %message, "payment refused");
             return offered.payment_required(&format!("payment invalid: {message}"), None);
         }
         let payer = verified
@@ -291,7 +309,7 @@ impl Paywall {
         };
         if !response.status().is_success() {
             tracing::info!(
-                route = %route.path,
+                route = %route.pattern.as_str(),
                 status = %response.status(),
                 "handler did not succeed; payment not settled"
             );
@@ -315,7 +333,7 @@ impl Paywall {
         request: &FacilitatorRequest,
         info: &PaymentInfo,
     ) -> Result<SettleResponse, Response> {
-        let route = &offered.route.path;
+        let route = offered.route.pattern.as_str();
         match self.facilitator.settle(request).await {
             Ok(settlement) if settlement.success => {
                 tracing::info!(
@@ -389,6 +407,8 @@ impl Paywall {
 struct Offered<'a> {
     route: &'a PricedRouteSpec,
     resource: Resource,
+    /// The values of the route's parameters in the requested path.
+    path_params: Vec<(String, String)>,
 }
 
 impl Offered<'_> {
@@ -407,6 +427,27 @@ impl Offered<'_> {
             .unwrap_or_else(|| requirement.amount.to_string())
     }
 
+    /// The route's v2 `bazaar` extension, when it has something to publish: a pattern, an input
+    /// or an output schema.
+    fn discovery(&self) -> Option<Value> {
+        let route = self.route;
+        let template = route
+            .pattern
+            .is_template()
+            .then(|| route.pattern.route_template());
+        if template.is_none() && route.input_schema.is_none() && route.output_schema.is_none() {
+            return None;
+        }
+        let discovery = bursar_protocol::bazaar::HttpDiscovery {
+            route_template: template.as_deref(),
+            path_params: &self.path_params,
+            input_schema: route.input_schema.as_ref(),
+            output_schema: route.output_schema.as_ref(),
+            ..bursar_protocol::bazaar::HttpDiscovery::new(route.method.as_str())
+        };
+        Some(discovery.extension())
+    }
+
     /// A 402 in both forms: the v2 `PAYMENT-REQUIRED` header and the v1 JSON body, each with
     /// `error`. After a failed settlement the settle response goes in the version's response header.
     fn payment_required(
@@ -419,14 +460,11 @@ impl Offered<'_> {
             error: Some(error.to_string()),
             resource: self.resource.clone(),
             accepts: self.route.requirements.clone(),
-            // v2 publishes the response's schema through the bazaar extension (v1 carries it
-            // in each requirement's outputSchema).
-            extensions: self.route.output_schema.as_ref().map(|schema| {
-                serde_json::json!({
-                    bursar_protocol::bazaar::BAZAAR:
-                        bursar_protocol::bazaar::http_extension(self.route.method.as_str(), schema)
-                })
-            }),
+            // v2 publishes the route's pattern, input and response schemas through the bazaar
+            // extension (v1 carries the response's schema in each requirement's outputSchema).
+            extensions: self
+                .discovery()
+                .map(|bazaar| serde_json::json!({ bursar_protocol::bazaar::BAZAAR: bazaar })),
         };
         let body = serde_json::to_vec(&required.to_v1()).unwrap_or_else(|_| b"{}".to_vec());
         let mut response = json_response(StatusCode::PAYMENT_REQUIRED, body);
