@@ -364,8 +364,10 @@ fn search_filter(query: &CatalogQuery) -> (String, Vec<SearchBind>) {
         terms.push(format!("t.amount_key <= {slot}"));
     }
     if !terms.is_empty() {
+        // The matching terms are found once (by catalog_terms_offer or catalog_terms_payee), not
+        // looked up again for every listing.
         clauses.push(format!(
-            "EXISTS (SELECT 1 FROM catalog_terms t WHERE t.listing_id = l.id AND {})",
+            "l.id IN (SELECT t.listing_id FROM catalog_terms t WHERE {})",
             terms.join(" AND ")
         ));
     }
@@ -686,10 +688,15 @@ macro_rules! catalog_store_impl {
                     };
                 }
                 let total: i64 = count.fetch_one(pool).await?.try_get("n")?;
+                // Most settlements first (counters are never negative, so the never settled come
+                // last), then the most recently seen: the order of catalog_listings_order. The
+                // page's ids are found on that index; only their rows are read whole, however deep
+                // the page.
                 let page_sql = format!(
-                    "SELECT {LISTING_COLUMNS} FROM catalog_listings l WHERE {filter} \
-                     ORDER BY CASE WHEN l.settled_count > 0 THEN 1 ELSE 0 END DESC, \
-                     l.settled_count DESC, l.last_seen_ms DESC, l.id LIMIT {} OFFSET {}",
+                    "SELECT {LISTING_COLUMNS} FROM catalog_listings WHERE id IN \
+                     (SELECT l.id FROM catalog_listings l WHERE {filter} \
+                     ORDER BY l.settled_count DESC, l.last_seen_ms DESC, l.id LIMIT {} OFFSET {}) \
+                     ORDER BY settled_count DESC, last_seen_ms DESC, id",
                     query.limit.min(1_000),
                     query.offset.min(i64::MAX as u64)
                 );

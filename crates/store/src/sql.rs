@@ -90,6 +90,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "discovery catalog",
         include_str!("../migrations/sqlite/0014_catalog.sql"),
     ),
+    (
+        15,
+        "catalog search",
+        include_str!("../migrations/sqlite/0015_catalog_search.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -161,6 +166,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "discovery catalog",
         include_str!("../migrations/postgres/0014_catalog.sql"),
+    ),
+    (
+        15,
+        "catalog search",
+        include_str!("../migrations/postgres/0015_catalog_search.sql"),
     ),
 ];
 
