@@ -126,6 +126,14 @@
 //! - otherwise (the transaction may be in a mempool) → left `submitted`; duplicates wait on it
 //!   and a later pass looks again.
 //!
+//! ## The discovery catalog
+//!
+//! With [`LocalFacilitator::with_catalog`], every valid verification and every settlement of a
+//! payment whose seller published the `bazaar` extension is queued for a
+//! [`bursar_catalog::Catalog`] (never delaying the payment), and the routers serve it at
+//! `/discovery/resources`, `/discovery/search` and `/discovery/reports` (open to anyone, like
+//! `/supported`). The `bursar` command keeps one in the ledger's database unless `--no-catalog`.
+//!
 //! ## Observability
 //!
 //! Every [`LocalFacilitator`] keeps Prometheus metrics ([`FacilitatorMetrics`],
