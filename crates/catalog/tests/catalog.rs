@@ -564,15 +564,49 @@ async fn http_api() {
     assert!(!page.items[1].reputation.as_ref().unwrap().settled);
     assert!(body["items"][0]["lastUpdated"].is_string());
 
+    // A dynamic route is found by any of its URLs, and only by those.
+    let mut routed = http_extension("GET");
+    routed["routeTemplate"] = json!("/users/:id");
+    recorder.observe(
+        &request(
+            "https://api.example.com/users/7",
+            routed,
+            payer.address(),
+            9,
+            3,
+            seller,
+        ),
+        PaymentOutcome::Verified,
+    );
+    for (url, found) in [
+        ("https://api.example.com/users/42?x=1", 1),
+        ("https://API.example.com/users/abc", 1),
+        ("https://api.example.com/users/42/more", 0),
+        ("https://other.example.com/users/42", 0),
+        ("https://api.example.com/weather", 1),
+    ] {
+        let (status, _, body) = get(&app, &format!("/discovery/resources?resource={url}")).await;
+        assert_eq!(status, StatusCode::OK, "{url}");
+        assert_eq!(body["pagination"]["total"], found, "{url}: {body}");
+    }
+    let (status, _, _) = get(&app, "/discovery/resources?resource=javascript:alert(1)").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
     // Filters and errors.
     let (_, _, body) = get(&app, "/discovery/resources?settled=true").await;
     assert_eq!(body["pagination"]["total"], 1);
     let (_, _, body) = get(&app, "/discovery/resources?q=other&type=http").await;
     assert_eq!(body["pagination"]["total"], 1);
-    let (_, _, body) = get(&app, "/discovery/resources?maxPrice=10").await;
+    let (_, _, body) = get(&app, "/discovery/resources?maxPrice=5&q=other").await;
     assert_eq!(
         body["items"][0]["resource"],
         "https://api.example.com/other"
+    );
+    let (_, _, body) = get(&app, "/discovery/resources?maxPrice=4").await;
+    assert_eq!(body["pagination"]["total"], 1);
+    assert_eq!(
+        body["items"][0]["resource"],
+        "https://api.example.com/users/:id"
     );
     let (_, _, body) = get(
         &app,
@@ -584,7 +618,7 @@ async fn http_api() {
             body["items"].as_array().unwrap().len(),
             body["pagination"]["total"].as_u64()
         ),
-        (1, Some(2))
+        (1, Some(3))
     );
     for bad in [
         "limit=0",
