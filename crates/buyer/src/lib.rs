@@ -440,7 +440,7 @@ impl PayingClient {
     async fn ask_tool(&self, call: &mcp::ToolCall) -> Result<Asked, BuyerError> {
         match mcp::call(&self.http, call, None).await? {
             mcp::Answer::PaymentRequired(required) => {
-                Ok(Asked::PaymentRequired(Box::new(self.quote(required)?)))
+                Ok(Asked::PaymentRequired(Box::new(self.quote(*required)?)))
             }
             mcp::Answer::Result(result) => match mcp::payment_required_in(&result) {
                 Some(required) => Ok(Asked::PaymentRequired(Box::new(self.quote(required?)?))),

@@ -72,7 +72,7 @@ pub(crate) enum Answer {
     /// The tool result (a `CallToolResult` as JSON).
     Result(Value),
     /// The older form of payment required: JSON-RPC error 402.
-    PaymentRequired(PaymentRequired),
+    PaymentRequired(Box<PaymentRequired>),
 }
 
 /// The payment-required document a tool result carries, if it asks for payment.
@@ -99,7 +99,7 @@ pub(crate) async fn call(
     match answered? {
         Ok(result) => Ok(Answer::Result(result)),
         Err(error) => match mcp::payment_required_in_error(error.code, error.data.as_ref()) {
-            Some(Ok(required)) => Ok(Answer::PaymentRequired(required)),
+            Some(Ok(required)) => Ok(Answer::PaymentRequired(Box::new(required))),
             Some(Err(read)) => Err(BuyerError::InvalidPaymentRequired(read.to_string())),
             None => Err(BuyerError::Http(format!(
                 "the MCP server answered tools/call with error {}: {}",

@@ -69,11 +69,20 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    error(StatusCode::BAD_REQUEST, "invalid_query", message)
+/// A query that cannot be answered: a 400 saying why.
+struct BadQuery(String);
+
+impl IntoResponse for BadQuery {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, "invalid_query", self.0)
+    }
 }
 
-fn number(name: &str, text: Option<&str>, default: u64, max: u64) -> Result<u64, Response> {
+fn bad_request(message: impl Into<String>) -> BadQuery {
+    BadQuery(message.into())
+}
+
+fn number(name: &str, text: Option<&str>, default: u64, max: u64) -> Result<u64, BadQuery> {
     match text {
         None => Ok(default),
         Some(text) => match text.parse::<u64>() {
@@ -85,7 +94,7 @@ fn number(name: &str, text: Option<&str>, default: u64, max: u64) -> Result<u64,
     }
 }
 
-fn address(name: &str, text: Option<&str>) -> Result<Option<Address>, Response> {
+fn address(name: &str, text: Option<&str>) -> Result<Option<Address>, BadQuery> {
     text.map(|text| {
         text.parse::<Address>()
             .map_err(|_| bad_request(format!("{name} must be a 0x address")))
@@ -98,7 +107,7 @@ fn query_of(
     catalog: &Catalog,
     params: &Params,
     words: Option<&str>,
-) -> Result<CatalogQuery, Response> {
+) -> Result<CatalogQuery, BadQuery> {
     let limit = number(
         "limit",
         params.limit.as_deref(),
@@ -260,12 +269,12 @@ async fn resources(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
     let Ok(Query(params)) = params else {
-        return bad_request("the query string could not be read");
+        return bad_request("the query string could not be read").into_response();
     };
     let words = params.q.as_deref().or(params.query.as_deref());
     let query = match query_of(&catalog, &params, words) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(bad) => return bad.into_response(),
     };
     match run(&catalog, &query).await {
         Ok((total, items)) => {
@@ -286,14 +295,14 @@ async fn search(
     params: Result<Query<Params>, QueryRejection>,
 ) -> Response {
     let Ok(Query(params)) = params else {
-        return bad_request("the query string could not be read");
+        return bad_request("the query string could not be read").into_response();
     };
     let Some(words) = params.query.as_deref().or(params.q.as_deref()) else {
-        return bad_request("query is required");
+        return bad_request("query is required").into_response();
     };
     let query = match query_of(&catalog, &params, Some(words)) {
         Ok(query) => query,
-        Err(response) => return response,
+        Err(bad) => return bad.into_response(),
     };
     match run(&catalog, &query).await {
         Ok((total, items)) => {
