@@ -7,6 +7,8 @@
 //! - `bursar facilitator` serves the facilitator alone, on the embedded chain or a JSON-RPC node.
 //! - `bursar keys` creates, lists and revokes the facilitator's API keys.
 //! - `bursar demo-api` serves the demo paid API alone, against any facilitator, chain and token.
+//! - `bursar paywall` sells the routes of any HTTP service: a reverse proxy that charges for the
+//!   routes its configuration file prices.
 //! - `bursar runtime` serves the agent payments runtime; `bursar wallet`, `grant`, `session`,
 //!   `ledger` and `operator-keys` manage it.
 //! - `bursar audit` verifies the runtime's decision trace and shows why a payment was made or
@@ -27,6 +29,7 @@ mod devnet;
 mod discovery;
 mod keys;
 mod pay;
+mod paywall;
 mod runtime;
 
 use std::path::PathBuf;
@@ -74,6 +77,9 @@ enum Command {
     Keys(keys::KeysArgs),
     /// Serve the demo paid API alone, priced in any token and settled by any facilitator.
     DemoApi(pay::DemoApiArgs),
+    /// Sell the routes of any HTTP service: a reverse proxy that charges for the routes its
+    /// configuration file prices and forwards the rest.
+    Paywall(paywall::PaywallArgs),
     /// Serve the agent payments runtime: wallets, grants, budgeted sessions, paying for agents.
     Runtime(runtime::RuntimeArgs),
     /// The runtime's wallets: create, import, export (encrypted), list, balance.
@@ -184,7 +190,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let traces = init_tracing(matches!(
         cli.command,
-        Command::Dev(_) | Command::Facilitator(_) | Command::DemoApi(_) | Command::Runtime(_)
+        Command::Dev(_)
+            | Command::Facilitator(_)
+            | Command::DemoApi(_)
+            | Command::Paywall(_)
+            | Command::Runtime(_)
     ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -204,6 +214,7 @@ fn main() -> ExitCode {
             Command::Faucet(args) => pay::faucet(args).await,
             Command::Facilitator(args) => dev::facilitator(args).await,
             Command::DemoApi(args) => pay::serve_demo_api(args).await,
+            Command::Paywall(args) => paywall::serve(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Runtime(args) => runtime::serve(args).await,
             Command::Wallet(args) => runtime::wallet(args).await,

@@ -225,10 +225,6 @@ impl PricedRoute {
         &self.offers
     }
 
-    pub fn description_text(&self) -> Option<&str> {
-        self.description.as_deref()
-    }
-
     fn name(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
