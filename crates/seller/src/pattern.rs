@@ -382,7 +382,7 @@ mod tests {
 
     #[test]
     fn the_most_specific_pattern_sorts_first() {
-        let mut patterns = vec![
+        let mut patterns = [
             pattern("/users/*rest"),
             pattern("/users/:id"),
             pattern("/users/me"),
