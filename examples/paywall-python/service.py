@@ -6,6 +6,7 @@
     POST /summarize                  a JSON body {"text": ...} summarized (paid)
     GET  /broken                     always fails with 500 (paid: the failure is never charged)
     GET  /echo-headers               the request headers this service received (free)
+    POST /echo-headers               the same, for a POST (paid in the tests)
     GET  /health                     {"ok": true} (free)
 
 Run: python3 service.py [--host 127.0.0.1] [--port 8000]. With --port 0 the system picks a free
@@ -98,12 +99,15 @@ class Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_POST(self):
-        if urlsplit(self.path).path != "/summarize":
+        path = urlsplit(self.path).path
+        if path not in ("/summarize", "/echo-headers"):
             return self.answer(404, {"error": "not found"})
         body = self.read_body()
         if body is None:
             self.close_connection = True
             return self.answer(413, {"error": "body too large"})
+        if path == "/echo-headers":
+            return self.answer(200, {"headers": {k.lower(): v for k, v in self.headers.items()}})
         try:
             text = json.loads(body)["text"]
             if not isinstance(text, str):

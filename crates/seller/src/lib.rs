@@ -9,7 +9,8 @@
 //! Layering: `bursar-protocol` (documents) → `bursar-facilitator-client` (the [`Facilitator`]
 //! seam) → this crate. The paywall never talks to a chain itself.
 //!
-//! For a request to a priced route (matched by method and *exact* path, see [`PricedRoute`]):
+//! For a request to a priced route (matched by method and path pattern, such as `/weather` or
+//! `/users/:id`; see [`PricedRoute`] and [`pattern`]):
 //! 1. No payment header: answer `402` with both x402 forms at once, the v2 `PAYMENT-REQUIRED`
 //!    header and the v1 JSON body `{x402Version: 1, error, accepts}`.
 //! 2. `PAYMENT-SIGNATURE` (v2) or `X-PAYMENT` (v1): decode it and pick the offered requirement it
@@ -25,8 +26,17 @@
 //! The handler finds what was paid in the [`PaymentInfo`] request extension. Requests to routes
 //! that are not priced pass through untouched.
 //!
+//! The 402's resource URL is the concrete URL requested. In v2 the route publishes itself in the
+//! `bazaar` extension: its method, input and output schemas, and for a pattern route its
+//! `routeTemplate` (`/users/:id`) and the requested path's parameters.
+//!
 //! MCP tools are priced the same way with [`PaidTools`], which wraps any rmcp server (see
 //! [`mcp`]).
+//!
+//! Any HTTP service, in any language, can be sold without changing it: [`proxy::ReverseProxy`]
+//! forwards requests to it behind the paywall (streamed bodies, no payment headers upstream,
+//! settlement only on its 2xx), configured in code or by a `paywall.toml`
+//! ([`proxy::file`](mod@proxy::file)); `bursar paywall` runs it.
 //!
 //! ```no_run
 //! # use std::sync::Arc;

@@ -31,7 +31,7 @@
 //!
 //! Requests that no priced route matches are forwarded free by default. With
 //! [`ProxyOptions::deny_unpriced`], only the [`ProxyOptions::free_routes`] are, and any other
-//! unpriced request is a `404`. The routes of a configuration file are read by [`file`].
+//! unpriced request is a `404`. The routes of a configuration file are read by [`file`](mod@file).
 
 pub mod file;
 
