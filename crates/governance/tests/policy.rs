@@ -937,7 +937,8 @@ fn pauses_deny_with_the_policy_that_paused() {
     assert!(evaluation.rules[1].passed, "an expired pause passes");
 }
 
-/// The ```toml blocks of `text` (lines with `prefix` stripped).
+/// The ```toml blocks of `text` (lines with `prefix` stripped); blocks of other TOML files are
+/// fenced ```toml <file name> and left out.
 fn toml_blocks(text: &str, prefix: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
